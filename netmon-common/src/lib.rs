@@ -1,0 +1,119 @@
+//! The kernel/user ABI of netmon.
+//!
+//! Everything that crosses the boundary between the eBPF programs and
+//! userspace is defined here, as `#[repr(C)]` structs of plain integers: no
+//! Rust enums, no `Option`s, nothing whose bit patterns the kernel side could
+//! get wrong. Userspace turns the raw integers into its own types with
+//! `TryFrom`, rejecting anything it does not understand.
+#![no_std]
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// `PeerEvent::direction`: we opened the connection.
+pub const DIRECTION_OUTBOUND: u8 = 1;
+/// `PeerEvent::direction`: the peer opened the connection to us.
+pub const DIRECTION_INBOUND: u8 = 2;
+
+/// `PeerEvent::source`: kprobe on `tcp_connect`.
+pub const SOURCE_KPROBE_CONNECT: u8 = 1;
+/// `PeerEvent::source`: kretprobe on `inet_csk_accept`.
+pub const SOURCE_KRETPROBE_ACCEPT: u8 = 2;
+/// `PeerEvent::source`: tracepoint `sock/inet_sock_set_state`.
+pub const SOURCE_TRACEPOINT: u8 = 3;
+
+/// One TCP connection with an IPv4 peer, as seen by one of the programs.
+///
+/// 32 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEvent {
+    /// The peer's IPv4 address, network byte order (as in `struct sock`).
+    pub addr: u32,
+    /// The peer's port, host byte order.
+    pub remote_port: u16,
+    /// Our port, host byte order.
+    pub local_port: u16,
+    /// Thread group id of the current task, or 0 where the hook does not run
+    /// in the process that owns the socket (the tracepoint's inbound
+    /// transition runs in softirq context).
+    pub pid: u32,
+    /// One of the `DIRECTION_*` constants.
+    pub direction: u8,
+    /// One of the `SOURCE_*` constants.
+    pub source: u8,
+    pub _pad: [u8; 2],
+    /// `comm` of the current task, NUL padded; all zero when `pid` is 0.
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain integers and arrays of integers, no padding, any bit pattern
+// is a valid value.
+unsafe impl aya::Pod for PeerEvent {}
+
+/// Map names, so both sides spell them the same way.
+pub mod maps {
+    /// `RingBuf` of [`super::PeerEvent`].
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<u64>` with one slot: events that did not fit in `EVENTS`.
+    pub const LOST: &str = "LOST";
+}
+
+/// Names of the load-time globals (`EbpfLoader::override_global`).
+///
+/// Offsets are in bytes. The `struct sock` offsets come from the running
+/// kernel's BTF when it has one, so one object serves many kernels.
+pub mod globals {
+    pub const SK_FAMILY: &str = "SK_FAMILY_OFF";
+    pub const SK_DADDR: &str = "SK_DADDR_OFF";
+    pub const SK_DPORT: &str = "SK_DPORT_OFF";
+    pub const SK_NUM: &str = "SK_NUM_OFF";
+    pub const SK_V6_DADDR: &str = "SK_V6_DADDR_OFF";
+
+    pub const TP_OLDSTATE: &str = "TP_OLDSTATE_OFF";
+    pub const TP_NEWSTATE: &str = "TP_NEWSTATE_OFF";
+    pub const TP_SPORT: &str = "TP_SPORT_OFF";
+    pub const TP_DPORT: &str = "TP_DPORT_OFF";
+    pub const TP_FAMILY: &str = "TP_FAMILY_OFF";
+    pub const TP_PROTOCOL: &str = "TP_PROTOCOL_OFF";
+    pub const TP_DADDR: &str = "TP_DADDR_OFF";
+    pub const TP_DADDR_V6: &str = "TP_DADDR_V6_OFF";
+    /// Non-zero: the tracepoint reports outbound connections too. Zero when
+    /// the kprobe on `tcp_connect` already does, so each connection is
+    /// reported once.
+    pub const TP_OUTBOUND: &str = "TP_OUTBOUND";
+}
+
+/// Socket-state numbers of `include/net/tcp_states.h`.
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const CLOSE: i32 = 7;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Default `struct sock_common` offsets on x86_64, stable since Linux 4.x;
+/// used when the kernel has no BTF to read them from.
+pub mod default_offsets {
+    pub const SK_DADDR: u32 = 0;
+    pub const SK_RCV_SADDR: u32 = 4;
+    pub const SK_DPORT: u32 = 12;
+    pub const SK_NUM: u32 = 14;
+    pub const SK_FAMILY: u32 = 16;
+    pub const SK_V6_DADDR: u32 = 56;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_has_no_padding() {
+        assert_eq!(core::mem::size_of::<PeerEvent>(), 32);
+    }
+}

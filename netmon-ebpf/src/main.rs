@@ -1,0 +1,222 @@
+//! netmon's kernel side.
+//!
+//! Three thin programs, each turning one kernel event into one
+//! [`PeerEvent`] in the `EVENTS` ring buffer:
+//!
+//! - kprobe `tcp_connect`: an outbound connection, in the connecting task;
+//! - kretprobe `inet_csk_accept`: an inbound connection, in the accepting
+//!   task, reading the child sock the function returns;
+//! - tracepoint `sock/inet_sock_set_state`: both directions, for kernels
+//!   without kprobes, and for inbound connections accepted by threads that
+//!   were already blocked in `accept()` when the kretprobe attached.
+//!
+//! Every offset reaches the programs as a load-time global, read from the
+//! kernel's BTF or the tracepoint's `format` file by userspace, so one object
+//! runs on many kernels without CO-RE. Decisions beyond "is this an IPv4 TCP
+//! peer" are made in userspace.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext, Global, TASK_COMM_LEN,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{kprobe, kretprobe, map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use aya_log_ebpf::warn;
+use netmon_common::{
+    AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PeerEvent,
+    SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, default_offsets, tcp_state,
+};
+
+/// Default size; userspace may resize it at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Events that did not fit in `EVENTS`, per CPU.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// `struct sock_common` offsets (bytes).
+#[unsafe(no_mangle)]
+static SK_FAMILY_OFF: Global<u32> = Global::new(default_offsets::SK_FAMILY);
+#[unsafe(no_mangle)]
+static SK_DADDR_OFF: Global<u32> = Global::new(default_offsets::SK_DADDR);
+#[unsafe(no_mangle)]
+static SK_DPORT_OFF: Global<u32> = Global::new(default_offsets::SK_DPORT);
+#[unsafe(no_mangle)]
+static SK_NUM_OFF: Global<u32> = Global::new(default_offsets::SK_NUM);
+#[unsafe(no_mangle)]
+static SK_V6_DADDR_OFF: Global<u32> = Global::new(default_offsets::SK_V6_DADDR);
+
+// `sock/inet_sock_set_state` field offsets (bytes); userspace always sets
+// them from the tracepoint's format file before loading.
+#[unsafe(no_mangle)]
+static TP_OLDSTATE_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TP_NEWSTATE_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TP_SPORT_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TP_DPORT_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TP_FAMILY_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TP_PROTOCOL_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TP_DADDR_OFF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TP_DADDR_V6_OFF: Global<u32> = Global::new(0);
+/// Zero when the kprobe on `tcp_connect` reports outbound connections.
+#[unsafe(no_mangle)]
+static TP_OUTBOUND: Global<u32> = Global::new(1);
+
+/// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:0:0/96`), as
+/// three native-endian words read straight from memory.
+const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
+
+#[kprobe]
+pub fn tcp_connect(ctx: ProbeContext) -> u32 {
+    try_tcp_connect(&ctx).unwrap_or_else(|err| read_failed(&ctx, err))
+}
+
+fn try_tcp_connect(ctx: &ProbeContext) -> Result<u32, i32> {
+    let sk: *const u8 = ctx.arg(0).ok_or(0)?;
+    send_sock_peer(sk, DIRECTION_OUTBOUND, SOURCE_KPROBE_CONNECT)
+}
+
+#[kretprobe]
+pub fn inet_csk_accept(ctx: RetProbeContext) -> u32 {
+    try_inet_csk_accept(&ctx).unwrap_or_else(|err| read_failed(&ctx, err))
+}
+
+fn try_inet_csk_accept(ctx: &RetProbeContext) -> Result<u32, i32> {
+    let sk: *const u8 = ctx.ret();
+    send_sock_peer(sk, DIRECTION_INBOUND, SOURCE_KRETPROBE_ACCEPT)
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    try_inet_sock_set_state(&ctx).unwrap_or_else(|err| read_failed(&ctx, err))
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
+    let protocol: u16 = read_field(ctx, &TP_PROTOCOL_OFF)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let old: i32 = read_field(ctx, &TP_OLDSTATE_OFF)?;
+    let new: i32 = read_field(ctx, &TP_NEWSTATE_OFF)?;
+    let direction = match (old, new) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) if TP_OUTBOUND.load() != 0 => DIRECTION_OUTBOUND,
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => DIRECTION_INBOUND,
+        _ => return Ok(0),
+    };
+    let family: u16 = read_field(ctx, &TP_FAMILY_OFF)?;
+    let addr = match family {
+        AF_INET => read_field(ctx, &TP_DADDR_OFF)?,
+        AF_INET6 => match v4_mapped(read_field(ctx, &TP_DADDR_V6_OFF)?) {
+            Some(addr) => addr,
+            None => return Ok(0),
+        },
+        _ => return Ok(0),
+    };
+    // The tracepoint stores ports in host byte order already.
+    let local_port: u16 = read_field(ctx, &TP_SPORT_OFF)?;
+    let remote_port: u16 = read_field(ctx, &TP_DPORT_OFF)?;
+    let mut event = PeerEvent {
+        addr,
+        remote_port,
+        local_port,
+        direction,
+        source: SOURCE_TRACEPOINT,
+        ..PeerEvent::default()
+    };
+    // SYN_RECV -> ESTABLISHED runs in softirq, in whatever task the final
+    // ACK interrupted: that task is not the one that owns the socket.
+    if direction == DIRECTION_OUTBOUND {
+        stamp_current_task(&mut event);
+    }
+    send(&event);
+    Ok(0)
+}
+
+/// Reads the peer of `sk` and sends it, stamped with the current task.
+fn send_sock_peer(sk: *const u8, direction: u8, source: u8) -> Result<u32, i32> {
+    if sk.is_null() {
+        return Ok(0);
+    }
+    let family: u16 = read_sock(sk, &SK_FAMILY_OFF)?;
+    let addr = match family {
+        AF_INET => read_sock(sk, &SK_DADDR_OFF)?,
+        AF_INET6 => match v4_mapped(read_sock(sk, &SK_V6_DADDR_OFF)?) {
+            Some(addr) => addr,
+            None => return Ok(0),
+        },
+        _ => return Ok(0),
+    };
+    let dport: u16 = read_sock(sk, &SK_DPORT_OFF)?;
+    let mut event = PeerEvent {
+        addr,
+        remote_port: u16::from_be(dport),
+        local_port: read_sock(sk, &SK_NUM_OFF)?,
+        direction,
+        source,
+        ..PeerEvent::default()
+    };
+    stamp_current_task(&mut event);
+    send(&event);
+    Ok(0)
+}
+
+/// A kernel read failed: the offsets do not match this kernel. Rare by
+/// construction, so worth a log line rather than a silent miss.
+#[inline(never)]
+fn read_failed<C: EbpfContext>(ctx: &C, err: i32) -> u32 {
+    warn!(
+        ctx,
+        "netmon: reading kernel memory failed ({}): offsets wrong for this kernel?", err
+    );
+    0
+}
+
+fn v4_mapped(v6: [u32; 4]) -> Option<u32> {
+    (v6[0] == V4_MAPPED_PREFIX[0] && v6[1] == V4_MAPPED_PREFIX[1] && v6[2] == V4_MAPPED_PREFIX[2])
+        .then_some(v6[3])
+}
+
+fn read_sock<T>(sk: *const u8, offset: &Global<u32>) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel copes with any address; a bad one only
+    // makes it fail.
+    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset.load() as usize).cast()) }
+}
+
+fn read_field<T>(ctx: &TracePointContext, offset: &Global<u32>) -> Result<T, i32> {
+    // SAFETY: as for read_sock; offsets come from the tracepoint's format.
+    unsafe { ctx.read_at(offset.load() as usize) }
+}
+
+fn stamp_current_task(event: &mut PeerEvent) {
+    event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+}
+
+fn send(event: &PeerEvent) {
+    if EVENTS.output::<PeerEvent>(event, 0).is_err()
+        && let Some(lost) = LOST.get_ptr_mut(0)
+    {
+        // SAFETY: a per-CPU slot; programs do not migrate while running.
+        unsafe { *lost += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
