@@ -1,0 +1,195 @@
+//! The attach ladder: which way of watching connections this host allows.
+//!
+//! The ladder is data: a table of rungs, best first, each naming what it
+//! needs and how to check for it. `auto` climbs down until a rung attaches
+//! and reports why every rung above it was skipped; a forced mode tries its
+//! one rung and fails with the reason.
+use std::{fmt, path::Path};
+
+use anyhow::{anyhow, bail};
+
+use super::{EbpfCollector, KernelEnv};
+
+/// How netmon watches connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// kprobe on tcp_connect, kretprobe on inet_csk_accept.
+    Kprobe,
+    /// The sock/inet_sock_set_state tracepoint.
+    Tracepoint,
+    /// Polling the socket tables under /proc/net.
+    Proc,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+            Self::Proc => "proc",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `--mode` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeRequest {
+    /// The best mode this host allows: kprobe, then tracepoint, then proc.
+    Auto,
+    Kprobe,
+    Tracepoint,
+    Proc,
+}
+
+impl ModeRequest {
+    fn allows(self, mode: AttachMode) -> bool {
+        matches!(
+            (self, mode),
+            (Self::Auto, _)
+                | (Self::Kprobe, AttachMode::Kprobe)
+                | (Self::Tracepoint, AttachMode::Tracepoint)
+                | (Self::Proc, AttachMode::Proc)
+        )
+    }
+}
+
+/// The source of connections a rung yields.
+pub enum Collector {
+    Ebpf(EbpfCollector),
+    Proc,
+}
+
+impl Collector {
+    pub fn mode(&self) -> AttachMode {
+        match self {
+            Self::Ebpf(ebpf) => ebpf.mode,
+            Self::Proc => AttachMode::Proc,
+        }
+    }
+}
+
+/// One way of watching connections.
+pub struct Rung {
+    pub mode: AttachMode,
+    /// What the host must offer, in words for the log.
+    pub needs: &'static str,
+    /// A cheap check that explains a missing feature better than an attach
+    /// error would.
+    pub probe: fn(&Env) -> anyhow::Result<()>,
+    attach: fn(&Env) -> anyhow::Result<Collector>,
+}
+
+/// What the rungs look at. Detecting the kernel (mounting tracefs, reading
+/// BTF) only happens when an eBPF rung is tried.
+pub struct Env<'a> {
+    proc_net: &'a Path,
+    kernel: std::cell::OnceCell<KernelEnv>,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(proc_net: &'a Path) -> Self {
+        Self {
+            proc_net,
+            kernel: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn kernel(&self) -> &KernelEnv {
+        self.kernel.get_or_init(KernelEnv::detect)
+    }
+}
+
+pub const LADDER: [Rung; 3] = [
+    Rung {
+        mode: AttachMode::Kprobe,
+        needs: "kprobe support (CONFIG_KPROBES) and permission to load eBPF",
+        probe: probe_kprobe,
+        attach: |env| EbpfCollector::attach_kprobes(env.kernel()).map(Collector::Ebpf),
+    },
+    Rung {
+        mode: AttachMode::Tracepoint,
+        needs: "tracefs with sock/inet_sock_set_state (Linux 4.16+) and permission to load eBPF",
+        probe: probe_tracepoint,
+        attach: |env| EbpfCollector::attach_tracepoint(env.kernel()).map(Collector::Ebpf),
+    },
+    Rung {
+        mode: AttachMode::Proc,
+        needs: "readable socket tables under /proc/net",
+        probe: |env| {
+            let tcp = env.proc_net.join("tcp");
+            std::fs::File::open(&tcp)
+                .map(drop)
+                .map_err(|err| anyhow!("cannot read {}: {err}", tcp.display()))
+        },
+        attach: |_| Ok(Collector::Proc),
+    },
+];
+
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
+    let tracefs_events = env
+        .kernel()
+        .tracefs
+        .as_ref()
+        .ok()
+        .map(|dir| dir.join("kprobe_events"));
+    if Path::new(KPROBE_PMU).exists() || tracefs_events.is_some_and(|p| p.exists()) {
+        return Ok(());
+    }
+    bail!(
+        "kernel has no kprobe support (CONFIG_KPROBES): no {KPROBE_PMU} and no kprobe_events in tracefs"
+    )
+}
+
+fn probe_tracepoint(env: &Env) -> anyhow::Result<()> {
+    let kernel = env.kernel();
+    kernel.tracefs.as_ref().map_err(|err| anyhow!("{err:#}"))?;
+    kernel
+        .state_format
+        .as_ref()
+        .map_err(|err| anyhow!("{err:#}"))?;
+    Ok(())
+}
+
+/// A rung that was not used, and why.
+pub struct Skipped {
+    pub mode: AttachMode,
+    pub reason: anyhow::Error,
+}
+
+/// Walks the ladder for `request`: the collector of the first rung that
+/// attaches, and every skipped rung above it with its reason.
+pub fn climb(request: ModeRequest, env: &Env) -> anyhow::Result<(Collector, Vec<Skipped>)> {
+    let mut skipped = Vec::new();
+    for rung in LADDER.iter().filter(|rung| request.allows(rung.mode)) {
+        match (rung.probe)(env).and_then(|()| (rung.attach)(env)) {
+            Ok(collector) => return Ok((collector, skipped)),
+            Err(reason) => skipped.push(Skipped {
+                mode: rung.mode,
+                reason,
+            }),
+        }
+    }
+    let reasons: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{}: {:#}", s.mode, s.reason))
+        .collect();
+    match request {
+        ModeRequest::Auto => Err(anyhow!(
+            "no attach mode works on this host: {}",
+            reasons.join("; ")
+        )),
+        _ => Err(anyhow!(
+            "--mode {}: cannot attach: {:#}",
+            skipped[0].mode,
+            skipped[0].reason
+        )),
+    }
+}

@@ -1,0 +1,303 @@
+//! Loading the eBPF object and attaching its programs.
+//!
+//! [`ladder`] decides which attach mode runs; this module knows how to load
+//! the embedded object with the right load-time globals and how to attach
+//! each mode's programs, and hands back an [`EbpfCollector`] that owns
+//! everything that must stay alive while events flow.
+pub mod btf;
+pub mod ladder;
+pub mod tracefs;
+
+use std::{fmt, io, os::fd::AsRawFd, path::PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{KProbe, TracePoint},
+};
+use netmon_common::{PeerEvent, globals, maps};
+use tokio::io::{Interest, unix::AsyncFd};
+
+pub use self::ladder::AttachMode;
+use self::{
+    btf::{OffsetsOrigin, SockOffsets},
+    tracefs::StateFormat,
+};
+
+/// The eBPF object built by `cargo xtask build`, embedded at compile time.
+fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon.bpf.o"))
+}
+
+/// The programs in the object: (name, kind, kernel hook).
+pub const PROGRAMS: [(&str, ProgramKind, &str); 3] = [
+    ("tcp_connect", ProgramKind::Kprobe, "tcp_connect"),
+    ("inet_csk_accept", ProgramKind::Kretprobe, "inet_csk_accept"),
+    (
+        "inet_sock_set_state",
+        ProgramKind::Tracepoint,
+        "sock/inet_sock_set_state",
+    ),
+];
+const KPROBE_CONNECT: &str = PROGRAMS[0].0;
+const KRETPROBE_ACCEPT: &str = PROGRAMS[1].0;
+const TRACEPOINT_STATE: &str = PROGRAMS[2].0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    Kprobe,
+    Kretprobe,
+    Tracepoint,
+}
+
+impl fmt::Display for ProgramKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kprobe => "kprobe",
+            Self::Kretprobe => "kretprobe",
+            Self::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// What the running kernel offers, looked up once per start.
+pub struct KernelEnv {
+    pub tracefs: anyhow::Result<PathBuf>,
+    pub sock_offsets: SockOffsets,
+    pub offsets_origin: OffsetsOrigin,
+    pub state_format: anyhow::Result<StateFormat>,
+}
+
+impl KernelEnv {
+    /// Mounts tracefs if needed and reads the offsets the programs need.
+    pub fn detect() -> Self {
+        let tracefs = tracefs::ensure_mounted();
+        let (sock_offsets, offsets_origin) = btf::sock_offsets(btf::VMLINUX_BTF.as_ref());
+        let state_format = match &tracefs {
+            Ok(dir) => tracefs::read_state_format(dir),
+            Err(err) => Err(anyhow!("{err:#}")),
+        };
+        match &offsets_origin {
+            OffsetsOrigin::Btf => log::debug!("struct sock offsets from BTF: {sock_offsets:?}"),
+            OffsetsOrigin::Default(why) => {
+                log::info!("using default struct sock offsets: {why}");
+            }
+        }
+        Self {
+            tracefs,
+            sock_offsets,
+            offsets_origin,
+            state_format,
+        }
+    }
+}
+
+/// Loads the object, every offset patched in as a load-time global.
+///
+/// `tracepoint_outbound` is false when the kprobe on `tcp_connect` reports
+/// outbound connections, so the tracepoint does not report them twice.
+pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result<Ebpf> {
+    let sk = &env.sock_offsets;
+    // Without the format the tracepoint cannot attach; zeros keep it inert.
+    let tp = env.state_format.as_ref().copied().unwrap_or_default();
+    let tp_outbound = u32::from(tracepoint_outbound);
+    EbpfLoader::new()
+        .override_global(globals::SK_FAMILY, &sk.family, true)
+        .override_global(globals::SK_DADDR, &sk.daddr, true)
+        .override_global(globals::SK_DPORT, &sk.dport, true)
+        .override_global(globals::SK_NUM, &sk.num, true)
+        .override_global(globals::SK_V6_DADDR, &sk.v6_daddr, true)
+        .override_global(globals::TP_OLDSTATE, &tp.oldstate, true)
+        .override_global(globals::TP_NEWSTATE, &tp.newstate, true)
+        .override_global(globals::TP_SPORT, &tp.sport, true)
+        .override_global(globals::TP_DPORT, &tp.dport, true)
+        .override_global(globals::TP_FAMILY, &tp.family, true)
+        .override_global(globals::TP_PROTOCOL, &tp.protocol, true)
+        .override_global(globals::TP_DADDR, &tp.daddr, true)
+        .override_global(globals::TP_DADDR_V6, &tp.daddr_v6, true)
+        .override_global(globals::TP_OUTBOUND, &tp_outbound, true)
+        .load(object())
+        .map_err(|err| explain_permission(anyhow::Error::new(err)))
+        .context("cannot load the eBPF object")
+}
+
+/// Turns EPERM/EACCES anywhere in the chain into a line that says which
+/// permission is missing and what works without it.
+pub fn explain_permission(err: anyhow::Error) -> anyhow::Error {
+    let denied = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::EPERM || code == libc::EACCES)
+    });
+    if denied {
+        err.context(
+            "permission denied: eBPF needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8); \
+             --mode proc works without them",
+        )
+    } else {
+        err
+    }
+}
+
+/// Loads (verifies) one program without attaching it.
+pub fn load_program(ebpf: &mut Ebpf, name: &str, kind: ProgramKind) -> anyhow::Result<()> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+    let result = match kind {
+        ProgramKind::Kprobe | ProgramKind::Kretprobe => <&mut KProbe>::try_from(program)
+            .map_err(anyhow::Error::new)?
+            .load(),
+        ProgramKind::Tracepoint => <&mut TracePoint>::try_from(program)
+            .map_err(anyhow::Error::new)?
+            .load(),
+    };
+    result
+        .map_err(|err| explain_permission(anyhow::Error::new(err)))
+        .with_context(|| format!("the verifier rejected {kind} program {name}"))
+}
+
+fn attach_kprobe(
+    ebpf: &mut Ebpf,
+    name: &str,
+    kind: ProgramKind,
+    function: &str,
+) -> anyhow::Result<()> {
+    load_program(ebpf, name, kind)?;
+    let program: &mut KProbe = ebpf.program_mut(name).expect("loaded above").try_into()?;
+    program
+        .attach(function, 0)
+        .map_err(|err| explain_permission(anyhow::Error::new(err)))
+        .with_context(|| format!("cannot attach {kind} to {function}"))?;
+    Ok(())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    load_program(ebpf, TRACEPOINT_STATE, ProgramKind::Tracepoint)?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(TRACEPOINT_STATE)
+        .expect("loaded above")
+        .try_into()?;
+    program
+        .attach(tracefs::CATEGORY, tracefs::TRACEPOINT)
+        .map_err(|err| explain_permission(anyhow::Error::new(err)))
+        .with_context(|| {
+            format!(
+                "cannot attach tracepoint {}/{}",
+                tracefs::CATEGORY,
+                tracefs::TRACEPOINT
+            )
+        })?;
+    Ok(())
+}
+
+/// The attached programs and the maps userspace reads.
+///
+/// Dropping it detaches everything.
+pub struct EbpfCollector {
+    pub mode: AttachMode,
+    /// The kretprobe on accept only names the accepting process; the
+    /// tracepoint counts the inbound connection (it also sees connections
+    /// accepted by threads blocked in accept() before netmon attached).
+    pub accept_is_attribution_only: bool,
+    pub events: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    /// Forwards the programs' log lines; must live as long as they do.
+    pub logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    _ebpf: Ebpf,
+}
+
+impl EbpfCollector {
+    /// kprobe mode: kprobe `tcp_connect`, kretprobe `inet_csk_accept`, and
+    /// the tracepoint for inbound connections where it exists.
+    pub fn attach_kprobes(env: &KernelEnv) -> anyhow::Result<Self> {
+        let mut ebpf = load_object(env, false)?;
+        attach_kprobe(
+            &mut ebpf,
+            KPROBE_CONNECT,
+            ProgramKind::Kprobe,
+            "tcp_connect",
+        )?;
+        attach_kprobe(
+            &mut ebpf,
+            KRETPROBE_ACCEPT,
+            ProgramKind::Kretprobe,
+            "inet_csk_accept",
+        )?;
+        let inbound_tracepoint = match env.state_format.as_ref().map_err(|e| anyhow!("{e:#}")) {
+            Ok(_) => attach_tracepoint(&mut ebpf),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &inbound_tracepoint {
+            log::warn!(
+                "kprobe mode without the inbound tracepoint ({err:#}): connections accepted by threads \
+                 already blocked in accept() before netmon started are missed"
+            );
+        }
+        Self::new(ebpf, AttachMode::Kprobe, inbound_tracepoint.is_ok())
+    }
+
+    /// tracepoint mode: `sock/inet_sock_set_state` for both directions.
+    pub fn attach_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
+        let mut ebpf = load_object(env, true)?;
+        attach_tracepoint(&mut ebpf)?;
+        Self::new(ebpf, AttachMode::Tracepoint, false)
+    }
+
+    fn new(
+        mut ebpf: Ebpf,
+        mode: AttachMode,
+        accept_is_attribution_only: bool,
+    ) -> anyhow::Result<Self> {
+        let events = ebpf
+            .take_map(maps::EVENTS)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {}", maps::EVENTS))?;
+        let events = poll_fd(RingBuf::try_from(events)?).context("cannot poll the ring buffer")?;
+        let lost = ebpf
+            .take_map(maps::LOST)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {}", maps::LOST))?;
+        let lost = PerCpuArray::try_from(lost)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(poll_fd(logger).context("cannot poll the eBPF log buffer")?),
+            Err(err) => {
+                log::debug!("eBPF log forwarding unavailable: {err}");
+                None
+            }
+        };
+        Ok(Self {
+            mode,
+            accept_is_attribution_only,
+            events,
+            lost,
+            logger,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Events the programs could not deliver since they were loaded.
+    pub fn lost_events(&self) -> anyhow::Result<u64> {
+        let per_cpu = self
+            .lost
+            .get(&0, 0)
+            .context("cannot read the lost-event counters")?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+/// Registers a map's fd with tokio, for readability only.
+fn poll_fd<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its map fd, which stays open and unchanged for as
+    // long as `inner` lives, and the AsyncFd owns `inner`.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// Copies one ring-buffer record into an event, or `None` for a record of
+/// the wrong size (an object and binary built from different sources).
+pub fn read_event(bytes: &[u8]) -> Option<PeerEvent> {
+    (bytes.len() == size_of::<PeerEvent>())
+        // SAFETY: PeerEvent is plain integers; the length was checked and
+        // read_unaligned copes with any alignment.
+        .then(|| unsafe { bytes.as_ptr().cast::<PeerEvent>().read_unaligned() })
+}

@@ -1,0 +1,69 @@
+//! `netmon probe`: what this host allows, and whether the kernel's verifier
+//! accepts every program, without attaching anything.
+//!
+//! The verifier check covers programs that cannot attach here (kprobes on a
+//! kernel without CONFIG_KPROBES), so a program the verifier would reject
+//! elsewhere is caught on any machine that can load eBPF at all.
+use std::path::Path;
+
+use anyhow::bail;
+
+use crate::ebpf::{
+    self,
+    ladder::{Env, LADDER},
+};
+
+pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let env = Env::new(Path::new("/proc/net"));
+    let mut auto = None;
+    for rung in &LADDER {
+        match (rung.probe)(&env) {
+            Ok(()) => {
+                auto.get_or_insert(rung.mode);
+                writeln!(out, "mode {:<10} available", rung.mode)?;
+            }
+            Err(err) => writeln!(
+                out,
+                "mode {:<10} unavailable: {err:#} (needs {})",
+                rung.mode, rung.needs
+            )?,
+        }
+    }
+    let kernel = env.kernel();
+    match &kernel.offsets_origin {
+        ebpf::btf::OffsetsOrigin::Btf => writeln!(
+            out,
+            "struct sock offsets: from BTF {:?}",
+            kernel.sock_offsets
+        )?,
+        ebpf::btf::OffsetsOrigin::Default(why) => {
+            writeln!(out, "struct sock offsets: defaults ({why})")?
+        }
+    }
+    let mut failures = 0;
+    match ebpf::load_object(kernel, true) {
+        Ok(mut object) => {
+            for (name, kind, hook) in ebpf::PROGRAMS {
+                match ebpf::load_program(&mut object, name, kind) {
+                    Ok(()) => writeln!(out, "program {name} ({kind} {hook}): verified")?,
+                    Err(err) => {
+                        failures += 1;
+                        writeln!(out, "program {name} ({kind} {hook}): REJECTED: {err:#}")?;
+                    }
+                }
+            }
+        }
+        Err(err) => {
+            failures += 1;
+            writeln!(out, "eBPF object: cannot load: {err:#}")?;
+        }
+    }
+    if let Some(mode) = auto {
+        writeln!(out, "auto would try: {mode}")?;
+    }
+    out.flush()?;
+    if failures > 0 {
+        bail!("{failures} eBPF program(s) or object(s) failed to load");
+    }
+    Ok(())
+}

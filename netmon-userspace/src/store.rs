@@ -1,0 +1,559 @@
+//! The peer set and its checkpoint file.
+//!
+//! The set is keyed by address; each record keeps connection counts per
+//! direction, when the peer was first and last seen, and small capped lists
+//! of ports and process names, so one busy peer cannot grow it without
+//! bound. The checkpoint is JSON, written atomically (temp file in the same
+//! directory, fsync, rename, fsync of the directory) so a crash at any
+//! instant leaves either the old file or the new one.
+//!
+//! Loading also accepts the plain JSON list of addresses that the old
+//! psutil poller writes, so users can migrate their existing files.
+use std::{
+    collections::HashMap,
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Write as _},
+    net::Ipv4Addr,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::peer::{Comm, Connection, Direction};
+
+/// The checkpoint format this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Entries kept in each per-peer list (ports, processes).
+pub const LIST_CAP: usize = 64;
+
+/// A small set that stops growing at [`LIST_CAP`] entries, kept sorted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CappedSet<T>(Vec<T>);
+
+impl<T> Default for CappedSet<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: Ord + Copy> CappedSet<T> {
+    /// Adds `value` unless present or full; allocation happens only when a
+    /// new value is kept.
+    pub fn insert(&mut self, value: T) {
+        if let Err(at) = self.0.binary_search(&value)
+            && self.0.len() < LIST_CAP
+        {
+            self.0.insert(at, value);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T: Ord + Copy> FromIterator<T> for CappedSet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut set = Self::default();
+        for value in iter {
+            set.insert(value);
+        }
+        set
+    }
+}
+
+/// What is known about one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// Seconds since the Unix epoch.
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// Connections this host opened to the peer.
+    pub outbound: u64,
+    /// Connections the peer opened to this host.
+    pub inbound: u64,
+    /// Ports of the peer that we connected to.
+    pub remote_ports: CappedSet<u16>,
+    /// Our ports that the peer connected to.
+    pub local_ports: CappedSet<u16>,
+    /// Local processes seen on the connections.
+    pub processes: CappedSet<Comm>,
+}
+
+impl PeerRecord {
+    fn new(now: u64) -> Self {
+        Self {
+            first_seen: now,
+            last_seen: now,
+            outbound: 0,
+            inbound: 0,
+            remote_ports: CappedSet::default(),
+            local_ports: CappedSet::default(),
+            processes: CappedSet::default(),
+        }
+    }
+}
+
+/// Whether an observation adds to the connection counts.
+///
+/// Two hooks can see the same connection (the kretprobe on accept and the
+/// tracepoint both see an inbound one); the second only adds what it knows
+/// (the accepting process) without counting the connection again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    Yes,
+    AttributionOnly,
+}
+
+/// The deduplicated set of peers.
+#[derive(Debug, Default)]
+pub struct PeerSet {
+    peers: HashMap<Ipv4Addr, PeerRecord>,
+}
+
+impl PeerSet {
+    /// Folds one observation in; returns true when the peer is new.
+    pub fn record(&mut self, conn: &Connection, count: Count, now: u64) -> bool {
+        let mut new = false;
+        let record = self.peers.entry(conn.peer).or_insert_with(|| {
+            new = true;
+            PeerRecord::new(now)
+        });
+        record.last_seen = record.last_seen.max(now);
+        match conn.direction {
+            Direction::Outbound => {
+                if count == Count::Yes {
+                    record.outbound += 1;
+                }
+                record.remote_ports.insert(conn.remote_port);
+            }
+            Direction::Inbound => {
+                if count == Count::Yes {
+                    record.inbound += 1;
+                }
+                record.local_ports.insert(conn.local_port);
+            }
+        }
+        if let Some(process) = conn.process {
+            record.processes.insert(process);
+        }
+        new
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn get(&self, addr: Ipv4Addr) -> Option<&PeerRecord> {
+        self.peers.get(&addr)
+    }
+
+    /// Peers in numeric address order.
+    pub fn sorted(&self) -> Vec<(Ipv4Addr, &PeerRecord)> {
+        let mut peers: Vec<_> = self.peers.iter().map(|(a, r)| (*a, r)).collect();
+        peers.sort_unstable_by_key(|(addr, _)| u32::from(*addr));
+        peers
+    }
+
+    /// Adds a whole record (from a file), merging with what is there.
+    pub fn merge_record(&mut self, addr: Ipv4Addr, other: PeerRecord) {
+        match self.peers.entry(addr) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(other);
+            }
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                let record = slot.get_mut();
+                record.first_seen = record.first_seen.min(other.first_seen);
+                record.last_seen = record.last_seen.max(other.last_seen);
+                record.outbound += other.outbound;
+                record.inbound += other.inbound;
+                other
+                    .remote_ports
+                    .iter()
+                    .for_each(|p| record.remote_ports.insert(*p));
+                other
+                    .local_ports
+                    .iter()
+                    .for_each(|p| record.local_ports.insert(*p));
+                other
+                    .processes
+                    .iter()
+                    .for_each(|p| record.processes.insert(*p));
+            }
+        }
+    }
+}
+
+/// Everything a checkpoint file holds.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub host: Option<String>,
+    /// The attach mode that collected the data, when netmon wrote the file.
+    pub mode: Option<String>,
+    /// Events the kernel side could not deliver, over all runs on this file.
+    pub lost_events: u64,
+    pub peers: PeerSet,
+}
+
+/// Which of the two accepted formats a file was in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Checkpoint,
+    /// The old poller's plain JSON list of address strings.
+    AddressList,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileV1 {
+    version: u32,
+    host: String,
+    updated: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    #[serde(default)]
+    lost_events: u64,
+    peers: Vec<PeerJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerJson {
+    ip: Ipv4Addr,
+    first_seen: String,
+    last_seen: String,
+    outbound: u64,
+    inbound: u64,
+    #[serde(default)]
+    remote_ports: Vec<u16>,
+    #[serde(default)]
+    local_ports: Vec<u16>,
+    #[serde(default)]
+    processes: Vec<String>,
+}
+
+impl PeerJson {
+    fn from_record(ip: Ipv4Addr, record: &PeerRecord) -> Self {
+        Self {
+            ip,
+            first_seen: rfc3339(record.first_seen),
+            last_seen: rfc3339(record.last_seen),
+            outbound: record.outbound,
+            inbound: record.inbound,
+            remote_ports: record.remote_ports.iter().copied().collect(),
+            local_ports: record.local_ports.iter().copied().collect(),
+            processes: record.processes.iter().map(Comm::to_string).collect(),
+        }
+    }
+
+    fn into_record(self) -> anyhow::Result<(Ipv4Addr, PeerRecord)> {
+        let ip = self.ip;
+        let record = PeerRecord {
+            first_seen: parse_rfc3339(&self.first_seen)
+                .with_context(|| format!("peer {ip}: first_seen"))?,
+            last_seen: parse_rfc3339(&self.last_seen)
+                .with_context(|| format!("peer {ip}: last_seen"))?,
+            outbound: self.outbound,
+            inbound: self.inbound,
+            remote_ports: self.remote_ports.into_iter().collect(),
+            local_ports: self.local_ports.into_iter().collect(),
+            processes: self
+                .processes
+                .iter()
+                .filter_map(|p| Comm::from_name(p))
+                .collect(),
+        };
+        Ok((ip, record))
+    }
+}
+
+/// Seconds since the epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn parse_rfc3339(text: &str) -> anyhow::Result<u64> {
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|err| anyhow!("{text:?} is not an RFC 3339 time: {err}"))?;
+    Ok(time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Reads a checkpoint or an old poller's address list.
+///
+/// `Ok(None)` when the file does not exist; any other problem is an error
+/// naming the file, and the file is left as it is.
+pub fn load(path: &Path) -> anyhow::Result<Option<(Snapshot, FileFormat)>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mtime = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or_else(unix_now, |d| d.as_secs());
+    parse(&bytes, mtime).map(Some).with_context(|| {
+        format!(
+            "{}: not a netmon checkpoint nor a JSON list of IPv4 addresses",
+            path.display()
+        )
+    })
+}
+
+/// Parses either format; `mtime` dates the entries of an address list,
+/// which carries no times of its own.
+pub fn parse(bytes: &[u8], mtime: u64) -> anyhow::Result<(Snapshot, FileFormat)> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).context("invalid JSON")?;
+    match value {
+        serde_json::Value::Array(items) => {
+            Ok((parse_address_list(items, mtime)?, FileFormat::AddressList))
+        }
+        serde_json::Value::Object(ref object) => {
+            match object.get("version").and_then(serde_json::Value::as_u64) {
+                Some(v) if v == u64::from(FORMAT_VERSION) => {}
+                Some(v) => bail!(
+                    "checkpoint version {v} is not supported (this netmon reads version {FORMAT_VERSION})"
+                ),
+                None => bail!("object without a \"version\" field"),
+            }
+            let file: FileV1 = serde_json::from_value(value).context("malformed checkpoint")?;
+            let mut peers = PeerSet::default();
+            for peer in file.peers {
+                let (ip, record) = peer.into_record()?;
+                peers.merge_record(ip, record);
+            }
+            let snapshot = Snapshot {
+                host: Some(file.host),
+                mode: file.mode,
+                lost_events: file.lost_events,
+                peers,
+            };
+            Ok((snapshot, FileFormat::Checkpoint))
+        }
+        _ => bail!("expected a JSON object or array"),
+    }
+}
+
+fn parse_address_list(items: Vec<serde_json::Value>, mtime: u64) -> anyhow::Result<Snapshot> {
+    let mut peers = PeerSet::default();
+    for (index, item) in items.into_iter().enumerate() {
+        let text = item
+            .as_str()
+            .ok_or_else(|| anyhow!("entry {index} is not a string: {item}"))?;
+        let ip: Ipv4Addr = text
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("entry {index} is not an IPv4 address: {text:?}"))?;
+        peers.merge_record(ip, PeerRecord::new(mtime));
+    }
+    Ok(Snapshot {
+        peers,
+        ..Snapshot::default()
+    })
+}
+
+/// Serialises a snapshot as a version 1 checkpoint.
+pub fn to_json(snapshot: &Snapshot, host: &str, now: u64) -> anyhow::Result<Vec<u8>> {
+    let file = FileV1 {
+        version: FORMAT_VERSION,
+        host: host.to_owned(),
+        updated: rfc3339(now),
+        mode: snapshot.mode.clone(),
+        lost_events: snapshot.lost_events,
+        peers: snapshot
+            .peers
+            .sorted()
+            .into_iter()
+            .map(|(ip, record)| PeerJson::from_record(ip, record))
+            .collect(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` atomically, mode 0640.
+///
+/// The temp file is created with `O_EXCL | O_NOFOLLOW` in the target's
+/// directory, so a planted symlink is never followed, and renamed over the
+/// target only once its contents are on disk.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = parent_dir(path);
+    let tmp = temp_path(path);
+    let result = (|| -> io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        let mut writer = BufWriter::new(file);
+        writer.write_all(bytes)?;
+        let file = writer
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write checkpoint {}", path.display()))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `.<name>.tmp-<pid>` beside `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "peers.json".into(), |n| n.to_string_lossy());
+    parent_dir(path).join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::Source;
+
+    fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
+        Connection {
+            peer: Ipv4Addr::from(peer),
+            remote_port: 443,
+            local_port: 22,
+            direction,
+            process: Comm::from_name(process),
+            source: Source::Tracepoint,
+        }
+    }
+
+    #[test]
+    fn record_counts_and_dedupes() {
+        let mut set = PeerSet::default();
+        assert!(set.record(
+            &conn([10, 0, 0, 1], Direction::Outbound, "curl"),
+            Count::Yes,
+            100
+        ));
+        assert!(!set.record(
+            &conn([10, 0, 0, 1], Direction::Outbound, "curl"),
+            Count::Yes,
+            105
+        ));
+        assert!(!set.record(
+            &conn([10, 0, 0, 1], Direction::Inbound, "sshd"),
+            Count::AttributionOnly,
+            106
+        ));
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
+        assert_eq!((record.outbound, record.inbound), (2, 0));
+        assert_eq!((record.first_seen, record.last_seen), (100, 106));
+        assert_eq!(record.processes.len(), 2);
+        assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
+    }
+
+    #[test]
+    fn lists_are_capped() {
+        let ports: CappedSet<u16> = (0..1000).collect();
+        assert_eq!(ports.len(), LIST_CAP);
+    }
+
+    #[test]
+    fn checkpoint_round_trips_sorted_numerically() {
+        let mut snapshot = Snapshot {
+            mode: Some("tracepoint".into()),
+            lost_events: 3,
+            ..Snapshot::default()
+        };
+        for peer in [[10, 0, 0, 10], [9, 0, 0, 1], [10, 0, 0, 9]] {
+            snapshot.peers.record(
+                &conn(peer, Direction::Outbound, "x"),
+                Count::Yes,
+                1_700_000_000,
+            );
+        }
+        let bytes = to_json(&snapshot, "host1", 1_700_000_001).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let order: Vec<_> = ["9.0.0.1", "10.0.0.9", "10.0.0.10"]
+            .iter()
+            .map(|ip| text.find(ip).unwrap())
+            .collect();
+        assert!(order.is_sorted(), "{text}");
+        let (back, format) = parse(&bytes, 0).unwrap();
+        assert_eq!(format, FileFormat::Checkpoint);
+        assert_eq!(back.lost_events, 3);
+        assert_eq!(back.mode.as_deref(), Some("tracepoint"));
+        assert_eq!(back.peers.sorted(), snapshot.peers.sorted());
+    }
+
+    #[test]
+    fn old_poller_list_loads() {
+        let (snapshot, format) = parse(br#"["10.0.0.1", "192.168.1.2", "10.0.0.1"]"#, 42).unwrap();
+        assert_eq!(format, FileFormat::AddressList);
+        assert_eq!(snapshot.peers.len(), 2);
+        assert_eq!(
+            snapshot
+                .peers
+                .get(Ipv4Addr::new(10, 0, 0, 1))
+                .unwrap()
+                .first_seen,
+            42
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        for bad in [
+            &b"{"[..],
+            b"42",
+            br#"["10.0.0.300"]"#,
+            br#"[1]"#,
+            br#"{"peers": []}"#,
+            br#"{"version": 9}"#,
+        ] {
+            assert!(parse(bad, 0).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+}
