@@ -1,0 +1,1 @@
+//! Integration tests of the report commands (written by the reports work).
