@@ -54,14 +54,6 @@ impl<T: Ord + Copy> CappedSet<T> {
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.0.iter()
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl<T: Ord + Copy> FromIterator<T> for CappedSet<T> {
@@ -154,10 +146,6 @@ impl PeerSet {
 
     pub fn len(&self) -> usize {
         self.peers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
     }
 
     pub fn get(&self, addr: Ipv4Addr) -> Option<&PeerRecord> {
@@ -475,14 +463,14 @@ mod tests {
         let record = set.get(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
         assert_eq!((record.outbound, record.inbound), (2, 0));
         assert_eq!((record.first_seen, record.last_seen), (100, 106));
-        assert_eq!(record.processes.len(), 2);
+        assert_eq!(record.processes.iter().count(), 2);
         assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
     }
 
     #[test]
     fn lists_are_capped() {
         let ports: CappedSet<u16> = (0..1000).collect();
-        assert_eq!(ports.len(), LIST_CAP);
+        assert_eq!(ports.iter().count(), LIST_CAP);
     }
 
     #[test]

@@ -1,1 +1,76 @@
-fn main() {}
+//! `cargo xtask`: build, run and test netmon.
+//!
+//! Building netmon takes two toolchains: the eBPF object needs the nightly
+//! (`-Z build-std=core` for `bpfel-unknown-none`) and bpf-linker, userspace
+//! builds on stable with the object embedded. Everything a fresh machine
+//! lacks (rust-src, bpf-linker, Debian packages the tests use) is installed
+//! here, idempotently, so CI needs nothing but `cargo xtask test`.
+mod build;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test netmon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF object, then `netmon` with it embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `netmon` with the given arguments.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for netmon, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Install what the tests need, build, check formatting and lints, and
+    /// run every test (unit and privileged integration tests; needs root).
+    Test,
+    /// `cargo fmt --check` and `cargo clippy -D warnings` on both workspaces.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
+        Command::Run { release, args } => {
+            let binary = build::build(build::Profile::from_release(release))?;
+            build::run_status(std::process::Command::new(binary).args(args))
+        }
+        Command::Test => test(),
+        Command::Lint => build::lint(),
+    }
+}
+
+/// Debian packages the integration tests use: `ip` for network namespaces
+/// and the firewall tools the generated rules are loaded into.
+const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "ipset", "iptables"];
+
+fn test() -> anyhow::Result<()> {
+    setup::require_root("cargo xtask test loads eBPF programs and creates network namespaces")?;
+    setup::debian_packages(TEST_PACKAGES)?;
+    build::build(build::Profile::Debug)?;
+    build::lint()?;
+    build::cargo_test()
+}

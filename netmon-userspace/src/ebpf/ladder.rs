@@ -61,7 +61,7 @@ impl ModeRequest {
 
 /// The source of connections a rung yields.
 pub enum Collector {
-    Ebpf(EbpfCollector),
+    Ebpf(Box<EbpfCollector>),
     Proc,
 }
 
@@ -110,13 +110,17 @@ pub const LADDER: [Rung; 3] = [
         mode: AttachMode::Kprobe,
         needs: "kprobe support (CONFIG_KPROBES) and permission to load eBPF",
         probe: probe_kprobe,
-        attach: |env| EbpfCollector::attach_kprobes(env.kernel()).map(Collector::Ebpf),
+        attach: |env| {
+            EbpfCollector::attach_kprobes(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+        },
     },
     Rung {
         mode: AttachMode::Tracepoint,
         needs: "tracefs with sock/inet_sock_set_state (Linux 4.16+) and permission to load eBPF",
         probe: probe_tracepoint,
-        attach: |env| EbpfCollector::attach_tracepoint(env.kernel()).map(Collector::Ebpf),
+        attach: |env| {
+            EbpfCollector::attach_tracepoint(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+        },
     },
     Rung {
         mode: AttachMode::Proc,

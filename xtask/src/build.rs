@@ -1,0 +1,168 @@
+//! Building both halves of netmon and running cargo on them.
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::setup;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    pub fn from_release(release: bool) -> Self {
+        if release { Self::Release } else { Self::Debug }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// The repository root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the repo")
+        .to_path_buf()
+}
+
+fn ebpf_dir() -> PathBuf {
+    root().join("netmon-ebpf")
+}
+
+/// Where the eBPF crate's build leaves the object.
+pub fn ebpf_object() -> PathBuf {
+    ebpf_dir().join("target/bpfel-unknown-none/release/netmon")
+}
+
+/// The cargo that runs xtask: the stable toolchain's.
+fn cargo() -> Command {
+    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// Builds the object, then userspace with it embedded; returns the binary.
+pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
+    let object = build_ebpf()?;
+    let mut command = cargo();
+    command.args(["build", "--package", "netmon-userspace", "--bin", "netmon"]);
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    run_status(command.env("NETMON_EBPF_OBJECT", &object))?;
+    Ok(root().join("target").join(profile.dir()).join("netmon"))
+}
+
+/// Builds the eBPF crate with the nightly toolchain.
+///
+/// The environment cargo gives xtask names the stable toolchain
+/// (`RUSTUP_TOOLCHAIN`, `RUSTC`, ...) and would leak into the nested build;
+/// it is cleared so the nightly is used throughout.
+fn build_ebpf() -> anyhow::Result<PathBuf> {
+    setup::ebpf_toolchain()?;
+    let mut command = nightly_cargo();
+    command.args(["build", "--release"]);
+    run_status(&mut command).context("building the eBPF object")?;
+    let object = ebpf_object();
+    let size = fs::metadata(&object)
+        .with_context(|| format!("eBPF object {} missing after the build", object.display()))?
+        .len();
+    if size == 0 {
+        bail!("eBPF object {} is empty", object.display());
+    }
+    Ok(object)
+}
+
+fn nightly_cargo() -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", "nightly", "cargo"])
+        .current_dir(ebpf_dir());
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// fmt and clippy on both workspaces, warnings as errors.
+pub fn lint() -> anyhow::Result<()> {
+    let object = ebpf_object();
+    run_status(cargo().args(["fmt", "--all", "--check"]))?;
+    run_status(nightly_cargo().args(["fmt", "--check"]))?;
+    run_status(
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("NETMON_EBPF_OBJECT", &object),
+    )?;
+    run_status(nightly_cargo().args(["clippy", "--release", "--", "-D", "warnings"]))
+}
+
+/// Every test of the host workspace. Integration tests share kernel state
+/// (tracepoints, network namespaces), so they run one at a time.
+pub fn cargo_test() -> anyhow::Result<()> {
+    run_status(
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("NETMON_EBPF_OBJECT", ebpf_object()),
+    )
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run_status(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, failing when it fails.
+pub fn output_of(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
