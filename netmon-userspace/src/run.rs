@@ -146,6 +146,11 @@ impl State {
 }
 
 async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
+    // Before anything announces readiness: a SIGTERM that arrives early
+    // must still end in a checkpoint, not in the default action.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let env = Env::new(Path::new(PROC_NET));
     let (mut collector, skipped) = ladder::climb(args.mode, &env)?;
     for rung in &skipped {
@@ -177,9 +182,6 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
         args.output.display()
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut checkpoints = interval(Duration::from_secs(args.interval));
     checkpoints.set_missed_tick_behavior(MissedTickBehavior::Delay);
     checkpoints.tick().await;
