@@ -17,24 +17,33 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "perf")]
+use aya_ebpf::maps::PerfEventArray;
+#[cfg(not(feature = "perf"))]
+use aya_ebpf::maps::RingBuf;
 use aya_ebpf::{
     EbpfContext, Global, TASK_COMM_LEN,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{kprobe, kretprobe, map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::PerCpuArray,
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use aya_log_ebpf::warn;
 use netmon_common::{
     AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PeerEvent,
     SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, default_offsets, tcp_state,
 };
 
 /// Default size; userspace may resize it at load time.
+#[cfg(not(feature = "perf"))]
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Events that did not fit in `EVENTS`, per CPU.
+/// One perf buffer per CPU; userspace counts what they lose.
+#[cfg(feature = "perf")]
+#[map]
+static EVENTS: PerfEventArray<PeerEvent> = PerfEventArray::new(0);
+
+/// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -83,7 +92,7 @@ pub fn tcp_connect(ctx: ProbeContext) -> u32 {
 
 fn try_tcp_connect(ctx: &ProbeContext) -> Result<u32, i32> {
     let sk: *const u8 = ctx.arg(0).ok_or(0)?;
-    send_sock_peer(sk, DIRECTION_OUTBOUND, SOURCE_KPROBE_CONNECT)
+    send_sock_peer(ctx, sk, DIRECTION_OUTBOUND, SOURCE_KPROBE_CONNECT)
 }
 
 #[kretprobe]
@@ -93,7 +102,7 @@ pub fn inet_csk_accept(ctx: RetProbeContext) -> u32 {
 
 fn try_inet_csk_accept(ctx: &RetProbeContext) -> Result<u32, i32> {
     let sk: *const u8 = ctx.ret();
-    send_sock_peer(sk, DIRECTION_INBOUND, SOURCE_KRETPROBE_ACCEPT)
+    send_sock_peer(ctx, sk, DIRECTION_INBOUND, SOURCE_KRETPROBE_ACCEPT)
 }
 
 #[tracepoint]
@@ -138,12 +147,17 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
     if direction == DIRECTION_OUTBOUND {
         stamp_current_task(&mut event);
     }
-    send(&event);
+    send(ctx, &event);
     Ok(0)
 }
 
 /// Reads the peer of `sk` and sends it, stamped with the current task.
-fn send_sock_peer(sk: *const u8, direction: u8, source: u8) -> Result<u32, i32> {
+fn send_sock_peer<C: EbpfContext>(
+    ctx: &C,
+    sk: *const u8,
+    direction: u8,
+    source: u8,
+) -> Result<u32, i32> {
     if sk.is_null() {
         return Ok(0);
     }
@@ -166,17 +180,19 @@ fn send_sock_peer(sk: *const u8, direction: u8, source: u8) -> Result<u32, i32> 
         ..PeerEvent::default()
     };
     stamp_current_task(&mut event);
-    send(&event);
+    send(ctx, &event);
     Ok(0)
 }
 
 /// A kernel read failed: the offsets do not match this kernel. Rare by
 /// construction, so worth a log line rather than a silent miss.
 #[inline(never)]
-fn read_failed<C: EbpfContext>(ctx: &C, err: i32) -> u32 {
-    warn!(
-        ctx,
-        "netmon: reading kernel memory failed ({}): offsets wrong for this kernel?", err
+fn read_failed<C: EbpfContext>(_ctx: &C, _err: i32) -> u32 {
+    #[cfg(not(feature = "perf"))]
+    aya_log_ebpf::warn!(
+        _ctx,
+        "netmon: reading kernel memory failed ({}): offsets wrong for this kernel?",
+        _err
     );
     0
 }
@@ -202,13 +218,20 @@ fn stamp_current_task(event: &mut PeerEvent) {
     event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
 }
 
-fn send(event: &PeerEvent) {
+#[cfg(not(feature = "perf"))]
+fn send<C: EbpfContext>(_ctx: &C, event: &PeerEvent) {
     if EVENTS.output::<PeerEvent>(event, 0).is_err()
         && let Some(lost) = LOST.get_ptr_mut(0)
     {
         // SAFETY: a per-CPU slot; programs do not migrate while running.
         unsafe { *lost += 1 };
     }
+}
+
+/// Perf buffers count their own losses (PERF_RECORD_LOST).
+#[cfg(feature = "perf")]
+fn send<C: EbpfContext>(ctx: &C, event: &PeerEvent) {
+    EVENTS.output(ctx, event, 0);
 }
 
 #[cfg(not(test))]

@@ -40,9 +40,28 @@ fn ebpf_dir() -> PathBuf {
     root().join("netmon-ebpf")
 }
 
-/// Where the eBPF crate's build leaves the object.
-pub fn ebpf_object() -> PathBuf {
-    ebpf_dir().join("target/bpfel-unknown-none/release/netmon")
+/// The eBPF objects: the ring-buffer one and the perf-buffer one for
+/// kernels before 5.8, each with the variable that hands it to
+/// netmon-userspace/build.rs and the extra cargo arguments that build it.
+const OBJECTS: [(&str, &str, &[&str]); 2] = [
+    (
+        "NETMON_EBPF_OBJECT",
+        "target/bpfel-unknown-none/release/netmon",
+        &[],
+    ),
+    (
+        "NETMON_EBPF_OBJECT_PERF",
+        "target/perf/bpfel-unknown-none/release/netmon",
+        &["--features", "perf", "--target-dir", "target/perf"],
+    ),
+];
+
+/// Points netmon-userspace's build script at the objects.
+fn with_objects(command: &mut Command) -> &mut Command {
+    for (var, path, _) in OBJECTS {
+        command.env(var, ebpf_dir().join(path));
+    }
+    command
 }
 
 /// The cargo that runs xtask: the stable toolchain's.
@@ -54,34 +73,36 @@ fn cargo() -> Command {
 
 /// Builds the object, then userspace with it embedded; returns the binary.
 pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
-    let object = build_ebpf()?;
+    build_ebpf()?;
     let mut command = cargo();
     command.args(["build", "--package", "netmon-userspace", "--bin", "netmon"]);
     if profile == Profile::Release {
         command.arg("--release");
     }
-    run_status(command.env("NETMON_EBPF_OBJECT", &object))?;
+    run_status(with_objects(&mut command))?;
     Ok(root().join("target").join(profile.dir()).join("netmon"))
 }
 
-/// Builds the eBPF crate with the nightly toolchain.
+/// Builds the eBPF objects with the nightly toolchain.
 ///
 /// The environment cargo gives xtask names the stable toolchain
 /// (`RUSTUP_TOOLCHAIN`, `RUSTC`, ...) and would leak into the nested build;
 /// it is cleared so the nightly is used throughout.
-fn build_ebpf() -> anyhow::Result<PathBuf> {
+fn build_ebpf() -> anyhow::Result<()> {
     setup::ebpf_toolchain()?;
-    let mut command = nightly_cargo();
-    command.args(["build", "--release"]);
-    run_status(&mut command).context("building the eBPF object")?;
-    let object = ebpf_object();
-    let size = fs::metadata(&object)
-        .with_context(|| format!("eBPF object {} missing after the build", object.display()))?
-        .len();
-    if size == 0 {
-        bail!("eBPF object {} is empty", object.display());
+    for (_, path, args) in OBJECTS {
+        let mut command = nightly_cargo();
+        command.args(["build", "--release"]).args(args);
+        run_status(&mut command).context("building the eBPF object")?;
+        let object = ebpf_dir().join(path);
+        let size = fs::metadata(&object)
+            .with_context(|| format!("eBPF object {} missing after the build", object.display()))?
+            .len();
+        if size == 0 {
+            bail!("eBPF object {} is empty", object.display());
+        }
     }
-    Ok(object)
+    Ok(())
 }
 
 fn nightly_cargo() -> Command {
@@ -106,40 +127,39 @@ fn nightly_cargo() -> Command {
     command
 }
 
-/// fmt and clippy on both workspaces, warnings as errors.
+/// fmt and clippy on both workspaces (and both eBPF builds), warnings as
+/// errors.
 pub fn lint() -> anyhow::Result<()> {
-    let object = ebpf_object();
     run_status(cargo().args(["fmt", "--all", "--check"]))?;
     run_status(nightly_cargo().args(["fmt", "--check"]))?;
-    run_status(
-        cargo()
-            .args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])
-            .env("NETMON_EBPF_OBJECT", &object),
-    )?;
-    run_status(nightly_cargo().args(["clippy", "--release", "--", "-D", "warnings"]))
+    let clippy = [
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    run_status(with_objects(cargo().args(clippy)))?;
+    for (_, _, args) in OBJECTS {
+        let mut command = nightly_cargo();
+        command.args(["clippy", "--release"]).args(args);
+        run_status(command.args(["--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }
 
 /// Every test of the host workspace. Integration tests share kernel state
 /// (tracepoints, network namespaces), so they run one at a time.
 pub fn cargo_test() -> anyhow::Result<()> {
-    run_status(
-        cargo()
-            .args([
-                "test",
-                "--workspace",
-                "--no-fail-fast",
-                "--",
-                "--test-threads=1",
-            ])
-            .env("NETMON_EBPF_OBJECT", ebpf_object()),
-    )
+    let test = [
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ];
+    run_status(with_objects(cargo().args(test)))
 }
 
 /// Runs a command, failing with its command line when it fails.
