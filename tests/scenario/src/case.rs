@@ -1,0 +1,89 @@
+//! The cases the kernel matrix runs in every VM, in order.
+//!
+//! Shared by the guest binary (which runs them) and `cargo xtask vm-test`
+//! (which knows from this table which rows a kernel owes it).
+
+/// What the guest changes around netmon for a case, without changing the
+/// kernel: the environments users run netmon in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// Root with every capability, the kernel as booted.
+    Plain,
+    /// CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN dropped from the bounding and
+    /// inheritable sets (what `setpriv --inh-caps=-bpf,-perfmon,-sys_admin
+    /// --bounding-set=-bpf,-perfmon,-sys_admin` does): a container or a
+    /// hardened unit.
+    NoEbpfCaps,
+    /// An empty file over /sys/kernel/btf/vmlinux in a mount namespace of
+    /// netmon's own: a kernel built without CONFIG_DEBUG_INFO_BTF.
+    NoBtf,
+}
+
+/// One run of netmon over the workload.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    pub name: &'static str,
+    /// `--mode`.
+    pub mode: &'static str,
+    /// More `netmon run` arguments.
+    pub extra: &'static [&'static str],
+    pub setting: Setting,
+    /// The mode netmon must run in.
+    pub expect_mode: &'static str,
+    /// Lines netmon must log (the reason for its choice); the matching log
+    /// lines become the row's note.
+    pub expect_log: &'static [&'static str],
+}
+
+impl Case {
+    /// `--mode mode` as root on the kernel as booted, which must run in
+    /// `expect_mode`.
+    pub const fn plain(name: &'static str, mode: &'static str, expect_mode: &'static str) -> Self {
+        Self {
+            name,
+            mode,
+            extra: &[],
+            setting: Setting::Plain,
+            expect_mode,
+            expect_log: &[],
+        }
+    }
+
+    pub const fn with_extra(self, extra: &'static [&'static str]) -> Self {
+        Self { extra, ..self }
+    }
+
+    pub const fn in_setting(self, setting: Setting, expect_log: &'static [&'static str]) -> Self {
+        Self {
+            setting,
+            expect_log,
+            ..self
+        }
+    }
+
+    pub fn find(name: &str) -> Option<(usize, &'static Case)> {
+        VM_CASES
+            .iter()
+            .enumerate()
+            .find(|(_, case)| case.name == name)
+    }
+}
+
+/// Every case, for kernels with kprobes and BTF (every Debian kernel the
+/// matrix boots). One line adds a case to every kernel.
+pub const VM_CASES: &[Case] = &[
+    Case::plain("auto", "auto", "kprobe"),
+    Case::plain("kprobe", "kprobe", "kprobe"),
+    Case::plain("tracepoint", "tracepoint", "tracepoint"),
+    Case::plain("proc", "proc", "proc"),
+    Case::plain("auto-no-caps", "auto", "proc").in_setting(
+        Setting::NoEbpfCaps,
+        &[
+            "skipped kprobe: ",
+            "skipped tracepoint: ",
+            "permission denied",
+        ],
+    ),
+    Case::plain("kprobe-no-btf", "kprobe", "kprobe")
+        .in_setting(Setting::NoBtf, &["using default struct sock offsets"]),
+];

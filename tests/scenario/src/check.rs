@@ -1,0 +1,244 @@
+//! Per-peer checks on a checkpoint file: every address of a workload is
+//! looked up, and every miss is reported with what was recorded instead.
+use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::Path};
+
+use serde_json::Value;
+
+use crate::workload::Workload;
+
+/// A checkpoint's peers by address.
+pub type Peers = BTreeMap<Ipv4Addr, Value>;
+
+/// The checkpoint's peers by address.
+pub fn read_peers(path: &Path) -> Peers {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let file: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(file["version"], 1, "{text}");
+    file["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| (peer["ip"].as_str().unwrap().parse().unwrap(), peer.clone()))
+        .collect()
+}
+
+pub fn has(list: &Value, wanted: Value) -> bool {
+    list.as_array().is_some_and(|items| items.contains(&wanted))
+}
+
+/// The addresses whose peer fails `check`, each with what was recorded.
+pub fn misses(peers: &Peers, addrs: &[Ipv4Addr], check: impl Fn(&Value) -> bool) -> Vec<String> {
+    addrs
+        .iter()
+        .filter(|addr| !peers.get(addr).is_some_and(&check))
+        .map(|addr| {
+            format!(
+                "{addr}: {}",
+                peers.get(addr).map_or("absent".into(), Value::to_string)
+            )
+        })
+        .collect()
+}
+
+/// Checks one expectation per peer and reports every miss at once.
+pub fn expect_peers(peers: &Peers, addrs: &[Ipv4Addr], what: &str, check: impl Fn(&Value) -> bool) {
+    Tally::new(peers, addrs, what, check).assert_met();
+}
+
+pub fn outbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
+    move |peer| {
+        peer["outbound"].as_u64() > Some(0)
+            && has(&peer["remote_ports"], port.into())
+            && (!process || has(&peer["processes"], "nm-client".into()))
+    }
+}
+
+pub fn inbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
+    move |peer| {
+        peer["inbound"].as_u64() > Some(0)
+            && has(&peer["local_ports"], port.into())
+            && (!process || has(&peer["processes"], "nm-acceptor".into()))
+    }
+}
+
+/// One expectation over a group of peers, and the peers that missed it.
+pub struct Tally {
+    pub what: String,
+    pub expected: usize,
+    pub misses: Vec<String>,
+}
+
+impl Tally {
+    pub fn new(
+        peers: &Peers,
+        addrs: &[Ipv4Addr],
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Self {
+        Self {
+            what: what.to_owned(),
+            expected: addrs.len(),
+            misses: misses(peers, addrs, check),
+        }
+    }
+
+    pub fn captured(&self) -> usize {
+        self.expected - self.misses.len()
+    }
+
+    pub fn assert_met(&self) {
+        assert!(
+            self.misses.is_empty(),
+            "{} of {} peers are not {}:\n{}",
+            self.misses.len(),
+            self.expected,
+            self.what,
+            self.misses.join("\n")
+        );
+    }
+}
+
+/// What a mode can see of a workload (README, "Attach modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sees {
+    /// Refused attempts: the eBPF modes see the SYN go out; proc mode only
+    /// sees what is in the socket table when it polls.
+    pub refused: bool,
+    /// The connecting process's name on outbound peers.
+    pub outbound_process: bool,
+    /// The accepting process's name on inbound peers: only the kretprobe
+    /// runs in the accepting process; the tracepoint's inbound transition
+    /// runs in softirq.
+    pub inbound_process: bool,
+}
+
+impl Sees {
+    pub fn mode(mode: &str) -> Self {
+        let ebpf = mode != "proc";
+        Self {
+            refused: ebpf,
+            outbound_process: ebpf,
+            inbound_process: mode == "kprobe",
+        }
+    }
+}
+
+/// Every check of one workload against one checkpoint.
+pub struct Verdict {
+    pub outbound: Vec<Tally>,
+    pub inbound: Vec<Tally>,
+    /// Refused sources never connected, so they must not be peers.
+    pub phantom: Vec<Ipv4Addr>,
+}
+
+/// Checks every peer of `work` in the way a mode that `sees` can.
+pub fn check_workload(peers: &Peers, work: &Workload, sees: Sees) -> Verdict {
+    let with_process = if sees.outbound_process {
+        " and process"
+    } else {
+        ""
+    };
+    let mut outbound_tallies = vec![Tally::new(
+        peers,
+        &work.destinations,
+        &format!("outbound with port{with_process}"),
+        outbound(work.port, sees.outbound_process),
+    )];
+    if sees.refused {
+        outbound_tallies.push(Tally::new(
+            peers,
+            &work.refused,
+            &format!("outbound (refused) with port{with_process}"),
+            outbound(work.refused_port, sees.outbound_process),
+        ));
+    }
+    let inbound_what = if sees.inbound_process {
+        "inbound with our port and the accepting process"
+    } else {
+        "inbound with our port"
+    };
+    Verdict {
+        outbound: outbound_tallies,
+        inbound: vec![Tally::new(
+            peers,
+            &work.sources,
+            inbound_what,
+            inbound(work.port, sees.inbound_process),
+        )],
+        phantom: work
+            .refused_sources
+            .iter()
+            .copied()
+            .filter(|a| peers.contains_key(a))
+            .collect(),
+    }
+}
+
+impl Verdict {
+    fn tallies(&self) -> impl Iterator<Item = &Tally> {
+        self.outbound.iter().chain(&self.inbound)
+    }
+
+    pub fn complete(&self) -> bool {
+        self.phantom.is_empty() && self.tallies().all(|t| t.misses.is_empty())
+    }
+
+    /// (captured, expected) outbound peers.
+    pub fn outbound_count(&self) -> (usize, usize) {
+        count(&self.outbound)
+    }
+
+    /// (captured, expected) inbound peers.
+    pub fn inbound_count(&self) -> (usize, usize) {
+        count(&self.inbound)
+    }
+
+    /// Every problem, one per line, each with its first few misses, for a
+    /// result line.
+    pub fn problems(&self) -> Vec<String> {
+        const SHOWN: usize = 2;
+        let mut problems: Vec<String> = self
+            .tallies()
+            .filter(|t| !t.misses.is_empty())
+            .map(|t| {
+                let more = t.misses.len().saturating_sub(SHOWN);
+                let more = if more > 0 {
+                    format!("; {more} more")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} of {} peers are not {}: {}{more}",
+                    t.misses.len(),
+                    t.expected,
+                    t.what,
+                    t.misses[..t.misses.len().min(SHOWN)].join("; ")
+                )
+            })
+            .collect();
+        if !self.phantom.is_empty() {
+            problems.push(format!(
+                "refused sources never connected, yet recorded: {:?}",
+                self.phantom
+            ));
+        }
+        problems
+    }
+
+    /// Panics with every miss of the first unmet expectation, as the
+    /// integration tests report them.
+    pub fn assert_complete(&self) {
+        self.tallies().for_each(Tally::assert_met);
+        assert!(
+            self.phantom.is_empty(),
+            "refused sources never connected, yet recorded: {:?}",
+            self.phantom
+        );
+    }
+}
+
+fn count(tallies: &[Tally]) -> (usize, usize) {
+    tallies.iter().fold((0, 0), |(captured, expected), t| {
+        (captured + t.captured(), expected + t.expected)
+    })
+}

@@ -1,0 +1,136 @@
+//! A running `netmon run`: started, waited for, stopped the way an admin
+//! stops it (SIGTERM), with everything it logged.
+use std::{
+    ffi::OsStr,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::Duration,
+};
+
+/// How long netmon may take to attach before a run gives up. Generous: it
+/// is a hang detector, not a speed assertion (under TCG in the kernel
+/// matrix, loading the programs takes seconds).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `netmon run`; killed if the caller fails before stopping it.
+pub struct Netmon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    ready: mpsc::Receiver<()>,
+}
+
+impl Netmon {
+    /// `binary run --output OUTPUT --mode MODE EXTRA...`, for callers that
+    /// change the child's environment before [`Netmon::spawn`].
+    pub fn command(
+        binary: impl AsRef<OsStr>,
+        output: &Path,
+        mode: &str,
+        extra: &[&str],
+    ) -> Command {
+        let mut command = Command::new(binary);
+        command
+            .args(["run", "--output"])
+            .arg(output)
+            .args(["--mode", mode])
+            .args(extra);
+        command
+    }
+
+    pub fn start(binary: impl AsRef<OsStr>, output: &Path, mode: &str, extra: &[&str]) -> Self {
+        Self::spawn(Self::command(binary, output, mode, extra))
+    }
+
+    /// Starts `command`, collecting its stderr line by line.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netmon");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, ready) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready:") {
+                    let _ = tx.send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log, ready }
+    }
+
+    /// Starts netmon and waits until it has attached and scanned.
+    pub fn ready(binary: impl AsRef<OsStr>, output: &Path, mode: &str) -> Self {
+        let netmon = Self::start(binary, output, mode, &[]);
+        if let Err(err) = netmon.wait_ready() {
+            panic!("netmon --mode {mode} {err}");
+        }
+        netmon
+    }
+
+    /// Waits for the `ready:` line; the error carries the log so far.
+    pub fn wait_ready(&self) -> Result<(), String> {
+        self.ready
+            .recv_timeout(READY_TIMEOUT)
+            .map_err(|_| format!("did not get ready:\n{}", self.log()))
+    }
+
+    /// The child's pid, for signals and /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        // Let the reader thread see EOF.
+        thread::sleep(Duration::from_millis(50));
+        (status, self.log())
+    }
+
+    /// Waits for a netmon that is expected to exit on its own.
+    pub fn wait(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        thread::sleep(Duration::from_millis(50));
+        (status, self.log())
+    }
+}
+
+impl Drop for Netmon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mode netmon says it runs in (its `mode: ...` line), if it got that
+/// far.
+pub fn chosen_mode(log: &str) -> Option<&str> {
+    log.lines()
+        .find_map(|line| line.split_once("] mode: ").map(|(_, mode)| mode.trim()))
+}
+
+/// netmon's reasons for every rung it skipped, one `skipped MODE: why`
+/// per rung, joined for a result line's note.
+pub fn skip_reasons(log: &str) -> String {
+    log.lines()
+        .filter_map(|line| {
+            line.split_once("] skipped ")
+                .map(|(_, why)| format!("skipped {why}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}

@@ -1,0 +1,156 @@
+//! `netmon-scenario NETMON CASE RESULTS`: runs one case of the kernel
+//! matrix inside a VM and appends its result line to RESULTS.
+//!
+//! The workload and the checks are the integration tests' own
+//! (`netmon_scenario::{workload, check}`). Every outcome, a panic included,
+//! ends in a result line; a case that cannot even print one is noticed by
+//! the host as a missing line.
+mod isolate;
+
+use std::{
+    any::Any,
+    env, fs,
+    io::Write as _,
+    panic,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use netmon_scenario::{
+    case::Case,
+    check::{Sees, check_workload, read_peers},
+    harness::{Netmon, chosen_mode},
+    result::Row,
+    workload::{workload, workload_held_open},
+};
+
+/// Connections per case: enough that a hook which misses some shows it,
+/// few enough for an emulated CPU.
+const CONNECTIONS: u8 = 20;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let [netmon, name, results] = args.as_slice() else {
+        eprintln!("usage: netmon-scenario NETMON CASE RESULTS");
+        return ExitCode::from(2);
+    };
+    let Some((index, case)) = Case::find(name) else {
+        eprintln!("netmon-scenario: no case {name:?}");
+        return ExitCode::from(2);
+    };
+    // Distinct addresses per case, so no case can pass on another's peers.
+    let net = u8::try_from(index + 1).expect("fewer than 255 cases");
+    let row =
+        panic::catch_unwind(|| run(Path::new(netmon), case, net)).unwrap_or_else(|panic| Row {
+            note: format!("panic: {}", message(&*panic)),
+            ..unfinished(case)
+        });
+    println!("{row}");
+    if let Err(err) = fs::OpenOptions::new()
+        .append(true)
+        .open(results)
+        .and_then(|mut file| writeln!(file, "{row}"))
+    {
+        eprintln!("netmon-scenario: {results}: {err}");
+        return ExitCode::FAILURE;
+    }
+    if row.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(binary: &Path, case: &Case, net: u8) -> Row {
+    let output = output_path(case);
+    let mut command = Netmon::command(binary, &output, case.mode, case.extra);
+    isolate::apply(case.setting, &mut command);
+    let netmon = Netmon::spawn(command);
+    let mut row = unfinished(case);
+    if let Err(err) = netmon.wait_ready() {
+        eprintln!("netmon-scenario: {}: netmon {err}", case.name);
+        let log = netmon.stop().1;
+        row.chosen = chosen_mode(&log).unwrap_or("-").into();
+        row.note = format!("not ready: {}", last_line(&log));
+        return row;
+    }
+    // proc mode only sees what is in the socket table when it polls.
+    let work = if case.expect_mode == "proc" {
+        workload_held_open(net, CONNECTIONS)
+    } else {
+        workload(net, CONNECTIONS)
+    };
+    let (status, log) = netmon.stop();
+    let chosen = chosen_mode(&log).unwrap_or("-").to_owned();
+    let verdict = check_workload(&read_peers(&output), &work, Sees::mode(&chosen));
+    drop(work);
+
+    let mut problems = verdict.problems();
+    if !status.success() {
+        problems.push(format!("netmon exited with {status}"));
+    }
+    if chosen != case.expect_mode {
+        problems.push(format!("ran in {chosen}, expected {}", case.expect_mode));
+    }
+    let mut evidence = Vec::new();
+    for wanted in case.expect_log {
+        match log.lines().find(|line| line.contains(wanted)) {
+            Some(line) => evidence.push(strip_log_prefix(line)),
+            None => problems.push(format!("log lacks {wanted:?}")),
+        }
+    }
+    evidence.dedup();
+    if !problems.is_empty() {
+        eprintln!(
+            "netmon-scenario: {} failed; netmon's log:\n{log}",
+            case.name
+        );
+    }
+    row.ok = problems.is_empty();
+    row.note = if row.ok {
+        evidence.join(" | ")
+    } else {
+        problems.join("; ")
+    };
+    row.chosen = chosen;
+    row.outbound = Some(verdict.outbound_count());
+    row.inbound = Some(verdict.inbound_count());
+    row
+}
+
+/// The row of a case that has not passed (yet).
+fn unfinished(case: &Case) -> Row {
+    Row {
+        on: "vm".into(),
+        kernel: Row::kernel_release(),
+        case: case.name.into(),
+        chosen: "-".into(),
+        outbound: None,
+        inbound: None,
+        ok: false,
+        note: String::new(),
+    }
+}
+
+fn output_path(case: &Case) -> PathBuf {
+    let dir = env::temp_dir().join(format!("netmon-{}", case.name));
+    let _ = fs::remove_dir_all(&dir);
+    dir.join("peers.json")
+}
+
+/// `[2026-11-28T16:00:34Z INFO ] text` -> `text`.
+fn strip_log_prefix(line: &str) -> &str {
+    line.split_once("] ").map_or(line, |(_, text)| text)
+}
+
+fn last_line(log: &str) -> &str {
+    log.lines().last().unwrap_or("(nothing logged)")
+}
+
+fn message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".into())
+}
