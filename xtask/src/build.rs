@@ -83,6 +83,25 @@ pub fn build(profile: Profile) -> anyhow::Result<PathBuf> {
     Ok(root().join("target").join(profile.dir()).join("netmon"))
 }
 
+/// The target of the binaries that go into the kernel matrix's initramfs:
+/// static, so the guest needs no libc.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Release builds of `packages` for [`STATIC_TARGET`]; returns the
+/// directory the binaries are in. netmon-userspace/build.rs embeds the eBPF
+/// objects from where [`build_ebpf`] leaves them, its default paths.
+pub fn build_static(packages: &[&str]) -> anyhow::Result<PathBuf> {
+    setup::rust_target(STATIC_TARGET)?;
+    build_ebpf()?;
+    let mut command = cargo();
+    command.args(["build", "--release", "--target", STATIC_TARGET]);
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    run_status(&mut command).context("building the static binaries")?;
+    Ok(root().join("target").join(STATIC_TARGET).join("release"))
+}
+
 /// Builds the eBPF objects with the nightly toolchain.
 ///
 /// The environment cargo gives xtask names the stable toolchain

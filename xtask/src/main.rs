@@ -7,6 +7,7 @@
 //! here, idempotently, so CI needs nothing but `cargo xtask test`.
 mod build;
 mod setup;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -35,8 +36,12 @@ enum Command {
         args: Vec<String>,
     },
     /// Install what the tests need, build, check formatting and lints, and
-    /// run every test (unit and privileged integration tests; needs root).
+    /// run every test (unit and privileged integration tests, then the
+    /// kernel matrix; needs root).
     Test,
+    /// The kernel matrix: boot Debian's kernels (or --kernel ones) under
+    /// QEMU and run every attach mode on each.
+    VmTest(vm::VmTestArgs),
     /// `cargo fmt --check` and `cargo clippy -D warnings` on both workspaces.
     Lint,
 }
@@ -59,6 +64,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             build::run_status(std::process::Command::new(binary).args(args))
         }
         Command::Test => test(),
+        Command::VmTest(args) => vm::vm_test(&args),
         Command::Lint => build::lint(),
     }
 }
@@ -70,7 +76,17 @@ const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "ipset", "iptables"];
 fn test() -> anyhow::Result<()> {
     setup::require_root("cargo xtask test loads eBPF programs and creates network namespaces")?;
     setup::debian_packages(TEST_PACKAGES)?;
+    setup::debian_packages(vm::PACKAGES)?;
     build::build(build::Profile::Debug)?;
     build::lint()?;
-    build::cargo_test()
+    // The integration tests leave the host kernel's rows for the matrix's
+    // table; stale ones from an earlier run must not stand in for them.
+    let host_rows = netmon_scenario::result::host_rows_dir(&vm::target_tmp());
+    if host_rows.exists() {
+        std::fs::remove_dir_all(&host_rows)?;
+    }
+    // The matrix runs even when a test failed: both results are wanted.
+    let tests = build::cargo_test();
+    let matrix = vm::vm_test(&vm::VmTestArgs::default());
+    tests.and(matrix)
 }

@@ -75,3 +75,13 @@ pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
+
+/// Adds a Rust target to the toolchain that runs xtask, if it is missing.
+pub fn rust_target(target: &str) -> anyhow::Result<()> {
+    let installed = output_of(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !installed.lines().any(|line| line.trim() == target) {
+        eprintln!("xtask: adding the Rust target {target}");
+        run_status(Command::new("rustup").args(["target", "add", target]))?;
+    }
+    Ok(())
+}
