@@ -1,9 +1,9 @@
 //! Command-line interface.
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
-use crate::ebpf::ladder::ModeRequest;
+use crate::{classify::Class, ebpf::ladder::ModeRequest, peer::Direction, report::Format};
 
 /// Where `netmon run` writes, and where reports read, by default.
 pub const DEFAULT_OUTPUT: &str = "/var/lib/netmon/peers.json";
@@ -28,6 +28,27 @@ pub enum Command {
     /// Report which attach modes this host allows, and verify every eBPF
     /// program with the kernel's verifier without attaching anything.
     Probe,
+    /// Print the recorded peers, sorted numerically and classified.
+    List(ListArgs),
+    /// Combine several files (from several hosts, or old poller lists)
+    /// into one checkpoint.
+    Merge(MergeArgs),
+    /// Show peers NEW has that BASE lacks, and the reverse: what rules
+    /// built from BASE would now block. Exit status 0 when nothing is new,
+    /// 1 when something is, 2 on trouble.
+    Diff(DiffArgs),
+    /// Count peers per class and direction; top peers, ports, processes.
+    Stats(StatsArgs),
+}
+
+impl Command {
+    /// The exit status for an error: `diff` keeps 1 for "something new".
+    pub fn failure_status(&self) -> u8 {
+        match self {
+            Self::Diff(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -48,4 +69,88 @@ pub struct RunArgs {
     /// Milliseconds between socket-table polls in proc mode.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub poll_interval: u64,
+}
+
+/// The files a report reads.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// netmon checkpoints or old poller address lists; peers in several
+    /// files are merged.
+    #[arg(value_name = "FILE", default_value = DEFAULT_OUTPUT)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Which peers a report keeps; every filter given must match.
+#[derive(Debug, Default, Args)]
+pub struct FilterArgs {
+    /// Only peers of this class (repeat for several).
+    #[arg(long = "class", value_name = "CLASS")]
+    pub classes: Vec<Class>,
+
+    /// Only peers that connected to us (in) or that we connected to (out).
+    #[arg(long)]
+    pub direction: Option<Direction>,
+
+    /// Only peers last seen within this long, such as 7d or 12h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub inputs: InputArgs,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The files to combine.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Where to write the merged checkpoint (atomically; it may be one of
+    /// the inputs).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The set the rules were built from.
+    pub base: PathBuf,
+
+    /// The set observed since.
+    pub new: PathBuf,
+
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub inputs: InputArgs,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Rows in each top list.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub top: u16,
+}
+
+impl ValueEnum for Direction {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Inbound, Self::Outbound]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
+    }
 }

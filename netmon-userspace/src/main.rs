@@ -1,13 +1,18 @@
 //! netmon: records which IPv4 hosts this server talks to.
+mod classify;
 mod cli;
 mod ebpf;
 mod peer;
 mod probe;
 mod procnet;
+mod report;
 mod run;
 mod store;
 
-use std::{io, process::ExitCode};
+use std::{
+    io::{self, BufWriter, StdoutLock, Write as _},
+    process::ExitCode,
+};
 
 use clap::Parser as _;
 
@@ -16,13 +21,14 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    let failure = cli.command.failure_status();
     match dispatch(cli.command) {
         Ok(code) => code,
         // A reader that went away (`netmon list | head`) is not an error.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("netmon: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(failure)
         }
     }
 }
@@ -33,8 +39,32 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(&args)?,
         Command::Probe => probe::probe(&mut io::stdout().lock())?,
+        Command::List(args) => to_stdout(|out| report::list(&args, out))?,
+        Command::Merge(args) => report::merge(&args)?,
+        Command::Diff(args) => {
+            let sets = report::DiffSets::load(&args)?;
+            let changes = sets.changes();
+            to_stdout(|out| Ok(changes.write(out, args.format)?))?;
+            return Ok(changes.status());
+        }
+        Command::Stats(args) => to_stdout(|out| report::stats(&args, out))?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `report` on a buffered stdout and flushes it.
+///
+/// A reader that went away is not an error, and is handled here rather
+/// than in `main` so that a command whose status is an answer (`diff`)
+/// still gives it.
+fn to_stdout(
+    report: impl FnOnce(&mut BufWriter<StdoutLock<'static>>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    match report(&mut out).and_then(|()| Ok(out.flush()?)) {
+        Err(err) if is_broken_pipe(&err) => Ok(()),
+        result => result,
+    }
 }
 
 fn init_logging(verbose: u8) {

@@ -34,12 +34,19 @@ impl TryFrom<u8> for Direction {
     }
 }
 
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Direction {
+    /// The name in logs and on the command line (`--direction in`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
             Self::Outbound => "out",
             Self::Inbound => "in",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -98,6 +105,13 @@ impl Comm {
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// As its (lossily decoded) name, like [`fmt::Display`].
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

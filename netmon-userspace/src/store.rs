@@ -10,7 +10,7 @@
 //! Loading also accepts the plain JSON list of addresses that the old
 //! psutil poller writes, so users can migrate their existing files.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, btree_map::Entry},
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write as _},
     net::Ipv4Addr,
@@ -53,6 +53,10 @@ impl<T: Ord + Copy> CappedSet<T> {
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -112,7 +116,10 @@ pub enum Count {
 /// The deduplicated set of peers.
 #[derive(Debug, Default)]
 pub struct PeerSet {
-    peers: HashMap<Ipv4Addr, PeerRecord>,
+    /// Ordered by address (`Ipv4Addr` compares numerically): checkpoints
+    /// and reports want numeric order, and a million peers read in order
+    /// from a file go in at the end without a rehash or a later sort.
+    peers: BTreeMap<Ipv4Addr, PeerRecord>,
 }
 
 impl PeerSet {
@@ -153,19 +160,29 @@ impl PeerSet {
     }
 
     /// Peers in numeric address order.
-    pub fn sorted(&self) -> Vec<(Ipv4Addr, &PeerRecord)> {
-        let mut peers: Vec<_> = self.peers.iter().map(|(a, r)| (*a, r)).collect();
-        peers.sort_unstable_by_key(|(addr, _)| u32::from(*addr));
-        peers
+    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
+        self.peers.iter().map(|(addr, record)| (*addr, record))
+    }
+
+    /// Folds a whole set in, as [`Self::merge_record`] does each record.
+    pub fn merge(&mut self, other: PeerSet) {
+        if self.peers.is_empty() {
+            // Reading one file: take its set rather than re-insert it.
+            self.peers = other.peers;
+        } else {
+            for (addr, record) in other.peers {
+                self.merge_record(addr, record);
+            }
+        }
     }
 
     /// Adds a whole record (from a file), merging with what is there.
     pub fn merge_record(&mut self, addr: Ipv4Addr, other: PeerRecord) {
         match self.peers.entry(addr) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
+            Entry::Vacant(slot) => {
                 slot.insert(other);
             }
-            std::collections::hash_map::Entry::Occupied(mut slot) => {
+            Entry::Occupied(mut slot) => {
                 let record = slot.get_mut();
                 record.first_seen = record.first_seen.min(other.first_seen);
                 record.last_seen = record.last_seen.max(other.last_seen);
@@ -207,30 +224,81 @@ pub enum FileFormat {
     AddressList,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct FileV1 {
     version: u32,
     host: String,
     updated: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<String>,
-    #[serde(default)]
     lost_events: u64,
     peers: Vec<PeerJson>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A version 1 checkpoint as read: the peers go into a [`PeerSet`] as
+/// they are parsed, so a million-peer file never exists as a list too.
+#[derive(Deserialize)]
+struct FileV1In {
+    version: u64,
+    host: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    lost_events: u64,
+    peers: PeersIn,
+}
+
+struct PeersIn(PeerSet);
+
+impl<'de> Deserialize<'de> for PeersIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(PeersIn(PeerSet::default()))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PeersIn {
+    type Value = Self;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of peers")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<Self, A::Error> {
+        while let Some(peer) = seq.next_element::<PeerIn>()? {
+            let (ip, record) = peer.into_record();
+            self.0.merge_record(ip, record);
+        }
+        Ok(self)
+    }
+}
+
+/// Just the version, to say so when a checkpoint of another version fails
+/// to parse as this one.
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: Option<u64>,
+}
+
+fn check_version(version: Option<u64>) -> anyhow::Result<()> {
+    match version {
+        Some(v) if v == u64::from(FORMAT_VERSION) => Ok(()),
+        Some(v) => bail!(
+            "checkpoint version {v} is not supported (this netmon reads version {FORMAT_VERSION})"
+        ),
+        None => bail!("object without a \"version\" field"),
+    }
+}
+
+/// One peer as written.
+#[derive(Serialize)]
 struct PeerJson {
     ip: Ipv4Addr,
     first_seen: String,
     last_seen: String,
     outbound: u64,
     inbound: u64,
-    #[serde(default)]
     remote_ports: Vec<u16>,
-    #[serde(default)]
     local_ports: Vec<u16>,
-    #[serde(default)]
     processes: Vec<String>,
 }
 
@@ -247,25 +315,129 @@ impl PeerJson {
             processes: record.processes.iter().map(Comm::to_string).collect(),
         }
     }
+}
 
-    fn into_record(self) -> anyhow::Result<(Ipv4Addr, PeerRecord)> {
-        let ip = self.ip;
+/// One peer as read: each field parsed straight into the record's type,
+/// so reading a peer allocates nothing but the lists it keeps. Errors
+/// carry the line and column of the offending value.
+#[derive(Deserialize)]
+struct PeerIn {
+    ip: Ipv4Addr,
+    #[serde(deserialize_with = "unix_seconds")]
+    first_seen: u64,
+    #[serde(deserialize_with = "unix_seconds")]
+    last_seen: u64,
+    outbound: u64,
+    inbound: u64,
+    #[serde(default, deserialize_with = "capped::<_, u16, _>")]
+    remote_ports: CappedSet<u16>,
+    #[serde(default, deserialize_with = "capped::<_, u16, _>")]
+    local_ports: CappedSet<u16>,
+    #[serde(default, deserialize_with = "capped::<_, ProcessName, _>")]
+    processes: CappedSet<Comm>,
+}
+
+impl PeerIn {
+    fn into_record(self) -> (Ipv4Addr, PeerRecord) {
         let record = PeerRecord {
-            first_seen: parse_rfc3339(&self.first_seen)
-                .with_context(|| format!("peer {ip}: first_seen"))?,
-            last_seen: parse_rfc3339(&self.last_seen)
-                .with_context(|| format!("peer {ip}: last_seen"))?,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
             outbound: self.outbound,
             inbound: self.inbound,
-            remote_ports: self.remote_ports.into_iter().collect(),
-            local_ports: self.local_ports.into_iter().collect(),
-            processes: self
-                .processes
-                .iter()
-                .filter_map(|p| Comm::from_name(p))
-                .collect(),
+            remote_ports: self.remote_ports,
+            local_ports: self.local_ports,
+            processes: self.processes,
         };
-        Ok((ip, record))
+        (self.ip, record)
+    }
+}
+
+/// An RFC 3339 time as Unix seconds.
+fn unix_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    from_str_with(deserializer, "an RFC 3339 time", |text| {
+        parse_rfc3339(text).map_err(|err| format!("{err:#}"))
+    })
+}
+
+/// A value parsed from a JSON string in place, without copying it out.
+fn from_str_with<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Parse<T> {
+        expecting: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+    }
+
+    impl<T> serde::de::Visitor<'_> for Parse<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.expecting)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+            (self.parse)(text).map_err(E::custom)
+        }
+    }
+
+    deserializer.deserialize_str(Parse { expecting, parse })
+}
+
+/// A JSON list read straight into a [`CappedSet`]; items that convert to
+/// `None` (an empty process name) are skipped.
+fn capped<'de, D, I, T>(deserializer: D) -> Result<CappedSet<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    I: Deserialize<'de> + Into<Option<T>>,
+    T: Ord + Copy,
+{
+    struct Items<I, T>(std::marker::PhantomData<(I, T)>);
+
+    impl<'de, I: Deserialize<'de> + Into<Option<T>>, T: Ord + Copy> serde::de::Visitor<'de>
+        for Items<I, T>
+    {
+        type Value = CappedSet<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut set = CappedSet::default();
+            while let Some(item) = seq.next_element::<I>()? {
+                if let Some(value) = item.into() {
+                    set.insert(value);
+                }
+            }
+            Ok(set)
+        }
+    }
+
+    deserializer.deserialize_seq(Items::<I, T>(std::marker::PhantomData))
+}
+
+/// A process name as read, without allocating; `None` when empty.
+struct ProcessName(Option<Comm>);
+
+impl From<ProcessName> for Option<Comm> {
+    fn from(name: ProcessName) -> Self {
+        name.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcessName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str_with(deserializer, "a process name", |name| {
+            Ok(Self(Comm::from_name(name)))
+        })
     }
 }
 
@@ -312,35 +484,38 @@ pub fn load(path: &Path) -> anyhow::Result<Option<(Snapshot, FileFormat)>> {
 /// Parses either format; `mtime` dates the entries of an address list,
 /// which carries no times of its own.
 pub fn parse(bytes: &[u8], mtime: u64) -> anyhow::Result<(Snapshot, FileFormat)> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).context("invalid JSON")?;
-    match value {
-        serde_json::Value::Array(items) => {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
+            let items = serde_json::from_slice(bytes).context("invalid JSON")?;
             Ok((parse_address_list(items, mtime)?, FileFormat::AddressList))
         }
-        serde_json::Value::Object(ref object) => {
-            match object.get("version").and_then(serde_json::Value::as_u64) {
-                Some(v) if v == u64::from(FORMAT_VERSION) => {}
-                Some(v) => bail!(
-                    "checkpoint version {v} is not supported (this netmon reads version {FORMAT_VERSION})"
-                ),
-                None => bail!("object without a \"version\" field"),
-            }
-            let file: FileV1 = serde_json::from_value(value).context("malformed checkpoint")?;
-            let mut peers = PeerSet::default();
-            for peer in file.peers {
-                let (ip, record) = peer.into_record()?;
-                peers.merge_record(ip, record);
-            }
-            let snapshot = Snapshot {
-                host: Some(file.host),
-                mode: file.mode,
-                lost_events: file.lost_events,
-                peers,
-            };
-            Ok((snapshot, FileFormat::Checkpoint))
+        Some(b'{') => Ok((parse_checkpoint(bytes)?, FileFormat::Checkpoint)),
+        _ => {
+            let _: serde_json::Value = serde_json::from_slice(bytes).context("invalid JSON")?;
+            bail!("expected a JSON object or array")
         }
-        _ => bail!("expected a JSON object or array"),
     }
+}
+
+/// Parses a checkpoint straight from the bytes: errors carry the line and
+/// column of the offending entry.
+fn parse_checkpoint(bytes: &[u8]) -> anyhow::Result<Snapshot> {
+    let file: FileV1In = match serde_json::from_slice(bytes) {
+        Ok(file) => file,
+        Err(err) => {
+            if let Ok(header) = serde_json::from_slice::<VersionOnly>(bytes) {
+                check_version(header.version)?;
+            }
+            return Err(err).context("malformed checkpoint");
+        }
+    };
+    check_version(Some(file.version))?;
+    Ok(Snapshot {
+        host: Some(file.host),
+        mode: file.mode,
+        lost_events: file.lost_events,
+        peers: file.peers.0,
+    })
 }
 
 fn parse_address_list(items: Vec<serde_json::Value>, mtime: u64) -> anyhow::Result<Snapshot> {
@@ -371,8 +546,7 @@ pub fn to_json(snapshot: &Snapshot, host: &str, now: u64) -> anyhow::Result<Vec<
         lost_events: snapshot.lost_events,
         peers: snapshot
             .peers
-            .sorted()
-            .into_iter()
+            .iter()
             .map(|(ip, record)| PeerJson::from_record(ip, record))
             .collect(),
     };
@@ -498,7 +672,7 @@ mod tests {
         assert_eq!(format, FileFormat::Checkpoint);
         assert_eq!(back.lost_events, 3);
         assert_eq!(back.mode.as_deref(), Some("tracepoint"));
-        assert_eq!(back.peers.sorted(), snapshot.peers.sorted());
+        assert!(back.peers.iter().eq(snapshot.peers.iter()));
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! `netmon merge`: several files (from several hosts, or old poller
+//! lists) into one checkpoint.
+use log::info;
+
+use super::Sources;
+use crate::{
+    cli::MergeArgs,
+    store::{self, Snapshot},
+};
+
+/// Reads every input before writing anything, so an unreadable one leaves
+/// OUT as it was; the write itself is atomic like a checkpoint's.
+pub fn merge(args: &MergeArgs) -> anyhow::Result<()> {
+    let (merged, sources) = Sources::read(&args.files)?;
+    let snapshot = Snapshot {
+        // One mode names how all the data was collected; several do not.
+        mode: match sources.modes.as_slice() {
+            [mode] => Some(mode.clone()),
+            _ => None,
+        },
+        ..merged
+    };
+    let bytes = store::to_json(&snapshot, &merged_host(&sources.hosts), store::unix_now())?;
+    store::write_atomically(&args.output, &bytes)?;
+    info!(
+        "{}: {} peers from {} files",
+        args.output.display(),
+        snapshot.peers.len(),
+        args.files.len()
+    );
+    Ok(())
+}
+
+/// The hosts the data came from, comma-separated; address lists name none.
+fn merged_host(hosts: &[String]) -> String {
+    if hosts.is_empty() {
+        "unknown".to_owned()
+    } else {
+        hosts.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::Ipv4Addr,
+        path::{Path, PathBuf},
+    };
+
+    use super::*;
+    use crate::{
+        peer::Comm,
+        store::{FileFormat, PeerRecord},
+    };
+
+    fn record(seen: (u64, u64), counts: (u64, u64), ports: &[u16], process: &str) -> PeerRecord {
+        let mut record = PeerRecord {
+            first_seen: seen.0,
+            last_seen: seen.1,
+            outbound: counts.0,
+            inbound: counts.1,
+            remote_ports: ports.iter().copied().collect(),
+            local_ports: Default::default(),
+            processes: Comm::from_name(process).into_iter().collect(),
+        };
+        record.local_ports.insert(22);
+        record
+    }
+
+    fn write(dir: &Path, name: &str, host: &str, peers: &[(Ipv4Addr, PeerRecord)]) -> PathBuf {
+        let mut snapshot = Snapshot {
+            mode: Some("kprobe".into()),
+            lost_events: 2,
+            ..Snapshot::default()
+        };
+        for (ip, record) in peers {
+            snapshot.peers.merge_record(*ip, record.clone());
+        }
+        let path = dir.join(name);
+        store::write_atomically(&path, &store::to_json(&snapshot, host, 0).unwrap()).unwrap();
+        path
+    }
+
+    /// Merges `files` and reads the result back.
+    fn merged(dir: &Path, files: Vec<PathBuf>) -> Snapshot {
+        let output = dir.join("merged.json");
+        merge(&MergeArgs {
+            files,
+            output: output.clone(),
+        })
+        .unwrap();
+        let (merged, format) = store::load(&output).unwrap().unwrap();
+        assert_eq!(format, FileFormat::Checkpoint);
+        merged
+    }
+
+    #[test]
+    fn merges_counts_times_and_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Ipv4Addr::new(10, 0, 0, 1);
+        let only_a = Ipv4Addr::new(10, 0, 0, 2);
+        let a = write(
+            dir.path(),
+            "a.json",
+            "web1",
+            &[
+                (shared, record((100, 200), (1, 2), &[443], "curl")),
+                (only_a, record((5, 6), (7, 0), &[80], "wget")),
+            ],
+        );
+        let b = write(
+            dir.path(),
+            "b.json",
+            "web2",
+            &[(shared, record((50, 150), (10, 20), &[8443, 443], "sshd"))],
+        );
+        let merged = merged(dir.path(), vec![a, b]);
+        assert_eq!(merged.host.as_deref(), Some("web1,web2"));
+        assert_eq!(merged.mode.as_deref(), Some("kprobe"));
+        assert_eq!(merged.lost_events, 4);
+        let got = merged.peers.get(shared).unwrap();
+        assert_eq!((got.first_seen, got.last_seen), (50, 200));
+        assert_eq!((got.outbound, got.inbound), (11, 22));
+        assert_eq!(got.remote_ports.iter().collect::<Vec<_>>(), [&443, &8443]);
+        let names: Vec<_> = got.processes.iter().map(Comm::to_string).collect();
+        assert_eq!(names, ["curl", "sshd"]);
+        // A peer only one input has comes through untouched.
+        assert_eq!(
+            merged.peers.get(only_a),
+            Some(&record((5, 6), (7, 0), &[80], "wget"))
+        );
+    }
+
+    #[test]
+    fn lists_stay_within_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 1);
+        let low: Vec<u16> = (0..store::LIST_CAP as u16).collect();
+        let high: Vec<u16> = (1000..1000 + store::LIST_CAP as u16).collect();
+        let a = write(
+            dir.path(),
+            "a.json",
+            "h",
+            &[(ip, record((1, 1), (1, 0), &low, "a"))],
+        );
+        let b = write(
+            dir.path(),
+            "b.json",
+            "h",
+            &[(ip, record((1, 1), (1, 0), &high, "a"))],
+        );
+        let merged = merged(dir.path(), vec![a, b]);
+        assert_eq!(
+            merged.peers.get(ip).unwrap().remote_ports.iter().count(),
+            store::LIST_CAP
+        );
+        assert_eq!(merged.host.as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn an_unreadable_input_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(dir.path(), "good.json", "h", &[]);
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"["10.0.0.1", "not-an-ip"]"#).unwrap();
+        let output = dir.path().join("out.json");
+        std::fs::write(&output, "old").unwrap();
+        let err = merge(&MergeArgs {
+            files: vec![good, bad, dir.path().join("missing.json")],
+            output: output.clone(),
+        })
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("bad.json") && message.contains("entry 1"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "old");
+    }
+
+    #[test]
+    fn address_lists_name_no_host() {
+        assert_eq!(merged_host(&[]), "unknown");
+    }
+}

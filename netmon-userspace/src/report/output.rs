@@ -1,0 +1,393 @@
+//! Printing peers in the four report formats.
+//!
+//! Text and CSV share one list of [`Field`]s and one renderer per field;
+//! JSON goes through serde, with the field names CSV uses in its header.
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    net::Ipv4Addr,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use serde::{Serialize, Serializer};
+
+use super::{
+    Detail, Directions, Format, Peer,
+    table::{self, Align, Column, Table},
+};
+use crate::{
+    classify::Class,
+    peer::Comm,
+    store::{CappedSet, PeerRecord},
+};
+
+/// Which side of a diff a peer is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// In NEW, not in BASE.
+    New,
+    /// In BASE, no longer in NEW.
+    Gone,
+}
+
+impl Change {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Gone => "gone",
+        }
+    }
+
+    /// The mark `plain` puts before the address, as `diff` would.
+    fn sign(self) -> char {
+        match self {
+            Self::New => '+',
+            Self::Gone => '-',
+        }
+    }
+}
+
+/// One printed line: a peer, and for a diff which side it is on.
+struct Row<'a> {
+    change: Option<Change>,
+    peer: Peer<'a>,
+}
+
+/// Peers ready to print: a list, or the two sides of a diff.
+pub struct Listing<'a> {
+    rows: Vec<Row<'a>>,
+    detail: Detail,
+    /// Whether rows carry a [`Change`]: a diff with nothing in it still
+    /// prints a diff's header and JSON shape.
+    diff: bool,
+}
+
+impl<'a> Listing<'a> {
+    /// `netmon list`'s peers.
+    pub fn peers(peers: &[Peer<'a>], detail: Detail) -> Self {
+        let rows = peers.iter().map(|&peer| Row { change: None, peer });
+        Self {
+            rows: rows.collect(),
+            detail,
+            diff: false,
+        }
+    }
+
+    /// `netmon diff`'s peers: the new ones, then the gone ones.
+    pub fn changes(new: &[Peer<'a>], gone: &[Peer<'a>], detail: Detail) -> Self {
+        let rows = [(Change::New, new), (Change::Gone, gone)]
+            .into_iter()
+            .flat_map(|(change, peers)| {
+                peers.iter().map(move |&peer| Row {
+                    change: Some(change),
+                    peer,
+                })
+            });
+        Self {
+            rows: rows.collect(),
+            detail,
+            diff: true,
+        }
+    }
+
+    pub fn write(&self, out: &mut impl Write, format: Format) -> io::Result<()> {
+        match format {
+            Format::Text => table::write_text(out, &PeerTable::new(self, Style::Text)),
+            Format::Csv => table::write_csv(out, &PeerTable::new(self, Style::Csv)),
+            Format::Plain => write_plain(out, &self.rows),
+            Format::Json if self.diff => {
+                out.write_all(b"{\"new\": ")?;
+                self.write_json_array(out, Some(Change::New))?;
+                out.write_all(b", \"gone\": ")?;
+                self.write_json_array(out, Some(Change::Gone))?;
+                out.write_all(b"}\n")
+            }
+            Format::Json => self.write_json_array(out, None),
+        }
+    }
+
+    /// The rows marked `change` as a JSON array, one peer per line.
+    fn write_json_array(&self, out: &mut impl Write, change: Option<Change>) -> io::Result<()> {
+        let peers = self.rows.iter().filter(|row| row.change == change);
+        out.write_all(b"[")?;
+        let mut empty = true;
+        for row in peers {
+            out.write_all(if empty { b"\n" } else { b",\n" })?;
+            serde_json::to_writer(&mut *out, &JsonPeer::new(&row.peer, self.detail))?;
+            empty = false;
+        }
+        out.write_all(if empty { b"]" } else { b"\n]" })?;
+        if change.is_none() {
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+fn write_plain(out: &mut impl Write, rows: &[Row<'_>]) -> io::Result<()> {
+    for row in rows {
+        match row.change {
+            Some(change) => writeln!(out, "{}{}", change.sign(), row.peer.ip)?,
+            None => writeln!(out, "{}", row.peer.ip)?,
+        }
+    }
+    Ok(())
+}
+
+/// Headers for people, or the machine names JSON also uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Style {
+    Text,
+    Csv,
+}
+
+/// A column of the peer table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Change,
+    Address,
+    Class,
+    Direction,
+    Outbound,
+    Inbound,
+    FirstSeen,
+    LastSeen,
+    RemotePorts,
+    LocalPorts,
+    Processes,
+}
+
+impl Field {
+    /// The columns for `detail`; text leaves out first_seen to stay
+    /// narrow.
+    fn all(detail: Detail, style: Style, changes: bool) -> Vec<Self> {
+        let change = changes.then_some(Self::Change);
+        let recorded = match (detail, style) {
+            (Detail::AddressesOnly, _) => &[][..],
+            (Detail::Recorded, Style::Text) => &[
+                Self::Direction,
+                Self::Outbound,
+                Self::Inbound,
+                Self::LastSeen,
+                Self::RemotePorts,
+                Self::LocalPorts,
+                Self::Processes,
+            ],
+            (Detail::Recorded, Style::Csv) => &[
+                Self::Direction,
+                Self::Outbound,
+                Self::Inbound,
+                Self::FirstSeen,
+                Self::LastSeen,
+                Self::RemotePorts,
+                Self::LocalPorts,
+                Self::Processes,
+            ],
+        };
+        change
+            .into_iter()
+            .chain([Self::Address, Self::Class])
+            .chain(recorded.iter().copied())
+            .collect()
+    }
+
+    fn column(self, style: Style) -> Column {
+        let (text, csv) = match self {
+            Self::Change => ("CHANGE", "change"),
+            Self::Address => ("ADDRESS", "ip"),
+            Self::Class => ("CLASS", "class"),
+            Self::Direction => ("DIR", "direction"),
+            Self::Outbound => ("OUT", "outbound"),
+            Self::Inbound => ("IN", "inbound"),
+            Self::FirstSeen => ("FIRST SEEN", "first_seen"),
+            Self::LastSeen => ("LAST SEEN", "last_seen"),
+            Self::RemotePorts => ("REMOTE PORTS", "remote_ports"),
+            Self::LocalPorts => ("LOCAL PORTS", "local_ports"),
+            Self::Processes => ("PROCESSES", "processes"),
+        };
+        let align = match self {
+            Self::Outbound | Self::Inbound => Align::Right,
+            _ => Align::Left,
+        };
+        Column {
+            header: match style {
+                Style::Text => text,
+                Style::Csv => csv,
+            },
+            align,
+        }
+    }
+
+    fn write(self, row: &Row<'_>, out: &mut String) {
+        let record = row.peer.record;
+        match self {
+            Self::Change => out.push_str(row.change.map_or("", Change::as_str)),
+            Self::Address => push_ip(out, row.peer.ip),
+            Self::Class => out.push_str(row.peer.class.as_str()),
+            Self::Direction => out.push_str(Directions::of(record).as_str().unwrap_or("")),
+            Self::Outbound => push_number(out, record.outbound),
+            Self::Inbound => push_number(out, record.inbound),
+            Self::FirstSeen => push_time(out, record.first_seen),
+            Self::LastSeen => push_time(out, record.last_seen),
+            Self::RemotePorts => push_list(out, &record.remote_ports, push_port),
+            Self::LocalPorts => push_list(out, &record.local_ports, push_port),
+            Self::Processes => push_list(out, &record.processes, push_comm),
+        }
+    }
+}
+
+// The pushes below skip `core::fmt` for the cells every row has: a
+// million rows make it worth it.
+
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+}
+
+fn push_port(out: &mut String, port: u16) {
+    push_number(out, u64::from(port));
+}
+
+fn push_ip(out: &mut String, ip: Ipv4Addr) {
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            out.push('.');
+        }
+        push_number(out, u64::from(octet));
+    }
+}
+
+fn push_time(out: &mut String, secs: u64) {
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}", unix_time(secs));
+}
+
+fn unix_time(secs: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn push_list<T: Ord + Copy>(out: &mut String, list: &CappedSet<T>, push: fn(&mut String, T)) {
+    for (index, &item) in list.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        push(out, item);
+    }
+}
+
+/// A process name, with control characters escaped: any process can
+/// name itself, and a name must not be able to forge a line.
+fn push_comm(out: &mut String, comm: Comm) {
+    for c in String::from_utf8_lossy(comm.as_bytes()).chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+struct PeerTable<'a> {
+    rows: &'a [Row<'a>],
+    fields: Vec<Field>,
+    columns: Vec<Column>,
+}
+
+impl<'a> PeerTable<'a> {
+    fn new(listing: &'a Listing<'a>, style: Style) -> Self {
+        let fields = Field::all(listing.detail, style, listing.diff);
+        let columns = fields.iter().map(|field| field.column(style)).collect();
+        Self {
+            rows: &listing.rows,
+            fields,
+            columns,
+        }
+    }
+}
+
+impl Table for PeerTable<'_> {
+    fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn cell(&self, row: usize, column: usize, out: &mut String) {
+        self.fields[column].write(&self.rows[row], out);
+    }
+}
+
+#[derive(Serialize)]
+struct JsonPeer<'a> {
+    ip: Ipv4Addr,
+    class: Class,
+    #[serde(flatten)]
+    recorded: Option<JsonRecord<'a>>,
+}
+
+impl<'a> JsonPeer<'a> {
+    fn new(peer: &Peer<'a>, detail: Detail) -> Self {
+        Self {
+            ip: peer.ip,
+            class: peer.class,
+            recorded: (detail == Detail::Recorded).then(|| JsonRecord::new(peer.record)),
+        }
+    }
+}
+
+/// What netmon recorded about a peer, named as in the checkpoint.
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
+    #[serde(serialize_with = "rfc3339")]
+    first_seen: u64,
+    #[serde(serialize_with = "rfc3339")]
+    last_seen: u64,
+    outbound: u64,
+    inbound: u64,
+    #[serde(serialize_with = "sequence")]
+    remote_ports: &'a CappedSet<u16>,
+    #[serde(serialize_with = "sequence")]
+    local_ports: &'a CappedSet<u16>,
+    #[serde(serialize_with = "sequence")]
+    processes: &'a CappedSet<Comm>,
+}
+
+impl<'a> JsonRecord<'a> {
+    fn new(record: &'a PeerRecord) -> Self {
+        Self {
+            direction: Directions::of(record).as_str(),
+            first_seen: record.first_seen,
+            last_seen: record.last_seen,
+            outbound: record.outbound,
+            inbound: record.inbound,
+            remote_ports: &record.remote_ports,
+            local_ports: &record.local_ports,
+            processes: &record.processes,
+        }
+    }
+}
+
+fn rfc3339<S: Serializer>(secs: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&unix_time(*secs))
+}
+
+fn sequence<S: Serializer, T: Serialize + Ord + Copy>(
+    list: &&CappedSet<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(list.iter())
+}

@@ -1,0 +1,234 @@
+//! Aligned text tables and CSV, both from one description of a table.
+//!
+//! Cells are rendered into buffers that grow but are never allocated per
+//! row, so a million rows cost a few large allocations, not millions.
+use std::io::{self, Write};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    /// For numbers.
+    Right,
+}
+
+/// A column's header and alignment.
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    pub header: &'static str,
+    pub align: Align,
+}
+
+/// What [`write_text`] and [`write_csv`] print.
+pub trait Table {
+    fn columns(&self) -> &[Column];
+
+    fn rows(&self) -> usize;
+
+    /// Appends the text of one cell to `out`.
+    fn cell(&self, row: usize, column: usize, out: &mut String);
+}
+
+/// Columns separated by two spaces, padded to their widest cell; no line
+/// ends in spaces, and an empty cell shows as `-`.
+pub fn write_text(out: &mut impl Write, table: &impl Table) -> io::Result<()> {
+    let cells = Rendered::new(table);
+    let columns = table.columns();
+    let mut line = String::new();
+    for row in 0..=table.rows() {
+        line.clear();
+        for (index, column) in columns.iter().enumerate() {
+            let (cell, width) = cells.get(row * columns.len() + index);
+            pad(&mut line, cell, cells.widths[index] - width, column.align);
+        }
+        line.truncate(line.trim_end_matches(' ').len());
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Every cell of a table, header first, rendered once into one buffer:
+/// aligning needs each column's widest cell before the first line, and
+/// rendering a million rows twice costs more than keeping their text.
+struct Rendered {
+    text: String,
+    /// Where each cell ends in `text`, and its width in characters.
+    cells: Vec<(usize, usize)>,
+    widths: Vec<usize>,
+}
+
+impl Rendered {
+    fn new(table: &impl Table) -> Self {
+        let columns = table.columns().len();
+        let mut rendered = Self {
+            text: String::new(),
+            cells: Vec::with_capacity((table.rows() + 1) * columns),
+            widths: vec![0; columns],
+        };
+        for row in Row::header_then(table.rows()) {
+            for column in 0..columns {
+                let start = rendered.text.len();
+                render(table, row, column, &mut rendered.text);
+                if rendered.text.len() == start {
+                    rendered.text.push('-');
+                }
+                let cell = &rendered.text[start..];
+                let width = if cell.is_ascii() {
+                    cell.len()
+                } else {
+                    cell.chars().count()
+                };
+                rendered.widths[column] = rendered.widths[column].max(width);
+                rendered.cells.push((rendered.text.len(), width));
+            }
+        }
+        rendered
+    }
+
+    /// The text of cell `index` (row-major) and its width.
+    fn get(&self, index: usize) -> (&str, usize) {
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |before| self.cells[before].0);
+        let (end, width) = self.cells[index];
+        (&self.text[start..end], width)
+    }
+}
+
+/// RFC 4180 quoting, header first; lines end in `\n` as Unix tools expect.
+pub fn write_csv(out: &mut impl Write, table: &impl Table) -> io::Result<()> {
+    let columns = table.columns().len();
+    let mut cell = String::new();
+    let mut line = String::new();
+    for row in Row::header_then(table.rows()) {
+        line.clear();
+        for index in 0..columns {
+            if index > 0 {
+                line.push(',');
+            }
+            cell.clear();
+            render(table, row, index, &mut cell);
+            push_csv_field(&mut line, &cell);
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The header line, or a data row by index.
+#[derive(Clone, Copy)]
+enum Row {
+    Header,
+    Data(usize),
+}
+
+impl Row {
+    fn header_then(rows: usize) -> impl Iterator<Item = Self> {
+        std::iter::once(Self::Header).chain((0..rows).map(Self::Data))
+    }
+}
+
+fn render(table: &impl Table, row: Row, column: usize, out: &mut String) {
+    match row {
+        Row::Header => out.push_str(table.columns()[column].header),
+        Row::Data(row) => table.cell(row, column, out),
+    }
+}
+
+fn pad(line: &mut String, cell: &str, fill: usize, align: Align) {
+    let spaces = std::iter::repeat_n(' ', fill);
+    match align {
+        Align::Right => {
+            line.extend(spaces);
+            line.push_str(cell);
+        }
+        Align::Left => {
+            line.push_str(cell);
+            line.extend(spaces);
+        }
+    }
+    line.push_str("  ");
+}
+
+fn push_csv_field(line: &mut String, cell: &str) {
+    if cell.contains([',', '"', '\n', '\r']) {
+        line.push('"');
+        line.push_str(&cell.replace('"', "\"\""));
+        line.push('"');
+    } else {
+        line.push_str(cell);
+    }
+}
+
+/// A small table of owned cells, for summaries.
+pub struct Owned {
+    pub columns: Vec<Column>,
+    pub cells: Vec<Vec<String>>,
+}
+
+impl Table for Owned {
+    fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    fn rows(&self) -> usize {
+        self.cells.len()
+    }
+
+    fn cell(&self, row: usize, column: usize, out: &mut String) {
+        out.push_str(&self.cells[row][column]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Owned {
+        Owned {
+            columns: vec![
+                Column {
+                    header: "NAME",
+                    align: Align::Left,
+                },
+                Column {
+                    header: "N",
+                    align: Align::Right,
+                },
+                Column {
+                    header: "NOTE",
+                    align: Align::Left,
+                },
+            ],
+            cells: vec![
+                vec!["a".into(), "100".into(), "x".into()],
+                vec!["longer, with \"quotes\"".into(), "7".into(), String::new()],
+            ],
+        }
+    }
+
+    fn written(write: fn(&mut Vec<u8>, &Owned) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        write(&mut out, &table()).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn text_aligns_without_trailing_spaces() {
+        assert_eq!(
+            written(write_text),
+            "NAME                     N  NOTE\n\
+             a                      100  x\n\
+             longer, with \"quotes\"    7  -\n"
+        );
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        assert_eq!(
+            written(write_csv),
+            "NAME,N,NOTE\na,100,x\n\"longer, with \"\"quotes\"\"\",7,\n"
+        );
+    }
+}
