@@ -45,10 +45,19 @@ pub fn expect_peers(peers: &Peers, addrs: &[Ipv4Addr], what: &str, check: impl F
     Tally::new(peers, addrs, what, check).assert_met();
 }
 
+/// Exactly `[port]`: every workload peer has one connection, so a second
+/// port is a hook reading a wrong offset beside a hook reading the right
+/// one.
+fn only(ports: &Value, port: u16) -> bool {
+    ports
+        .as_array()
+        .is_some_and(|ports| ports == &[Value::from(port)])
+}
+
 pub fn outbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
     move |peer| {
         peer["outbound"].as_u64() > Some(0)
-            && has(&peer["remote_ports"], port.into())
+            && only(&peer["remote_ports"], port)
             && (!process || has(&peer["processes"], "nm-client".into()))
     }
 }
@@ -56,7 +65,7 @@ pub fn outbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
 pub fn inbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
     move |peer| {
         peer["inbound"].as_u64() > Some(0)
-            && has(&peer["local_ports"], port.into())
+            && only(&peer["local_ports"], port)
             && (!process || has(&peer["processes"], "nm-acceptor".into()))
     }
 }
