@@ -24,7 +24,11 @@ pub const SOURCE_TRACEPOINT: u8 = 3;
 
 /// One TCP connection with an IPv4 peer, as seen by one of the programs.
 ///
-/// 32 bytes, no implicit padding.
+/// Repeats of the same connection key ([`DedupKey`]) within the dedup
+/// window do not cross the ring buffer; `series` and `total` let userspace
+/// count them exactly anyway (see [`DedupValue`]).
+///
+/// 48 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerEvent {
@@ -45,12 +49,56 @@ pub struct PeerEvent {
     pub _pad: [u8; 2],
     /// `comm` of the current task, NUL padded; all zero when `pid` is 0.
     pub comm: [u8; COMM_LEN],
+    /// The dedup series this event belongs to: when its `DEDUP` entry was
+    /// created (ns since boot).
+    pub series: u64,
+    /// Connections counted in that series so far, this one included.
+    pub total: u64,
+}
+
+/// What makes connections repeats of each other for in-kernel dedup.
+///
+/// 12 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    /// As [`PeerEvent::addr`].
+    pub addr: u32,
+    /// The peer's port for outbound connections, ours for inbound ones.
+    pub port: u16,
+    pub direction: u8,
+    pub source: u8,
+    pub pid: u32,
+}
+
+/// A `DEDUP` entry: a series of connections with one key.
+///
+/// `total` only ever grows (atomically, from every CPU), so userspace can
+/// count exactly by remembering, per key and series, the last total it
+/// accounted for: every event and every harvest of the map adds the
+/// difference. Nothing is ever reset, so there is no race to lose counts
+/// in. An entry the LRU evicts starts a new series when the key returns.
+///
+/// 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DedupValue {
+    /// When the entry was created, ns since boot: names the series.
+    pub series: u64,
+    /// When an event was last sent for this key.
+    pub last_sent: u64,
+    /// Connections in this series.
+    pub total: u64,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: plain integers and arrays of integers, no padding, any bit pattern
-// is a valid value.
-unsafe impl aya::Pod for PeerEvent {}
+mod pod {
+    // SAFETY (all three): plain integers and arrays of integers, no padding,
+    // any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::PeerEvent {}
+    unsafe impl aya::Pod for super::DedupKey {}
+    unsafe impl aya::Pod for super::DedupValue {}
+}
 
 /// Map names, so both sides spell them the same way.
 pub mod maps {
@@ -58,6 +106,8 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` with one slot: events that did not fit in `EVENTS`.
     pub const LOST: &str = "LOST";
+    /// `LruHashMap<DedupKey, DedupValue>`: recent connection keys.
+    pub const DEDUP: &str = "DEDUP";
 }
 
 /// Names of the load-time globals (`EbpfLoader::override_global`).
@@ -83,6 +133,8 @@ pub mod globals {
     /// the kprobe on `tcp_connect` already does, so each connection is
     /// reported once.
     pub const TP_OUTBOUND: &str = "TP_OUTBOUND";
+    /// u64 ns: repeats of a key within this window send no event.
+    pub const DEDUP_WINDOW: &str = "DEDUP_WINDOW_NS";
 }
 
 /// Socket-state numbers of `include/net/tcp_states.h`.
@@ -113,7 +165,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_has_no_padding() {
-        assert_eq!(core::mem::size_of::<PeerEvent>(), 32);
+    fn abi_types_have_no_padding() {
+        assert_eq!(core::mem::size_of::<PeerEvent>(), 48);
+        assert_eq!(core::mem::size_of::<DedupKey>(), 12);
+        assert_eq!(core::mem::size_of::<DedupValue>(), 24);
     }
 }

@@ -16,6 +16,8 @@
 //! peer" are made in userspace.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 #[cfg(feature = "perf")]
 use aya_ebpf::maps::PerfEventArray;
@@ -23,14 +25,20 @@ use aya_ebpf::maps::PerfEventArray;
 use aya_ebpf::maps::RingBuf;
 use aya_ebpf::{
     EbpfContext, Global, TASK_COMM_LEN,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::bpf_ktime_get_ns,
+    },
     macros::{kprobe, kretprobe, map, tracepoint},
-    maps::PerCpuArray,
+    maps::{LruHashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use netmon_common::{
-    AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PeerEvent,
-    SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, default_offsets, tcp_state,
+    AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DedupKey, DedupValue, IPPROTO_TCP,
+    PeerEvent, SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, default_offsets,
+    tcp_state,
 };
 
 /// Default size; userspace may resize it at load time.
@@ -42,6 +50,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[cfg(feature = "perf")]
 #[map]
 static EVENTS: PerfEventArray<PeerEvent> = PerfEventArray::new(0);
+
+/// Recent connection keys and their counts: repeats within the window
+/// send no event (see `netmon_common::DedupValue`).
+#[map]
+static DEDUP: LruHashMap<DedupKey, DedupValue> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
 #[map]
@@ -77,9 +90,15 @@ static TP_PROTOCOL_OFF: Global<u32> = Global::new(0);
 static TP_DADDR_OFF: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static TP_DADDR_V6_OFF: Global<u32> = Global::new(0);
+/// Repeats of a key within this many ns send no event; 0 sends every one.
+#[unsafe(no_mangle)]
+static DEDUP_WINDOW_NS: Global<u64> = Global::new(1_000_000_000);
 /// Zero when the kprobe on `tcp_connect` reports outbound connections.
 #[unsafe(no_mangle)]
 static TP_OUTBOUND: Global<u32> = Global::new(1);
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:0:0/96`), as
 /// three native-endian words read straight from memory.
@@ -145,9 +164,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
     // SYN_RECV -> ESTABLISHED runs in softirq, in whatever task the final
     // ACK interrupted: that task is not the one that owns the socket.
     if direction == DIRECTION_OUTBOUND {
-        stamp_current_task(&mut event);
+        event.pid = current_pid();
     }
-    send(ctx, &event);
+    send(ctx, event);
     Ok(0)
 }
 
@@ -179,8 +198,8 @@ fn send_sock_peer<C: EbpfContext>(
         source,
         ..PeerEvent::default()
     };
-    stamp_current_task(&mut event);
-    send(ctx, &event);
+    event.pid = current_pid();
+    send(ctx, event);
     Ok(0)
 }
 
@@ -213,13 +232,81 @@ fn read_field<T>(ctx: &TracePointContext, offset: &Global<u32>) -> Result<T, i32
     unsafe { ctx.read_at(offset.load() as usize) }
 }
 
-fn stamp_current_task(event: &mut PeerEvent) {
-    event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+fn current_pid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Counts the connection in `DEDUP` and sends the event unless its key
+/// already sent one within the window. The comm is only read for events
+/// that are sent.
+fn send<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
+    if !count(&mut event) {
+        return;
+    }
+    if event.pid != 0 {
+        event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    }
+    output(ctx, &event);
+}
+
+/// Adds one to the key's series; returns whether to send an event, with
+/// `series` and `total` filled in.
+fn count(event: &mut PeerEvent) -> bool {
+    let key = DedupKey {
+        addr: event.addr,
+        port: if event.direction == DIRECTION_OUTBOUND {
+            event.remote_port
+        } else {
+            event.local_port
+        },
+        direction: event.direction,
+        source: event.source,
+        pid: event.pid,
+    };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = match DEDUP.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => {
+            let fresh = DedupValue {
+                series: now,
+                last_sent: now,
+                total: 1,
+            };
+            if DEDUP.insert(key, fresh, BPF_NOEXIST).is_ok() {
+                event.series = now;
+                event.total = 1;
+                return true;
+            }
+            // Another CPU created the key first: count in its series.
+            match DEDUP.get_ptr_mut(key) {
+                Some(entry) => entry,
+                None => {
+                    event.series = now;
+                    event.total = 1;
+                    return true;
+                }
+            }
+        }
+    };
+    // SAFETY: `entry` points into the map value, valid for this program
+    // run; `total` is only ever changed atomically.
+    unsafe {
+        // BPF's atomic add (BPF_XADD, any kernel): the target has no
+        // compare-and-swap, so core's AtomicU64 offers no fetch_add.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).total, 1);
+        if now.wrapping_sub((*entry).last_sent) < DEDUP_WINDOW_NS.load() {
+            return false;
+        }
+        (*entry).last_sent = now;
+        event.series = (*entry).series;
+        event.total = core::ptr::read_volatile(&raw const (*entry).total);
+    }
+    true
 }
 
 #[cfg(not(feature = "perf"))]
-fn send<C: EbpfContext>(_ctx: &C, event: &PeerEvent) {
+fn output<C: EbpfContext>(_ctx: &C, event: &PeerEvent) {
     if EVENTS.output::<PeerEvent>(event, 0).is_err()
         && let Some(lost) = LOST.get_ptr_mut(0)
     {
@@ -230,7 +317,7 @@ fn send<C: EbpfContext>(_ctx: &C, event: &PeerEvent) {
 
 /// Perf buffers count their own losses (PERF_RECORD_LOST).
 #[cfg(feature = "perf")]
-fn send<C: EbpfContext>(ctx: &C, event: &PeerEvent) {
+fn output<C: EbpfContext>(ctx: &C, event: &PeerEvent) {
     EVENTS.output(ctx, event, 0);
 }
 

@@ -164,8 +164,8 @@ mod tests {
             pid: 7,
             direction: DIRECTION_OUTBOUND,
             source: SOURCE_TRACEPOINT,
-            _pad: [0; 2],
             comm,
+            ..PeerEvent::default()
         };
         let conn = Connection::try_from(&event).unwrap();
         assert_eq!(conn.peer, Ipv4Addr::new(10, 1, 2, 3));

@@ -10,11 +10,12 @@ use anyhow::bail;
 
 use crate::ebpf::{
     self,
+    events::TransportRequest,
     ladder::{Env, LADDER},
 };
 
 pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let env = Env::new(Path::new("/proc/net"));
+    let env = Env::new(Path::new("/proc/net"), TransportRequest::Auto);
     let mut auto = None;
     for rung in &LADDER {
         match (rung.probe)(&env) {
@@ -30,6 +31,7 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
         }
     }
     let kernel = env.kernel();
+    writeln!(out, "event transport: {}", kernel.transport)?;
     match &kernel.offsets_origin {
         ebpf::btf::OffsetsOrigin::Btf => writeln!(
             out,

@@ -8,7 +8,7 @@ use std::{fmt, path::Path};
 
 use anyhow::{anyhow, bail};
 
-use super::{EbpfCollector, KernelEnv};
+use super::{EbpfCollector, KernelEnv, events::TransportRequest};
 
 /// How netmon watches connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -89,19 +89,22 @@ pub struct Rung {
 /// BTF) only happens when an eBPF rung is tried.
 pub struct Env<'a> {
     proc_net: &'a Path,
+    transport: TransportRequest,
     kernel: std::cell::OnceCell<KernelEnv>,
 }
 
 impl<'a> Env<'a> {
-    pub fn new(proc_net: &'a Path) -> Self {
+    pub fn new(proc_net: &'a Path, transport: TransportRequest) -> Self {
         Self {
             proc_net,
+            transport,
             kernel: std::cell::OnceCell::new(),
         }
     }
 
     pub fn kernel(&self) -> &KernelEnv {
-        self.kernel.get_or_init(KernelEnv::detect)
+        self.kernel
+            .get_or_init(|| KernelEnv::detect(self.transport))
     }
 }
 
@@ -138,6 +141,7 @@ pub const LADDER: [Rung; 3] = [
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
+    super::require_permission()?;
     let tracefs_events = env
         .kernel()
         .tracefs
@@ -153,6 +157,7 @@ fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
 }
 
 fn probe_tracepoint(env: &Env) -> anyhow::Result<()> {
+    super::require_permission()?;
     let kernel = env.kernel();
     kernel.tracefs.as_ref().map_err(|err| anyhow!("{err:#}"))?;
     kernel

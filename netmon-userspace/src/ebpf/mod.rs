@@ -5,29 +5,41 @@
 //! each mode's programs, and hands back an [`EbpfCollector`] that owns
 //! everything that must stay alive while events flow.
 pub mod btf;
+pub mod dedup;
+pub mod events;
 pub mod ladder;
 pub mod tracefs;
 
-use std::{fmt, io, os::fd::AsRawFd, path::PathBuf};
+use std::{fmt, io, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{KProbe, TracePoint},
 };
-use netmon_common::{PeerEvent, globals, maps};
+use netmon_common::{DedupKey, DedupValue, PeerEvent, globals, maps};
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use self::ladder::AttachMode;
 use self::{
     btf::{OffsetsOrigin, SockOffsets},
+    events::{Events, Transport, TransportRequest},
     tracefs::StateFormat,
 };
+use crate::peer::{Connection, Source};
 
-/// The eBPF object built by `cargo xtask build`, embedded at compile time.
-fn object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon.bpf.o"))
+/// The eBPF objects built by `cargo xtask build`, embedded at compile time:
+/// the same programs, sending through a ring buffer or through perf buffers.
+fn object(transport: Transport) -> &'static [u8] {
+    match transport {
+        Transport::RingBuf => {
+            aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon.bpf.o"))
+        }
+        Transport::Perf => {
+            aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon-perf.bpf.o"))
+        }
+    }
 }
 
 /// The programs in the object: (name, kind, kernel hook).
@@ -63,6 +75,7 @@ impl fmt::Display for ProgramKind {
 
 /// What the running kernel offers, looked up once per start.
 pub struct KernelEnv {
+    pub transport: Transport,
     pub tracefs: anyhow::Result<PathBuf>,
     pub sock_offsets: SockOffsets,
     pub offsets_origin: OffsetsOrigin,
@@ -71,7 +84,8 @@ pub struct KernelEnv {
 
 impl KernelEnv {
     /// Mounts tracefs if needed and reads the offsets the programs need.
-    pub fn detect() -> Self {
+    pub fn detect(transport: TransportRequest) -> Self {
+        let transport = transport.resolve();
         let tracefs = tracefs::ensure_mounted();
         let (sock_offsets, offsets_origin) = btf::sock_offsets(btf::VMLINUX_BTF.as_ref());
         let state_format = match &tracefs {
@@ -85,6 +99,7 @@ impl KernelEnv {
             }
         }
         Self {
+            transport,
             tracefs,
             sock_offsets,
             offsets_origin,
@@ -92,6 +107,10 @@ impl KernelEnv {
         }
     }
 }
+
+/// Repeats of a connection key within this window cross the ring buffer
+/// once; their counts arrive with the next event or harvest.
+const DEDUP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Loads the object, every offset patched in as a load-time global.
 ///
@@ -117,9 +136,28 @@ pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result
         .override_global(globals::TP_DADDR, &tp.daddr, true)
         .override_global(globals::TP_DADDR_V6, &tp.daddr_v6, true)
         .override_global(globals::TP_OUTBOUND, &tp_outbound, true)
-        .load(object())
+        .override_global(globals::DEDUP_WINDOW, &DEDUP_WINDOW_NS, true)
+        .load(object(env.transport))
         .map_err(|err| explain_permission(anyhow::Error::new(err)))
         .context("cannot load the eBPF object")
+}
+
+/// What to say when eBPF is not allowed.
+const NO_PERMISSION: &str = "permission denied: eBPF needs root, or CAP_BPF and CAP_PERFMON \
+     (CAP_SYS_ADMIN before Linux 5.8); --mode proc works without them";
+
+/// Fails with [`NO_PERMISSION`] when this process holds neither CAP_BPF
+/// nor CAP_SYS_ADMIN, before anything (mounting tracefs, loading) fails
+/// with a less telling error.
+pub fn require_permission() -> anyhow::Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let effective =
+        crate::privilege::effective().context("cannot read this process's capabilities")?;
+    if effective & (1 << CAP_BPF | 1 << CAP_SYS_ADMIN) == 0 {
+        anyhow::bail!(NO_PERMISSION);
+    }
+    Ok(())
 }
 
 /// Turns EPERM/EACCES anywhere in the chain into a line that says which
@@ -132,10 +170,7 @@ pub fn explain_permission(err: anyhow::Error) -> anyhow::Error {
             .is_some_and(|code| code == libc::EPERM || code == libc::EACCES)
     });
     if denied {
-        err.context(
-            "permission denied: eBPF needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8); \
-             --mode proc works without them",
-        )
+        err.context(NO_PERMISSION)
     } else {
         err
     }
@@ -202,8 +237,10 @@ pub struct EbpfCollector {
     /// tracepoint counts the inbound connection (it also sees connections
     /// accepted by threads blocked in accept() before netmon attached).
     pub accept_is_attribution_only: bool,
-    pub events: AsyncFd<RingBuf<MapData>>,
+    pub events: Events,
     lost: PerCpuArray<MapData, u64>,
+    dedup: BpfHashMap<MapData, DedupKey, DedupValue>,
+    counter: dedup::Counter,
     /// Forwards the programs' log lines; must live as long as they do.
     pub logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     _ebpf: Ebpf,
@@ -236,43 +273,91 @@ impl EbpfCollector {
                  already blocked in accept() before netmon started are missed"
             );
         }
-        Self::new(ebpf, AttachMode::Kprobe, inbound_tracepoint.is_ok())
+        Self::new(
+            ebpf,
+            env.transport,
+            AttachMode::Kprobe,
+            inbound_tracepoint.is_ok(),
+        )
     }
 
     /// tracepoint mode: `sock/inet_sock_set_state` for both directions.
     pub fn attach_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
         let mut ebpf = load_object(env, true)?;
         attach_tracepoint(&mut ebpf)?;
-        Self::new(ebpf, AttachMode::Tracepoint, false)
+        Self::new(ebpf, env.transport, AttachMode::Tracepoint, false)
     }
 
     fn new(
         mut ebpf: Ebpf,
+        transport: Transport,
         mode: AttachMode,
         accept_is_attribution_only: bool,
     ) -> anyhow::Result<Self> {
-        let events = ebpf
-            .take_map(maps::EVENTS)
-            .ok_or_else(|| anyhow!("the eBPF object has no map {}", maps::EVENTS))?;
-        let events = poll_fd(RingBuf::try_from(events)?).context("cannot poll the ring buffer")?;
+        let events = Events::open(&mut ebpf, transport)?;
         let lost = ebpf
             .take_map(maps::LOST)
             .ok_or_else(|| anyhow!("the eBPF object has no map {}", maps::LOST))?;
         let lost = PerCpuArray::try_from(lost)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(poll_fd(logger).context("cannot poll the eBPF log buffer")?),
+            // SAFETY: the logger owns its map fd for as long as it lives,
+            // and the AsyncFd owns the logger.
+            Ok(logger) => Some(
+                unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+                    .map_err(io::Error::from)
+                    .context("cannot poll the eBPF log buffer")?,
+            ),
             Err(err) => {
                 log::debug!("eBPF log forwarding unavailable: {err}");
                 None
             }
         };
+        let dedup = ebpf
+            .take_map(maps::DEDUP)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {}", maps::DEDUP))?;
         Ok(Self {
             mode,
             accept_is_attribution_only,
             events,
             lost,
+            dedup: BpfHashMap::try_from(dedup)?,
+            counter: dedup::Counter::default(),
             logger,
             _ebpf: ebpf,
+        })
+    }
+
+    /// Hands every waiting event to `sink` with the number of connections
+    /// it stands for; returns how many records were not events.
+    pub fn drain(&mut self, mut sink: impl FnMut(&Connection, u64)) -> usize {
+        let Self {
+            events,
+            counter,
+            accept_is_attribution_only,
+            ..
+        } = self;
+        events.drain(|event| {
+            let connections = counter.on_event(event);
+            deliver(event, connections, *accept_is_attribution_only, &mut sink);
+        })
+    }
+
+    /// Finds connections the dedup map counted that no event reported yet
+    /// (repeats inside the window, events lost to a full buffer).
+    pub fn harvest(&mut self, mut sink: impl FnMut(&Connection, u64)) -> anyhow::Result<()> {
+        let Self {
+            dedup,
+            counter,
+            accept_is_attribution_only,
+            ..
+        } = self;
+        counter.harvest(dedup, |key, connections| {
+            deliver(
+                &dedup::event_of(key),
+                connections,
+                *accept_is_attribution_only,
+                &mut sink,
+            );
         })
     }
 
@@ -282,22 +367,23 @@ impl EbpfCollector {
             .lost
             .get(&0, 0)
             .context("cannot read the lost-event counters")?;
-        Ok(per_cpu.iter().sum())
+        Ok(per_cpu.iter().sum::<u64>() + self.events.transport_lost())
     }
 }
 
-/// Registers a map's fd with tokio, for readability only.
-fn poll_fd<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: `inner` owns its map fd, which stays open and unchanged for as
-    // long as `inner` lives, and the AsyncFd owns `inner`.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
-}
-
-/// Copies one ring-buffer record into an event, or `None` for a record of
-/// the wrong size (an object and binary built from different sources).
-pub fn read_event(bytes: &[u8]) -> Option<PeerEvent> {
-    (bytes.len() == size_of::<PeerEvent>())
-        // SAFETY: PeerEvent is plain integers; the length was checked and
-        // read_unaligned copes with any alignment.
-        .then(|| unsafe { bytes.as_ptr().cast::<PeerEvent>().read_unaligned() })
+/// Converts and counts one event. The kretprobe on accept only names the
+/// accepting process where the tracepoint counts inbound connections.
+fn deliver(
+    event: &PeerEvent,
+    connections: u64,
+    accept_is_attribution_only: bool,
+    sink: &mut impl FnMut(&Connection, u64),
+) {
+    match Connection::try_from(event) {
+        Ok(conn) if accept_is_attribution_only && conn.source == Source::KretprobeAccept => {
+            sink(&conn, 0)
+        }
+        Ok(conn) => sink(&conn, connections),
+        Err(err) => log::warn!("{err:#}"),
+    }
 }
