@@ -3,7 +3,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
-use crate::{classify::Class, ebpf::ladder::ModeRequest, peer::Direction, report::Format};
+use crate::{
+    classify::Class,
+    ebpf::{events::TransportRequest, ladder::ModeRequest},
+    peer::Direction,
+    report::Format,
+};
 
 /// Where `netmon run` writes, and where reports read, by default.
 pub const DEFAULT_OUTPUT: &str = "/var/lib/netmon/peers.json";
@@ -69,6 +74,31 @@ pub struct RunArgs {
     /// Milliseconds between socket-table polls in proc mode.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub poll_interval: u64,
+
+    /// How eBPF events reach netmon: the BPF ring buffer (Linux 5.8+) or
+    /// per-CPU perf buffers; auto probes the kernel.
+    #[arg(long, value_enum, default_value_t = TransportRequest::Auto)]
+    pub transport: TransportRequest,
+
+    /// What to do when --output holds something unreadable as peers:
+    /// refuse to start, or move it aside as PATH.corrupt-TIMESTAMP and
+    /// start fresh.
+    #[arg(long, value_enum, default_value_t = OnCorrupt::Refuse)]
+    pub on_corrupt: OnCorrupt,
+
+    /// Most peers to keep; new peers beyond it are counted as dropped and
+    /// warned about, so a flood cannot exhaust memory.
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_peers: u64,
+}
+
+/// `--on-corrupt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnCorrupt {
+    /// Exit non-zero naming the file and the problem; leave it untouched.
+    Refuse,
+    /// Rename it to PATH.corrupt-TIMESTAMP, say so, and start fresh.
+    Backup,
 }
 
 /// The files a report reads.

@@ -2,7 +2,9 @@
 mod classify;
 mod cli;
 mod ebpf;
+mod lockfile;
 mod peer;
+mod privilege;
 mod probe;
 mod procnet;
 mod report;

@@ -6,14 +6,18 @@
 //! outbound. Each poll reports only connections that were not in the
 //! previous poll, so a long-lived connection is counted once.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{self, Read as _},
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::peer::{Connection, Direction, Source};
+
+/// How long a port counts as listening after its listener was last seen.
+const LISTENER_MEMORY: Duration = Duration::from_secs(60);
 
 /// `TCP_LISTEN` as printed in the `st` column.
 const TCP_LISTEN: u8 = 0x0a;
@@ -48,7 +52,9 @@ pub struct Scanner {
     dir: PathBuf,
     buf: Vec<u8>,
     rows: Vec<(Proto, Row)>,
-    listening: HashSet<(Proto, u16)>,
+    /// Ports with a listener, and when one was last seen: an accepted
+    /// connection outlives a listener that closes, and is still inbound.
+    listening: HashMap<(Proto, u16), Instant>,
     seen: HashSet<u128>,
     previous: HashSet<u128>,
 }
@@ -60,7 +66,7 @@ impl Scanner {
             dir: dir.into(),
             buf: Vec::with_capacity(64 * 1024),
             rows: Vec::new(),
-            listening: HashSet::new(),
+            listening: HashMap::new(),
             seen: HashSet::new(),
             previous: HashSet::new(),
         }
@@ -72,7 +78,9 @@ impl Scanner {
     /// A missing table (no IPv6, no UDP) is skipped; `tcp` must exist.
     pub fn scan(&mut self, mut sink: impl FnMut(&Connection)) -> io::Result<()> {
         self.rows.clear();
-        self.listening.clear();
+        let now = Instant::now();
+        self.listening
+            .retain(|_, seen| now.duration_since(*seen) < LISTENER_MEMORY);
         for (name, proto, v6) in TABLES {
             match read_into(&self.dir.join(name), &mut self.buf) {
                 Ok(()) => {}
@@ -88,7 +96,7 @@ impl Scanner {
                     Proto::Udp => row.remote_port == 0,
                 };
                 if listens {
-                    self.listening.insert((proto, row.local_port));
+                    self.listening.insert((proto, row.local_port), now);
                 } else {
                     self.rows.push((proto, row));
                 }
@@ -105,7 +113,7 @@ impl Scanner {
             if self.previous.contains(&key) {
                 continue;
             }
-            let direction = if self.listening.contains(&(proto, row.local_port)) {
+            let direction = if self.listening.contains_key(&(proto, row.local_port)) {
                 Direction::Inbound
             } else {
                 Direction::Outbound
@@ -254,6 +262,23 @@ mod tests {
         let (_dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
         assert_eq!(collect(&mut scanner).len(), 3);
         assert!(collect(&mut scanner).is_empty());
+    }
+
+    #[test]
+    fn a_connection_stays_inbound_after_its_listener_closes() {
+        let (dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
+        collect(&mut scanner);
+        let without_listener: String = TCP
+            .lines()
+            .filter(|l| !l.contains(" 0A "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let late = without_listener.replace("0200007F:D431", "0600007F:D432");
+        std::fs::write(dir.path().join("tcp"), late).unwrap();
+        assert_eq!(
+            collect(&mut scanner),
+            [(Ipv4Addr::new(127, 0, 0, 6), Direction::Inbound, 22, 0xd432)]
+        );
     }
 
     #[test]

@@ -6,12 +6,12 @@
 use std::{
     fs::{self, DirBuilder},
     io,
-    os::unix::fs::DirBuilderExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use log::{debug, info, warn};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -19,14 +19,16 @@ use tokio::{
 };
 
 use crate::{
-    cli::RunArgs,
+    cli::{OnCorrupt, RunArgs},
     ebpf::{
-        self, EbpfCollector,
+        AttachMode, EbpfCollector,
         ladder::{self, Collector, Env},
     },
-    peer::{Connection, Source},
+    lockfile,
+    peer::Connection,
+    privilege,
     procnet::Scanner,
-    store::{self, Count, FileFormat, Snapshot},
+    store::{self, FileFormat, LoadError, Snapshot},
 };
 
 /// The socket tables of netmon's own network namespace.
@@ -34,13 +36,48 @@ const PROC_NET: &str = "/proc/net";
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     raise_memlock_limit();
-    let snapshot = load_existing(&args.output)?;
+    refuse_symlink(&args.output)?;
     create_parent_dir(&args.output)?;
+    warn_if_others_can_write(&args.output);
+    // Held until exit: one writer per file.
+    let _lock = lockfile::acquire(&args.output)?;
+    store::remove_stale_temp_files(&args.output);
+    let snapshot = load_existing(&args.output, args.on_corrupt)?;
+    // Single-threaded on purpose: capabilities are per thread, and dropping
+    // them after start-up must cover every thread netmon has.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(collect(args, snapshot))
+}
+
+/// A symlink at the output path is someone trying to make root write
+/// elsewhere; netmon neither reads through it nor replaces it blindly.
+fn refuse_symlink(path: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => bail!(
+            "--output {} is a symlink; refusing to follow it (remove it or point --output at a regular file)",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Anyone who can write the directory can swap the checkpoint file.
+fn warn_if_others_can_write(path: &Path) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Ok(meta) = fs::metadata(dir)
+        && meta.permissions().mode() & 0o002 != 0
+    {
+        warn!(
+            "{} is writable by every user: anyone can replace the checkpoint; use a directory only root can write",
+            dir.display()
+        );
+    }
 }
 
 /// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; later ones use
@@ -59,8 +96,20 @@ fn raise_memlock_limit() {
     }
 }
 
-fn load_existing(path: &Path) -> anyhow::Result<Snapshot> {
-    match store::load(path)? {
+fn load_existing(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<Snapshot> {
+    let loaded = match store::load(path) {
+        Err(LoadError::Corrupt { .. }) if on_corrupt == OnCorrupt::Backup => {
+            let backup = store::backup_corrupt(path)?;
+            warn!(
+                "{}: corrupt; moved it to {} and starting fresh",
+                path.display(),
+                backup.display()
+            );
+            return Ok(Snapshot::default());
+        }
+        other => other?,
+    };
+    match loaded {
         None => Ok(Snapshot::default()),
         Some((snapshot, FileFormat::AddressList)) => {
             info!(
@@ -101,16 +150,39 @@ struct State {
     output: PathBuf,
     /// The last checkpoint error, so a persistent one is logged once.
     last_error: Option<String>,
+    /// `--max-peers`: beyond it new peers are dropped, not stored, so a
+    /// flood of addresses cannot exhaust memory.
+    max_peers: usize,
+    /// New peers dropped at the limit: in this run, and when last warned.
+    dropped: u64,
+    dropped_warned: u64,
 }
 
 impl State {
-    fn record(&mut self, conn: &Connection, count: Count) {
-        let now = store::unix_now();
-        if self.snapshot.peers.record(conn, count, now) {
+    fn record(&mut self, conn: &Connection, connections: u64) {
+        let peers = &mut self.snapshot.peers;
+        if peers.len() >= self.max_peers && peers.get(conn.peer).is_none() {
+            self.dropped += 1;
+            return;
+        }
+        if peers.record(conn, connections, store::unix_now()) {
             debug!(
                 "new peer {} ({}, {:?})",
                 conn.peer, conn.direction, conn.source
             );
+        }
+    }
+
+    /// One warning per checkpoint interval at most, however many drops.
+    fn warn_if_dropped(&mut self) {
+        if self.dropped > self.dropped_warned {
+            warn!(
+                "--max-peers {} reached: {} new peers dropped since the last checkpoint ({} in this run)",
+                self.max_peers,
+                self.dropped - self.dropped_warned,
+                self.dropped
+            );
+            self.dropped_warned = self.dropped;
         }
     }
 
@@ -151,7 +223,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let env = Env::new(Path::new(PROC_NET));
+    let env = Env::new(Path::new(PROC_NET), args.transport);
     let (mut collector, skipped) = ladder::climb(args.mode, &env)?;
     for rung in &skipped {
         info!("skipped {}: {:#}", rung.mode, rung.reason);
@@ -167,15 +239,25 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
         host: hostname(),
         output: args.output.clone(),
         last_error: None,
+        max_peers: usize::try_from(args.max_peers).unwrap_or(usize::MAX),
+        dropped: 0,
+        dropped_warned: 0,
     };
 
     // Connections opened before netmon started, after attaching so that
-    // nothing opened in between is missed.
+    // nothing opened in between is missed. They are recorded as peers but
+    // not counted: counts are connections seen opening, and a restart
+    // would otherwise count every connection still open (or in TIME_WAIT)
+    // a second time.
     let mut scanner = Scanner::new(PROC_NET);
-    scan(&mut scanner, &mut state).context("start-up scan of the socket tables")?;
+    scanner
+        .scan(|conn| state.record(conn, 0))
+        .context("start-up scan of the socket tables")?;
     // The first checkpoint is not allowed to fail: a bad --output should
     // stop netmon now, not after a day of collecting.
-    state.checkpoint(lost_events(&collector))?;
+    let lost = settle(&mut collector, &mut state);
+    state.checkpoint(lost)?;
+    drop_capabilities(mode);
     info!(
         "ready: collecting in {mode} mode, {} peers, writing {}",
         state.snapshot.peers.len(),
@@ -197,25 +279,28 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
                 }
             }
             _ = checkpoints.tick() => {
-                let lost = lost_events(&collector);
+                let lost = settle(&mut collector, &mut state);
                 warn_if_lost(lost, &state);
+                state.warn_if_dropped();
                 state.checkpoint_or_warn(lost);
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: checkpoint");
-                state.checkpoint_or_warn(lost_events(&collector));
+                let lost = settle(&mut collector, &mut state);
+                state.checkpoint_or_warn(lost);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
 
-    if let Collector::Ebpf(ebpf) = &mut collector {
-        drain(ebpf, &mut state);
-    } else if let Err(err) = scan(&mut scanner, &mut state) {
+    if matches!(collector, Collector::Proc)
+        && let Err(err) = scan(&mut scanner, &mut state)
+    {
         warn!("final poll of {PROC_NET}: {err}");
     }
-    let lost = lost_events(&collector);
+    let lost = settle(&mut collector, &mut state);
+    state.warn_if_dropped();
     state
         .checkpoint(lost)
         .context("final checkpoint failed; the previous checkpoint is intact")?;
@@ -227,8 +312,30 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Everything privileged (attaching, opening files) is done: from here on
+/// netmon runs with no capabilities.
+fn drop_capabilities(mode: AttachMode) {
+    match privilege::effective() {
+        Ok(0) if mode == AttachMode::Proc => {
+            info!("running without capabilities: proc mode needs none");
+            return;
+        }
+        Ok(0) => return,
+        _ => {}
+    }
+    match privilege::drop_all() {
+        Ok(()) => {
+            info!("dropped all capabilities: attached programs and open files are all it needs now")
+        }
+        Err(err) => {
+            warn!("could not drop capabilities ({err}); running with the ones it started with")
+        }
+    }
+}
+
+/// A proc-mode poll: each connection new since the previous poll counts.
 fn scan(scanner: &mut Scanner, state: &mut State) -> io::Result<()> {
-    scanner.scan(|conn| state.record(conn, Count::Yes))
+    scanner.scan(|conn| state.record(conn, 1))
 }
 
 /// Waits for the ring buffer (or the eBPF log buffer) to have data and
@@ -246,10 +353,7 @@ async fn next_events(collector: &mut Collector, state: &mut State) -> anyhow::Re
         }
     };
     tokio::select! {
-        guard = events.readable_mut() => {
-            let mut guard = guard.context("waiting on the ring buffer")?;
-            guard.clear_ready();
-        }
+        ready = events.readable() => ready.context("waiting for eBPF events")?,
         guard = logger => {
             let mut guard = guard.context("waiting on the eBPF log buffer")?;
             guard.get_inner_mut().flush();
@@ -260,40 +364,29 @@ async fn next_events(collector: &mut Collector, state: &mut State) -> anyhow::Re
     Ok(())
 }
 
-/// Folds every event waiting in the ring buffer into the set.
+/// Folds every waiting event into the set.
 fn drain(ebpf: &mut EbpfCollector, state: &mut State) {
-    let attribution_only = ebpf.accept_is_attribution_only;
-    let ring = ebpf.events.get_mut();
-    while let Some(item) = ring.next() {
-        let Some(event) = ebpf::read_event(&item) else {
-            warn!(
-                "ring buffer record of {} bytes is not an event; eBPF object and binary mismatch?",
-                item.len()
-            );
-            continue;
-        };
-        match Connection::try_from(&event) {
-            Ok(conn) => {
-                let count = if attribution_only && conn.source == Source::KretprobeAccept {
-                    Count::AttributionOnly
-                } else {
-                    Count::Yes
-                };
-                state.record(&conn, count);
-            }
-            Err(err) => warn!("{err:#}"),
-        }
+    let malformed = ebpf.drain(|conn, connections| state.record(conn, connections));
+    if malformed > 0 {
+        warn!("{malformed} records were not events: eBPF object and binary mismatch?");
     }
 }
 
-fn lost_events(collector: &Collector) -> u64 {
-    match collector {
-        Collector::Ebpf(ebpf) => ebpf.lost_events().unwrap_or_else(|err| {
-            warn!("{err:#}");
-            0
-        }),
-        Collector::Proc => 0,
+/// Brings the set up to date before a checkpoint: every waiting event and
+/// every connection only the kernel's dedup map has counted so far.
+/// Returns the events lost in this run.
+fn settle(collector: &mut Collector, state: &mut State) -> u64 {
+    let Collector::Ebpf(ebpf) = collector else {
+        return 0;
+    };
+    drain(ebpf, state);
+    if let Err(err) = ebpf.harvest(|conn, connections| state.record(conn, connections)) {
+        warn!("{err:#}");
     }
+    ebpf.lost_events().unwrap_or_else(|err| {
+        warn!("{err:#}");
+        0
+    })
 }
 
 fn warn_if_lost(lost: u64, state: &State) {

@@ -102,17 +102,6 @@ impl PeerRecord {
     }
 }
 
-/// Whether an observation adds to the connection counts.
-///
-/// Two hooks can see the same connection (the kretprobe on accept and the
-/// tracepoint both see an inbound one); the second only adds what it knows
-/// (the accepting process) without counting the connection again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Count {
-    Yes,
-    AttributionOnly,
-}
-
 /// The deduplicated set of peers.
 #[derive(Debug, Default)]
 pub struct PeerSet {
@@ -123,8 +112,10 @@ pub struct PeerSet {
 }
 
 impl PeerSet {
-    /// Folds one observation in; returns true when the peer is new.
-    pub fn record(&mut self, conn: &Connection, count: Count, now: u64) -> bool {
+    /// Folds one observation of `connections` connections in (0 when it
+    /// only adds what it knows, such as the accepting process of a
+    /// connection another hook counted); returns true when the peer is new.
+    pub fn record(&mut self, conn: &Connection, connections: u64, now: u64) -> bool {
         let mut new = false;
         let record = self.peers.entry(conn.peer).or_insert_with(|| {
             new = true;
@@ -133,15 +124,11 @@ impl PeerSet {
         record.last_seen = record.last_seen.max(now);
         match conn.direction {
             Direction::Outbound => {
-                if count == Count::Yes {
-                    record.outbound += 1;
-                }
+                record.outbound += connections;
                 record.remote_ports.insert(conn.remote_port);
             }
             Direction::Inbound => {
-                if count == Count::Yes {
-                    record.inbound += 1;
-                }
+                record.inbound += connections;
                 record.local_ports.insert(conn.local_port);
             }
         }
@@ -462,23 +449,95 @@ fn parse_rfc3339(text: &str) -> anyhow::Result<u64> {
 ///
 /// `Ok(None)` when the file does not exist; any other problem is an error
 /// naming the file, and the file is left as it is.
-pub fn load(path: &Path) -> anyhow::Result<Option<(Snapshot, FileFormat)>> {
+pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        Err(source) => {
+            return Err(LoadError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     let mtime = fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or_else(unix_now, |d| d.as_secs());
-    parse(&bytes, mtime).map(Some).with_context(|| {
+    parse(&bytes, mtime)
+        .map(Some)
+        .map_err(|source| LoadError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Why a file could not be loaded. Kept apart because a corrupt file may
+/// be moved aside (`--on-corrupt backup`) while an unreadable one may not.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file exists but cannot be read (permissions, I/O).
+    Read { path: PathBuf, source: io::Error },
+    /// The file is in neither format.
+    Corrupt {
+        path: PathBuf,
+        source: anyhow::Error,
+    },
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            Self::Corrupt { path, source } => write!(
+                f,
+                "{}: not a netmon checkpoint nor a JSON list of IPv4 addresses: {source:#}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Moves a corrupt file aside as `PATH.corrupt-YYYYMMDDTHHMMSSZ`.
+pub fn backup_corrupt(path: &Path) -> anyhow::Result<PathBuf> {
+    let stamp: String = rfc3339(unix_now())
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let mut backup = path.as_os_str().to_owned();
+    backup.push(format!(".corrupt-{stamp}"));
+    let backup = PathBuf::from(backup);
+    fs::rename(path, &backup).with_context(|| {
         format!(
-            "{}: not a netmon checkpoint nor a JSON list of IPv4 addresses",
-            path.display()
+            "cannot move corrupt {} to {}",
+            path.display(),
+            backup.display()
         )
-    })
+    })?;
+    Ok(backup)
+}
+
+/// Removes temp files a crashed run left beside `path`. Only called with
+/// the file's lock held, so no live writer owns them.
+pub fn remove_stale_temp_files(path: &Path) {
+    let prefix = format!(".{}.tmp-", file_name(path));
+    let Ok(entries) = fs::read_dir(parent_dir(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => log::info!(
+                    "removed {} left by an interrupted checkpoint",
+                    entry.path().display()
+                ),
+                Err(err) => log::warn!("cannot remove stale {}: {err}", entry.path().display()),
+            }
+        }
+    }
 }
 
 /// Parses either format; `mtime` dates the entries of an address list,
@@ -500,10 +559,12 @@ pub fn parse(bytes: &[u8], mtime: u64) -> anyhow::Result<(Snapshot, FileFormat)>
 /// Parses a checkpoint straight from the bytes: errors carry the line and
 /// column of the offending entry.
 fn parse_checkpoint(bytes: &[u8]) -> anyhow::Result<Snapshot> {
-    let file: FileV1In = match serde_json::from_slice(bytes) {
+    // Checking UTF-8 once up front is cheaper than string by string.
+    let text = std::str::from_utf8(bytes).context("not UTF-8")?;
+    let file: FileV1In = match serde_json::from_str(text) {
         Ok(file) => file,
         Err(err) => {
-            if let Ok(header) = serde_json::from_slice::<VersionOnly>(bytes) {
+            if let Ok(header) = serde_json::from_str::<VersionOnly>(text) {
                 check_version(header.version)?;
             }
             return Err(err).context("malformed checkpoint");
@@ -592,12 +653,14 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+fn file_name(path: &Path) -> std::borrow::Cow<'_, str> {
+    path.file_name()
+        .map_or_else(|| "peers.json".into(), |n| n.to_string_lossy())
+}
+
 /// `.<name>.tmp-<pid>` beside `path`.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "peers.json".into(), |n| n.to_string_lossy());
-    parent_dir(path).join(format!(".{name}.tmp-{}", std::process::id()))
+    parent_dir(path).join(format!(".{}.tmp-{}", file_name(path), std::process::id()))
 }
 
 #[cfg(test)]
@@ -619,21 +682,9 @@ mod tests {
     #[test]
     fn record_counts_and_dedupes() {
         let mut set = PeerSet::default();
-        assert!(set.record(
-            &conn([10, 0, 0, 1], Direction::Outbound, "curl"),
-            Count::Yes,
-            100
-        ));
-        assert!(!set.record(
-            &conn([10, 0, 0, 1], Direction::Outbound, "curl"),
-            Count::Yes,
-            105
-        ));
-        assert!(!set.record(
-            &conn([10, 0, 0, 1], Direction::Inbound, "sshd"),
-            Count::AttributionOnly,
-            106
-        ));
+        assert!(set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 100));
+        assert!(!set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 105));
+        assert!(!set.record(&conn([10, 0, 0, 1], Direction::Inbound, "sshd"), 0, 106));
         let record = set.get(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
         assert_eq!((record.outbound, record.inbound), (2, 0));
         assert_eq!((record.first_seen, record.last_seen), (100, 106));
@@ -655,11 +706,9 @@ mod tests {
             ..Snapshot::default()
         };
         for peer in [[10, 0, 0, 10], [9, 0, 0, 1], [10, 0, 0, 9]] {
-            snapshot.peers.record(
-                &conn(peer, Direction::Outbound, "x"),
-                Count::Yes,
-                1_700_000_000,
-            );
+            snapshot
+                .peers
+                .record(&conn(peer, Direction::Outbound, "x"), 1, 1_700_000_000);
         }
         let bytes = to_json(&snapshot, "host1", 1_700_000_001).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();

@@ -1,0 +1,342 @@
+//! Reliability and least-privilege tests of `netmon run`: crashes, a full
+//! disk, a second instance, corrupt files, planted symlinks, capabilities,
+//! unprivileged runs, SIGHUP and `--max-peers`. The real binary, as root.
+//!
+//! Each test uses its own 127.50+.x.y addresses; run with
+//! `--test-threads=1` (as `cargo xtask test` does).
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    os::unix::fs::{PermissionsExt as _, symlink},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use netmon_scenario::{harness::Netmon, workload::connect_from};
+use serde_json::Value;
+
+const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
+/// A hang detector for conditions polled below, not a speed assertion.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn tempdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("peers.json");
+    (dir, path)
+}
+
+fn peers(path: &Path) -> Vec<String> {
+    let text = fs::read_to_string(path).unwrap();
+    let file: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+    file["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ip"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls `condition` until it holds; panics with `what` after PATIENCE.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects from 127.`a`.`b`.i to 127.`a+1`.`b`.i for i in 1..=count; a
+/// listener on 0.0.0.0 accepts them all.
+fn connect_many(a: u8, b: u8, count: u8) -> Vec<Ipv4Addr> {
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (1..=count)
+        .map(|i| {
+            let dest = Ipv4Addr::new(127, a + 1, b, i);
+            let client =
+                connect_from(Ipv4Addr::new(127, a, b, i), SocketAddrV4::new(dest, port)).unwrap();
+            drop((client, listener.accept().unwrap()));
+            dest
+        })
+        .collect()
+}
+
+fn pid_of(netmon: &Netmon) -> i32 {
+    netmon.pid() as i32
+}
+
+fn kill(netmon: &Netmon, signal: i32) {
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid_of(netmon), signal) }, 0);
+}
+
+#[test]
+fn kill_9_at_any_instant_leaves_the_last_checkpoint_readable() {
+    let (dir, path) = tempdir();
+    let mut held = Vec::new();
+    for round in 1..=8u8 {
+        let netmon = Netmon::start(NETMON, &path, "auto", &["--interval", "1"]);
+        netmon.wait_ready().unwrap();
+        // Load while it runs, then a kill at a different point each round.
+        held.extend(connect_many(50, round, 5));
+        thread::sleep(Duration::from_millis(u64::from(round) * 170));
+        kill(&netmon, libc::SIGKILL);
+        drop(netmon);
+        let after = peers(&path);
+        // The first checkpoint is written before "ready", so at least every
+        // peer of earlier rounds (checkpointed at their SIGKILL-free start)
+        // must be there.
+        let missing: Vec<_> = held[..(usize::from(round) - 1) * 5]
+            .iter()
+            .filter(|ip| !after.contains(&ip.to_string()))
+            .collect();
+        assert!(missing.is_empty(), "round {round}: lost {missing:?}");
+    }
+    // The next start removes whatever a kill left mid-write.
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    let temps: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp-"))
+        .collect();
+    assert!(
+        temps.is_empty(),
+        "stale temp files survived a restart: {temps:?}"
+    );
+    assert!(netmon.stop().0.success());
+}
+
+/// A tiny tmpfs, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "netmon-test"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_the_old_file_and_loses_nothing_once_space_returns() {
+    let tmpfs = Tmpfs::new("256k");
+    let path = tmpfs.0.path().join("peers.json");
+    let netmon = Netmon::start(NETMON, &path, "auto", &["--interval", "1"]);
+    netmon.wait_ready().unwrap();
+    let before = fs::read(&path).unwrap();
+    // Fill the disk to the last byte.
+    let filler = tmpfs.0.path().join("filler");
+    let _ = fs::write(&filler, vec![0u8; 512 * 1024]);
+    let during = connect_many(52, 1, 5);
+    eventually("a logged checkpoint failure", || {
+        netmon.log().contains("No space left on device")
+    });
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        before,
+        "a failed checkpoint must leave the previous file intact"
+    );
+    fs::remove_file(&filler).unwrap();
+    kill(&netmon, libc::SIGHUP);
+    eventually("a checkpoint once space returned", || {
+        let now = peers(&path);
+        during.iter().all(|ip| now.contains(&ip.to_string()))
+    });
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("No space left on device").count(),
+        1,
+        "one warning per distinct error:\n{log}"
+    );
+}
+
+#[test]
+fn a_second_instance_on_the_same_file_names_the_first() {
+    let (_dir, path) = tempdir();
+    let first = Netmon::ready(NETMON, &path, "auto");
+    let (status, log) = Netmon::start(NETMON, &path, "auto", &[]).wait();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("pid {}", first.pid())), "{log}");
+    assert!(first.stop().0.success());
+}
+
+#[test]
+fn a_corrupt_file_is_moved_aside_with_on_corrupt_backup() {
+    let (dir, path) = tempdir();
+    fs::write(&path, b"not json").unwrap();
+    let (status, log) = Netmon::start(NETMON, &path, "auto", &[]).wait();
+    assert_eq!(status.code(), Some(1), "refused by default:\n{log}");
+    assert_eq!(fs::read(&path).unwrap(), b"not json");
+
+    let netmon = Netmon::start(NETMON, &path, "auto", &["--on-corrupt", "backup"]);
+    netmon.wait_ready().unwrap();
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let backups: Vec<PathBuf> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("peers.json.corrupt-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{log}");
+    assert_eq!(
+        fs::read(&backups[0]).unwrap(),
+        b"not json",
+        "the backup keeps the bytes"
+    );
+    assert!(
+        log.contains(&backups[0].display().to_string()),
+        "it says where:\n{log}"
+    );
+    peers(&path);
+}
+
+#[test]
+fn a_symlink_at_the_output_path_is_never_followed() {
+    let (dir, path) = tempdir();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    symlink(&victim, &path).unwrap();
+    let (status, log) = Netmon::start(NETMON, &path, "auto", &[]).wait();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("symlink"), "{log}");
+
+    // Planted while it runs: the next checkpoint replaces the link itself.
+    fs::remove_file(&path).unwrap();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    fs::remove_file(&path).unwrap();
+    symlink(&victim, &path).unwrap();
+    kill(&netmon, libc::SIGHUP);
+    eventually("the checkpoint to replace the link", || {
+        fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file())
+    });
+    assert!(netmon.stop().0.success());
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o037,
+        0,
+        "mode 0640 or stricter"
+    );
+}
+
+fn cap_eff(pid: u32) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn capabilities_are_dropped_once_attached_and_collection_goes_on() {
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    assert_eq!(
+        cap_eff(netmon.pid()),
+        "0000000000000000",
+        "{}",
+        netmon.log()
+    );
+    let dests = connect_many(54, 1, 3);
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let after = peers(&path);
+    assert!(
+        dests.iter().all(|d| after.contains(&d.to_string())),
+        "{log}"
+    );
+}
+
+/// `setpriv` to nobody with no capabilities at all.
+fn as_nobody(path: &Path, mode: &str) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(NETMON);
+    command
+        .args(["run", "--output"])
+        .arg(path)
+        .args(["--mode", mode]);
+    command
+}
+
+#[test]
+fn without_privileges_auto_falls_back_to_proc_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.path().join("peers.json");
+
+    let output = as_nobody(&path, "tracepoint").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("netmon: --mode tracepoint: cannot attach:"),
+        "{stderr}"
+    );
+    assert!(
+        last.contains("CAP_BPF") && last.contains("--mode proc works without them"),
+        "{stderr}"
+    );
+
+    let netmon = Netmon::spawn(as_nobody(&path, "auto"));
+    netmon.wait_ready().unwrap();
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("mode: proc"), "{log}");
+    assert!(
+        log.contains("--mode proc works without them"),
+        "the skipped rungs say what is missing:\n{log}"
+    );
+    assert!(log.contains("proc mode needs none"), "{log}");
+}
+
+#[test]
+fn sighup_writes_a_checkpoint_at_once() {
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::start(NETMON, &path, "auto", &["--interval", "86400"]);
+    netmon.wait_ready().unwrap();
+    let dests = connect_many(56, 1, 3);
+    kill(&netmon, libc::SIGHUP);
+    eventually("the SIGHUP checkpoint", || {
+        let now = peers(&path);
+        dests.iter().all(|d| now.contains(&d.to_string()))
+    });
+    assert!(netmon.stop().0.success());
+}
+
+#[test]
+fn max_peers_bounds_the_set_and_warns() {
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::start(NETMON, &path, "tracepoint", &["--max-peers", "1"]);
+    netmon.wait_ready().unwrap();
+    connect_many(58, 1, 10);
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    assert!(peers(&path).len() <= 1, "{:?}", peers(&path));
+    assert!(log.contains("--max-peers 1 reached"), "{log}");
+}
