@@ -137,18 +137,27 @@ fn render(table: &impl Table, row: Row, column: usize, out: &mut String) {
 }
 
 fn pad(line: &mut String, cell: &str, fill: usize, align: Align) {
-    let spaces = std::iter::repeat_n(' ', fill);
     match align {
         Align::Right => {
-            line.extend(spaces);
+            push_spaces(line, fill);
             line.push_str(cell);
         }
         Align::Left => {
             line.push_str(cell);
-            line.extend(spaces);
+            push_spaces(line, fill);
         }
     }
     line.push_str("  ");
+}
+
+/// `n` spaces, a slice at a time rather than a char at a time.
+fn push_spaces(line: &mut String, mut n: usize) {
+    const SPACES: &str = "                                ";
+    while n > 0 {
+        let chunk = n.min(SPACES.len());
+        line.push_str(&SPACES[..chunk]);
+        n -= chunk;
+    }
 }
 
 fn push_csv_field(line: &mut String, cell: &str) {
