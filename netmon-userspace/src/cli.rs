@@ -1,5 +1,5 @@
 //! Command-line interface.
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
@@ -8,6 +8,7 @@ use crate::{
     ebpf::{events::TransportRequest, ladder::ModeRequest},
     peer::Direction,
     report::Format,
+    rules::{RuleFormat, RuleName},
 };
 
 /// Where `netmon run` writes, and where reports read, by default.
@@ -44,6 +45,10 @@ pub enum Command {
     Diff(DiffArgs),
     /// Count peers per class and direction; top peers, ports, processes.
     Stats(StatsArgs),
+    /// Print the peers as nftables, ipset or iptables rules, aggregated
+    /// into the fewest CIDR blocks. Loading them filters nothing until you
+    /// hook them in; review them first.
+    Rules(RulesArgs),
 }
 
 impl Command {
@@ -126,6 +131,26 @@ pub struct FilterArgs {
     pub since: Option<Duration>,
 }
 
+impl FilterArgs {
+    /// Whether no filter was given, so every peer matches.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty() && self.direction.is_none() && self.since.is_none()
+    }
+}
+
+/// As the flags that select the same peers.
+impl fmt::Display for FilterArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let classes = self.classes.iter().map(|class| format!("--class {class}"));
+        let direction = self.direction.map(|d| format!("--direction {d}"));
+        let since = self
+            .since
+            .map(|since| format!("--since {}", humantime::format_duration(since)));
+        let flags: Vec<_> = classes.chain(direction).chain(since).collect();
+        f.write_str(&flags.join(" "))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
@@ -173,6 +198,24 @@ pub struct StatsArgs {
     /// Rows in each top list.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
     pub top: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct RulesArgs {
+    #[command(flatten)]
+    pub inputs: InputArgs,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// The tool the script is for.
+    #[arg(long, value_enum)]
+    pub format: RuleFormat,
+
+    /// The set (nft: peers_v4, ipset: netmon_peers) or chain (iptables:
+    /// NETMON-PEERS) to fill.
+    #[arg(long)]
+    pub name: Option<RuleName>,
 }
 
 impl ValueEnum for Direction {

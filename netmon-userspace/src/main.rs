@@ -8,6 +8,7 @@ mod privilege;
 mod probe;
 mod procnet;
 mod report;
+mod rules;
 mod run;
 mod store;
 
@@ -50,6 +51,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             return Ok(changes.status());
         }
         Command::Stats(args) => to_stdout(|out| report::stats(&args, out))?,
+        Command::Rules(args) => to_stdout(|out| rules::rules(&args, out))?,
     }
     Ok(ExitCode::SUCCESS)
 }
