@@ -100,6 +100,28 @@ impl PeerRecord {
             processes: CappedSet::default(),
         }
     }
+
+    /// Folds in another record of the same peer: counts summed, first
+    /// seen the earliest, last seen the latest, lists unioned within
+    /// their cap.
+    fn merge(&mut self, other: &Self) {
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.outbound += other.outbound;
+        self.inbound += other.inbound;
+        other
+            .remote_ports
+            .iter()
+            .for_each(|p| self.remote_ports.insert(*p));
+        other
+            .local_ports
+            .iter()
+            .for_each(|p| self.local_ports.insert(*p));
+        other
+            .processes
+            .iter()
+            .for_each(|p| self.processes.insert(*p));
+    }
 }
 
 /// The deduplicated set of peers.
@@ -169,25 +191,26 @@ impl PeerSet {
             Entry::Vacant(slot) => {
                 slot.insert(other);
             }
-            Entry::Occupied(mut slot) => {
-                let record = slot.get_mut();
-                record.first_seen = record.first_seen.min(other.first_seen);
-                record.last_seen = record.last_seen.max(other.last_seen);
-                record.outbound += other.outbound;
-                record.inbound += other.inbound;
-                other
-                    .remote_ports
-                    .iter()
-                    .for_each(|p| record.remote_ports.insert(*p));
-                other
-                    .local_ports
-                    .iter()
-                    .for_each(|p| record.local_ports.insert(*p));
-                other
-                    .processes
-                    .iter()
-                    .for_each(|p| record.processes.insert(*p));
+            Entry::Occupied(mut slot) => slot.get_mut().merge(&other),
+        }
+    }
+
+    /// A set of records in any order, repeated addresses merged as
+    /// [`Self::merge_record`] merges them.
+    ///
+    /// Sorting first builds the tree in one pass: inserting a million
+    /// addresses in random order (an old poller's list) costs seconds.
+    fn from_records(mut records: Vec<(Ipv4Addr, PeerRecord)>) -> Self {
+        records.sort_by_key(|(addr, _)| *addr);
+        let mut merged: Vec<(Ipv4Addr, PeerRecord)> = Vec::with_capacity(records.len());
+        for (addr, record) in records {
+            match merged.last_mut() {
+                Some((last, existing)) if *last == addr => existing.merge(&record),
+                _ => merged.push((addr, record)),
             }
+        }
+        Self {
+            peers: merged.into_iter().collect(),
         }
     }
 }
@@ -250,12 +273,12 @@ impl<'de> serde::de::Visitor<'de> for PeersIn {
         f.write_str("a list of peers")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<Self, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(peer) = seq.next_element::<PeerIn>()? {
-            let (ip, record) = peer.into_record();
-            self.0.merge_record(ip, record);
+            records.push(peer.into_record());
         }
-        Ok(self)
+        Ok(PeersIn(PeerSet::from_records(records)))
     }
 }
 
@@ -580,7 +603,7 @@ fn parse_checkpoint(bytes: &[u8]) -> anyhow::Result<Snapshot> {
 }
 
 fn parse_address_list(items: Vec<serde_json::Value>, mtime: u64) -> anyhow::Result<Snapshot> {
-    let mut peers = PeerSet::default();
+    let mut peers = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let text = item
             .as_str()
@@ -589,10 +612,10 @@ fn parse_address_list(items: Vec<serde_json::Value>, mtime: u64) -> anyhow::Resu
             .trim()
             .parse()
             .map_err(|_| anyhow!("entry {index} is not an IPv4 address: {text:?}"))?;
-        peers.merge_record(ip, PeerRecord::new(mtime));
+        peers.push((ip, PeerRecord::new(mtime)));
     }
     Ok(Snapshot {
-        peers,
+        peers: PeerSet::from_records(peers),
         ..Snapshot::default()
     })
 }
@@ -722,6 +745,27 @@ mod tests {
         assert_eq!(back.lost_events, 3);
         assert_eq!(back.mode.as_deref(), Some("tracepoint"));
         assert!(back.peers.iter().eq(snapshot.peers.iter()));
+    }
+
+    #[test]
+    fn unsorted_and_repeated_peers_merge() {
+        let peer = |ip: &str, outbound: u64, seen: &str| {
+            serde_json::json!({"ip": ip, "first_seen": seen, "last_seen": seen,
+                               "outbound": outbound, "inbound": 0, "remote_ports": [outbound]})
+        };
+        let file = serde_json::json!({"version": 1, "host": "h", "updated": "x", "peers": [
+            peer("10.0.0.9", 1, "2024-01-02T00:00:00Z"),
+            peer("10.0.0.1", 2, "2024-01-01T00:00:00Z"),
+            peer("10.0.0.9", 3, "2024-01-01T00:00:00Z"),
+        ]});
+        let (snapshot, _) = parse(&serde_json::to_vec(&file).unwrap(), 0).unwrap();
+        let peers: Vec<_> = snapshot.peers.iter().collect();
+        assert_eq!(peers.len(), 2);
+        let (ip, merged) = peers[1];
+        assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!(merged.outbound, 4);
+        assert_eq!(merged.remote_ports.iter().collect::<Vec<_>>(), [&1, &3]);
+        assert_eq!(merged.last_seen - merged.first_seen, 86_400);
     }
 
     #[test]

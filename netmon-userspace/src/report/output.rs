@@ -125,11 +125,13 @@ impl<'a> Listing<'a> {
 }
 
 fn write_plain(out: &mut impl Write, rows: &[Row<'_>]) -> io::Result<()> {
+    let mut line = String::new();
     for row in rows {
-        match row.change {
-            Some(change) => writeln!(out, "{}{}", change.sign(), row.peer.ip)?,
-            None => writeln!(out, "{}", row.peer.ip)?,
-        }
+        line.clear();
+        line.extend(row.change.map(Change::sign));
+        push_ip(&mut line, row.peer.ip);
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
     }
     Ok(())
 }

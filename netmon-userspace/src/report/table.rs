@@ -30,15 +30,20 @@ pub trait Table {
 
 /// Columns separated by two spaces, padded to their widest cell; no line
 /// ends in spaces, and an empty cell shows as `-`.
+///
+/// Aligning needs each column's widest cell before the first line, so
+/// every cell is rendered twice; keeping a million rows of text instead
+/// costs more in memory than rendering again costs in time.
 pub fn write_text(out: &mut impl Write, table: &impl Table) -> io::Result<()> {
-    let cells = Rendered::new(table);
+    let widths = widths(table);
     let columns = table.columns();
+    let mut cell = String::new();
     let mut line = String::new();
-    for row in 0..=table.rows() {
+    for row in Row::header_then(table.rows()) {
         line.clear();
         for (index, column) in columns.iter().enumerate() {
-            let (cell, width) = cells.get(row * columns.len() + index);
-            pad(&mut line, cell, cells.widths[index] - width, column.align);
+            render_text(table, row, index, &mut cell);
+            pad(&mut line, &cell, widths[index] - width(&cell), column.align);
         }
         line.truncate(line.trim_end_matches(' ').len());
         line.push('\n');
@@ -47,51 +52,34 @@ pub fn write_text(out: &mut impl Write, table: &impl Table) -> io::Result<()> {
     Ok(())
 }
 
-/// Every cell of a table, header first, rendered once into one buffer:
-/// aligning needs each column's widest cell before the first line, and
-/// rendering a million rows twice costs more than keeping their text.
-struct Rendered {
-    text: String,
-    /// Where each cell ends in `text`, and its width in characters.
-    cells: Vec<(usize, usize)>,
-    widths: Vec<usize>,
+/// The widest cell of each column, header included.
+fn widths(table: &impl Table) -> Vec<usize> {
+    let mut widths = vec![0; table.columns().len()];
+    let mut cell = String::new();
+    for row in Row::header_then(table.rows()) {
+        for (index, widest) in widths.iter_mut().enumerate() {
+            render_text(table, row, index, &mut cell);
+            *widest = (*widest).max(width(&cell));
+        }
+    }
+    widths
 }
 
-impl Rendered {
-    fn new(table: &impl Table) -> Self {
-        let columns = table.columns().len();
-        let mut rendered = Self {
-            text: String::new(),
-            cells: Vec::with_capacity((table.rows() + 1) * columns),
-            widths: vec![0; columns],
-        };
-        for row in Row::header_then(table.rows()) {
-            for column in 0..columns {
-                let start = rendered.text.len();
-                render(table, row, column, &mut rendered.text);
-                if rendered.text.len() == start {
-                    rendered.text.push('-');
-                }
-                let cell = &rendered.text[start..];
-                let width = if cell.is_ascii() {
-                    cell.len()
-                } else {
-                    cell.chars().count()
-                };
-                rendered.widths[column] = rendered.widths[column].max(width);
-                rendered.cells.push((rendered.text.len(), width));
-            }
-        }
-        rendered
+/// Replaces `out` with a cell's text; an empty cell shows as `-`.
+fn render_text(table: &impl Table, row: Row, column: usize, out: &mut String) {
+    out.clear();
+    render(table, row, column, out);
+    if out.is_empty() {
+        out.push('-');
     }
+}
 
-    /// The text of cell `index` (row-major) and its width.
-    fn get(&self, index: usize) -> (&str, usize) {
-        let start = index
-            .checked_sub(1)
-            .map_or(0, |before| self.cells[before].0);
-        let (end, width) = self.cells[index];
-        (&self.text[start..end], width)
+/// Characters, which is bytes for the ASCII nearly every cell is.
+fn width(cell: &str) -> usize {
+    if cell.is_ascii() {
+        cell.len()
+    } else {
+        cell.chars().count()
     }
 }
 
