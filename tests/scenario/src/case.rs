@@ -86,4 +86,6 @@ pub const VM_CASES: &[Case] = &[
     ),
     Case::plain("kprobe-no-btf", "kprobe", "kprobe")
         .in_setting(Setting::NoBtf, &["using default struct sock offsets"]),
+    // Perf buffers, as kernels before 5.8 (no ring buffer) need them.
+    Case::plain("kprobe-perf", "kprobe", "kprobe").with_extra(&["--transport", "perf"]),
 ];
