@@ -145,13 +145,19 @@ impl PeerSet {
         });
         record.last_seen = record.last_seen.max(now);
         match conn.direction {
+            // Port 0 means unknown: a child socket reset before accept()
+            // returned it has already given its port back.
             Direction::Outbound => {
                 record.outbound += connections;
-                record.remote_ports.insert(conn.remote_port);
+                if conn.remote_port != 0 {
+                    record.remote_ports.insert(conn.remote_port);
+                }
             }
             Direction::Inbound => {
                 record.inbound += connections;
-                record.local_ports.insert(conn.local_port);
+                if conn.local_port != 0 {
+                    record.local_ports.insert(conn.local_port);
+                }
             }
         }
         if let Some(process) = conn.process {
@@ -713,6 +719,17 @@ mod tests {
         assert_eq!((record.first_seen, record.last_seen), (100, 106));
         assert_eq!(record.processes.iter().count(), 2);
         assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
+    }
+
+    #[test]
+    fn port_zero_is_not_a_port() {
+        let mut set = PeerSet::default();
+        let mut reset = conn([10, 0, 0, 2], Direction::Inbound, "sshd");
+        reset.local_port = 0;
+        set.record(&reset, 1, 100);
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        assert_eq!(record.inbound, 1);
+        assert!(record.local_ports.is_empty());
     }
 
     #[test]
