@@ -19,8 +19,20 @@ use crate::peer::{Connection, Direction, Source};
 /// How long a port counts as listening after its listener was last seen.
 const LISTENER_MEMORY: Duration = Duration::from_secs(60);
 
-/// `TCP_LISTEN` as printed in the `st` column.
+/// TCP states as printed in the `st` column (include/net/tcp_states.h).
+const TCP_TIME_WAIT: u8 = 0x06;
+const TCP_CLOSE: u8 = 0x07;
 const TCP_LISTEN: u8 = 0x0a;
+
+/// Whether a connection in the table is still open. A connection in
+/// TIME_WAIT ended up to a minute ago: a poller wants it (it is a peer
+/// that a short connection would otherwise hide), a start-up scan does not
+/// (the run before this one saw it open and close).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Open,
+    Closed,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Proto {
@@ -73,10 +85,11 @@ impl Scanner {
     }
 
     /// Reads every table and calls `sink` for each connection with an IPv4
-    /// peer that was not there at the previous scan.
+    /// peer that was not there at the previous scan, saying whether it is
+    /// still open.
     ///
     /// A missing table (no IPv6, no UDP) is skipped; `tcp` must exist.
-    pub fn scan(&mut self, mut sink: impl FnMut(&Connection)) -> io::Result<()> {
+    pub fn scan(&mut self, mut sink: impl FnMut(&Connection, Liveness)) -> io::Result<()> {
         self.rows.clear();
         let now = Instant::now();
         self.listening
@@ -118,14 +131,19 @@ impl Scanner {
             } else {
                 Direction::Outbound
             };
-            sink(&Connection {
+            let liveness = match (proto, row.state) {
+                (Proto::Tcp, TCP_TIME_WAIT | TCP_CLOSE) => Liveness::Closed,
+                _ => Liveness::Open,
+            };
+            let conn = Connection {
                 peer,
                 remote_port: row.remote_port,
                 local_port: row.local_port,
                 direction,
                 process: None,
                 source: Source::SocketTable,
-            });
+            };
+            sink(&conn, liveness);
         }
         Ok(())
     }
@@ -227,7 +245,7 @@ mod tests {
     fn collect(scanner: &mut Scanner) -> Vec<(Ipv4Addr, Direction, u16, u16)> {
         let mut out = Vec::new();
         scanner
-            .scan(|c| out.push((c.peer, c.direction, c.local_port, c.remote_port)))
+            .scan(|c, _| out.push((c.peer, c.direction, c.local_port, c.remote_port)))
             .unwrap();
         out
     }
@@ -296,6 +314,6 @@ mod tests {
     #[test]
     fn missing_tcp_table_is_an_error() {
         let (_dir, mut scanner) = scan_dir(&[]);
-        assert!(scanner.scan(|_| {}).is_err());
+        assert!(scanner.scan(|_, _| {}).is_err());
     }
 }

@@ -27,7 +27,7 @@ use crate::{
     lockfile,
     peer::Connection,
     privilege,
-    procnet::Scanner,
+    procnet::{Liveness, Scanner},
     store::{self, FileFormat, LoadError, Snapshot},
 };
 
@@ -244,14 +244,19 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
         dropped_warned: 0,
     };
 
-    // Connections opened before netmon started, after attaching so that
-    // nothing opened in between is missed. They are recorded as peers but
-    // not counted: counts are connections seen opening, and a restart
-    // would otherwise count every connection still open (or in TIME_WAIT)
-    // a second time.
+    // Connections still open from before netmon started, scanned after
+    // attaching so that nothing opened in between is missed. They are
+    // recorded as peers but not counted: counts are connections seen
+    // opening, and a restart would otherwise count every surviving
+    // connection again. Closed ones (TIME_WAIT) are left out: the run
+    // before this one, if any, saw them.
     let mut scanner = Scanner::new(PROC_NET);
     scanner
-        .scan(|conn| state.record(conn, 0))
+        .scan(|conn, liveness| {
+            if liveness == Liveness::Open {
+                state.record(conn, 0);
+            }
+        })
         .context("start-up scan of the socket tables")?;
     // The first checkpoint is not allowed to fail: a bad --output should
     // stop netmon now, not after a day of collecting.
@@ -335,7 +340,7 @@ fn drop_capabilities(mode: AttachMode) {
 
 /// A proc-mode poll: each connection new since the previous poll counts.
 fn scan(scanner: &mut Scanner, state: &mut State) -> io::Result<()> {
-    scanner.scan(|conn| state.record(conn, 1))
+    scanner.scan(|conn, _| state.record(conn, 1))
 }
 
 /// Waits for the ring buffer (or the eBPF log buffer) to have data and
