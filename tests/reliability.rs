@@ -10,6 +10,10 @@ use std::{
     os::unix::fs::{PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -76,25 +80,42 @@ fn kill(netmon: &Netmon, signal: i32) {
 #[test]
 fn kill_9_at_any_instant_leaves_the_last_checkpoint_readable() {
     let (dir, path) = tempdir();
-    let mut held = Vec::new();
-    for round in 1..=8u8 {
+    // Load throughout: new peers keep arriving, so checkpoints keep
+    // rewriting the file.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            for b in (0..=255u8).cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                connect_many(50, b, 4);
+                // Load, not a flood: a flood fills the socket tables with
+                // TIME_WAIT entries every later test would have to wade through.
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    for round in 1..=10u64 {
         let netmon = Netmon::start(NETMON, &path, "auto", &["--interval", "1"]);
         netmon.wait_ready().unwrap();
-        // Load while it runs, then a kill at a different point each round.
-        held.extend(connect_many(50, round, 5));
-        thread::sleep(Duration::from_millis(u64::from(round) * 170));
+        thread::sleep(Duration::from_millis(round * 97));
+        let before = peers(&path);
+        // SIGHUP starts a checkpoint; the SIGKILL right behind it lands
+        // before, during or after the write.
+        kill(&netmon, libc::SIGHUP);
         kill(&netmon, libc::SIGKILL);
         drop(netmon);
         let after = peers(&path);
-        // The first checkpoint is written before "ready", so at least every
-        // peer of earlier rounds (checkpointed at their SIGKILL-free start)
-        // must be there.
-        let missing: Vec<_> = held[..(usize::from(round) - 1) * 5]
-            .iter()
-            .filter(|ip| !after.contains(&ip.to_string()))
-            .collect();
-        assert!(missing.is_empty(), "round {round}: lost {missing:?}");
+        let lost: Vec<_> = before.iter().filter(|ip| !after.contains(ip)).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: the file lost checkpointed peers {lost:?}"
+        );
     }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
     // The next start removes whatever a kill left mid-write.
     let netmon = Netmon::ready(NETMON, &path, "auto");
     let temps: Vec<_> = fs::read_dir(dir.path())
