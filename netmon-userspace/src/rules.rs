@@ -305,7 +305,8 @@ impl Ruleset {
             let field = side.words().nft;
             writeln!(out, "add rule inet netmon {chain} ip {field} @{set} return")?;
         }
-        writeln!(out, "add rule inet netmon {chain} drop")
+        // Counted, so `nft list chain` shows what the allow list blocks.
+        writeln!(out, "add rule inet netmon {chain} counter drop")
     }
 
     fn write_ipset(&self, out: &mut impl Write) -> io::Result<()> {
@@ -564,7 +565,7 @@ mod tests {
                 "}",
                 "add rule inet netmon allow_peers_v4 meta nfproto ipv6 return",
                 "add rule inet netmon allow_peers_v4 ip saddr @peers_v4 return",
-                "add rule inet netmon allow_peers_v4 drop",
+                "add rule inet netmon allow_peers_v4 counter drop",
             ]
         );
         let outbound = script(RuleFormat::Nft, Some(Direction::Outbound));
