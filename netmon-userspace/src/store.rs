@@ -21,6 +21,9 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+mod writer;
 
 use crate::peer::{Comm, Connection, Direction};
 
@@ -31,16 +34,35 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const LIST_CAP: usize = 64;
 
 /// A small set that stops growing at [`LIST_CAP`] entries, kept sorted.
+///
+/// Most peers have one or two ports and one process: those stay inline in
+/// the record, so a million peers cost a million records and not three
+/// million heap allocations on top (the difference between about 110 and
+/// 180 MiB).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CappedSet<T>(Vec<T>);
+pub struct CappedSet<T: InlineItem>(SmallVec<T::Inline>);
 
-impl<T> Default for CappedSet<T> {
+/// How many items of a kind a [`CappedSet`] keeps inline: as many as fit in
+/// the 16 bytes a heap pointer and length take anyway.
+pub trait InlineItem: Sized {
+    type Inline: smallvec::Array<Item = Self>;
+}
+
+impl InlineItem for u16 {
+    type Inline = [u16; 8];
+}
+
+impl InlineItem for Comm {
+    type Inline = [Comm; 1];
+}
+
+impl<T: InlineItem> Default for CappedSet<T> {
     fn default() -> Self {
-        Self(Vec::new())
+        Self(SmallVec::new())
     }
 }
 
-impl<T: Ord + Copy> CappedSet<T> {
+impl<T: InlineItem + Ord + Copy> CappedSet<T> {
     /// Adds `value` unless present or full; allocation happens only when a
     /// new value is kept.
     pub fn insert(&mut self, value: T) {
@@ -60,7 +82,7 @@ impl<T: Ord + Copy> CappedSet<T> {
     }
 }
 
-impl<T: Ord + Copy> FromIterator<T> for CappedSet<T> {
+impl<T: InlineItem + Ord + Copy> FromIterator<T> for CappedSet<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         let mut set = Self::default();
         for value in iter {
@@ -240,17 +262,6 @@ pub enum FileFormat {
     AddressList,
 }
 
-#[derive(Serialize)]
-struct FileV1 {
-    version: u32,
-    host: String,
-    updated: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mode: Option<String>,
-    lost_events: u64,
-    peers: Vec<PeerJson>,
-}
-
 /// A version 1 checkpoint as read: the peers go into a [`PeerSet`] as
 /// they are parsed, so a million-peer file never exists as a list too.
 #[derive(Deserialize)]
@@ -305,31 +316,14 @@ fn check_version(version: Option<u64>) -> anyhow::Result<()> {
     }
 }
 
-/// One peer as written.
-#[derive(Serialize)]
-struct PeerJson {
-    ip: Ipv4Addr,
-    first_seen: String,
-    last_seen: String,
-    outbound: u64,
-    inbound: u64,
-    remote_ports: Vec<u16>,
-    local_ports: Vec<u16>,
-    processes: Vec<String>,
-}
+/// Seconds since the epoch, serialised as an RFC 3339 string.
+struct Rfc3339(u64);
 
-impl PeerJson {
-    fn from_record(ip: Ipv4Addr, record: &PeerRecord) -> Self {
-        Self {
-            ip,
-            first_seen: rfc3339(record.first_seen),
-            last_seen: rfc3339(record.last_seen),
-            outbound: record.outbound,
-            inbound: record.inbound,
-            remote_ports: record.remote_ports.iter().copied().collect(),
-            local_ports: record.local_ports.iter().copied().collect(),
-            processes: record.processes.iter().map(Comm::to_string).collect(),
-        }
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_seconds(
+            UNIX_EPOCH + Duration::from_secs(self.0),
+        ))
     }
 }
 
@@ -410,12 +404,12 @@ fn capped<'de, D, I, T>(deserializer: D) -> Result<CappedSet<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     I: Deserialize<'de> + Into<Option<T>>,
-    T: Ord + Copy,
+    T: InlineItem + Ord + Copy,
 {
     struct Items<I, T>(std::marker::PhantomData<(I, T)>);
 
-    impl<'de, I: Deserialize<'de> + Into<Option<T>>, T: Ord + Copy> serde::de::Visitor<'de>
-        for Items<I, T>
+    impl<'de, I: Deserialize<'de> + Into<Option<T>>, T: InlineItem + Ord + Copy>
+        serde::de::Visitor<'de> for Items<I, T>
     {
         type Value = CappedSet<T>;
 
@@ -626,31 +620,68 @@ fn parse_address_list(items: Vec<serde_json::Value>, mtime: u64) -> anyhow::Resu
     })
 }
 
-/// Serialises a snapshot as a version 1 checkpoint.
+/// Writes a snapshot as a version 1 checkpoint: the header, then one peer
+/// per line (readable, diffable, and a million peers in well under a
+/// second).
+pub fn write_json(
+    out: &mut impl io::Write,
+    snapshot: &Snapshot,
+    host: &str,
+    now: u64,
+) -> io::Result<()> {
+    out.write_all(b"{\"version\":")?;
+    serde_json::to_writer(&mut *out, &FORMAT_VERSION)?;
+    out.write_all(b",\"host\":")?;
+    serde_json::to_writer(&mut *out, host)?;
+    out.write_all(b",\"updated\":")?;
+    serde_json::to_writer(&mut *out, &Rfc3339(now))?;
+    if let Some(mode) = &snapshot.mode {
+        out.write_all(b",\"mode\":")?;
+        serde_json::to_writer(&mut *out, mode)?;
+    }
+    out.write_all(b",\"lost_events\":")?;
+    serde_json::to_writer(&mut *out, &snapshot.lost_events)?;
+    out.write_all(b",\"peers\":[")?;
+    let mut lines = writer::LineWriter::new();
+    for (index, (ip, record)) in snapshot.peers.iter().enumerate() {
+        out.write_all(if index == 0 { b"\n" } else { b",\n" })?;
+        out.write_all(lines.peer(ip, record))?;
+    }
+    out.write_all(b"\n]}\n")
+}
+
+/// A snapshot as a version 1 checkpoint, in memory.
 pub fn to_json(snapshot: &Snapshot, host: &str, now: u64) -> anyhow::Result<Vec<u8>> {
-    let file = FileV1 {
-        version: FORMAT_VERSION,
-        host: host.to_owned(),
-        updated: rfc3339(now),
-        mode: snapshot.mode.clone(),
-        lost_events: snapshot.lost_events,
-        peers: snapshot
-            .peers
-            .iter()
-            .map(|(ip, record)| PeerJson::from_record(ip, record))
-            .collect(),
-    };
-    let mut bytes = serde_json::to_vec_pretty(&file)?;
-    bytes.push(b'\n');
+    let mut bytes = Vec::new();
+    write_json(&mut bytes, snapshot, host, now)?;
     Ok(bytes)
 }
 
+/// Writes a checkpoint to `path` atomically, streaming it to disk rather
+/// than building it in memory first.
+pub fn write_checkpoint(
+    path: &Path,
+    snapshot: &Snapshot,
+    host: &str,
+    now: u64,
+) -> anyhow::Result<()> {
+    write_atomically_with(path, |out| write_json(out, snapshot, host, now))
+}
+
 /// Writes `bytes` to `path` atomically, mode 0640.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// Writes what `write` produces to `path` atomically, mode 0640.
 ///
 /// The temp file is created with `O_EXCL | O_NOFOLLOW` in the target's
 /// directory, so a planted symlink is never followed, and renamed over the
 /// target only once its contents are on disk.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> anyhow::Result<()> {
     let dir = parent_dir(path);
     let tmp = temp_path(path);
     let result = (|| -> io::Result<()> {
@@ -660,8 +691,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
             .mode(0o640)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
-        let mut writer = BufWriter::new(file);
-        writer.write_all(bytes)?;
+        let mut writer = BufWriter::with_capacity(1 << 16, file);
+        write(&mut writer)?;
         let file = writer
             .into_inner()
             .map_err(io::IntoInnerError::into_error)?;

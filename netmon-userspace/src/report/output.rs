@@ -18,7 +18,7 @@ use super::{
 use crate::{
     classify::Class,
     peer::Comm,
-    store::{CappedSet, PeerRecord},
+    store::{CappedSet, InlineItem, PeerRecord},
 };
 
 /// Which side of a diff a peer is on.
@@ -278,7 +278,11 @@ fn unix_time(secs: u64) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
-fn push_list<T: Ord + Copy>(out: &mut String, list: &CappedSet<T>, push: fn(&mut String, T)) {
+fn push_list<T: InlineItem + Ord + Copy>(
+    out: &mut String,
+    list: &CappedSet<T>,
+    push: fn(&mut String, T),
+) {
     for (index, &item) in list.iter().enumerate() {
         if index > 0 {
             out.push(',');
@@ -387,7 +391,7 @@ fn rfc3339<S: Serializer>(secs: &u64, serializer: S) -> Result<S::Ok, S::Error> 
     serializer.collect_str(&unix_time(*secs))
 }
 
-fn sequence<S: Serializer, T: Serialize + Ord + Copy>(
+fn sequence<S: Serializer, T: Serialize + InlineItem + Ord + Copy>(
     list: &&CappedSet<T>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
