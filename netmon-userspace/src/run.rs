@@ -8,7 +8,7 @@ use std::{
     io,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -97,6 +97,7 @@ fn raise_memlock_limit() {
 }
 
 fn load_existing(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<Snapshot> {
+    let started = Instant::now();
     let loaded = match store::load(path) {
         Err(LoadError::Corrupt { .. }) if on_corrupt == OnCorrupt::Backup => {
             let backup = store::backup_corrupt(path)?;
@@ -121,9 +122,10 @@ fn load_existing(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<Snapshot>
         }
         Some((snapshot, FileFormat::Checkpoint)) => {
             info!(
-                "{}: continuing from {} peers",
+                "{}: continuing from {} peers (loaded in {} ms)",
                 path.display(),
-                snapshot.peers.len()
+                snapshot.peers.len(),
+                started.elapsed().as_millis()
             );
             Ok(snapshot)
         }
@@ -186,25 +188,29 @@ impl State {
         }
     }
 
-    fn checkpoint(&mut self, lost: u64) -> anyhow::Result<()> {
+    /// Writes a checkpoint and logs how long it took, at `level`.
+    fn checkpoint(&mut self, lost: u64, level: log::Level) -> anyhow::Result<()> {
         self.snapshot.lost_events = self.lost_before + lost;
-        let bytes = store::to_json(&self.snapshot, &self.host, store::unix_now())?;
-        store::write_atomically(&self.output, &bytes)
+        let started = Instant::now();
+        store::write_checkpoint(&self.output, &self.snapshot, &self.host, store::unix_now())?;
+        log::log!(
+            level,
+            "checkpoint: {} peers in {} ms ({} lost events)",
+            self.snapshot.peers.len(),
+            started.elapsed().as_millis(),
+            self.snapshot.lost_events
+        );
+        Ok(())
     }
 
     /// A periodic checkpoint: failures are logged (once per distinct error)
     /// and retried at the next one, while collection goes on in memory.
-    fn checkpoint_or_warn(&mut self, lost: u64) {
-        match self.checkpoint(lost) {
+    fn checkpoint_or_warn(&mut self, lost: u64, level: log::Level) {
+        match self.checkpoint(lost, level) {
             Ok(()) => {
                 if self.last_error.take().is_some() {
                     info!("checkpoint to {} works again", self.output.display());
                 }
-                debug!(
-                    "checkpoint: {} peers, {} lost events",
-                    self.snapshot.peers.len(),
-                    self.snapshot.lost_events
-                );
             }
             Err(err) => {
                 let text = format!("{err:#}");
@@ -261,7 +267,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     // The first checkpoint is not allowed to fail: a bad --output should
     // stop netmon now, not after a day of collecting.
     let lost = settle(&mut collector, &mut state);
-    state.checkpoint(lost)?;
+    state.checkpoint(lost, log::Level::Info)?;
     drop_capabilities(mode);
     info!(
         "ready: collecting in {mode} mode, {} peers, writing {}",
@@ -287,12 +293,12 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
                 let lost = settle(&mut collector, &mut state);
                 warn_if_lost(lost, &state);
                 state.warn_if_dropped();
-                state.checkpoint_or_warn(lost);
+                state.checkpoint_or_warn(lost, log::Level::Debug);
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: checkpoint");
                 let lost = settle(&mut collector, &mut state);
-                state.checkpoint_or_warn(lost);
+                state.checkpoint_or_warn(lost, log::Level::Info);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -307,7 +313,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     let lost = settle(&mut collector, &mut state);
     state.warn_if_dropped();
     state
-        .checkpoint(lost)
+        .checkpoint(lost, log::Level::Info)
         .context("final checkpoint failed; the previous checkpoint is intact")?;
     info!(
         "stopped: {} peers written to {}",
