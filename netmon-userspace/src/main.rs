@@ -1,16 +1,4 @@
 //! netmon: records which IPv4 hosts this server talks to.
-mod classify;
-mod cli;
-mod ebpf;
-mod lockfile;
-mod peer;
-mod privilege;
-mod probe;
-mod procnet;
-mod report;
-mod rules;
-mod run;
-mod store;
 
 use std::{
     io::{self, BufWriter, StdoutLock, Write as _},
@@ -19,7 +7,10 @@ use std::{
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command};
+use netmon::{
+    cli::{Cli, Command},
+    probe, report, rules, run,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

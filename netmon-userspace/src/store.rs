@@ -192,6 +192,10 @@ impl PeerSet {
         self.peers.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
     pub fn get(&self, addr: Ipv4Addr) -> Option<&PeerRecord> {
         self.peers.get(&addr)
     }
