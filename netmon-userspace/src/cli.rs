@@ -49,6 +49,19 @@ pub enum Command {
     /// into the fewest CIDR blocks. Loading them filters nothing until you
     /// hook them in; review them first.
     Rules(RulesArgs),
+    /// Print a shell completion script: `source <(netmon completions bash)`,
+    /// or save it where the shell loads completions from.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (netmon.1 and one per command) into DIR; used by
+    /// `cargo xtask man`, so hidden.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 impl Command {

@@ -14,6 +14,7 @@
 pub mod classify;
 pub mod cli;
 pub mod ebpf;
+pub mod generate;
 pub mod lockfile;
 pub mod peer;
 pub mod privilege;

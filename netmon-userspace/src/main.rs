@@ -9,7 +9,7 @@ use clap::Parser as _;
 
 use netmon::{
     cli::{Cli, Command},
-    probe, report, rules, run,
+    generate, probe, report, rules, run,
 };
 
 fn main() -> ExitCode {
@@ -43,6 +43,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Stats(args) => to_stdout(|out| report::stats(&args, out))?,
         Command::Rules(args) => to_stdout(|out| rules::rules(&args, out))?,
+        Command::Completions { shell } => {
+            to_stdout(|out| Ok(generate::completions(shell, out)?))?;
+        }
+        Command::Man { dir } => generate::man_pages(&dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 //! lacks (rust-src, bpf-linker, Debian packages the tests use) is installed
 //! here, idempotently, so CI needs nothing but `cargo xtask test`.
 mod build;
+mod man;
 mod setup;
 mod vm;
 
@@ -44,6 +45,8 @@ enum Command {
     VmTest(vm::VmTestArgs),
     /// `cargo fmt --check` and `cargo clippy -D warnings` on both workspaces.
     Lint,
+    /// Write the man pages (netmon.1 and one per command) to target/man.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test => test(),
         Command::VmTest(args) => vm::vm_test(&args),
         Command::Lint => build::lint(),
+        Command::Man => man::man().map(drop),
     }
 }
 
