@@ -1,7 +1,13 @@
 //! What ships beside the binary: shell completions and man pages (made by
 //! netmon from its own clap definitions), the systemd unit and the
 //! Kubernetes DaemonSet.
-use std::process::{Command, Output};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use netmon_scenario::harness::{Netmon, chosen_mode};
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
 
@@ -72,7 +78,7 @@ fn man_pages_cover_every_command_and_flag() {
     let dir = tempfile::tempdir().unwrap();
     run(Command::new(NETMON).arg("man").arg(dir.path()));
     let page = |name: &str| {
-        std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     assert!(page("netmon.1").contains(".TH netmon 1"));
     let run_page = page("netmon-run.1");
@@ -84,4 +90,75 @@ fn man_pages_cover_every_command_and_flag() {
     }
     // The generator's own command stays out of the pages.
     assert!(!dir.path().join("netmon-man.1").exists());
+}
+
+/// A file shipped under deploy/.
+fn deploy_file(name: &str) -> (PathBuf, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (path, text)
+}
+
+/// The unit as shipped, but starting the binary under test: verify checks
+/// that ExecStart= exists, and the test installs nothing.
+fn unit_for_test() -> String {
+    let (_, unit) = deploy_file("netmon.service");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/netmon run"),
+        "{unit}"
+    );
+    unit.replace("/usr/local/bin/netmon", NETMON)
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("netmon.service");
+    fs::write(&unit, unit_for_test()).unwrap();
+    // Documentation= names man pages; verify runs man(1) to find them.
+    let man = dir.path().join("man");
+    run(Command::new(NETMON).arg("man").arg(man.join("man1")));
+    let output = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .env("MANPATH", &man));
+    let complaints = String::from_utf8_lossy(&output.stderr);
+    assert!(complaints.trim().is_empty(), "{complaints}");
+}
+
+/// `CapabilityBoundingSet=CAP_BPF CAP_PERFMON` as setpriv's
+/// `-all,+bpf,+perfmon`.
+fn bounding_set_for_setpriv(unit: &str) -> String {
+    let caps = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit limits its capabilities");
+    let mut set = String::from("-all");
+    for cap in caps.split_whitespace() {
+        let name = cap.strip_prefix("CAP_").expect("CAP_ names");
+        set.push_str(&format!(",+{}", name.to_lowercase()));
+    }
+    set
+}
+
+#[test]
+fn systemd_units_capabilities_are_enough_to_attach() {
+    let set = bounding_set_for_setpriv(&unit_for_test());
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--bounding-set", &set, "--", NETMON, "run", "--output"])
+        .arg(dir.path().join("peers.json"));
+    let netmon = Netmon::spawn(command);
+    netmon.wait_ready().unwrap();
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let mode = chosen_mode(&log).unwrap_or("-");
+    assert!(
+        mode == "kprobe" || mode == "tracepoint",
+        "with {set} netmon should attach eBPF programs, not fall back to {mode}:\n{log}"
+    );
+    assert!(log.contains("dropped all capabilities"), "{log}");
 }

@@ -73,9 +73,19 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Debian packages the integration tests use: `ip` for network namespaces
-/// and the firewall tools the generated rules are loaded into.
-const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "ipset", "iptables"];
+/// Debian packages the integration tests use: `ip` for network namespaces,
+/// the firewall tools the generated rules are loaded into, and for the
+/// shipped files `systemd-analyze` (which runs man(1) to check the unit's
+/// Documentation=) and setpriv.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "ipset",
+    "iptables",
+    "systemd",
+    "man-db",
+    "util-linux",
+];
 
 fn test() -> anyhow::Result<()> {
     setup::require_root("cargo xtask test loads eBPF programs and creates network namespaces")?;
