@@ -7,7 +7,12 @@ use std::{
     process::{Command, Output},
 };
 
+use k8s_openapi::{
+    api::{apps::v1::DaemonSet, core::v1::Namespace},
+    apimachinery::pkg::api::resource::Quantity,
+};
 use netmon_scenario::harness::{Netmon, chosen_mode};
+use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
 
@@ -161,4 +166,110 @@ fn systemd_units_capabilities_are_enough_to_attach() {
         "with {set} netmon should attach eBPF programs, not fall back to {mode}:\n{log}"
     );
     assert!(log.contains("dropped all capabilities"), "{log}");
+}
+
+/// Every document of a YAML file, as JSON values.
+fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| serde_json::Value::deserialize(document).expect("valid YAML"))
+        .collect()
+}
+
+/// `document` read as Kubernetes type `T`. Reading ignores fields `T` does
+/// not have, so the typed value is written back and compared: a misspelt
+/// or misplaced field is lost on the way and shows up as a difference.
+fn kubernetes_object<T: DeserializeOwned + Serialize>(document: &serde_json::Value) -> T {
+    let object: T = serde_json::from_value(document.clone())
+        .unwrap_or_else(|e| panic!("not a valid {}: {e}", std::any::type_name::<T>()));
+    let written = serde_json::to_value(&object).unwrap();
+    assert_eq!(
+        &written, document,
+        "fields Kubernetes does not know (left: as Kubernetes reads it)"
+    );
+    object
+}
+
+/// A memory quantity such as `384Mi`, in bytes.
+fn mebibytes(quantity: &Quantity) -> u64 {
+    let mib = quantity.0.strip_suffix("Mi").expect("memory in Mi");
+    mib.parse::<u64>().unwrap() << 20
+}
+
+#[test]
+fn daemonset_is_valid_kubernetes_and_privileged_on_every_node() {
+    let (_, text) = deploy_file("kubernetes/daemonset.yaml");
+    let documents = yaml_documents(&text);
+    let [namespace, daemonset] = documents.as_slice() else {
+        panic!("expected a Namespace and a DaemonSet, got {documents:?}");
+    };
+    let namespace: Namespace = kubernetes_object(namespace);
+    let labels = namespace.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels["pod-security.kubernetes.io/enforce"], "privileged",
+        "Pod Security admission would reject a privileged pod"
+    );
+
+    let daemonset: DaemonSet = kubernetes_object(daemonset);
+    assert_eq!(daemonset.metadata.namespace, namespace.metadata.name);
+    let spec = daemonset.spec.unwrap();
+    let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+    for (key, value) in spec.selector.match_labels.unwrap() {
+        assert_eq!(
+            template_labels[&key], value,
+            "the selector must match the pods"
+        );
+    }
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.host_pid, Some(true));
+    let tolerations = pod.tolerations.unwrap();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "a toleration of every taint, to run on every node: {tolerations:?}"
+    );
+    let data = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find_map(|volume| volume.host_path.filter(|h| h.path == "/var/lib/netmon"));
+    assert!(data.is_some(), "the data directory is each node's own");
+
+    let [container] = pod.containers.as_slice() else {
+        panic!("one container");
+    };
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.privileged, Some(true));
+    let args = container.args.as_ref().unwrap();
+    let resources = container.resources.as_ref().unwrap();
+    let limit = mebibytes(&resources.limits.as_ref().unwrap()["memory"]);
+    assert!(resources.requests.as_ref().unwrap().contains_key("memory"));
+    // The set must hit --max-peers before the pod hits its memory limit:
+    // about 115 bytes a peer (110 MiB at a million) above a 30 MiB base.
+    let max_peers: u64 = args
+        .iter()
+        .find_map(|arg| arg.strip_prefix("--max-peers="))
+        .expect("--max-peers bounds the memory the limit is sized for")
+        .parse()
+        .unwrap();
+    assert!(
+        (30 << 20) + max_peers * 115 < limit,
+        "--max-peers={max_peers} does not fit in {limit} bytes"
+    );
+    assert_flags_exist(args);
+}
+
+/// Each `--flag` of a `netmon run` command line is one netmon has.
+fn assert_flags_exist(args: &[String]) {
+    assert_eq!(args[0], "run");
+    let help = run(Command::new(NETMON).args(["run", "--help"]));
+    let help = String::from_utf8(help.stdout).unwrap();
+    for arg in &args[1..] {
+        let flag = arg.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "netmon run has no {flag}"
+        );
+    }
 }
