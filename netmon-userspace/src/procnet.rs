@@ -51,12 +51,22 @@ const TABLES: [(&str, Proto, bool); 4] = [
 /// One row of a table, reduced to what matters here. `None` addresses are
 /// IPv6 addresses that are not IPv4-mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Row {
-    local: Option<Ipv4Addr>,
-    local_port: u16,
-    remote: Option<Ipv4Addr>,
-    remote_port: u16,
-    state: u8,
+pub struct Row {
+    pub local: Option<Ipv4Addr>,
+    pub local_port: u16,
+    pub remote: Option<Ipv4Addr>,
+    pub remote_port: u16,
+    /// The `st` column: a TCP state, or a UDP socket's pseudo-state.
+    pub state: u8,
+}
+
+/// The rows of one table's text (`/proc/net/tcp` and friends), skipping
+/// the header and any line that does not parse.
+pub fn rows(table: &[u8], v6: bool) -> impl Iterator<Item = Row> + '_ {
+    table
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(move |line| parse_row(line, v6))
 }
 
 /// Polls the socket tables of one network namespace.
@@ -100,10 +110,7 @@ impl Scanner {
                 Err(err) if err.kind() == io::ErrorKind::NotFound && name != "tcp" => continue,
                 Err(err) => return Err(err),
             }
-            for line in self.buf.split(|&b| b == b'\n').skip(1) {
-                let Some(row) = parse_row(line, v6) else {
-                    continue;
-                };
+            for row in rows(&self.buf, v6) {
                 let listens = match proto {
                     Proto::Tcp => row.state == TCP_LISTEN,
                     Proto::Udp => row.remote_port == 0,

@@ -123,14 +123,14 @@ impl PeerRecord {
         }
     }
 
-    /// Folds in another record of the same peer: counts summed, first
-    /// seen the earliest, last seen the latest, lists unioned within
-    /// their cap.
+    /// Folds in another record of the same peer: counts summed (saturating:
+    /// a hostile file must not overflow them), first seen the earliest,
+    /// last seen the latest, lists unioned within their cap.
     fn merge(&mut self, other: &Self) {
         self.first_seen = self.first_seen.min(other.first_seen);
         self.last_seen = self.last_seen.max(other.last_seen);
-        self.outbound += other.outbound;
-        self.inbound += other.inbound;
+        self.outbound = self.outbound.saturating_add(other.outbound);
+        self.inbound = self.inbound.saturating_add(other.inbound);
         other
             .remote_ports
             .iter()
@@ -170,13 +170,13 @@ impl PeerSet {
             // Port 0 means unknown: a child socket reset before accept()
             // returned it has already given its port back.
             Direction::Outbound => {
-                record.outbound += connections;
+                record.outbound = record.outbound.saturating_add(connections);
                 if conn.remote_port != 0 {
                     record.remote_ports.insert(conn.remote_port);
                 }
             }
             Direction::Inbound => {
-                record.inbound += connections;
+                record.inbound = record.inbound.saturating_add(connections);
                 if conn.local_port != 0 {
                     record.local_ports.insert(conn.local_port);
                 }

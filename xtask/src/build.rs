@@ -124,7 +124,9 @@ fn build_ebpf() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nightly_cargo() -> Command {
+/// `cargo` of the nightly toolchain, in the eBPF crate, with none of the
+/// stable toolchain's variables.
+pub fn nightly_cargo() -> Command {
     let mut command = Command::new("rustup");
     command
         .args(["run", "nightly", "cargo"])

@@ -6,8 +6,10 @@
 //! lacks (rust-src, bpf-linker, Debian packages the tests use) is installed
 //! here, idempotently, so CI needs nothing but `cargo xtask test`.
 mod build;
+mod fuzz;
 mod man;
 mod setup;
+mod soak;
 mod vm;
 
 use std::process::ExitCode;
@@ -47,6 +49,15 @@ enum Command {
     Lint,
     /// Write the man pages (netmon.1 and one per command) to target/man.
     Man,
+    /// Run every cargo-fuzz target (checkpoint loader, /proc/net parser)
+    /// for --seconds each, keeping the minimized corpus in fuzz/corpus.
+    Fuzz(fuzz::FuzzArgs),
+    /// netmon under continuous connection churn for --minutes, failing if
+    /// its RSS or open file descriptors keep growing (needs root).
+    Soak {
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +81,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::VmTest(args) => vm::vm_test(&args),
         Command::Lint => build::lint(),
         Command::Man => man::man().map(drop),
+        Command::Fuzz(args) => fuzz::fuzz(&args),
+        Command::Soak { minutes } => soak::soak(minutes),
     }
 }
 
@@ -87,6 +100,10 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// Seconds per fuzz target in `cargo xtask test`: enough to prove the
+/// targets build and survive their corpus; `cargo xtask fuzz` fuzzes.
+const FUZZ_SMOKE_SECONDS: u64 = 15;
+
 fn test() -> anyhow::Result<()> {
     setup::require_root("cargo xtask test loads eBPF programs and creates network namespaces")?;
     setup::debian_packages(TEST_PACKAGES)?;
@@ -100,7 +117,7 @@ fn test() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&host_rows)?;
     }
     // The matrix runs even when a test failed: both results are wanted.
-    let tests = build::cargo_test();
+    let tests = build::cargo_test().and_then(|()| fuzz::smoke(FUZZ_SMOKE_SECONDS));
     let matrix = vm::vm_test(&vm::VmTestArgs::default());
     tests.and(matrix)
 }

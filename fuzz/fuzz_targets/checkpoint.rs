@@ -1,0 +1,17 @@
+//! Any bytes given to the checkpoint loader (netmon's format or the old
+//! poller's address list) give a snapshot or an error, never a panic; and
+//! a snapshot that loads writes back to a file that loads to the same set.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use netmon::store;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok((snapshot, _)) = store::parse(data, 1_700_000_000) else {
+        return;
+    };
+    let written = store::to_json(&snapshot, "fuzz", 1_700_000_000).expect("a loaded set can be written");
+    let (again, _) = store::parse(&written, 0).expect("what netmon writes, netmon reads");
+    assert_eq!(again.peers.len(), snapshot.peers.len());
+    assert_eq!(store::to_json(&again, "fuzz", 1_700_000_000).unwrap(), written);
+});
