@@ -1,11 +1,12 @@
 //! Command-line interface.
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
 use crate::{
     classify::Class,
     ebpf::{events::TransportRequest, ladder::ModeRequest},
+    follow::LineFormat,
     peer::Direction,
     report::Format,
     rules::{RuleFormat, RuleName},
@@ -108,6 +109,31 @@ pub struct RunArgs {
     /// warned about, so a flood cannot exhaust memory.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_peers: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, such as
+    /// 127.0.0.1:9464. Bound at start-up, before capabilities are dropped.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Print a line on stdout the moment a peer is first seen in a
+    /// direction: time, direction, address, class, port, process.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// With --follow: one JSON object per line, for log shippers.
+    #[arg(long, requires = "follow")]
+    pub json: bool,
+}
+
+impl RunArgs {
+    /// `--follow` and `--json` as the one choice they make.
+    pub fn follow(&self) -> Option<LineFormat> {
+        match (self.follow, self.json) {
+            (false, _) => None,
+            (true, false) => Some(LineFormat::Text),
+            (true, true) => Some(LineFormat::Json),
+        }
+    }
 }
 
 /// `--on-corrupt`.

@@ -14,8 +14,11 @@
 pub mod classify;
 pub mod cli;
 pub mod ebpf;
+pub mod follow;
 pub mod generate;
 pub mod lockfile;
+pub mod metrics;
+pub mod observe;
 pub mod peer;
 pub mod privilege;
 pub mod probe;

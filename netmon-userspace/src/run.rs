@@ -25,9 +25,11 @@ use crate::{
         ladder::{self, Collector, Env},
     },
     lockfile,
+    observe::{Bound, Observers},
     peer::Connection,
     privilege,
     procnet::{Liveness, Scanner},
+    report::Directions,
     store::{self, FileFormat, LoadError, Snapshot},
 };
 
@@ -158,6 +160,8 @@ struct State {
     /// New peers dropped at the limit: in this run, and when last warned.
     dropped: u64,
     dropped_warned: u64,
+    /// Metrics and `--follow`, told of every recorded connection.
+    observers: Observers,
 }
 
 impl State {
@@ -167,12 +171,14 @@ impl State {
             self.dropped += 1;
             return;
         }
+        let before = peers.get(conn.peer).map(Directions::of);
         if peers.record(conn, connections, store::unix_now()) {
             debug!(
                 "new peer {} ({}, {:?})",
                 conn.peer, conn.direction, conn.source
             );
         }
+        self.observers.recorded(conn, connections, before, peers);
     }
 
     /// One warning per checkpoint interval at most, however many drops.
@@ -192,7 +198,11 @@ impl State {
     fn checkpoint(&mut self, lost: u64, level: log::Level) -> anyhow::Result<()> {
         self.snapshot.lost_events = self.lost_before + lost;
         let started = Instant::now();
-        store::write_checkpoint(&self.output, &self.snapshot, &self.host, store::unix_now())?;
+        let written =
+            store::write_checkpoint(&self.output, &self.snapshot, &self.host, store::unix_now());
+        self.observers
+            .checkpointed(written.is_ok(), started.elapsed(), lost);
+        written?;
         log::log!(
             level,
             "checkpoint: {} peers in {} ms ({} lost events)",
@@ -229,6 +239,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let bound = Bound::bind(args.metrics)?;
     let env = Env::new(Path::new(PROC_NET), args.transport);
     let (mut collector, skipped) = ladder::climb(args.mode, &env)?;
     for rung in &skipped {
@@ -236,18 +247,21 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     }
     let mode = collector.mode();
     info!("mode: {mode}");
+    let host = hostname();
+    let observers = Observers::start(bound, mode, &snapshot.peers, args.follow(), &host)?;
     let mut state = State {
         lost_before: snapshot.lost_events,
         snapshot: Snapshot {
             mode: Some(mode.to_string()),
             ..snapshot
         },
-        host: hostname(),
+        host,
         output: args.output.clone(),
         last_error: None,
         max_peers: usize::try_from(args.max_peers).unwrap_or(usize::MAX),
         dropped: 0,
         dropped_warned: 0,
+        observers,
     };
 
     // Connections still open from before netmon started, scanned after

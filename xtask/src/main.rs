@@ -87,9 +87,10 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Debian packages the integration tests use: `ip` for network namespaces,
-/// the firewall tools the generated rules are loaded into, and for the
+/// the firewall tools the generated rules are loaded into, for the
 /// shipped files `systemd-analyze` (which runs man(1) to check the unit's
-/// Documentation=) and setpriv.
+/// Documentation=) and setpriv, and promtool (Debian ships it only with
+/// the Prometheus server) to check `--metrics`.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -98,6 +99,7 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "man-db",
     "util-linux",
+    "prometheus",
 ];
 
 /// Seconds per fuzz target in `cargo xtask test`: enough to prove the

@@ -18,8 +18,31 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `netmon run`; killed if the caller fails before stopping it.
 pub struct Netmon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    /// stderr: the log.
+    log: Lines,
+    /// stdout: what `--follow` prints.
+    out: Lines,
     ready: mpsc::Receiver<()>,
+}
+
+/// Lines a child wrote, collected by a thread as they come.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// Collects `stream`'s lines into the returned [`Lines`], calling
+/// `on_line` on each first.
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    on_line: impl Fn(&str) + Send + 'static,
+) -> Lines {
+    let lines = Lines::default();
+    let sink = Arc::clone(&lines);
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            on_line(&line);
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
 }
 
 impl Netmon {
@@ -44,26 +67,26 @@ impl Netmon {
         Self::spawn(Self::command(binary, output, mode, extra))
     }
 
-    /// Starts `command`, collecting its stderr line by line.
+    /// Starts `command`, collecting its stderr and stdout line by line.
     pub fn spawn(mut command: Command) -> Self {
         let mut child = command
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start netmon");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, ready) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready:") {
-                    let _ = tx.send(());
-                }
-                lines.lock().unwrap().push(line);
+        let log = collect(child.stderr.take().unwrap(), move |line| {
+            if line.contains("ready:") {
+                let _ = tx.send(());
             }
         });
-        Self { child, log, ready }
+        let out = collect(child.stdout.take().unwrap(), |_| {});
+        Self {
+            child,
+            log,
+            out,
+            ready,
+        }
     }
 
     /// Starts netmon and waits until it has attached and scanned.
@@ -89,6 +112,11 @@ impl Netmon {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Every line written to stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
     }
 
     /// SIGTERM, then the exit status and everything it logged.

@@ -1,0 +1,104 @@
+//! What `netmon run` tells the outside while it collects: its metrics and,
+//! with `--follow`, each peer the first time it is seen in a direction.
+//!
+//! Both hang off one question the collection loop answers for every
+//! connection it records: did the peer's directions change? The loop asks
+//! [`Observers`] and nothing else, so it stays about collecting.
+use std::{net::SocketAddr, time::Duration};
+
+use log::warn;
+
+use crate::{
+    classify::Class,
+    ebpf::AttachMode,
+    follow::{Follow, LineFormat, Sighting},
+    metrics::{Endpoint, Metrics},
+    peer::{Connection, Direction},
+    report::Directions,
+    store::PeerSet,
+};
+
+/// The metrics endpoint, bound before attaching (so a bad `--metrics`
+/// fails at once, and a low port is bound while netmon may), but served
+/// only once the mode is known.
+pub struct Bound(Option<Endpoint>);
+
+impl Bound {
+    pub fn bind(metrics: Option<SocketAddr>) -> anyhow::Result<Self> {
+        metrics.map(Endpoint::bind).transpose().map(Self)
+    }
+}
+
+pub struct Observers {
+    metrics: Metrics,
+    follow: Option<Follow>,
+    host: String,
+}
+
+impl Observers {
+    /// Starts serving metrics, if asked to, for a run in `mode` that
+    /// continues `peers`.
+    pub fn start(
+        bound: Bound,
+        mode: AttachMode,
+        peers: &PeerSet,
+        follow: Option<LineFormat>,
+        host: &str,
+    ) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(mode, peers);
+        if let Some(endpoint) = bound.0 {
+            endpoint.serve(metrics.registry())?;
+        }
+        Ok(Self {
+            metrics,
+            follow: follow.map(Follow::new),
+            host: host.to_owned(),
+        })
+    }
+
+    /// `conn` was just recorded in `peers`, counting `connections`; the
+    /// peer's directions were `before` (`None`: it was not in the set).
+    pub fn recorded(
+        &mut self,
+        conn: &Connection,
+        connections: u64,
+        before: Option<Directions>,
+        peers: &PeerSet,
+    ) {
+        self.metrics.event(conn.source, conn.direction, connections);
+        let Some(record) = peers.get(conn.peer) else {
+            return;
+        };
+        let after = Directions::of(record);
+        if before == Some(after) {
+            return;
+        }
+        let class = Class::of(conn.peer);
+        self.metrics.peer_moved(class, before, after);
+        let Some(follow) = &self.follow else {
+            return;
+        };
+        let port = match conn.direction {
+            Direction::Outbound => conn.remote_port,
+            Direction::Inbound => conn.local_port,
+        };
+        let sighting = Sighting {
+            time: record.last_seen,
+            host: &self.host,
+            ip: conn.peer,
+            direction: conn.direction,
+            class,
+            port: (port != 0).then_some(port),
+            process: conn.process,
+        };
+        if let Err(err) = follow.write(&sighting) {
+            warn!("--follow: cannot write to stdout ({err}); no more lines");
+            self.follow = None;
+        }
+    }
+
+    /// A checkpoint attempt; `lost` counts the events lost in this run.
+    pub fn checkpointed(&self, ok: bool, took: Duration, lost: u64) {
+        self.metrics.checkpointed(ok, took, lost);
+    }
+}

@@ -1,0 +1,237 @@
+//! `netmon run --metrics` and `--follow` during the loopback workload: the
+//! real binary, the real programs, real connections, as root.
+//!
+//! Workload nets 7 and 8 (127.x.7.y, 127.x.8.y) are this file's; run with
+//! `--test-threads=1`, as `cargo xtask test` does.
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use netmon_scenario::{
+    harness::{Netmon, chosen_mode},
+    workload::{Workload, workload},
+};
+use serde_json::Value;
+
+const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
+/// A hang detector for conditions polled below, not a speed assertion.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Starts netmon with `extra` flags on a fresh file and waits for it.
+fn start(dir: &Path, extra: &[&str]) -> Netmon {
+    let netmon = Netmon::start(NETMON, &dir.join("peers.json"), "auto", extra);
+    netmon.wait_ready().unwrap();
+    netmon
+}
+
+/// Polls `condition` until it gives a value; panics after PATIENCE with
+/// what it was waiting for and `context()`.
+fn eventually<T>(
+    what: &str,
+    mut condition: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "gave up waiting for {what}:\n{}",
+            context()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A port nothing listens on yet.
+fn free_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// `GET /metrics` with an optional Accept header: (head, body).
+fn scrape(addr: &str, accept: Option<&str>) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    (head.to_owned(), body.to_owned())
+}
+
+/// The value of the sample `series` (name and labels, exactly as
+/// written), if the exposition has it.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
+fn promtool_check(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; cargo xtask test installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}\n{body}",
+        output.status
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_and_count_the_workloads_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let netmon = start(dir.path(), &["--metrics", &addr, "--interval", "1"]);
+    let work = workload(7, 10);
+    // Peers the workload made beside whatever else talks on loopback.
+    let outbound = (work.destinations.len() + work.refused.len()) as f64;
+    let inbound = work.sources.len() as f64;
+    let loopback = |direction: &str, body: &str| {
+        sample(
+            body,
+            &format!("netmon_peers{{class=\"loopback\",direction=\"{direction}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let body = eventually(
+        "the workload's peers and a checkpoint in the metrics",
+        || {
+            let (_, body) = scrape(&addr, None);
+            let out = loopback("out", &body) + loopback("in+out", &body);
+            let inn = loopback("in", &body) + loopback("in+out", &body);
+            let checkpoints = sample(&body, "netmon_checkpoints_total").unwrap_or(0.0);
+            (out >= outbound && inn >= inbound && checkpoints >= 2.0).then_some(body)
+        },
+        || scrape(&addr, None).1 + &netmon.log(),
+    );
+    promtool_check(&body);
+
+    let mode = chosen_mode(&netmon.log()).unwrap().to_owned();
+    assert_eq!(
+        sample(
+            &body,
+            &format!("netmon_attach_mode_info{{mode=\"{mode}\"}}")
+        ),
+        Some(1.0)
+    );
+    let connections_out = sample(&body, "netmon_connections_total{direction=\"out\"}").unwrap();
+    assert!(connections_out >= outbound, "{body}");
+    assert!(body.contains("netmon_build_info{version=\""), "{body}");
+    assert!(body.contains("netmon_checkpoint_duration_seconds_count "));
+
+    // What Prometheus itself asks for: OpenMetrics.
+    let (head, openmetrics) = scrape(&addr, Some("application/openmetrics-text"));
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The `--follow --json` lines, by (ip, direction).
+fn sightings(netmon: &Netmon) -> BTreeMap<(Ipv4Addr, String), Vec<Value>> {
+    let mut by_peer = BTreeMap::<_, Vec<Value>>::new();
+    for line in netmon.stdout_lines() {
+        let sighting: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let ip = sighting["ip"].as_str().unwrap().parse().unwrap();
+        let direction = sighting["direction"].as_str().unwrap().to_owned();
+        by_peer.entry((ip, direction)).or_default().push(sighting);
+    }
+    by_peer
+}
+
+/// Whether every peer the workload made was printed, once, as expected.
+fn all_printed(work: &Workload, seen: &BTreeMap<(Ipv4Addr, String), Vec<Value>>) -> bool {
+    let outbound = work.destinations.iter().chain(&work.refused);
+    let expected = outbound
+        .map(|ip| (*ip, "out"))
+        .chain(work.sources.iter().map(|ip| (*ip, "in")));
+    expected.into_iter().all(|(ip, direction)| {
+        seen.get(&(ip, direction.to_owned()))
+            .is_some_and(|lines| lines.len() == 1 && lines[0]["class"] == "loopback")
+    })
+}
+
+#[test]
+fn follow_prints_each_workload_peer_as_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let netmon = start(dir.path(), &["--follow", "--json"]);
+    let work = workload(8, 10);
+    eventually(
+        "a --follow line for every peer of the workload",
+        || all_printed(&work, &sightings(&netmon)).then_some(()),
+        || netmon.stdout_lines().join("\n"),
+    );
+    let seen = sightings(&netmon);
+    let first = &seen[&(work.destinations[0], "out".to_owned())][0];
+    assert_eq!(first["port"], work.port, "{first}");
+    assert!(first["time"].as_str().unwrap().ends_with('Z'), "{first}");
+    assert!(first["host"].is_string(), "{first}");
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_bad_metrics_address_stops_netmon_with_one_line_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("peers.json");
+    let run = |metrics: &str| {
+        let result = Command::new(NETMON)
+            .args(["run", "--metrics", metrics, "--output"])
+            .arg(&output)
+            .output()
+            .unwrap();
+        (
+            result.status.code(),
+            String::from_utf8(result.stderr).unwrap(),
+        )
+    };
+    let (code, stderr) = run("localhost");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.lines().next().unwrap().contains("--metrics"),
+        "{stderr}"
+    );
+    // A documentation address (RFC 5737) is on no interface here.
+    let (code, stderr) = run("192.0.2.1:9464");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "netmon: --metrics 192.0.2.1:9464: cannot listen: Cannot assign requested address (os error 99)"
+    );
+    assert!(
+        !output.exists(),
+        "nothing is written before the flags are known good"
+    );
+}
