@@ -11,9 +11,20 @@ pub type Peers = BTreeMap<Ipv4Addr, Value>;
 
 /// The checkpoint's peers by address.
 pub fn read_peers(path: &Path) -> Peers {
+    peers_of(&read_checkpoint(path))
+}
+
+/// The whole checkpoint, for what [`read_peers`] leaves out
+/// (`lost_events`, `mode`).
+pub fn read_checkpoint(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let file: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(file["version"], 1, "{text}");
+    file
+}
+
+/// A checkpoint's peers by address.
+pub fn peers_of(file: &Value) -> Peers {
     file["peers"]
         .as_array()
         .unwrap()
