@@ -5,6 +5,7 @@
 //! builds on stable with the object embedded. Everything a fresh machine
 //! lacks (rust-src, bpf-linker, Debian packages the tests use) is installed
 //! here, idempotently, so CI needs nothing but `cargo xtask test`.
+mod bench;
 mod build;
 mod fuzz;
 mod man;
@@ -49,6 +50,10 @@ enum Command {
     Lint,
     /// Write the man pages (netmon.1 and one per command) to target/man.
     Man,
+    /// Measure netmon against issue 6's targets (capture in a connection
+    /// storm, kernel and user CPU, memory and times at 1M peers) beside a
+    /// psutil poller, and print one table (needs root; about 2 minutes).
+    Bench(bench::BenchArgs),
     /// Run every cargo-fuzz target (checkpoint loader, /proc/net parser)
     /// for --seconds each, keeping the minimized corpus in fuzz/corpus.
     Fuzz(fuzz::FuzzArgs),
@@ -58,6 +63,9 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         minutes: u64,
     },
+    /// One worker process of the bench's connection storm.
+    #[command(hide = true)]
+    BenchStorm(bench::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +88,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test => test(),
         Command::VmTest(args) => vm::vm_test(&args),
         Command::Lint => build::lint(),
+        Command::Bench(args) => bench::bench(&args),
+        Command::BenchStorm(args) => bench::worker(&args),
         Command::Man => man::man().map(drop),
         Command::Fuzz(args) => fuzz::fuzz(&args),
         Command::Soak { minutes } => soak::soak(minutes),

@@ -1,0 +1,237 @@
+//! Capture, lost events and kernel cost: the same distinct storm with
+//! nothing watching, with netmon in tracepoint mode, in proc mode and
+//! with the psutil poller, each alone so none slows another.
+use std::net::Ipv4Addr;
+
+use super::{
+    Bench,
+    bpf_stats::Runs,
+    storm::{Outcome, Pattern},
+    table::{Table, percent, thousands},
+    watch::{Watched, Watchers},
+};
+
+/// Storms with netmon off and on, alternating. One pair is at the mercy
+/// of whatever else the machine runs meanwhile; alternating which goes
+/// first makes a load that rises or falls over the run weigh on both.
+const PAIRS: u8 = 3;
+/// Address blocks the capture storms use; later parts take the next ones.
+pub const BLOCKS: u8 = 2 * PAIRS + 2;
+/// Storm rate with netmon on, as a share of the rate with it off.
+const ON_OFF_TARGET: f64 = 95.0;
+/// Mean cost of one eBPF program run.
+const NS_PER_RUN_TARGET: f64 = 500.0;
+
+const OFF: Watchers = Watchers {
+    netmon: None,
+    poller: false,
+};
+const TRACEPOINT: Watchers = Watchers {
+    netmon: Some("tracepoint"),
+    poller: false,
+};
+
+pub fn capture(bench: &Bench, table: &mut Table) {
+    let mut storm = |label: &str, block: u8, watchers: Watchers| match bench.watch(
+        label,
+        block,
+        Pattern::Distinct,
+        watchers,
+    ) {
+        Ok(watched) => Some(watched),
+        Err(err) => {
+            table.failed("capture", &format!("{label} storm: {err:#}"));
+            None
+        }
+    };
+    let (mut offs, mut ons) = (Vec::new(), Vec::new());
+    for pair in 0..PAIRS {
+        let on_first = !pair.is_multiple_of(2);
+        for on in [on_first, !on_first] {
+            let block = 2 * pair + u8::from(on);
+            if on {
+                ons.extend(storm(&format!("tracepoint-{pair}"), block, TRACEPOINT));
+            } else {
+                offs.extend(storm(&format!("off-{pair}"), block, OFF).map(|w| w.storm));
+            }
+        }
+    }
+    let proc_mode = Watchers {
+        netmon: Some("proc"),
+        poller: false,
+    };
+    let proc = storm("proc", 2 * PAIRS, proc_mode);
+    let poller = storm(
+        "poller",
+        2 * PAIRS + 1,
+        Watchers {
+            netmon: None,
+            poller: true,
+        },
+    );
+
+    if !offs.is_empty() {
+        table.info("capture", "storm with netmon off", storm_size(&offs));
+    }
+    if !ons.is_empty() {
+        let (held, made) = ons.iter().fold((0, 0), |(held, made), on| {
+            let peers = &on.netmon.as_ref().expect("netmon watched").peers;
+            (
+                held + on.storm.held(peers.iter().copied()),
+                made + on.storm.peers_made(),
+            )
+        });
+        let storms: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
+        table.check(
+            "capture",
+            format!("tracepoint: peers held / made ({} storms)", ons.len()),
+            format!("{} at {:.0} conn/s", held_text(held, made), rate(&storms)),
+            "100%",
+            held == made,
+        );
+        let lost: u64 = ons
+            .iter()
+            .filter_map(|on| on.netmon.as_ref())
+            .map(|n| n.lost_events)
+            .sum();
+        table.check(
+            "lost",
+            "lost events, tracepoint storms",
+            lost.to_string(),
+            "0",
+            lost == 0,
+        );
+    }
+    let poller_share = poller
+        .as_ref()
+        .map(|p| share(p, &p.poller.as_ref().expect("poller watched").peers));
+    if let Some(proc) = &proc {
+        let netmon = proc.netmon.as_ref().expect("netmon watched");
+        let text = format!(
+            "{}; netmon CPU {:.0} ms",
+            watched_text(proc, &netmon.peers),
+            netmon.cpu_ms
+        );
+        match poller_share {
+            Some(poller) => table.check(
+                "capture",
+                "proc: peers held / made",
+                text,
+                format!("> poller's {poller:.2}%"),
+                share(proc, &netmon.peers) > poller,
+            ),
+            None => table.info("capture", "proc: peers held / made", text),
+        }
+    }
+    if let Some(poller) = &poller {
+        let saw = poller.poller.as_ref().expect("poller watched");
+        let text = format!(
+            "{}; poller CPU {:.0} ms",
+            watched_text(poller, &saw.peers),
+            saw.cpu_ms
+        );
+        table.info("capture", "psutil 1 s poller: peers held / made", text);
+    }
+    kernel_cost(table, &ons, &offs);
+}
+
+/// `21 345 conn/s: 106 725 connections by 4 processes in 5.00 s`, for
+/// one storm or the mean of several.
+pub fn storm_size(storms: &[Outcome]) -> String {
+    let connections: u64 = storms.iter().map(Outcome::connections).sum();
+    let failed: u64 = storms.iter().map(Outcome::failed).sum();
+    let failed = if failed == 0 {
+        String::new()
+    } else {
+        format!(", {failed} failed")
+    };
+    let secs: f64 = storms.iter().map(|s| s.secs).sum();
+    let workers = storms.first().map_or(0, Outcome::workers);
+    let times = match storms.len() {
+        1 => String::new(),
+        n => format!(" x{n}"),
+    };
+    format!(
+        "{:.0} conn/s: {} connections by {workers} processes in {:.2} s{times}{failed}",
+        connections as f64 / secs,
+        thousands(connections),
+        secs / storms.len() as f64,
+    )
+}
+
+/// Connections per second over several storms taken together.
+fn rate(storms: &[&Outcome]) -> f64 {
+    let connections: u64 = storms.iter().map(|s| s.connections()).sum();
+    connections as f64 / storms.iter().map(|s| s.secs).sum::<f64>()
+}
+
+fn held_text(held: u64, made: u64) -> String {
+    format!(
+        "{} / {} = {:.2}%",
+        thousands(held),
+        thousands(made),
+        percent(held, made)
+    )
+}
+
+/// Percentage of the storm's peers among `peers`.
+fn share(watched: &Watched, peers: &[Ipv4Addr]) -> f64 {
+    percent(
+        watched.storm.held(peers.iter().copied()),
+        watched.storm.peers_made(),
+    )
+}
+
+fn watched_text(watched: &Watched, peers: &[Ipv4Addr]) -> String {
+    let held = watched.storm.held(peers.iter().copied());
+    format!(
+        "{} at {:.0} conn/s",
+        held_text(held, watched.storm.peers_made()),
+        watched.storm.rate()
+    )
+}
+
+fn kernel_cost(table: &mut Table, ons: &[Watched], offs: &[Outcome]) {
+    let runs = ons
+        .iter()
+        .filter_map(|on| on.netmon.as_ref())
+        .map(|n| n.runs)
+        .fold(Runs::default(), Runs::plus);
+    let connections: u64 = ons.iter().map(|on| on.storm.connections()).sum();
+    match runs.mean_ns() {
+        Some(ns) => table.check(
+            "kernel",
+            "mean ns per eBPF program run",
+            format!(
+                "{ns:.0} ns over {} runs, {:.1} per connection",
+                thousands(runs.count),
+                runs.count as f64 / connections as f64
+            ),
+            format!("< {NS_PER_RUN_TARGET:.0} ns"),
+            ns < NS_PER_RUN_TARGET,
+        ),
+        None if ons.is_empty() => {}
+        None => table.failed("kernel", "no run of netmon's eBPF programs counted"),
+    }
+    if ons.is_empty() || offs.is_empty() {
+        return;
+    }
+    let on_storms: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
+    let (on, off) = (rate(&on_storms), rate(&offs.iter().collect::<Vec<_>>()));
+    let pairs: Vec<String> = on_storms
+        .iter()
+        .zip(offs)
+        .map(|(on, off)| format!("{:.0}%", on.rate() * 100.0 / off.rate()))
+        .collect();
+    let share = on * 100.0 / off;
+    table.check(
+        "kernel",
+        "storm rate, netmon on / off",
+        format!(
+            "{on:.0} / {off:.0} conn/s = {share:.1}% (pairs: {})",
+            pairs.join(", ")
+        ),
+        format!(">= {ON_OFF_TARGET:.0}%"),
+        share >= ON_OFF_TARGET,
+    );
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask bench`: issue 6's figures, every one measured in the same
+//! run, side by side, with public tools (the kernel's bpf stats through
+//! bpftool, /proc/PID/stat and /proc/PID/status), in one table with the
+//! targets beside them.
+//!
+//! It is a benchmark, not a test: a missed target is reported, not an
+//! error. Parts: capture and kernel cost (capture.rs), user cost
+//! (cost.rs), scale (scale.rs). Each storm and each start-up runs in a
+//! network namespace of its own (netns.rs).
+mod bpf_stats;
+mod capture;
+mod cost;
+mod netns;
+mod poller;
+mod procfs;
+mod scale;
+mod storm;
+mod table;
+mod watch;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use netmon_scenario::harness::Netmon;
+
+pub use storm::{WorkerArgs, worker};
+
+use crate::{build, setup};
+use netns::Netns;
+use table::{Table, Verdict};
+
+/// `ip` for the namespaces, psutil for the poller, bpftool for the stats.
+const PACKAGES: &[&str] = &["iproute2", "python3-psutil", "bpftool"];
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Benchmark this netmon binary instead of building one.
+    #[arg(long, value_name = "BINARY")]
+    netmon: Option<PathBuf>,
+    /// Seconds each connection storm lasts.
+    #[arg(long, default_value_t = 5)]
+    storm_seconds: u64,
+    /// Run only these parts (repeatable); all by default.
+    #[arg(long = "part", value_enum)]
+    parts: Vec<Part>,
+}
+
+/// The parts of the table, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Peers held in a storm, lost events, kernel cost (8 storms).
+    Capture,
+    /// netmon's and the poller's CPU on the same storms (2 storms).
+    User,
+    /// Memory and times at 100k and 1M peers.
+    Scale,
+}
+
+/// What every part needs.
+pub struct Bench {
+    netmon: PathBuf,
+    /// Scratch space, emptied at the start of each run.
+    dir: PathBuf,
+    storm: Duration,
+}
+
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    setup::require_root("cargo xtask bench loads eBPF programs and creates network namespaces")?;
+    setup::debian_packages(PACKAGES)?;
+    let netmon = match &args.netmon {
+        Some(binary) => binary.clone(),
+        None => build::build(build::Profile::Release)?,
+    };
+    let dir = build::root().join("target/bench");
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&dir)?;
+    let bench = Bench {
+        netmon,
+        dir,
+        storm: Duration::from_secs(args.storm_seconds),
+    };
+
+    let started = Instant::now();
+    let load = load_average();
+    let mut table = Table::default();
+    for part in [Part::Capture, Part::User, Part::Scale] {
+        if !args.parts.is_empty() && !args.parts.contains(&part) {
+            continue;
+        }
+        match part {
+            Part::Capture => capture::capture(&bench, &mut table),
+            Part::User => cost::user_cost(&bench, &mut table),
+            Part::Scale => scale::scale(&bench, &mut table),
+        }
+    }
+    println!("\n{table}");
+    println!(
+        "bench: {} targets met, {} missed, {} not measured; {:.0} s on {} cores, load average {load} before and {} after ({})",
+        table.count(Verdict::Met),
+        table.count(Verdict::Missed),
+        table.count(Verdict::NotMeasured),
+        started.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        load_average(),
+        bench.netmon.display()
+    );
+    Ok(())
+}
+
+/// The 1-minute load average: rates and CPU shares measured while other
+/// work runs on the machine are that much less certain.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+impl Bench {
+    /// `netmon run --mode MODE` in `netns`, checkpointing only when
+    /// stopped (so no periodic checkpoint lands in a measured window);
+    /// not waited for.
+    fn spawn_netmon(&self, netns: &Netns, output: &Path, mode: &str) -> Netmon {
+        let mut command = Netmon::command(&self.netmon, output, mode, &["--interval", "3600"]);
+        netns.enter(&mut command);
+        Netmon::spawn(command)
+    }
+
+    /// [`Bench::spawn_netmon`], once it says it is ready.
+    fn start_netmon(&self, netns: &Netns, output: &Path, mode: &str) -> anyhow::Result<Netmon> {
+        let netmon = self.spawn_netmon(netns, output, mode);
+        netmon
+            .wait_ready()
+            .map_err(|log| anyhow!("netmon --mode {mode} {log}"))?;
+        Ok(netmon)
+    }
+}

@@ -1,0 +1,409 @@
+//! The connection storm: several worker processes (this binary, re-run
+//! with the hidden `bench-storm` subcommand) each connecting as fast as
+//! they can to a listener of their own on 0.0.0.0, for a fixed time.
+//!
+//! Processes, not threads: netmon's kernel side keys its counts by pid and
+//! runs per CPU, and a storm from one process would not show what many
+//! clients on a busy server do. Every connection of a distinct storm comes
+//! from a source address of its own and goes to a destination of its own,
+//! so each adds two peers (one outbound, one inbound) and a collector that
+//! misses one connection shows it in its count. Every other connection is
+//! closed with RST (SO_LINGER 0), the rest gracefully, as the integration
+//! tests' workload does: real servers see both, and only the graceful ones
+//! leave a TIME_WAIT socket a poller can find later.
+use std::{
+    collections::HashSet,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use netmon_scenario::workload::connect_from;
+use socket2::{Domain, Socket, Type};
+
+use super::netns::Netns;
+
+/// Worker processes per storm: two per core keep every core busy while
+/// one worker waits on the handshake. More only adds scheduling.
+pub fn workers() -> u8 {
+    let cores = thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u8::try_from(cores * 2)
+        .unwrap_or(MAX_WORKERS)
+        .min(MAX_WORKERS)
+}
+
+/// Each worker of a storm takes its addresses from a /16 of its own, so
+/// at most this many fit in one block of [`BLOCK_OCTETS`].
+const MAX_WORKERS: u8 = 4;
+/// Second octets one storm's addresses use: a /16 of destinations and one
+/// of sources per worker. Storm `b` uses 127.(100 + 8b) to 127.(107 + 8b),
+/// so no storm can count another's peers.
+const BLOCK_OCTETS: u8 = 2 * MAX_WORKERS;
+const FIRST_OCTET: u8 = 100;
+/// Addresses in a worker's /16, from .0.1 on: the most connections a
+/// distinct storm's worker makes.
+const PER_WORKER: u32 = 65_534;
+/// Peers per worker in a repeated storm: "a few peers connecting over and
+/// over", each direction.
+pub const REPEATED_PEERS: u32 = 4;
+/// How long a worker waits for its acceptor to catch up after the storm.
+const DRAIN: Duration = Duration::from_secs(2);
+/// The accept queue: deep enough that the acceptor falling behind for a
+/// moment does not drop handshakes (which would stall connects for 1 s).
+const BACKLOG: i32 = 4096;
+
+/// Whether every connection brings new peers or the same few again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    Distinct,
+    Repeated,
+}
+
+impl Pattern {
+    fn peers(self) -> u32 {
+        match self {
+            Self::Distinct => PER_WORKER,
+            Self::Repeated => REPEATED_PEERS,
+        }
+    }
+}
+
+/// `cargo xtask bench-storm`: one worker of a storm (hidden; run by the
+/// bench). Prints `ready`, waits for a line on stdin, connects for
+/// `--millis`, then prints `made=N accepted=M failed=F secs=S`.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Connection i goes to DESTS + 1 + (i mod PEERS).
+    #[arg(long)]
+    dests: Ipv4Addr,
+    /// ... from SOURCES + 1 + (i mod PEERS).
+    #[arg(long)]
+    sources: Ipv4Addr,
+    #[arg(long)]
+    peers: u32,
+    /// Cycle through the PEERS addresses; without it, stop after PEERS
+    /// connections.
+    #[arg(long)]
+    cycle: bool,
+    #[arg(long)]
+    millis: u64,
+}
+
+/// A worker's result line.
+struct Made {
+    connections: u64,
+    accepted: u64,
+    failed: u64,
+    secs: f64,
+}
+
+pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    listener.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    listener.listen(BACKLOG)?;
+    let port = listener
+        .local_addr()?
+        .as_socket()
+        .context("listener has no port")?
+        .port();
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    {
+        let accepted = Arc::clone(&accepted);
+        // Never joined: it blocks in accept(2) and ends with the process.
+        thread::spawn(move || {
+            while let Ok((_stream, from)) = listener.accept() {
+                if let Some(from) = from.as_socket_ipv4() {
+                    accepted.lock().unwrap().insert(*from.ip());
+                }
+            }
+        });
+    }
+    println!("ready");
+    std::io::stdin().read_line(&mut String::new())?;
+
+    let address = |base: Ipv4Addr, i: u64| {
+        Ipv4Addr::from(base.to_bits() + 1 + (i % u64::from(args.peers)) as u32)
+    };
+    let (mut made, mut failed) = (0u64, 0u64);
+    let started = Instant::now();
+    let until = started + Duration::from_millis(args.millis);
+    let mut i = 0u64;
+    while Instant::now() < until && (args.cycle || i < u64::from(args.peers)) {
+        let dest = SocketAddrV4::new(address(args.dests, i), port);
+        match connect_from(address(args.sources, i), dest) {
+            Ok(socket) => {
+                made += 1;
+                if i.is_multiple_of(2) {
+                    socket.set_linger(Some(Duration::ZERO))?;
+                }
+            }
+            Err(_) => failed += 1,
+        }
+        i += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // Every connection reached ESTABLISHED on both sides before connect
+    // returned; accepting them all just empties the queue before exit.
+    let drained = Instant::now() + DRAIN;
+    let wanted = if args.cycle {
+        made.min(u64::from(args.peers))
+    } else {
+        made
+    };
+    let accepted = loop {
+        let count = accepted.lock().unwrap().len() as u64;
+        if count >= wanted || Instant::now() > drained {
+            break count;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    println!("made={made} accepted={accepted} failed={failed} secs={secs:.3}");
+    Ok(())
+}
+
+impl std::str::FromStr for Made {
+    type Err = anyhow::Error;
+
+    fn from_str(line: &str) -> anyhow::Result<Self> {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .with_context(|| format!("worker said {line:?}, without {name}="))
+        };
+        Ok(Self {
+            connections: field("made")?.parse()?,
+            accepted: field("accepted")?.parse()?,
+            failed: field("failed")?.parse()?,
+            secs: field("secs")?.parse()?,
+        })
+    }
+}
+
+/// The workers of one storm, started and waiting for [`Storm::go`].
+pub struct Storm {
+    workers: Vec<Worker>,
+    ranges: Vec<Ranges>,
+    pattern: Pattern,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first address of a worker's destinations and of its sources.
+#[derive(Clone, Copy)]
+struct Ranges {
+    dests: Ipv4Addr,
+    sources: Ipv4Addr,
+}
+
+impl Storm {
+    /// Starts the workers of storm number `block` (which fixes its
+    /// addresses) inside `netns` and waits until each is listening.
+    pub fn prepare(
+        netns: &Netns,
+        block: u8,
+        pattern: Pattern,
+        duration: Duration,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+        let millis = u64::try_from(duration.as_millis())?;
+        let first = FIRST_OCTET + block * BLOCK_OCTETS;
+        let mut storm = Self {
+            workers: Vec::new(),
+            ranges: Vec::new(),
+            pattern,
+        };
+        for w in 0..workers() {
+            let ranges = Ranges {
+                dests: Ipv4Addr::new(127, first + w, 0, 0),
+                sources: Ipv4Addr::new(127, first + MAX_WORKERS + w, 0, 0),
+            };
+            let mut command = Command::new(&exe);
+            command
+                .arg("bench-storm")
+                .args(["--dests", &ranges.dests.to_string()])
+                .args(["--sources", &ranges.sources.to_string()])
+                .args(["--peers", &pattern.peers().to_string()])
+                .args(["--millis", &millis.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            if pattern == Pattern::Repeated {
+                command.arg("--cycle");
+            }
+            netns.enter(&mut command);
+            let mut child = command
+                .spawn()
+                .with_context(|| format!("cannot start {exe:?}"))?;
+            let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+            let mut worker = Worker {
+                child,
+                stdin,
+                stdout: BufReader::new(stdout),
+            };
+            let line = worker.read_line()?;
+            if line != "ready" {
+                bail!("storm worker said {line:?} instead of ready");
+            }
+            storm.workers.push(worker);
+            storm.ranges.push(ranges);
+        }
+        Ok(storm)
+    }
+
+    /// Lets every worker go at once and waits for their results.
+    pub fn go(mut self) -> anyhow::Result<Outcome> {
+        for worker in &mut self.workers {
+            worker.stdin.write_all(b"go\n")?;
+        }
+        let mut made = Vec::new();
+        for worker in &mut self.workers {
+            made.push(worker.read_line()?.parse::<Made>()?);
+        }
+        Ok(Outcome {
+            pattern: self.pattern,
+            secs: made.iter().map(|m| m.secs).fold(0.0, f64::max),
+            ranges: self.ranges,
+            made,
+        })
+    }
+}
+
+impl Worker {
+    fn read_line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("storm worker exited: {:?}", self.child.wait()?);
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+/// What a storm did.
+pub struct Outcome {
+    pattern: Pattern,
+    /// The longest worker's time.
+    pub secs: f64,
+    ranges: Vec<Ranges>,
+    made: Vec<Made>,
+}
+
+impl Outcome {
+    pub fn connections(&self) -> u64 {
+        self.made.iter().map(|m| m.connections).sum()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.made.iter().map(|m| m.failed).sum()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.made.len()
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.connections() as f64 / self.secs
+    }
+
+    /// Distinct peers the storm made: destinations connected to plus
+    /// sources accepted from.
+    pub fn peers_made(&self) -> u64 {
+        self.made
+            .iter()
+            .map(|m| {
+                let dests = match self.pattern {
+                    Pattern::Distinct => m.connections,
+                    Pattern::Repeated => m.connections.min(u64::from(REPEATED_PEERS)),
+                };
+                dests + m.accepted
+            })
+            .sum()
+    }
+
+    /// How many of `held` are peers of this storm: addresses in the part
+    /// of a worker's ranges it used.
+    pub fn held(&self, held: impl IntoIterator<Item = Ipv4Addr>) -> u64 {
+        let used: Vec<(Ranges, u32)> = self
+            .ranges
+            .iter()
+            .zip(&self.made)
+            .map(|(ranges, m)| {
+                let attempts = m.connections + m.failed;
+                (
+                    *ranges,
+                    attempts.min(u64::from(self.pattern.peers())) as u32,
+                )
+            })
+            .collect();
+        let within = |addr: Ipv4Addr, base: Ipv4Addr, count: u32| {
+            let offset = addr.to_bits().wrapping_sub(base.to_bits());
+            (1..=count).contains(&offset)
+        };
+        held.into_iter()
+            .filter(|&addr| {
+                used.iter().any(|&(r, count)| {
+                    within(addr, r.dests, count) || within(addr, r.sources, count)
+                })
+            })
+            .count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(pattern: Pattern, made: &str) -> Outcome {
+        Outcome {
+            pattern,
+            secs: 2.0,
+            ranges: vec![Ranges {
+                dests: Ipv4Addr::new(127, 100, 0, 0),
+                sources: Ipv4Addr::new(127, 104, 0, 0),
+            }],
+            made: vec![made.parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn distinct_storm_counts_each_address_it_used() {
+        let storm = outcome(Pattern::Distinct, "made=3 accepted=3 failed=0 secs=2.000");
+        assert_eq!(storm.peers_made(), 6);
+        assert_eq!(storm.rate(), 1.5);
+        let held = [
+            Ipv4Addr::new(127, 100, 0, 1),
+            Ipv4Addr::new(127, 100, 0, 3),
+            Ipv4Addr::new(127, 104, 0, 2),
+            // Not this storm's: past what it used, or elsewhere.
+            Ipv4Addr::new(127, 100, 0, 4),
+            Ipv4Addr::new(127, 100, 0, 0),
+            Ipv4Addr::new(127, 0, 0, 1),
+        ];
+        assert_eq!(storm.held(held), 3);
+    }
+
+    #[test]
+    fn repeated_storm_made_only_a_few_peers() {
+        let storm = outcome(Pattern::Repeated, "made=1000 accepted=4 failed=0 secs=2");
+        assert_eq!(storm.peers_made(), 2 * u64::from(REPEATED_PEERS));
+    }
+
+    #[test]
+    fn worker_lines_must_be_complete() {
+        assert!("made=1 accepted=1 secs=1".parse::<Made>().is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! One storm and whatever watches it (netmon in some mode, the poller, or
+//! nothing), each in the storm's own network namespace, with the CPU each
+//! watcher spent over the storm and what each held at the end.
+use std::{fs, net::Ipv4Addr, thread, time::Duration};
+
+use anyhow::{Context as _, bail};
+use netmon_scenario::{
+    check::{peers_of, read_checkpoint},
+    harness::Netmon,
+};
+
+use super::{
+    Bench,
+    bpf_stats::{Runs, StatsEnabled},
+    netns::Netns,
+    poller::Poller,
+    procfs,
+    storm::{Outcome, Pattern, Storm},
+};
+
+/// After the storm, before the watchers stop: long enough for the poller
+/// to walk the table once more (as it would have, running on), and for
+/// netmon to drain its buffer.
+const SETTLE: Duration = Duration::from_millis(1200);
+
+/// What watches a storm.
+#[derive(Clone, Copy, Default)]
+pub struct Watchers {
+    /// netmon in this `--mode`.
+    pub netmon: Option<&'static str>,
+    pub poller: bool,
+}
+
+/// A storm and what its watchers made of it.
+pub struct Watched {
+    pub storm: Outcome,
+    pub netmon: Option<NetmonSaw>,
+    pub poller: Option<PollerSaw>,
+}
+
+pub struct NetmonSaw {
+    pub peers: Vec<Ipv4Addr>,
+    pub lost_events: u64,
+    /// CPU over the storm and [`SETTLE`].
+    pub cpu_ms: f64,
+    /// Its eBPF programs' runs over the same window (zero in proc mode).
+    pub runs: Runs,
+}
+
+pub struct PollerSaw {
+    pub peers: Vec<Ipv4Addr>,
+    pub cpu_ms: f64,
+}
+
+impl Bench {
+    /// Runs storm number `block` (its addresses) under `watchers`.
+    pub fn watch(
+        &self,
+        label: &str,
+        block: u8,
+        pattern: Pattern,
+        watchers: Watchers,
+    ) -> anyhow::Result<Watched> {
+        eprintln!("xtask: bench: {label} storm");
+        let netns = Netns::new(label)?;
+        let dir = self.dir.join(label);
+        fs::create_dir_all(&dir)?;
+        let output = dir.join("peers.json");
+        // The counters must be on before netmon loads its programs.
+        let _stats = watchers
+            .netmon
+            .map(|_| StatsEnabled::enable())
+            .transpose()?;
+        let netmon = watchers
+            .netmon
+            .map(|mode| self.start_netmon(&netns, &output, mode))
+            .transpose()?;
+        let poller = watchers
+            .poller
+            .then(|| Poller::start(&netns, &dir))
+            .transpose()?;
+        let storm = Storm::prepare(&netns, block, pattern, self.storm)?;
+
+        let before = Sample::take(netmon.as_ref(), poller.as_ref())?;
+        let outcome = storm.go()?;
+        thread::sleep(SETTLE);
+        let after = Sample::take(netmon.as_ref(), poller.as_ref())?;
+
+        let netmon = match netmon {
+            None => None,
+            Some(netmon) => {
+                let (status, log) = netmon.stop();
+                if !status.success() {
+                    bail!(
+                        "netmon --mode {} exited with {status}:\n{log}",
+                        watchers.netmon.unwrap_or("?")
+                    );
+                }
+                let file = read_checkpoint(&output);
+                Some(NetmonSaw {
+                    peers: peers_of(&file).into_keys().collect(),
+                    lost_events: file["lost_events"]
+                        .as_u64()
+                        .context("checkpoint without lost_events")?,
+                    cpu_ms: after.netmon_cpu_ms - before.netmon_cpu_ms,
+                    runs: after.runs.since(before.runs),
+                })
+            }
+        };
+        let poller = match poller {
+            None => None,
+            Some(poller) => Some(PollerSaw {
+                peers: poller.stop()?,
+                cpu_ms: after.poller_cpu_ms - before.poller_cpu_ms,
+            }),
+        };
+        Ok(Watched {
+            storm: outcome,
+            netmon,
+            poller,
+        })
+    }
+}
+
+/// The watchers' counters at one instant (zero for a watcher not there).
+struct Sample {
+    netmon_cpu_ms: f64,
+    runs: Runs,
+    poller_cpu_ms: f64,
+}
+
+impl Sample {
+    fn take(netmon: Option<&Netmon>, poller: Option<&Poller>) -> anyhow::Result<Self> {
+        let cpu = |pid: Option<u32>| pid.map_or(Ok(0.0), procfs::cpu_ms);
+        Ok(Self {
+            netmon_cpu_ms: cpu(netmon.map(Netmon::pid))?,
+            runs: netmon.map_or(Ok(Runs::default()), |n| Runs::of(n.pid()))?,
+            poller_cpu_ms: cpu(poller.map(Poller::pid))?,
+        })
+    }
+}
