@@ -1,8 +1,6 @@
 //! Capture, lost events and kernel cost: the same distinct storm with
 //! nothing watching, with netmon in tracepoint mode, in proc mode and
 //! with the psutil poller, each alone so none slows another.
-use std::net::Ipv4Addr;
-
 use super::{
     Bench,
     bpf_stats::Runs,
@@ -30,6 +28,14 @@ const TRACEPOINT: Watchers = Watchers {
     netmon: Some("tracepoint"),
     poller: false,
 };
+const PROC: Watchers = Watchers {
+    netmon: Some("proc"),
+    poller: false,
+};
+const POLLER: Watchers = Watchers {
+    netmon: None,
+    poller: true,
+};
 
 pub fn capture(bench: &Bench, table: &mut Table) {
     let mut storm = |label: &str, block: u8, watchers: Watchers| match bench.watch(
@@ -56,26 +62,15 @@ pub fn capture(bench: &Bench, table: &mut Table) {
             }
         }
     }
-    let proc_mode = Watchers {
-        netmon: Some("proc"),
-        poller: false,
-    };
-    let proc = storm("proc", 2 * PAIRS, proc_mode);
-    let poller = storm(
-        "poller",
-        2 * PAIRS + 1,
-        Watchers {
-            netmon: None,
-            poller: true,
-        },
-    );
+    let proc = storm("proc", 2 * PAIRS, PROC);
+    let poller = storm("poller", 2 * PAIRS + 1, POLLER);
 
     if !offs.is_empty() {
         table.info("capture", "storm with netmon off", storm_size(&offs));
     }
     if !ons.is_empty() {
         let (held, made) = ons.iter().fold((0, 0), |(held, made), on| {
-            let peers = &on.netmon.as_ref().expect("netmon watched").peers;
+            let (peers, _) = on.watcher();
             (
                 held + on.storm.held(peers.iter().copied()),
                 made + on.storm.peers_made(),
@@ -102,34 +97,23 @@ pub fn capture(bench: &Bench, table: &mut Table) {
             lost == 0,
         );
     }
-    let poller_share = poller
-        .as_ref()
-        .map(|p| share(p, &p.poller.as_ref().expect("poller watched").peers));
-    if let Some(proc) = &proc {
-        let netmon = proc.netmon.as_ref().expect("netmon watched");
-        let text = format!(
-            "{}; netmon CPU {:.0} ms",
-            watched_text(proc, &netmon.peers),
-            netmon.cpu_ms
-        );
-        match poller_share {
-            Some(poller) => table.check(
-                "capture",
-                "proc: peers held / made",
-                text,
-                format!("> poller's {poller:.2}%"),
-                share(proc, &netmon.peers) > poller,
-            ),
-            None => table.info("capture", "proc: peers held / made", text),
+    let poller = poller.as_ref().map(held_by_watcher);
+    if let Some((share, text)) = proc.as_ref().map(held_by_watcher) {
+        let what = "proc: peers held / made";
+        match &poller {
+            Some((poller, _)) => {
+                table.check(
+                    "capture",
+                    what,
+                    text,
+                    format!("> poller's {poller:.2}%"),
+                    share > *poller,
+                );
+            }
+            None => table.info("capture", what, text),
         }
     }
-    if let Some(poller) = &poller {
-        let saw = poller.poller.as_ref().expect("poller watched");
-        let text = format!(
-            "{}; poller CPU {:.0} ms",
-            watched_text(poller, &saw.peers),
-            saw.cpu_ms
-        );
+    if let Some((_, text)) = poller {
         table.info("capture", "psutil 1 s poller: peers held / made", text);
     }
     kernel_cost(table, &ons, &offs);
@@ -174,21 +158,20 @@ fn held_text(held: u64, made: u64) -> String {
     )
 }
 
-/// Percentage of the storm's peers among `peers`.
-fn share(watched: &Watched, peers: &[Ipv4Addr]) -> f64 {
-    percent(
+/// The share of the storm's peers its one watcher held, and a figure
+/// saying so with the storm's rate and the watcher's CPU.
+fn held_by_watcher(watched: &Watched) -> (f64, String) {
+    let (peers, cpu_ms) = watched.watcher();
+    let (held, made) = (
         watched.storm.held(peers.iter().copied()),
         watched.storm.peers_made(),
-    )
-}
-
-fn watched_text(watched: &Watched, peers: &[Ipv4Addr]) -> String {
-    let held = watched.storm.held(peers.iter().copied());
-    format!(
-        "{} at {:.0} conn/s",
-        held_text(held, watched.storm.peers_made()),
+    );
+    let text = format!(
+        "{} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
+        held_text(held, made),
         watched.storm.rate()
-    )
+    );
+    (percent(held, made), text)
 }
 
 fn kernel_cost(table: &mut Table, ons: &[Watched], offs: &[Outcome]) {

@@ -2,9 +2,12 @@
 //! same storm at once, so both are charged for the same connections in the
 //! same window; once with a few peers over and over (what busy servers
 //! do, and what the in-kernel dedup is for), once with every peer new.
+use std::fmt;
+
 use super::{
     Bench,
     capture::{self, storm_size},
+    procfs,
     storm::{Pattern, REPEATED_PEERS},
     table::Table,
     watch::Watchers,
@@ -34,8 +37,11 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
         let (Some(netmon), Some(poller)) = (&watched.netmon, &watched.poller) else {
             unreachable!("both watched")
         };
-        let per_1000 = |cpu_ms: f64| cpu_ms * 1000.0 / watched.storm.connections() as f64;
-        let (netmon_cost, poller_cost) = (per_1000(netmon.cpu_ms), per_1000(poller.cpu_ms));
+        let connections = watched.storm.connections();
+        let (netmon_cost, poller_cost) = (
+            Cost::new(netmon.cpu_ms, connections),
+            Cost::new(poller.cpu_ms, connections),
+        );
         let ebpf = netmon
             .runs
             .mean_ns()
@@ -49,11 +55,36 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
             "user",
             format!("CPU ms per 1000 connections, {label}: netmon / poller"),
             format!(
-                "{netmon_cost:.3} / {poller_cost:.3} ms ({:.0} / {:.0} ms in all)",
+                "{netmon_cost} / {poller_cost} ms ({:.0} / {:.0} ms in all)",
                 netmon.cpu_ms, poller.cpu_ms
             ),
             "netmon < poller",
-            netmon_cost < poller_cost,
+            netmon_cost.at_most < poller_cost.at_most,
         );
+    }
+}
+
+/// CPU ms per 1000 connections. utime and stime advance in clock ticks
+/// (10 ms at the usual USER_HZ of 100), so a process that ran for less than
+/// one shows 0: its cost is then only known to be under one tick's worth.
+struct Cost {
+    at_most: f64,
+    under_one_tick: bool,
+}
+
+impl Cost {
+    fn new(cpu_ms: f64, connections: u64) -> Self {
+        let under_one_tick = cpu_ms < procfs::tick_ms();
+        Self {
+            at_most: cpu_ms.max(procfs::tick_ms()) * 1000.0 / connections as f64,
+            under_one_tick,
+        }
+    }
+}
+
+impl fmt::Display for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let under = if self.under_one_tick { "< " } else { "" };
+        write!(f, "{under}{:.3}", self.at_most)
     }
 }

@@ -20,9 +20,14 @@ pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
         Ok(fields.next().context("/proc/PID/stat too short")?.parse()?)
     };
     let ticks = next_ticks()? + next_ticks()?;
+    Ok(ticks as f64 * tick_ms())
+}
+
+/// One clock tick (USER_HZ), the unit of utime and stime, in ms.
+pub fn tick_ms() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Ok(ticks as f64 * 1000.0 / per_second as f64)
+    1000.0 / per_second as f64
 }
 
 /// Resident memory now (VmRSS) and at its peak (VmHWM), in KiB.

@@ -122,6 +122,18 @@ impl Bench {
     }
 }
 
+impl Watched {
+    /// What the storm's watcher held and the CPU it spent: netmon's, if it
+    /// watched, else the poller's (nothing when nothing watched).
+    pub fn watcher(&self) -> (&[Ipv4Addr], f64) {
+        match (&self.netmon, &self.poller) {
+            (Some(netmon), _) => (&netmon.peers, netmon.cpu_ms),
+            (None, Some(poller)) => (&poller.peers, poller.cpu_ms),
+            (None, None) => (&[], 0.0),
+        }
+    }
+}
+
 /// The watchers' counters at one instant (zero for a watcher not there).
 struct Sample {
     netmon_cpu_ms: f64,
