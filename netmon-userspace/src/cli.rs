@@ -110,6 +110,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_peers: u64,
 
+    /// The socket tables read by proc mode and the start-up scan: those of
+    /// netmon's network namespace by default. In a container that shares
+    /// the host's pid namespace, /proc/1/net holds the host's.
+    #[arg(long, value_name = "DIR", default_value = "/proc/net")]
+    pub proc_net: PathBuf,
+
     /// Serve Prometheus metrics at http://ADDR/metrics, such as
     /// 127.0.0.1:9464. Bound at start-up, before capabilities are dropped.
     #[arg(long, value_name = "ADDR")]

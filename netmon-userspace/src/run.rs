@@ -33,9 +33,6 @@ use crate::{
     store::{self, FileFormat, LoadError, Snapshot},
 };
 
-/// The socket tables of netmon's own network namespace.
-const PROC_NET: &str = "/proc/net";
-
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     raise_memlock_limit();
     refuse_symlink(&args.output)?;
@@ -240,7 +237,8 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let bound = Bound::bind(args.metrics)?;
-    let env = Env::new(Path::new(PROC_NET), args.transport);
+    let proc_net = args.proc_net.as_path();
+    let env = Env::new(proc_net, args.transport);
     let (mut collector, skipped) = ladder::climb(args.mode, &env)?;
     for rung in &skipped {
         info!("skipped {}: {:#}", rung.mode, rung.reason);
@@ -270,7 +268,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     // opening, and a restart would otherwise count every surviving
     // connection again. Closed ones (TIME_WAIT) are left out: the run
     // before this one, if any, saw them.
-    let mut scanner = Scanner::new(PROC_NET);
+    let mut scanner = Scanner::new(proc_net);
     scanner
         .scan(|conn, liveness| {
             if liveness == Liveness::Open {
@@ -300,7 +298,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
             result = next_events(&mut collector, &mut state) => result?,
             _ = polls.tick(), if matches!(collector, Collector::Proc) => {
                 if let Err(err) = scan(&mut scanner, &mut state) {
-                    warn!("polling {PROC_NET}: {err}");
+                    warn!("polling {}: {err}", proc_net.display());
                 }
             }
             _ = checkpoints.tick() => {
@@ -322,7 +320,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     if matches!(collector, Collector::Proc)
         && let Err(err) = scan(&mut scanner, &mut state)
     {
-        warn!("final poll of {PROC_NET}: {err}");
+        warn!("final poll of {}: {err}", proc_net.display());
     }
     let lost = settle(&mut collector, &mut state);
     state.warn_if_dropped();
