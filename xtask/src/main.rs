@@ -8,6 +8,7 @@
 mod bench;
 mod build;
 mod fuzz;
+mod image;
 mod man;
 mod setup;
 mod soak;
@@ -50,6 +51,9 @@ enum Command {
     Lint,
     /// Write the man pages (netmon.1 and one per command) to target/man.
     Man,
+    /// Build the container image netmon:<version> (FROM scratch, static
+    /// binary) with podman or docker, and check the binary in it.
+    Image,
     /// Measure netmon against issue 6's targets (capture in a connection
     /// storm, kernel and user CPU, memory and times at 1M peers) beside a
     /// psutil poller, and print one table (needs root; about 2 minutes).
@@ -91,6 +95,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => bench::bench(&args),
         Command::BenchStorm(args) => bench::worker(&args),
         Command::Man => man::man().map(drop),
+        Command::Image => image::image().map(drop),
         Command::Fuzz(args) => fuzz::fuzz(&args),
         Command::Soak { minutes } => soak::soak(minutes),
     }
@@ -130,6 +135,8 @@ fn test() -> anyhow::Result<()> {
     }
     // The matrix runs even when a test failed: both results are wanted.
     let tests = build::cargo_test().and_then(|()| fuzz::smoke(FUZZ_SMOKE_SECONDS));
+    // The container image builds, and the binary in it runs and is static.
+    let image = image::image().map(drop);
     let matrix = vm::vm_test(&vm::VmTestArgs::default());
-    tests.and(matrix)
+    tests.and(image).and(matrix)
 }
