@@ -48,8 +48,10 @@ impl Counter {
         mut sink: impl FnMut(&DedupKey, u64),
     ) -> anyhow::Result<()> {
         self.harvest = self.harvest.wrapping_add(1);
+        let mut seen = 0usize;
         for entry in map.iter() {
             let (key, value) = entry.context("cannot read the dedup map")?;
+            seen += 1;
             let new = self.advance(key, value.series, value.total);
             if new > 0 {
                 sink(&key, new);
@@ -58,6 +60,10 @@ impl Counter {
         let now = self.harvest;
         self.series
             .retain(|_, series| now.wrapping_sub(series.seen) < MISSES_BEFORE_FORGETTING);
+        log::debug!(
+            "dedup: {seen} keys in the kernel map, {} tracked",
+            self.series.len()
+        );
         Ok(())
     }
 
