@@ -12,13 +12,19 @@ use super::{
 /// Storms with netmon off and on, alternating. One pair is at the mercy
 /// of whatever else the machine runs meanwhile; alternating which goes
 /// first makes a load that rises or falls over the run weigh on both.
-const PAIRS: u8 = 3;
+const PAIRS: u8 = 5;
 /// Address blocks the capture storms use; later parts take the next ones.
 pub const BLOCKS: u8 = 2 * PAIRS + 2;
 /// Storm rate with netmon on, as a share of the rate with it off.
 const ON_OFF_TARGET: f64 = 95.0;
 /// Mean cost of one eBPF program run.
 const NS_PER_RUN_TARGET: f64 = 500.0;
+
+/// One storm with netmon off and one with it on, right after each other.
+struct Pair {
+    off: Option<Outcome>,
+    on: Option<Watched>,
+}
 
 const OFF: Watchers = Watchers {
     netmon: None,
@@ -50,18 +56,30 @@ pub fn capture(bench: &Bench, table: &mut Table) {
             None
         }
     };
-    let (mut offs, mut ons) = (Vec::new(), Vec::new());
+    let mut pairs = Vec::new();
     for pair in 0..PAIRS {
-        let on_first = !pair.is_multiple_of(2);
-        for on in [on_first, !on_first] {
-            let block = 2 * pair + u8::from(on);
-            if on {
-                ons.extend(storm(&format!("tracepoint-{pair}"), block, TRACEPOINT));
+        let mut run = |on: bool| {
+            let (name, watchers) = if on {
+                ("tracepoint", TRACEPOINT)
             } else {
-                offs.extend(storm(&format!("off-{pair}"), block, OFF).map(|w| w.storm));
-            }
-        }
+                ("off", OFF)
+            };
+            storm(&format!("{name}-{pair}"), 2 * pair + u8::from(on), watchers)
+        };
+        let (off, on) = if pair.is_multiple_of(2) {
+            let off = run(false);
+            (off, run(true))
+        } else {
+            let on = run(true);
+            (run(false), on)
+        };
+        pairs.push(Pair {
+            off: off.map(|off| off.storm),
+            on,
+        });
     }
+    let offs: Vec<&Outcome> = pairs.iter().filter_map(|p| p.off.as_ref()).collect();
+    let ons: Vec<&Watched> = pairs.iter().filter_map(|p| p.on.as_ref()).collect();
     let proc = storm("proc", 2 * PAIRS, PROC);
     let poller = storm("poller", 2 * PAIRS + 1, POLLER);
 
@@ -116,21 +134,21 @@ pub fn capture(bench: &Bench, table: &mut Table) {
     if let Some((_, text)) = poller {
         table.info("capture", "psutil 1 s poller: peers held / made", text);
     }
-    kernel_cost(table, &ons, &offs);
+    kernel_cost(table, &pairs);
 }
 
 /// `21 345 conn/s: 106 725 connections by 4 processes in 5.00 s`, for
 /// one storm or the mean of several.
-pub fn storm_size(storms: &[Outcome]) -> String {
-    let connections: u64 = storms.iter().map(Outcome::connections).sum();
-    let failed: u64 = storms.iter().map(Outcome::failed).sum();
+pub fn storm_size(storms: &[&Outcome]) -> String {
+    let connections: u64 = storms.iter().map(|s| s.connections()).sum();
+    let failed: u64 = storms.iter().map(|s| s.failed()).sum();
     let failed = if failed == 0 {
         String::new()
     } else {
         format!(", {failed} failed")
     };
     let secs: f64 = storms.iter().map(|s| s.secs).sum();
-    let workers = storms.first().map_or(0, Outcome::workers);
+    let workers = storms.first().map_or(0, |s| s.workers());
     let times = match storms.len() {
         1 => String::new(),
         n => format!(" x{n}"),
@@ -174,7 +192,8 @@ fn held_by_watcher(watched: &Watched) -> (f64, String) {
     (percent(held, made), text)
 }
 
-fn kernel_cost(table: &mut Table, ons: &[Watched], offs: &[Outcome]) {
+fn kernel_cost(table: &mut Table, pairs: &[Pair]) {
+    let ons: Vec<&Watched> = pairs.iter().filter_map(|p| p.on.as_ref()).collect();
     let runs = ons
         .iter()
         .filter_map(|on| on.netmon.as_ref())
@@ -182,11 +201,13 @@ fn kernel_cost(table: &mut Table, ons: &[Watched], offs: &[Outcome]) {
         .fold(Runs::default(), Runs::plus);
     let connections: u64 = ons.iter().map(|on| on.storm.connections()).sum();
     match runs.mean_ns() {
+        // Runs include those of any other TCP traffic on the machine meanwhile:
+        // the tracepoint fires for every socket.
         Some(ns) => table.check(
             "kernel",
             "mean ns per eBPF program run",
             format!(
-                "{ns:.0} ns over {} runs, {:.1} per connection",
+                "{ns:.0} ns over {} runs, {:.1} per storm connection",
                 thousands(runs.count),
                 runs.count as f64 / connections as f64
             ),
@@ -196,25 +217,23 @@ fn kernel_cost(table: &mut Table, ons: &[Watched], offs: &[Outcome]) {
         None if ons.is_empty() => {}
         None => table.failed("kernel", "no run of netmon's eBPF programs counted"),
     }
-    if ons.is_empty() || offs.is_empty() {
+    // Each pair's ratio, and their median: one pair that some other job on
+    // the machine slowed on one side only moves the median little.
+    let mut ratios: Vec<f64> = pairs
+        .iter()
+        .filter_map(|p| Some(p.on.as_ref()?.storm.rate() * 100.0 / p.off.as_ref()?.rate()))
+        .collect();
+    if ratios.is_empty() {
         return;
     }
-    let on_storms: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
-    let (on, off) = (rate(&on_storms), rate(&offs.iter().collect::<Vec<_>>()));
-    let pairs: Vec<String> = on_storms
-        .iter()
-        .zip(offs)
-        .map(|(on, off)| format!("{:.0}%", on.rate() * 100.0 / off.rate()))
-        .collect();
-    let share = on * 100.0 / off;
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.0}%")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
     table.check(
         "kernel",
-        "storm rate, netmon on / off",
-        format!(
-            "{on:.0} / {off:.0} conn/s = {share:.1}% (pairs: {})",
-            pairs.join(", ")
-        ),
+        "storm rate, netmon on / off (median pair)",
+        format!("{median:.1}% (pairs: {})", each.join(", ")),
         format!(">= {ON_OFF_TARGET:.0}%"),
-        share >= ON_OFF_TARGET,
+        median >= ON_OFF_TARGET,
     );
 }

@@ -49,7 +49,7 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
         table.info(
             "user",
             format!("{label} storm ({peers}), both watching"),
-            format!("{}{ebpf}", storm_size(std::slice::from_ref(&watched.storm))),
+            format!("{}{ebpf}", storm_size(&[&watched.storm])),
         );
         table.check(
             "user",

@@ -33,6 +33,12 @@ use crate::{build, setup};
 use netns::Netns;
 use table::{Table, Verdict};
 
+/// How long the machine's own load is sampled before and after.
+const BUSY_SAMPLE: Duration = Duration::from_secs(1);
+/// Busier than this (percent of all cores) and the figures say more about
+/// the other work than about netmon.
+const BUSY_WARNING: f64 = 20.0;
+
 /// `ip` for the namespaces, psutil for the poller, bpftool for the stats.
 const PACKAGES: &[&str] = &["iproute2", "python3-psutil", "bpftool"];
 
@@ -87,7 +93,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let load = load_average();
+    let busy_before = procfs::busy_percent(BUSY_SAMPLE)?;
     let mut table = Table::default();
     for part in [Part::Capture, Part::User, Part::Scale] {
         if !args.parts.is_empty() && !args.parts.contains(&part) {
@@ -100,26 +106,25 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!("\n{table}");
+    let busy_after = procfs::busy_percent(BUSY_SAMPLE)?;
     println!(
-        "bench: {} targets met, {} missed, {} not measured; {:.0} s on {} cores, load average {load} before and {} after ({})",
+        "bench: {} targets met, {} missed, {} not measured; {:.0} s on {} cores ({})",
         table.count(Verdict::Met),
         table.count(Verdict::Missed),
         table.count(Verdict::NotMeasured),
         started.elapsed().as_secs_f64(),
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        load_average(),
         bench.netmon.display()
     );
+    println!(
+        "bench: CPU busy with other work: {busy_before:.0}% just before, {busy_after:.0}% just after"
+    );
+    if busy_before.max(busy_after) > BUSY_WARNING {
+        println!(
+            "bench: the machine was busy: storm rates, the on/off ratio and the times vary with that load; rerun on a quiet machine for figures to compare"
+        );
+    }
     Ok(())
-}
-
-/// The 1-minute load average: rates and CPU shares measured while other
-/// work runs on the machine are that much less certain.
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 impl Bench {

@@ -1,6 +1,6 @@
 //! CPU time and memory of a process, read the way `top` and `ps` read
 //! them, so anyone can check a figure with the same public tools.
-use std::fs;
+use std::{fs, thread, time::Duration};
 
 use anyhow::Context as _;
 
@@ -50,4 +50,31 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
         rss_kib: field("VmRSS:")?,
         peak_kib: field("VmHWM:")?,
     })
+}
+
+/// Share of all cores' time spent on anything but idling and waiting for
+/// I/O over `window` (the first line of /proc/stat, read twice).
+pub fn busy_percent(window: Duration) -> anyhow::Result<f64> {
+    let sample = || -> anyhow::Result<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("cpu "))
+            .context("no cpu line in /proc/stat")?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        // user nice system idle iowait irq softirq steal ...; guest time
+        // is already in user.
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        let total = ticks.iter().take(8).sum();
+        Ok((idle, total))
+    };
+    let (idle_before, total_before) = sample()?;
+    thread::sleep(window);
+    let (idle, total) = sample()?;
+    let total = total.saturating_sub(total_before).max(1);
+    let idle = idle.saturating_sub(idle_before);
+    Ok(100.0 * (total - idle.min(total)) as f64 / total as f64)
 }

@@ -221,7 +221,11 @@ impl Storm {
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the xtask binary")?;
         let millis = u64::try_from(duration.as_millis())?;
-        let first = FIRST_OCTET + block * BLOCK_OCTETS;
+        let first = block
+            .checked_mul(BLOCK_OCTETS)
+            .and_then(|offset| offset.checked_add(FIRST_OCTET))
+            .filter(|first| first.checked_add(BLOCK_OCTETS - 1).is_some())
+            .with_context(|| format!("storm block {block} is past 127.255.0.0/16"))?;
         let mut storm = Self {
             workers: Vec::new(),
             ranges: Vec::new(),
