@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use netmon_scenario::harness::Netmon;
 
 pub use storm::{WorkerArgs, worker};
@@ -78,9 +78,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     setup::require_root("cargo xtask bench loads eBPF programs and creates network namespaces")?;
     setup::debian_packages(PACKAGES)?;
     let netmon = match &args.netmon {
+        Some(binary) if !binary.is_file() => bail!("--netmon {}: no such file", binary.display()),
         Some(binary) => binary.clone(),
         None => build::build(build::Profile::Release)?,
     };
+    netns::remove_stale();
     let dir = build::root().join("target/bench");
     if dir.exists() {
         fs::remove_dir_all(&dir)?;

@@ -6,14 +6,36 @@
 //! namespace of its own they go when it is deleted. A fresh namespace has
 //! only `lo`, so no storm can send a packet outside 127.0.0.0/8 either.
 use std::{
-    fs::File,
+    fs::{self, File},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::Path,
     process::Command,
 };
 
 use anyhow::Context as _;
 
 use crate::build::run_status;
+
+/// Names start with this, then the bench's pid.
+const PREFIX: &str = "netmon-bench-";
+/// Where `ip netns` keeps its names.
+const NAMED: &str = "/run/netns";
+
+/// Deletes the namespaces of benches that are no longer running (one
+/// interrupted with Ctrl-C runs no destructors).
+pub fn remove_stale() {
+    let Ok(entries) = fs::read_dir(NAMED) else {
+        return;
+    };
+    for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+        let pid = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next());
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            delete(&name);
+        }
+    }
+}
 
 /// A named namespace (`ip netns`), deleted on drop.
 pub struct Netns {
@@ -24,9 +46,9 @@ pub struct Netns {
 impl Netns {
     /// Creates the namespace and brings its loopback up.
     pub fn new(label: &str) -> anyhow::Result<Self> {
-        let name = format!("netmon-bench-{}-{label}", std::process::id());
+        let name = format!("{PREFIX}{}-{label}", std::process::id());
         run_status(Command::new("ip").args(["netns", "add", &name]))?;
-        let file = match File::open(format!("/run/netns/{name}")) {
+        let file = match File::open(Path::new(NAMED).join(&name)) {
             Ok(file) => file,
             Err(err) => {
                 delete(&name);

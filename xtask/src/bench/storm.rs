@@ -123,7 +123,10 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         });
     }
     println!("ready");
-    std::io::stdin().read_line(&mut String::new())?;
+    // End of input instead of a line: the bench is gone, so no storm.
+    if std::io::stdin().read_line(&mut String::new())? == 0 {
+        bail!("the bench closed its end before saying go");
+    }
 
     let address = |base: Ipv4Addr, i: u64| {
         Ipv4Addr::from(base.to_bits() + 1 + (i % u64::from(args.peers)) as u32)
