@@ -5,8 +5,8 @@
 //! `--test-threads=1`, as `cargo xtask test` does.
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    io::Write as _,
+    net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
     thread,
@@ -14,8 +14,8 @@ use std::{
 };
 
 use netmon_scenario::{
-    harness::{Netmon, chosen_mode},
-    workload::{Workload, workload},
+    harness::{Netmon, chosen_mode, scrape},
+    workload::{Workload, closed_port, workload},
 };
 use serde_json::Value;
 
@@ -49,28 +49,6 @@ fn eventually<T>(
         );
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A port nothing listens on yet.
-fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
-
-/// `GET /metrics` with an optional Accept header: (head, body).
-fn scrape(addr: &str, accept: Option<&str>) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    (head.to_owned(), body.to_owned())
 }
 
 /// The value of the sample `series` (name and labels, exactly as
@@ -107,7 +85,7 @@ fn promtool_check(body: &str) {
 #[test]
 fn metrics_pass_promtool_and_count_the_workloads_peers() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", closed_port());
     let netmon = start(dir.path(), &["--metrics", &addr, "--interval", "1"]);
     let work = workload(7, 10);
     // Peers the workload made beside whatever else talks on loopback.

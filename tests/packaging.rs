@@ -2,16 +2,22 @@
 //! netmon from its own clap definitions), the systemd unit and the
 //! Kubernetes DaemonSet.
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
+    thread,
+    time::Duration,
 };
 
 use k8s_openapi::{
     api::{apps::v1::DaemonSet, core::v1::Namespace},
     apimachinery::pkg::api::resource::Quantity,
 };
-use netmon_scenario::harness::{Netmon, chosen_mode};
+use netmon_scenario::{
+    harness::{Netmon, chosen_mode, scrape},
+    workload::closed_port,
+};
 use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
@@ -270,6 +276,107 @@ fn assert_flags_exist(args: &[String]) {
         assert!(
             help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
             "netmon run has no {flag}"
+        );
+    }
+}
+
+/// The system calls a `SystemCallFilter=` line allows, its groups
+/// expanded as `systemd-analyze syscall-filter` lists them.
+fn allowed_syscalls(filter: &str) -> BTreeSet<String> {
+    let listing = run(Command::new("systemd-analyze").arg("syscall-filter"));
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    let mut groups = BTreeMap::<&str, Vec<&str>>::new();
+    let mut group = None;
+    for line in listing.lines() {
+        let item = line.trim();
+        if line.starts_with('@') {
+            group = Some(item);
+        } else if let Some(group) = group
+            && !item.is_empty()
+            && !item.starts_with('#')
+        {
+            groups.entry(group).or_default().push(item);
+        }
+    }
+    fn expand(item: &str, groups: &BTreeMap<&str, Vec<&str>>, into: &mut BTreeSet<String>) {
+        match groups.get(item) {
+            Some(members) => members.iter().for_each(|m| expand(m, groups, into)),
+            None => {
+                into.insert(item.to_owned());
+            }
+        }
+    }
+    let mut allowed = BTreeSet::new();
+    for item in filter.split_whitespace() {
+        expand(item, &groups, &mut allowed);
+    }
+    allowed
+}
+
+/// The pid of `parent`'s first child: the traced netmon under strace.
+fn first_child(parent: u32) -> i32 {
+    let children = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The system calls netmon makes in `mode` through start-up, a metrics
+/// scrape, `--follow`, periodic and SIGHUP checkpoints and SIGTERM.
+fn syscalls_of_a_run(mode: &str) -> BTreeSet<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let metrics = format!("127.0.0.1:{}", closed_port());
+    let mut command = Command::new("strace");
+    command.args(["-f", "-qq", "-o"]).arg(&trace).arg("--");
+    command.args([
+        NETMON,
+        "run",
+        "--mode",
+        mode,
+        "--interval",
+        "1",
+        "--follow",
+        "--json",
+    ]);
+    command.args(["--metrics", &metrics, "--output"]);
+    command.arg(dir.path().join("peers.json"));
+    let netmon = Netmon::spawn(command);
+    netmon.wait_ready().unwrap();
+    scrape(&metrics, None);
+    thread::sleep(Duration::from_millis(1500));
+    // strace holds on to signals meant for it; netmon is its child.
+    let traced = first_child(netmon.pid());
+    for signal in [libc::SIGHUP, libc::SIGTERM] {
+        // SAFETY: plain kill(2) on netmon, which this test started.
+        unsafe { libc::kill(traced, signal) };
+        thread::sleep(Duration::from_millis(300));
+    }
+    let (status, log) = netmon.wait();
+    assert!(status.success(), "{log}");
+    fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let call = line.split_once(' ')?.1.trim_start();
+            let (name, _) = call.split_once('(')?;
+            Some(name.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn systemd_units_syscall_filter_allows_every_call_netmon_makes() {
+    let unit = unit_for_test();
+    let filter = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("SystemCallFilter="))
+        .expect("the unit filters system calls");
+    let allowed = allowed_syscalls(filter);
+    for mode in ["auto", "proc"] {
+        let used = syscalls_of_a_run(mode);
+        let denied: Vec<_> = used.difference(&allowed).collect();
+        assert!(
+            denied.is_empty(),
+            "--mode {mode} calls {denied:?}, which SystemCallFilter={filter} denies"
         );
     }
 }

@@ -104,8 +104,9 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// Debian packages the integration tests use: `ip` for network namespaces,
 /// the firewall tools the generated rules are loaded into, for the
 /// shipped files `systemd-analyze` (which runs man(1) to check the unit's
-/// Documentation=) and setpriv, and promtool (Debian ships it only with
-/// the Prometheus server) to check `--metrics`.
+/// Documentation=), setpriv and strace to check its capabilities and
+/// system call filter, and promtool (Debian ships it only with the
+/// Prometheus server) to check `--metrics`.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -114,6 +115,7 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "man-db",
     "util-linux",
+    "strace",
     "prometheus",
 ];
 

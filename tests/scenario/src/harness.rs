@@ -2,7 +2,8 @@
 //! stops it (SIGTERM), with everything it logged.
 use std::{
     ffi::OsStr,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -161,4 +162,21 @@ pub fn skip_reasons(log: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+/// `GET /metrics` from `netmon run --metrics ADDR`, with an Accept header
+/// if given: (head, body). Panics unless the answer is 200 OK.
+pub fn scrape(addr: &str, accept: Option<&str>) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    (head.to_owned(), body.to_owned())
 }
