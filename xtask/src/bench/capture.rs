@@ -87,18 +87,23 @@ pub fn capture(bench: &Bench, table: &mut Table) {
         table.info("capture", "storm with netmon off", storm_size(&offs));
     }
     if !ons.is_empty() {
-        let (held, made) = ons.iter().fold((0, 0), |(held, made), on| {
-            let (peers, _) = on.watcher();
+        let (held, made, cpu_ms) = ons.iter().fold((0, 0, 0.0), |(held, made, cpu), on| {
+            let (peers, cpu_ms) = on.watcher();
             (
                 held + on.storm.held(peers.iter().copied()),
                 made + on.storm.peers_made(),
+                cpu + cpu_ms,
             )
         });
         let storms: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
         table.check(
             "capture",
             format!("tracepoint: peers held / made ({} storms)", ons.len()),
-            format!("{} at {:.0} conn/s", held_text(held, made), rate(&storms)),
+            format!(
+                "{} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
+                held_text(held, made),
+                rate(&storms)
+            ),
             "100%",
             held == made,
         );
@@ -137,8 +142,8 @@ pub fn capture(bench: &Bench, table: &mut Table) {
     kernel_cost(table, &pairs);
 }
 
-/// `21 345 conn/s: 106 725 connections by 4 processes in 5.00 s`, for
-/// one storm or the mean of several.
+/// `21345 conn/s: 106 725 connections by 4 processes in 5.00 s`, or for
+/// several storms `... in 5 storms of 5.00 s`.
 pub fn storm_size(storms: &[&Outcome]) -> String {
     let connections: u64 = storms.iter().map(|s| s.connections()).sum();
     let failed: u64 = storms.iter().map(|s| s.failed()).sum();
@@ -147,17 +152,16 @@ pub fn storm_size(storms: &[&Outcome]) -> String {
     } else {
         format!(", {failed} failed")
     };
-    let secs: f64 = storms.iter().map(|s| s.secs).sum();
     let workers = storms.first().map_or(0, |s| s.workers());
-    let times = match storms.len() {
+    let secs = storms.iter().map(|s| s.secs).sum::<f64>() / storms.len() as f64;
+    let storms_of = match storms.len() {
         1 => String::new(),
-        n => format!(" x{n}"),
+        n => format!("{n} storms of "),
     };
     format!(
-        "{:.0} conn/s: {} connections by {workers} processes in {:.2} s{times}{failed}",
-        connections as f64 / secs,
+        "{:.0} conn/s: {} connections by {workers} processes in {storms_of}{secs:.2} s{failed}",
+        rate(storms),
         thousands(connections),
-        secs / storms.len() as f64,
     )
 }
 

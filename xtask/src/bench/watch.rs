@@ -24,7 +24,7 @@ use super::{
 const SETTLE: Duration = Duration::from_millis(1200);
 
 /// What watches a storm.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Watchers {
     /// netmon in this `--mode`.
     pub netmon: Option<&'static str>,
@@ -69,6 +69,7 @@ impl Bench {
         // The counters must be on before netmon loads its programs.
         let _stats = watchers
             .netmon
+            .filter(|&mode| mode != "proc")
             .map(|_| StatsEnabled::enable())
             .transpose()?;
         let netmon = watchers
