@@ -170,9 +170,38 @@ pub fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tests run and failed, summed over cargo's per-binary summaries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl TestCounts {
+    /// Adds a `test result: ok. 11 passed; 0 failed; ...` line.
+    fn add_summary(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(number), Some(what)) = (words.next(), words.next())
+                && let Ok(number) = number.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += number,
+                    "failed" => self.failed += number,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// Every test of the host workspace. Integration tests share kernel state
-/// (tracepoints, network namespaces), so they run one at a time.
-pub fn cargo_test() -> anyhow::Result<()> {
+/// (tracepoints, network namespaces), so they run one at a time. cargo's
+/// output passes through; its per-binary summaries are added up.
+pub fn cargo_test() -> (TestCounts, anyhow::Result<()>) {
     let test = [
         "test",
         "--workspace",
@@ -180,7 +209,29 @@ pub fn cargo_test() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ];
-    run_status(with_objects(cargo().args(test)))
+    let mut command = cargo();
+    with_objects(command.args(test)).stdout(std::process::Stdio::piped());
+    let mut counts = TestCounts::default();
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            return (
+                counts,
+                Err(err).with_context(|| format!("cannot start {command:?}")),
+            );
+        }
+    };
+    let stdout = child.stdout.take().expect("piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+        println!("{line}");
+        counts.add_summary(&line);
+    }
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow::anyhow!("{command:?} failed: {status}")),
+        Err(err) => Err(err).with_context(|| format!("cannot wait for {command:?}")),
+    };
+    (counts, result)
 }
 
 /// Runs a command, failing with its command line when it fails.
@@ -206,4 +257,26 @@ pub fn output_of(command: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestCounts;
+
+    #[test]
+    fn summaries_add_up() {
+        let mut counts = TestCounts::default();
+        counts.add_summary("test result: ok. 11 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.46s");
+        counts.add_summary(
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        counts.add_summary("test something ... ok");
+        assert_eq!(
+            counts,
+            TestCounts {
+                passed: 13,
+                failed: 1
+            }
+        );
+    }
 }

@@ -136,9 +136,15 @@ fn test() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&host_rows)?;
     }
     // The matrix runs even when a test failed: both results are wanted.
-    let tests = build::cargo_test().and_then(|()| fuzz::smoke(FUZZ_SMOKE_SECONDS));
+    let (counts, tests) = build::cargo_test();
+    let tests = tests.and_then(|()| fuzz::smoke(FUZZ_SMOKE_SECONDS));
     // The container image builds, and the binary in it runs and is static.
     let image = image::image().map(drop);
     let matrix = vm::vm_test(&vm::VmTestArgs::default());
-    tests.and(image).and(matrix)
+    let result = tests.and(image).and(matrix);
+    // One closing line for the whole run (the matrix and the image above
+    // fail the run on their own); a failed step counts as a failure.
+    let failed = counts.failed + u64::from(result.is_err() && counts.failed == 0);
+    println!("xtask test: {} passed, {failed} failed", counts.passed);
+    result
 }
