@@ -71,6 +71,25 @@ pub struct DedupKey {
     pub pid: u32,
 }
 
+impl DedupKey {
+    /// The key `event`'s connection is counted under. Both sides build it
+    /// here, so userspace accounts under exactly the kernel's keys.
+    #[inline(always)]
+    pub fn of(event: &PeerEvent) -> Self {
+        Self {
+            addr: event.addr,
+            port: if event.direction == DIRECTION_OUTBOUND {
+                event.remote_port
+            } else {
+                event.local_port
+            },
+            direction: event.direction,
+            source: event.source,
+            pid: event.pid,
+        }
+    }
+}
+
 /// A `DEDUP` entry: a series of connections with one key.
 ///
 /// `total` only ever grows (atomically, from every CPU), so userspace can

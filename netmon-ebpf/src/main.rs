@@ -264,17 +264,7 @@ fn send<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
 /// Adds one to the key's series; returns whether to send an event, with
 /// `series` and `total` filled in.
 fn count(event: &mut PeerEvent) -> bool {
-    let key = DedupKey {
-        addr: event.addr,
-        port: if event.direction == DIRECTION_OUTBOUND {
-            event.remote_port
-        } else {
-            event.local_port
-        },
-        direction: event.direction,
-        source: event.source,
-        pid: event.pid,
-    };
+    let key = DedupKey::of(event);
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let entry = match DEDUP.get_ptr_mut(key) {

@@ -37,7 +37,7 @@ pub struct Counter {
 impl Counter {
     /// Connections `event` adds to its peer's count.
     pub fn on_event(&mut self, event: &PeerEvent) -> u64 {
-        self.advance(key_of(event), event.series, event.total)
+        self.advance(DedupKey::of(event), event.series, event.total)
     }
 
     /// Walks the kernel's map and calls `sink` with every key that has
@@ -101,21 +101,6 @@ impl Counter {
                 }
             }
         }
-    }
-}
-
-/// The dedup key the programs used for `event`.
-pub fn key_of(event: &PeerEvent) -> DedupKey {
-    DedupKey {
-        addr: event.addr,
-        port: if event.direction == DIRECTION_OUTBOUND {
-            event.remote_port
-        } else {
-            event.local_port
-        },
-        direction: event.direction,
-        source: event.source,
-        pid: event.pid,
     }
 }
 
