@@ -25,6 +25,8 @@ use smallvec::SmallVec;
 
 mod writer;
 
+pub(crate) use writer::decimal;
+
 use crate::peer::{Comm, Connection, Direction};
 
 /// The checkpoint format this build writes.

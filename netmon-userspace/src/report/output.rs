@@ -18,7 +18,7 @@ use super::{
 use crate::{
     classify::Class,
     peer::Comm,
-    store::{CappedSet, InlineItem, PeerRecord},
+    store::{CappedSet, InlineItem, PeerRecord, decimal},
 };
 
 /// Which side of a diff a peer is on.
@@ -241,19 +241,9 @@ impl Field {
 // The pushes below skip `core::fmt` for the cells every row has: a
 // million rows make it worth it.
 
-fn push_number(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+fn push_number(out: &mut String, n: u64) {
     // ASCII digits only.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    out.push_str(std::str::from_utf8(decimal(n, &mut [0; 20])).unwrap_or_default());
 }
 
 fn push_port(out: &mut String, port: u16) {

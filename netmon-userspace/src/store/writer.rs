@@ -72,8 +72,13 @@ fn push_list<T: InlineItem + Ord + Copy>(
     line.push(b']');
 }
 
-fn push_u64(line: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
+fn push_u64(line: &mut Vec<u8>, value: u64) {
+    line.extend_from_slice(decimal(value, &mut [0; 20]));
+}
+
+/// `value` in decimal ASCII digits, written into `digits`: the number
+/// formatting of the checkpoint and report hot loops, without `core::fmt`.
+pub(crate) fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -83,7 +88,7 @@ fn push_u64(line: &mut Vec<u8>, mut value: u64) {
             break;
         }
     }
-    line.extend_from_slice(&digits[at..]);
+    &digits[at..]
 }
 
 fn push_ip(line: &mut Vec<u8>, ip: Ipv4Addr) {
