@@ -67,6 +67,11 @@ impl std::fmt::Display for Transport {
 /// the ring buffer's default size per CPU.
 const PERF_PAGES: usize = 64;
 
+/// How long a reader woken by one event waits for others before draining
+/// (see [`Events::readable`]): at most about 500 wake-ups a second in a
+/// storm, instead of one per event.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The open event channel.
 pub enum Events {
     Ring(AsyncFd<RingBuf<MapData>>),
@@ -109,11 +114,33 @@ impl Events {
         }
     }
 
-    /// Waits until there is something to drain.
+    /// Waits until there is something to drain, then a little longer.
+    ///
+    /// The kernel wakes the reader for a record only when the reader has
+    /// caught up (the ring was empty), and each wake-up is an interrupt the
+    /// eBPF program raises while it runs. Draining the instant one event
+    /// arrives keeps the ring empty, so in a storm every event paid for a
+    /// wake-up; waiting [`BATCH`] lets the events of the next moment join the
+    /// first without waking anyone. An event is still read within about
+    /// `BATCH` of its arrival.
+    ///
+    /// Readiness is cleared only after the wait, so cancelling this future
+    /// midway (another `select!` branch won) leaves it set and loses
+    /// nothing.
     pub async fn readable(&mut self) -> io::Result<()> {
+        self.wait_ready(false).await?;
+        tokio::time::sleep(BATCH).await;
+        self.wait_ready(true).await
+    }
+
+    /// Waits until some buffer is readable; clears its readiness if `clear`.
+    async fn wait_ready(&mut self, clear: bool) -> io::Result<()> {
         match self {
             Self::Ring(ring) => {
-                ring.readable_mut().await?.clear_ready();
+                let mut guard = ring.readable_mut().await?;
+                if clear {
+                    guard.clear_ready();
+                }
                 Ok(())
             }
             Self::Perf { buffers, .. } => {
@@ -121,7 +148,10 @@ impl Events {
                     let mut ready = false;
                     for buffer in buffers.iter_mut() {
                         if let Poll::Ready(guard) = buffer.poll_read_ready_mut(cx) {
-                            guard?.clear_ready();
+                            let mut guard = guard?;
+                            if clear {
+                                guard.clear_ready();
+                            }
                             ready = true;
                         }
                     }
