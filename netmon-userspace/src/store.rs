@@ -23,6 +23,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+mod reader;
 mod writer;
 
 pub(crate) use writer::decimal;
@@ -235,16 +236,21 @@ impl PeerSet {
     /// Sorting first builds the tree in one pass: inserting a million
     /// addresses in random order (an old poller's list) costs seconds.
     fn from_records(mut records: Vec<(Ipv4Addr, PeerRecord)>) -> Self {
-        records.sort_by_key(|(addr, _)| *addr);
-        let mut merged: Vec<(Ipv4Addr, PeerRecord)> = Vec::with_capacity(records.len());
-        for (addr, record) in records {
-            match merged.last_mut() {
-                Some((last, existing)) if *last == addr => existing.merge(&record),
-                _ => merged.push((addr, record)),
-            }
+        // netmon writes its peers in order, so this is usually one pass.
+        if !records.is_sorted_by_key(|(addr, _)| *addr) {
+            records.sort_by_key(|(addr, _)| *addr);
         }
+        records.dedup_by(|(addr, record), (kept_addr, kept)| {
+            let repeat = addr == kept_addr;
+            if repeat {
+                kept.merge(record);
+            }
+            repeat
+        });
+        // Collecting a vector reuses its buffer, and a sorted one builds
+        // the tree in one pass.
         Self {
-            peers: merged.into_iter().collect(),
+            peers: records.into_iter().collect(),
         }
     }
 }
@@ -539,27 +545,64 @@ fn parse_utc_seconds(text: &[u8]) -> Option<u64> {
 /// `Ok(None)` when the file does not exist; any other problem is an error
 /// naming the file, and the file is left as it is.
 pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(LoadError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
     };
-    let mtime = fs::metadata(path)
-        .and_then(|m| m.modified())
+    let corrupt = |source| LoadError::Corrupt {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(read_error(err)),
+    };
+    let metadata = file.metadata().map_err(read_error)?;
+    // Most files are netmon's own: streamed through the fast reader.
+    if let Some(checkpoint) = reader::checkpoint(&file, metadata.len()).map_err(read_error)? {
+        let snapshot = snapshot_of(checkpoint).map_err(corrupt)?;
+        return Ok(Some((snapshot, FileFormat::Checkpoint)));
+    }
+    io::Seek::rewind(&mut file).map_err(read_error)?;
+    let bytes = read_whole(&mut file, metadata.len()).map_err(read_error)?;
+    let mtime = metadata
+        .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or_else(unix_now, |d| d.as_secs());
-    parse(&bytes, mtime)
-        .map(Some)
-        .map_err(|source| LoadError::Corrupt {
-            path: path.to_owned(),
-            source,
-        })
+    parse_with_serde(&bytes, mtime).map(Some).map_err(corrupt)
+}
+
+/// The whole file, read into memory backed by huge pages where the kernel
+/// offers them (`transparent_hugepage` set to `madvise`, as on most
+/// distributions): a million-peer checkpoint is about 190 MB, and faulting
+/// it in 4 KiB pages was a fifth of the time of loading it.
+///
+/// (Mapping the file instead would save the copy, but a file truncated by
+/// someone else while mapped kills the reader with SIGBUS.)
+fn read_whole(file: &mut File, len: u64) -> io::Result<Vec<u8>> {
+    // One byte more than the size, so read_to_end sees the end of the file
+    // without growing the buffer.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).saturating_add(1));
+    advise_huge_pages(bytes.spare_capacity_mut());
+    io::Read::read_to_end(file, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Asks for huge pages under the 2 MiB-aligned part of `buffer`; a hint
+/// the kernel may ignore, so failures are too.
+pub(super) fn advise_huge_pages<T>(buffer: &mut [T]) {
+    const HUGE: usize = 2 << 20;
+    let start = buffer.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(buffer);
+    let aligned = start.next_multiple_of(HUGE);
+    if end.saturating_sub(aligned) >= HUGE {
+        let len = (end - aligned) / HUGE * HUGE;
+        // SAFETY: the range lies within `buffer`, which this process owns;
+        // MADV_HUGEPAGE changes how it is backed, never its contents.
+        unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    }
 }
 
 /// Why a file could not be loaded. Kept apart because a corrupt file may
@@ -632,6 +675,28 @@ pub fn remove_stale_temp_files(path: &Path) {
 /// Parses either format; `mtime` dates the entries of an address list,
 /// which carries no times of its own.
 pub fn parse(bytes: &[u8], mtime: u64) -> anyhow::Result<(Snapshot, FileFormat)> {
+    let fast = reader::checkpoint(bytes, bytes.len() as u64).context("reading memory")?;
+    match fast {
+        Some(checkpoint) => Ok((snapshot_of(checkpoint)?, FileFormat::Checkpoint)),
+        None => parse_with_serde(bytes, mtime),
+    }
+}
+
+/// A checkpoint the fast reader took in.
+fn snapshot_of(checkpoint: reader::Checkpoint) -> anyhow::Result<Snapshot> {
+    check_version(Some(checkpoint.version))?;
+    Ok(Snapshot {
+        host: Some(checkpoint.host),
+        mode: checkpoint.mode,
+        lost_events: checkpoint.lost_events,
+        peers: PeerSet::from_records(checkpoint.peers),
+    })
+}
+
+/// Either format, with serde: any JSON, and errors that say where. What
+/// [`parse`] falls back to; public so the fuzz target can hold the two
+/// paths to the same answers.
+pub fn parse_with_serde(bytes: &[u8], mtime: u64) -> anyhow::Result<(Snapshot, FileFormat)> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => {
             let items = serde_json::from_slice(bytes).context("invalid JSON")?;
@@ -645,8 +710,8 @@ pub fn parse(bytes: &[u8], mtime: u64) -> anyhow::Result<(Snapshot, FileFormat)>
     }
 }
 
-/// Parses a checkpoint straight from the bytes: errors carry the line and
-/// column of the offending entry.
+/// Parses a checkpoint with serde: errors carry the line and column of
+/// the offending entry.
 fn parse_checkpoint(bytes: &[u8]) -> anyhow::Result<Snapshot> {
     // Checking UTF-8 once up front is cheaper than string by string.
     let text = std::str::from_utf8(bytes).context("not UTF-8")?;

@@ -113,13 +113,14 @@ fn write_checkpoint(path: &Path, peers: u32) -> anyhow::Result<()> {
             2 => (1 + i % 13, 0, "443,8443", "", r#""api-server""#),
             _ => (1 + i % 3, 0, "5432", "", r#""api-server","psql""#),
         };
-        let comma = if i == 0 { "" } else { "," };
+        // One peer a line, as netmon writes them.
+        let comma = if i == 0 { "\n" } else { ",\n" };
         write!(
             out,
             r#"{comma}{{"ip":"{ip}","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-02T00:00:00Z","outbound":{outbound},"inbound":{inbound},"remote_ports":[{remote}],"local_ports":[{local}],"processes":[{processes}]}}"#
         )?;
     }
-    writeln!(out, "]}}")?;
+    writeln!(out, "\n]}}")?;
     out.flush()?;
     Ok(())
 }
