@@ -241,6 +241,50 @@ fn accept_blocked_before_start_is_recorded_as_inbound() {
     );
 }
 
+/// Counts survive the kernel's dedup exactly: a key seen once (sent alone,
+/// never in the dedup map), one seen twice (the second starts a series),
+/// and one seen hundreds of times within the window (most counted only in
+/// the map, picked up by the harvest at exit).
+#[test]
+fn connection_counts_are_exact_through_the_kernels_dedup() {
+    let listener = TcpListener::bind("127.50.0.1:0").unwrap();
+    let dest = SocketAddrV4::new(
+        Ipv4Addr::new(127, 50, 0, 1),
+        listener.local_addr().unwrap().port(),
+    );
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::ready(&path, "auto");
+    let sources = [
+        (Ipv4Addr::new(127, 51, 0, 1), 1),
+        (Ipv4Addr::new(127, 51, 0, 2), 2),
+        (Ipv4Addr::new(127, 51, 0, 3), 300),
+    ];
+    for (source, times) in sources {
+        for _ in 0..times {
+            let client = connect_from(source, dest).unwrap();
+            drop((listener.accept().unwrap(), client));
+        }
+    }
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let peers = read_peers(&path);
+    let count = |ip: Ipv4Addr, direction: &str| peers.get(&ip).map(|peer| peer[direction].clone());
+    let expected: Vec<_> = sources
+        .iter()
+        .map(|&(source, times)| (source, Some(times.into())))
+        .chain([(*dest.ip(), Some(303.into()))])
+        .collect();
+    let actual: Vec<_> = sources
+        .iter()
+        .map(|&(source, _)| (source, count(source, "inbound")))
+        .chain([(*dest.ip(), count(*dest.ip(), "outbound"))])
+        .collect();
+    assert_eq!(
+        actual, expected,
+        "inbound per source, outbound to the listener:\n{log}"
+    );
+}
+
 #[test]
 fn probe_verifies_every_program_even_where_it_cannot_attach() {
     let output = Command::new(NETMON).arg("probe").output().unwrap();

@@ -50,11 +50,16 @@ pub struct PeerEvent {
     /// `comm` of the current task, NUL padded; all zero when `pid` is 0.
     pub comm: [u8; COMM_LEN],
     /// The dedup series this event belongs to: when its `DEDUP` entry was
-    /// created (ns since boot).
+    /// created (ns since boot); [`SERIES_NONE`] for a connection counted
+    /// by this event alone (its key's first sighting, kept out of `DEDUP`).
     pub series: u64,
     /// Connections counted in that series so far, this one included.
     pub total: u64,
 }
+
+/// [`PeerEvent::series`] of an event that is in no series: it stands for
+/// `total` connections of its own, whatever came before or after.
+pub const SERIES_NONE: u64 = 0;
 
 /// What makes connections repeats of each other for in-kernel dedup.
 ///

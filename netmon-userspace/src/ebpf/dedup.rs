@@ -7,12 +7,14 @@
 //! series and the total it has accounted for; an event or a harvest of the
 //! map adds the difference. Nothing is ever reset, so counts are exact
 //! whatever the interleaving, and a peer whose event was lost (ring buffer
-//! full) is still found at the next harvest.
+//! full) is still found at the next harvest. An event in no series (a
+//! key's first sighting, which the kernel keeps out of the map) counts by
+//! itself.
 use std::collections::{HashMap, hash_map::Entry};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use netmon_common::{DIRECTION_OUTBOUND, DedupKey, DedupValue, PeerEvent};
+use netmon_common::{DIRECTION_OUTBOUND, DedupKey, DedupValue, PeerEvent, SERIES_NONE};
 
 /// Harvests a key may go unseen before its series is forgotten. Map
 /// iteration can skip keys while the kernel evicts others; forgetting a
@@ -37,6 +39,9 @@ pub struct Counter {
 impl Counter {
     /// Connections `event` adds to its peer's count.
     pub fn on_event(&mut self, event: &PeerEvent) -> u64 {
+        if event.series == SERIES_NONE {
+            return event.total;
+        }
         self.advance(DedupKey::of(event), event.series, event.total)
     }
 
@@ -148,6 +153,16 @@ mod tests {
         // Events from two CPUs can arrive out of order.
         assert_eq!(counter.on_event(&event(10, 5)), 0);
         assert_eq!(counter.on_event(&event(10, 9)), 2);
+    }
+
+    #[test]
+    fn an_event_in_no_series_counts_alone() {
+        let mut counter = Counter::default();
+        assert_eq!(counter.on_event(&event(10, 3)), 3);
+        assert_eq!(counter.on_event(&event(SERIES_NONE, 1)), 1);
+        assert_eq!(counter.on_event(&event(SERIES_NONE, 1)), 1);
+        // ... and leaves the key's series alone.
+        assert_eq!(counter.on_event(&event(10, 4)), 1);
     }
 
     #[test]
