@@ -37,8 +37,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use netmon_common::{
     AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DedupKey, DedupValue, IPPROTO_TCP,
-    PeerEvent, SERIES_NONE, SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, default_offsets,
-    tcp_state,
+    PeerEvent, SERIES_NONE, SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT,
+    default_offsets, tcp_state,
 };
 
 /// Default size; userspace may resize it at load time.
@@ -319,7 +319,8 @@ fn first_sighting(_key: &DedupKey) -> bool {
 /// Where `key` lives in `SEEN`: a multiplicative hash of its fields.
 #[cfg(not(feature = "perf"))]
 fn seen_slot(key: &DedupKey) -> u32 {
-    let rest = (u32::from(key.port) << 16) | (u32::from(key.direction) << 8) | u32::from(key.source);
+    let rest =
+        (u32::from(key.port) << 16) | (u32::from(key.direction) << 8) | u32::from(key.source);
     let hash = key.addr.wrapping_mul(0x9e37_79b1)
         ^ rest.wrapping_mul(0x85eb_ca6b)
         ^ key.pid.wrapping_mul(0xc2b2_ae35);
