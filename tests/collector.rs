@@ -15,7 +15,10 @@ use std::{
 };
 
 use netmon_scenario::{
-    check::{Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, read_peers},
+    check::{
+        Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, peers_of,
+        read_checkpoint, read_peers,
+    },
     harness::{self, chosen_mode, skip_reasons},
     result::{Row, record_host_row},
     workload::{connect_from, workload, workload_held_open},
@@ -283,6 +286,53 @@ fn connection_counts_are_exact_through_the_kernels_dedup() {
         actual, expected,
         "inbound per source, outbound to the listener:\n{log}"
     );
+}
+
+/// Events that do not fit in the ring buffer lose no peer and no count:
+/// with netmon stopped and the smallest ring, most first sightings are
+/// lost, and the kernel's dedup map carries them to the harvest.
+#[test]
+fn peers_whose_events_are_lost_still_reach_the_file() {
+    let listener = TcpListener::bind("127.52.255.1:0").unwrap();
+    let dest = SocketAddrV4::new(
+        Ipv4Addr::new(127, 52, 255, 1),
+        listener.local_addr().unwrap().port(),
+    );
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::start(&path, "auto", &["--ring-buffer", "4"]);
+    netmon.wait_ready().unwrap();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &netmon.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name}");
+    };
+    signal("-STOP");
+    let sources: Vec<_> = (1..=200).map(|i| Ipv4Addr::new(127, 52, 0, i)).collect();
+    for &source in &sources {
+        let client = connect_from(source, dest).unwrap();
+        drop((listener.accept().unwrap(), client));
+    }
+    signal("-CONT");
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let file = read_checkpoint(&path);
+    assert!(
+        file["lost_events"].as_u64() > Some(0),
+        "a 4 KiB ring held 400 events?\n{log}"
+    );
+    let peers = peers_of(&file);
+    let missing: Vec<_> = sources
+        .iter()
+        .filter(|source| peers.get(source).map(|p| p["inbound"].clone()) != Some(1.into()))
+        .collect();
+    assert_eq!(
+        missing,
+        Vec::<&Ipv4Addr>::new(),
+        "sources without exactly one inbound:\n{log}"
+    );
+    assert_eq!(peers[dest.ip()]["outbound"], 200, "{log}");
 }
 
 #[test]

@@ -99,6 +99,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = TransportRequest::Auto)]
     pub transport: TransportRequest,
 
+    /// Size of the eBPF ring buffer in KiB, a power of two from 4. Events
+    /// that do not fit are counted as lost (and logged at each checkpoint);
+    /// their peers still reach the file through the kernel's dedup map.
+    #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = ring_buffer_kib)]
+    pub ring_buffer: u32,
+
     /// What to do when --output holds something unreadable as peers:
     /// refuse to start, or move it aside as PATH.corrupt-TIMESTAMP and
     /// start fresh.
@@ -271,4 +277,17 @@ impl ValueEnum for Direction {
     fn to_possible_value(&self) -> Option<PossibleValue> {
         Some(PossibleValue::new(self.as_str()))
     }
+}
+
+/// `--ring-buffer`: the kernel wants a power-of-two number of pages.
+fn ring_buffer_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of KiB"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err(format!(
+            "{kib} KiB: must be a power of two from 4 to 1048576"
+        ));
+    }
+    Ok(kib)
 }

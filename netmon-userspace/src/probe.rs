@@ -15,7 +15,11 @@ use crate::ebpf::{
 };
 
 pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let env = Env::new(Path::new("/proc/net"), TransportRequest::Auto);
+    let env = Env::new(
+        Path::new("/proc/net"),
+        TransportRequest::Auto,
+        ebpf::RING_BYTES / 1024,
+    );
     let mut auto = None;
     for rung in &LADDER {
         match (rung.probe)(&env) {

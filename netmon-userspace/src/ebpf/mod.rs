@@ -80,7 +80,13 @@ pub struct KernelEnv {
     pub sock_offsets: SockOffsets,
     pub offsets_origin: OffsetsOrigin,
     pub state_format: anyhow::Result<StateFormat>,
+    /// Size of the ring buffer (`--ring-buffer`).
+    pub ring_bytes: u32,
 }
+
+/// The ring buffer's size unless `--ring-buffer` says otherwise: 256 KiB
+/// held every event of the bench's fastest storms with room to spare.
+pub const RING_BYTES: u32 = 256 * 1024;
 
 impl KernelEnv {
     /// Mounts tracefs if needed and reads the offsets the programs need.
@@ -104,6 +110,7 @@ impl KernelEnv {
             sock_offsets,
             offsets_origin,
             state_format,
+            ring_bytes: RING_BYTES,
         }
     }
 }
@@ -121,7 +128,11 @@ pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result
     // Without the format the tracepoint cannot attach; zeros keep it inert.
     let tp = env.state_format.as_ref().copied().unwrap_or_default();
     let tp_outbound = u32::from(tracepoint_outbound);
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if env.transport == Transport::RingBuf {
+        loader.map_max_entries(maps::EVENTS, env.ring_bytes);
+    }
+    loader
         .override_global(globals::SK_FAMILY, &sk.family, true)
         .override_global(globals::SK_DADDR, &sk.daddr, true)
         .override_global(globals::SK_DPORT, &sk.dport, true)
