@@ -270,14 +270,20 @@ fn current_pid() -> u32 {
 /// harvest still finds the peer.
 fn send<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
     let key = DedupKey::of(&event);
-    let (send, first) = match DEDUP.get_ptr_mut(key) {
-        Some(entry) => (repeat(entry, &mut event), false),
-        None if first_sighting(&key) => {
-            event.series = SERIES_NONE;
-            event.total = 1;
-            (true, true)
+    // SEEN first: a key it has not seen is not worth a lookup in DEDUP
+    // either (should it have a series there after all, its slot in SEEN
+    // having been taken by another key, this connection counts alone
+    // instead: counted once either way).
+    let first = first_sighting(&key);
+    let send = if first {
+        event.series = SERIES_NONE;
+        event.total = 1;
+        true
+    } else {
+        match DEDUP.get_ptr_mut(key) {
+            Some(entry) => repeat(entry, &mut event),
+            None => start_series(&key, &mut event),
         }
-        None => (start_series(&key, &mut event), false),
     };
     if !send {
         return;
