@@ -15,7 +15,7 @@ use crate::{
     metrics::{Endpoint, Metrics},
     peer::{Connection, Direction},
     report::Directions,
-    store::PeerSet,
+    store::{PeerRecord, PeerSet},
 };
 
 /// The metrics endpoint, bound before attaching (so a bad `--metrics`
@@ -63,12 +63,9 @@ impl Observers {
         conn: &Connection,
         connections: u64,
         before: Option<Directions>,
-        peers: &PeerSet,
+        record: &PeerRecord,
     ) {
         self.metrics.event(conn.source, conn.direction, connections);
-        let Some(record) = peers.get(conn.peer) else {
-            return;
-        };
         let after = Directions::of(record);
         if before == Some(after) {
             return;

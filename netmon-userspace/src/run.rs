@@ -163,19 +163,24 @@ struct State {
 
 impl State {
     fn record(&mut self, conn: &Connection, connections: u64) {
-        let peers = &mut self.snapshot.peers;
-        if peers.len() >= self.max_peers && peers.get(conn.peer).is_none() {
+        let recorded = self.snapshot.peers.record_within(
+            conn,
+            connections,
+            store::unix_now(),
+            self.max_peers,
+            Directions::of,
+        );
+        let Some((before, record)) = recorded else {
             self.dropped += 1;
             return;
-        }
-        let before = peers.get(conn.peer).map(Directions::of);
-        if peers.record(conn, connections, store::unix_now()) {
+        };
+        if before.is_none() {
             debug!(
                 "new peer {} ({}, {:?})",
                 conn.peer, conn.direction, conn.source
             );
         }
-        self.observers.recorded(conn, connections, before, peers);
+        self.observers.recorded(conn, connections, before, record);
     }
 
     /// One warning per checkpoint interval at most, however many drops.

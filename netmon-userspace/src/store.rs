@@ -126,6 +126,30 @@ impl PeerRecord {
         }
     }
 
+    /// Adds an observation of `connections` connections.
+    fn add(&mut self, conn: &Connection, connections: u64, now: u64) {
+        self.last_seen = self.last_seen.max(now);
+        match conn.direction {
+            // Port 0 means unknown: a child socket reset before accept()
+            // returned it has already given its port back.
+            Direction::Outbound => {
+                self.outbound = self.outbound.saturating_add(connections);
+                if conn.remote_port != 0 {
+                    self.remote_ports.insert(conn.remote_port);
+                }
+            }
+            Direction::Inbound => {
+                self.inbound = self.inbound.saturating_add(connections);
+                if conn.local_port != 0 {
+                    self.local_ports.insert(conn.local_port);
+                }
+            }
+        }
+        if let Some(process) = conn.process {
+            self.processes.insert(process);
+        }
+    }
+
     /// Folds in another record of the same peer: counts summed (saturating:
     /// a hostile file must not overflow them), first seen the earliest,
     /// last seen the latest, lists unioned within their cap.
@@ -163,32 +187,33 @@ impl PeerSet {
     /// only adds what it knows, such as the accepting process of a
     /// connection another hook counted); returns true when the peer is new.
     pub fn record(&mut self, conn: &Connection, connections: u64, now: u64) -> bool {
-        let mut new = false;
-        let record = self.peers.entry(conn.peer).or_insert_with(|| {
-            new = true;
-            PeerRecord::new(now)
-        });
-        record.last_seen = record.last_seen.max(now);
-        match conn.direction {
-            // Port 0 means unknown: a child socket reset before accept()
-            // returned it has already given its port back.
-            Direction::Outbound => {
-                record.outbound = record.outbound.saturating_add(connections);
-                if conn.remote_port != 0 {
-                    record.remote_ports.insert(conn.remote_port);
-                }
+        self.record_within(conn, connections, now, usize::MAX, |_| ())
+            .is_some_and(|(before, _)| before.is_none())
+    }
+
+    /// [`Self::record`] in one lookup, for the collector's hot path: a new
+    /// peer is refused (`None`) once the set holds `limit`. Gives what
+    /// `before` makes of the record as it was (`None` for a new peer) and
+    /// the record as it is now.
+    pub fn record_within<T>(
+        &mut self,
+        conn: &Connection,
+        connections: u64,
+        now: u64,
+        limit: usize,
+        before: impl FnOnce(&PeerRecord) -> T,
+    ) -> Option<(Option<T>, &PeerRecord)> {
+        let full = self.peers.len() >= limit;
+        let (was, record) = match self.peers.entry(conn.peer) {
+            Entry::Occupied(slot) => {
+                let record = slot.into_mut();
+                (Some(before(record)), record)
             }
-            Direction::Inbound => {
-                record.inbound = record.inbound.saturating_add(connections);
-                if conn.local_port != 0 {
-                    record.local_ports.insert(conn.local_port);
-                }
-            }
-        }
-        if let Some(process) = conn.process {
-            record.processes.insert(process);
-        }
-        new
+            Entry::Vacant(_) if full => return None,
+            Entry::Vacant(slot) => (None, slot.insert(PeerRecord::new(now))),
+        };
+        record.add(conn, connections, now);
+        Some((was, record))
     }
 
     pub fn len(&self) -> usize {
