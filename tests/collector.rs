@@ -185,11 +185,7 @@ fn a_restart_keeps_every_peer_of_the_first_run() {
 
 #[test]
 fn connections_open_before_start_are_recorded_by_the_startup_scan() {
-    let listener = TcpListener::bind("127.30.0.1:0").unwrap();
-    let dest = SocketAddrV4::new(
-        Ipv4Addr::new(127, 30, 0, 1),
-        listener.local_addr().unwrap().port(),
-    );
+    let (listener, dest) = listen(Ipv4Addr::new(127, 30, 0, 1));
     let client = connect_from(Ipv4Addr::new(127, 31, 0, 1), dest).unwrap();
     let server = listener.accept().unwrap().0;
     let (_dir, path) = tempdir();
@@ -214,11 +210,7 @@ fn connections_open_before_start_are_recorded_by_the_startup_scan() {
 
 #[test]
 fn accept_blocked_before_start_is_recorded_as_inbound() {
-    let listener = TcpListener::bind("127.40.0.1:0").unwrap();
-    let dest = SocketAddrV4::new(
-        Ipv4Addr::new(127, 40, 0, 1),
-        listener.local_addr().unwrap().port(),
-    );
+    let (listener, dest) = listen(Ipv4Addr::new(127, 40, 0, 1));
     let (blocked_tx, blocked) = mpsc::channel();
     let acceptor = thread::Builder::new()
         .name("nm-acceptor".into())
@@ -244,17 +236,20 @@ fn accept_blocked_before_start_is_recorded_as_inbound() {
     );
 }
 
+/// A listener on `ip` and the address it took.
+fn listen(ip: Ipv4Addr) -> (TcpListener, SocketAddrV4) {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, SocketAddrV4::new(ip, port))
+}
+
 /// Counts survive the kernel's dedup exactly: a key seen once (sent alone,
 /// never in the dedup map), one seen twice (the second starts a series),
 /// and one seen hundreds of times within the window (most counted only in
 /// the map, picked up by the harvest at exit).
 #[test]
 fn connection_counts_are_exact_through_the_kernels_dedup() {
-    let listener = TcpListener::bind("127.50.0.1:0").unwrap();
-    let dest = SocketAddrV4::new(
-        Ipv4Addr::new(127, 50, 0, 1),
-        listener.local_addr().unwrap().port(),
-    );
+    let (listener, dest) = listen(Ipv4Addr::new(127, 50, 0, 1));
     let (_dir, path) = tempdir();
     let netmon = Netmon::ready(&path, "auto");
     let sources = [
@@ -293,11 +288,7 @@ fn connection_counts_are_exact_through_the_kernels_dedup() {
 /// lost, and the kernel's dedup map carries them to the harvest.
 #[test]
 fn peers_whose_events_are_lost_still_reach_the_file() {
-    let listener = TcpListener::bind("127.52.255.1:0").unwrap();
-    let dest = SocketAddrV4::new(
-        Ipv4Addr::new(127, 52, 255, 1),
-        listener.local_addr().unwrap().port(),
-    );
+    let (listener, dest) = listen(Ipv4Addr::new(127, 52, 255, 1));
     let (_dir, path) = tempdir();
     let netmon = Netmon::start(&path, "auto", &["--ring-buffer", "4"]);
     netmon.wait_ready().unwrap();
