@@ -136,6 +136,28 @@ fn metrics_pass_promtool_and_count_the_workloads_peers() {
     assert!(status.success(), "{log}");
 }
 
+#[test]
+fn peers_beyond_max_peers_are_counted_as_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let netmon = start(dir.path(), &["--metrics", &addr, "--max-peers", "1"]);
+    let work = workload(9, 5);
+    // Every workload peer but the one kept (if it was one) is turned away,
+    // at least once each.
+    let peers = (work.destinations.len() + work.refused.len() + work.sources.len()) as f64;
+    eventually(
+        "netmon_dropped_peers_total for a workload of many peers and room for one",
+        || {
+            let (_, body) = scrape(&addr, None);
+            sample(&body, "netmon_dropped_peers_total").filter(|dropped| *dropped >= peers - 1.0)
+        },
+        || scrape(&addr, None).1 + &netmon.log(),
+    );
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("--max-peers 1 reached"), "{log}");
+}
+
 /// The `--follow --json` lines, by (ip, direction).
 fn sightings(netmon: &Netmon) -> BTreeMap<(Ipv4Addr, String), Vec<Value>> {
     let mut by_peer = BTreeMap::<_, Vec<Value>>::new();

@@ -37,6 +37,7 @@ pub struct Metrics {
     /// `netmon_connections_total`, by [`direction_index`].
     connections: [Counter; 2],
     lost_events: Counter,
+    dropped_peers: Counter,
     checkpoints: Counter,
     checkpoint_errors: Counter,
     checkpoint_duration: Histogram,
@@ -145,6 +146,12 @@ impl Metrics {
             "Events the kernel could not hand over because the buffer was full",
             lost_events.clone(),
         );
+        let dropped_peers = Counter::default();
+        registry.register(
+            "dropped_peers",
+            "Observations of new peers not kept because the set held --max-peers",
+            dropped_peers.clone(),
+        );
         let checkpoints = Counter::default();
         registry.register("checkpoints", "Checkpoints written", checkpoints.clone());
         let checkpoint_errors = Counter::default();
@@ -179,6 +186,7 @@ impl Metrics {
             }),
             peers: peers_family,
             lost_events,
+            dropped_peers,
             checkpoints,
             checkpoint_errors,
             checkpoint_duration,
@@ -212,6 +220,11 @@ impl Metrics {
         if connections > 0 {
             self.connections[direction_index(direction)].inc_by(connections);
         }
+    }
+
+    /// A new peer not kept: the set is full (`--max-peers`).
+    pub fn dropped(&self) {
+        self.dropped_peers.inc();
     }
 
     /// A peer of `class` now seen in `after`, and before in `before`

@@ -94,6 +94,11 @@ impl Observers {
         }
     }
 
+    /// A new peer the full set could not take.
+    pub fn dropped(&self) {
+        self.metrics.dropped();
+    }
+
     /// A checkpoint attempt; `lost` counts the events lost in this run.
     pub fn checkpointed(&self, ok: bool, took: Duration, lost: u64) {
         self.metrics.checkpointed(ok, took, lost);

@@ -172,6 +172,7 @@ impl State {
         );
         let Some((before, record)) = recorded else {
             self.dropped += 1;
+            self.observers.dropped();
             return;
         };
         if before.is_none() {
