@@ -14,6 +14,7 @@ mod netns;
 mod poller;
 mod procfs;
 mod scale;
+mod shutdown;
 mod storm;
 mod table;
 mod watch;
@@ -103,7 +104,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
         match part {
             Part::Capture => capture::capture(&bench, &mut table),
-            Part::User => cost::user_cost(&bench, &mut table),
+            Part::User => {
+                cost::user_cost(&bench, &mut table);
+                shutdown::shutdown(&bench, &mut table);
+            }
             Part::Scale => scale::scale(&bench, &mut table),
         }
     }
