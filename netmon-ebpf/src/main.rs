@@ -55,8 +55,8 @@ static EVENTS: PerfEventArray<PeerEvent> = PerfEventArray::new(0);
 /// send no event (see `netmon_common::DedupValue`).
 ///
 /// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list, so inserting a
-/// new key (every connection of an all-new storm) takes no lock shared with
-/// the other CPUs.
+/// key (a second sighting, see `send`) takes no lock shared with the other
+/// CPUs.
 #[map]
 static DEDUP: LruHashMap<DedupKey, DedupValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
@@ -375,8 +375,8 @@ fn repeat(entry: *mut DedupValue, event: &mut PeerEvent) -> bool {
     true
 }
 
-#[cfg(not(feature = "perf"))]
 /// Sends the event; false (and counted in `LOST`) if it did not fit.
+#[cfg(not(feature = "perf"))]
 fn output<C: EbpfContext>(_ctx: &C, event: &PeerEvent) -> bool {
     if EVENTS.output::<PeerEvent>(event, 0).is_ok() {
         return true;
