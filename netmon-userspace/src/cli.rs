@@ -102,7 +102,7 @@ pub struct RunArgs {
     /// Size of the eBPF ring buffer in KiB, a power of two from 4. Events
     /// that do not fit are counted as lost (and logged at each checkpoint);
     /// their peers still reach the file through the kernel's dedup map.
-    #[arg(long, value_name = "KIB", default_value_t = 256, value_parser = ring_buffer_kib)]
+    #[arg(long, value_name = "KIB", default_value_t = crate::ebpf::RING_BYTES / 1024, value_parser = ring_buffer_kib)]
     pub ring_buffer: u32,
 
     /// What to do when --output holds something unreadable as peers:

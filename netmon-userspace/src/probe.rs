@@ -18,7 +18,7 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let env = Env::new(
         Path::new("/proc/net"),
         TransportRequest::Auto,
-        ebpf::RING_BYTES / 1024,
+        ebpf::RING_BYTES,
     );
     let mut auto = None;
     for rung in &LADDER {

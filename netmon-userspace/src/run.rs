@@ -244,7 +244,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let bound = Bound::bind(args.metrics)?;
     let proc_net = args.proc_net.as_path();
-    let env = Env::new(proc_net, args.transport, args.ring_buffer);
+    let env = Env::new(proc_net, args.transport, args.ring_buffer * 1024);
     let (mut collector, skipped) = ladder::climb(args.mode, &env)?;
     for rung in &skipped {
         info!("skipped {}: {:#}", rung.mode, rung.reason);

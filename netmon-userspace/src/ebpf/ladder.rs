@@ -90,25 +90,23 @@ pub struct Rung {
 pub struct Env<'a> {
     proc_net: &'a Path,
     transport: TransportRequest,
-    ring_kib: u32,
+    ring_bytes: u32,
     kernel: std::cell::OnceCell<KernelEnv>,
 }
 
 impl<'a> Env<'a> {
-    pub fn new(proc_net: &'a Path, transport: TransportRequest, ring_kib: u32) -> Self {
+    pub fn new(proc_net: &'a Path, transport: TransportRequest, ring_bytes: u32) -> Self {
         Self {
             proc_net,
             transport,
-            ring_kib,
+            ring_bytes,
             kernel: std::cell::OnceCell::new(),
         }
     }
 
     pub fn kernel(&self) -> &KernelEnv {
-        self.kernel.get_or_init(|| KernelEnv {
-            ring_bytes: self.ring_kib * 1024,
-            ..KernelEnv::detect(self.transport)
-        })
+        self.kernel
+            .get_or_init(|| KernelEnv::detect(self.transport, self.ring_bytes))
     }
 }
 

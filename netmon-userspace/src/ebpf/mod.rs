@@ -89,8 +89,9 @@ pub struct KernelEnv {
 pub const RING_BYTES: u32 = 256 * 1024;
 
 impl KernelEnv {
-    /// Mounts tracefs if needed and reads the offsets the programs need.
-    pub fn detect(transport: TransportRequest) -> Self {
+    /// Mounts tracefs if needed and reads the offsets the programs need;
+    /// the ring buffer will be `ring_bytes` long.
+    pub fn detect(transport: TransportRequest, ring_bytes: u32) -> Self {
         let transport = transport.resolve();
         let tracefs = tracefs::ensure_mounted();
         let (sock_offsets, offsets_origin) = btf::sock_offsets(btf::VMLINUX_BTF.as_ref());
@@ -110,7 +111,7 @@ impl KernelEnv {
             sock_offsets,
             offsets_origin,
             state_format,
-            ring_bytes: RING_BYTES,
+            ring_bytes,
         }
     }
 }
