@@ -287,8 +287,8 @@ impl<R: io::Read> Cursor<R> {
     }
 
     fn time(&mut self) -> Option<u64> {
-        let raw = self.raw_string()?;
-        parse_utc_seconds(raw).or_else(|| parse_rfc3339(std::str::from_utf8(raw).ok()?).ok())
+        // parse_rfc3339 tries netmon's own form first.
+        parse_rfc3339(self.string()?).ok()
     }
 
     fn ip(&mut self) -> Option<Ipv4Addr> {
