@@ -30,6 +30,17 @@ fn start(dir: &Path, extra: &[&str]) -> Netmon {
     netmon
 }
 
+/// [`start`] with `--metrics` on a free loopback port; also returns the
+/// address to scrape.
+fn start_with_metrics(dir: &Path, extra: &[&str]) -> (Netmon, String) {
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let args: Vec<&str> = ["--metrics", addr.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    (start(dir, &args), addr)
+}
+
 /// Polls `condition` until it gives a value; panics after PATIENCE with
 /// what it was waiting for and `context()`.
 fn eventually<T>(
@@ -85,8 +96,7 @@ fn promtool_check(body: &str) {
 #[test]
 fn metrics_pass_promtool_and_count_the_workloads_peers() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", closed_port());
-    let netmon = start(dir.path(), &["--metrics", &addr, "--interval", "1"]);
+    let (netmon, addr) = start_with_metrics(dir.path(), &["--interval", "1"]);
     let work = workload(7, 10);
     // Peers the workload made beside whatever else talks on loopback.
     let outbound = (work.destinations.len() + work.refused.len()) as f64;
@@ -139,8 +149,7 @@ fn metrics_pass_promtool_and_count_the_workloads_peers() {
 #[test]
 fn peers_beyond_max_peers_are_counted_as_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", closed_port());
-    let netmon = start(dir.path(), &["--metrics", &addr, "--max-peers", "1"]);
+    let (netmon, addr) = start_with_metrics(dir.path(), &["--max-peers", "1"]);
     let work = workload(9, 5);
     // Every workload peer but the one kept (if it was one) is turned away,
     // at least once each.
