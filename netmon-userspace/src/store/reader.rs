@@ -151,7 +151,7 @@ impl<R: io::Read> Cursor<R> {
             {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                // read_to_end has already retried EINTR.
                 Err(err) => {
                     self.error = Some(err);
                     self.eof = true;
