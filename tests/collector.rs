@@ -56,12 +56,12 @@ fn record_row(case: &str, chosen: &str, verdict: Option<&Verdict>, ok: bool, not
     record_host_row(target_tmp, &row).unwrap_or_else(|e| panic!("recording {row}: {e}"));
 }
 
-/// The mode auto must choose on this kernel.
+/// The mode auto must choose on this kernel (which has BTF).
 fn expected_auto_mode() -> &'static str {
     if Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         "kprobe"
     } else {
-        "tracepoint"
+        "raw-tracepoint"
     }
 }
 
@@ -101,7 +101,7 @@ fn auto_mode_picks_the_best_rung_and_captures_every_peer() {
         log.contains(&format!("mode: {expected}")),
         "auto should choose {expected}:\n{log}"
     );
-    if expected == "tracepoint" {
+    if expected != "kprobe" {
         assert!(
             log.contains("skipped kprobe: kernel has no kprobe support (CONFIG_KPROBES)"),
             "auto should say why kprobe was skipped:\n{log}"
@@ -113,6 +113,55 @@ fn auto_mode_picks_the_best_rung_and_captures_every_peer() {
 fn tracepoint_mode_captures_every_peer() {
     let log = capture_all_peers("tracepoint", 2);
     assert!(log.contains("mode: tracepoint"), "{log}");
+}
+
+#[test]
+fn raw_tracepoint_mode_captures_every_peer() {
+    let log = capture_all_peers("raw-tracepoint", 10);
+    assert!(log.contains("mode: raw-tracepoint"), "{log}");
+}
+
+/// `netmon run --mode MODE` where the kernel's BTF reads as an empty file
+/// (a mount namespace of its own, as on a kernel without
+/// CONFIG_DEBUG_INFO_BTF).
+fn start_without_btf(output: &Path, mode: &str) -> harness::Netmon {
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind /dev/null /sys/kernel/btf/vmlinux && exec "$@""#)
+        .args(["sh", NETMON, "run", "--output"])
+        .arg(output)
+        .args(["--mode", mode]);
+    harness::Netmon::spawn(command)
+}
+
+#[test]
+fn without_btf_auto_skips_the_raw_tracepoint_and_says_why() {
+    if kernel_has_kprobes() {
+        return; // auto stops at kprobe, which takes default offsets
+    }
+    let (_dir, path) = tempdir();
+    let netmon = start_without_btf(&path, "auto");
+    netmon.wait_ready().unwrap();
+    let work = workload(11, 5);
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "netmon exited with {status}:\n{log}");
+    assert_eq!(chosen_mode(&log), Some("tracepoint"), "{log}");
+    assert!(
+        log.contains("skipped raw-tracepoint: no struct sock offsets from BTF"),
+        "auto should say why the raw tracepoint was skipped:\n{log}"
+    );
+    check_workload(&read_peers(&path), &work, Sees::mode("tracepoint")).assert_complete();
+
+    let (status, log) = start_without_btf(&path, "raw-tracepoint").wait();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "netmon: --mode raw-tracepoint: cannot attach: no struct sock offsets from BTF"
+        ),
+        "the error must name BTF:\n{log}"
+    );
 }
 
 #[test]
@@ -339,13 +388,14 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
         "tcp_connect (kprobe",
         "inet_csk_accept (kretprobe",
         "inet_sock_set_state (tracepoint",
+        "inet_sock_set_state_raw (raw tracepoint",
     ] {
         assert!(
             stdout.contains(&format!("program {program}")) && !stdout.contains("REJECTED"),
             "{stdout}"
         );
     }
-    assert_eq!(stdout.matches(": verified").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches(": verified").count(), 4, "{stdout}");
 }
 
 #[test]

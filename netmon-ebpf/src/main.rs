@@ -8,7 +8,10 @@
 //!   task, reading the child sock the function returns;
 //! - tracepoint `sock/inet_sock_set_state`: both directions, for kernels
 //!   without kprobes, and for inbound connections accepted by threads that
-//!   were already blocked in `accept()` when the kretprobe attached.
+//!   were already blocked in `accept()` when the kretprobe attached;
+//! - the same tracepoint attached raw: the same two transitions from the
+//!   tracepoint's arguments, without the perf record the kernel fills in
+//!   for every transition before a plain tracepoint program runs.
 //!
 //! Every offset reaches the programs as a load-time global, read from the
 //! kernel's BTF or the tracepoint's `format` file by userspace, so one object
@@ -29,9 +32,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::bpf_ktime_get_ns,
     },
-    macros::{kprobe, kretprobe, map, tracepoint},
+    macros::{kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -128,7 +131,13 @@ pub fn tcp_connect(ctx: ProbeContext) -> u32 {
 
 fn try_tcp_connect(ctx: &ProbeContext) -> Result<u32, i32> {
     let sk: *const u8 = ctx.arg(0).ok_or(0)?;
-    send_sock_peer(ctx, sk, DIRECTION_OUTBOUND, SOURCE_KPROBE_CONNECT)
+    send_sock_peer(
+        ctx,
+        sk,
+        DIRECTION_OUTBOUND,
+        SOURCE_KPROBE_CONNECT,
+        current_pid(),
+    )
 }
 
 #[kretprobe]
@@ -138,7 +147,13 @@ pub fn inet_csk_accept(ctx: RetProbeContext) -> u32 {
 
 fn try_inet_csk_accept(ctx: &RetProbeContext) -> Result<u32, i32> {
     let sk: *const u8 = ctx.ret();
-    send_sock_peer(ctx, sk, DIRECTION_INBOUND, SOURCE_KRETPROBE_ACCEPT)
+    send_sock_peer(
+        ctx,
+        sk,
+        DIRECTION_INBOUND,
+        SOURCE_KRETPROBE_ACCEPT,
+        current_pid(),
+    )
 }
 
 #[tracepoint]
@@ -192,12 +207,41 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
     Ok(0)
 }
 
-/// Reads the peer of `sk` and sends it, stamped with the current task.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
+    try_inet_sock_set_state_raw(&ctx).unwrap_or_else(|err| read_failed(&ctx, err))
+}
+
+fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate):
+    // the states are plain context loads, so the six transitions that do
+    // not matter cost no helper call at all.
+    let new: i32 = ctx.arg(2);
+    if new != tcp_state::SYN_SENT && new != tcp_state::ESTABLISHED {
+        return Ok(0);
+    }
+    let old: i32 = ctx.arg(1);
+    // Only TCP passes through SYN_SENT or SYN_RECV (SCTP, the other caller
+    // of inet_sk_set_state, never does), so no protocol check is needed.
+    let (direction, pid) = match (old, new) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) if TP_OUTBOUND.load() != 0 => {
+            (DIRECTION_OUTBOUND, current_pid())
+        }
+        // In softirq, in whatever task the final ACK interrupted.
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (DIRECTION_INBOUND, 0),
+        _ => return Ok(0),
+    };
+    let sk: *const u8 = ctx.arg(0);
+    send_sock_peer(ctx, sk, direction, SOURCE_TRACEPOINT, pid)
+}
+
+/// Reads the peer of `sk` and sends it, stamped with `pid` (0: none).
 fn send_sock_peer<C: EbpfContext>(
     ctx: &C,
     sk: *const u8,
     direction: u8,
     source: u8,
+    pid: u32,
 ) -> Result<u32, i32> {
     if sk.is_null() {
         return Ok(0);
@@ -212,15 +256,15 @@ fn send_sock_peer<C: EbpfContext>(
         _ => return Ok(0),
     };
     let dport: u16 = read_sock(sk, &SK_DPORT_OFF)?;
-    let mut event = PeerEvent {
+    let event = PeerEvent {
         addr,
         remote_port: u16::from_be(dport),
         local_port: read_sock(sk, &SK_NUM_OFF)?,
         direction,
         source,
+        pid,
         ..PeerEvent::default()
     };
-    event.pid = current_pid();
     send(ctx, event);
     Ok(0)
 }

@@ -25,11 +25,11 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
         match (rung.probe)(&env) {
             Ok(()) => {
                 auto.get_or_insert(rung.mode);
-                writeln!(out, "mode {:<10} available", rung.mode)?;
+                writeln!(out, "mode {:<14} available", rung.mode)?;
             }
             Err(err) => writeln!(
                 out,
-                "mode {:<10} unavailable: {err:#} (needs {})",
+                "mode {:<14} unavailable: {err:#} (needs {})",
                 rung.mode, rung.needs
             )?,
         }

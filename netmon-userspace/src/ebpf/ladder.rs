@@ -8,13 +8,15 @@ use std::{fmt, path::Path};
 
 use anyhow::{anyhow, bail};
 
-use super::{EbpfCollector, KernelEnv, events::TransportRequest};
+use super::{EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest};
 
 /// How netmon watches connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
     /// kprobe on tcp_connect, kretprobe on inet_csk_accept.
     Kprobe,
+    /// The sock/inet_sock_set_state tracepoint, attached raw.
+    RawTracepoint,
     /// The sock/inet_sock_set_state tracepoint.
     Tracepoint,
     /// Polling the socket tables under /proc/net.
@@ -25,6 +27,7 @@ impl AttachMode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Kprobe => "kprobe",
+            Self::RawTracepoint => "raw-tracepoint",
             Self::Tracepoint => "tracepoint",
             Self::Proc => "proc",
         }
@@ -33,16 +36,19 @@ impl AttachMode {
 
 impl fmt::Display for AttachMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // pad, not write_str: `netmon probe` aligns the modes in a column.
+        f.pad(self.as_str())
     }
 }
 
 /// What `--mode` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeRequest {
-    /// The best mode this host allows: kprobe, then tracepoint, then proc.
+    /// The best mode this host allows: kprobe, then raw-tracepoint, then
+    /// tracepoint, then proc.
     Auto,
     Kprobe,
+    RawTracepoint,
     Tracepoint,
     Proc,
 }
@@ -53,6 +59,7 @@ impl ModeRequest {
             (self, mode),
             (Self::Auto, _)
                 | (Self::Kprobe, AttachMode::Kprobe)
+                | (Self::RawTracepoint, AttachMode::RawTracepoint)
                 | (Self::Tracepoint, AttachMode::Tracepoint)
                 | (Self::Proc, AttachMode::Proc)
         )
@@ -110,13 +117,21 @@ impl<'a> Env<'a> {
     }
 }
 
-pub const LADDER: [Rung; 3] = [
+pub const LADDER: [Rung; 4] = [
     Rung {
         mode: AttachMode::Kprobe,
         needs: "kprobe support (CONFIG_KPROBES) and permission to load eBPF",
         probe: probe_kprobe,
         attach: |env| {
             EbpfCollector::attach_kprobes(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+        },
+    },
+    Rung {
+        mode: AttachMode::RawTracepoint,
+        needs: "raw tracepoints (Linux 4.17+), struct sock offsets from BTF and permission to load eBPF",
+        probe: probe_raw_tracepoint,
+        attach: |env| {
+            EbpfCollector::attach_raw_tracepoint(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -156,6 +171,17 @@ fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
     bail!(
         "kernel has no kprobe support (CONFIG_KPROBES): no {KPROBE_PMU} and no kprobe_events in tracefs"
     )
+}
+
+/// The raw tracepoint reads `struct sock` itself, so unlike the kprobes
+/// (whose layout defaults suit most kernels) it waits for BTF: with the
+/// tracepoint one rung down, a guessed layout is never worth the risk.
+fn probe_raw_tracepoint(env: &Env) -> anyhow::Result<()> {
+    super::require_permission()?;
+    match &env.kernel().offsets_origin {
+        OffsetsOrigin::Btf => Ok(()),
+        OffsetsOrigin::Default(why) => bail!("no struct sock offsets from BTF: {why}"),
+    }
 }
 
 fn probe_tracepoint(env: &Env) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
 };
 use netmon_common::{DedupKey, DedupValue, PeerEvent, globals, maps};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -43,7 +43,7 @@ fn object(transport: Transport) -> &'static [u8] {
 }
 
 /// The programs in the object: (name, kind, kernel hook).
-pub const PROGRAMS: [(&str, ProgramKind, &str); 3] = [
+pub const PROGRAMS: [(&str, ProgramKind, &str); 4] = [
     ("tcp_connect", ProgramKind::Kprobe, "tcp_connect"),
     ("inet_csk_accept", ProgramKind::Kretprobe, "inet_csk_accept"),
     (
@@ -51,16 +51,23 @@ pub const PROGRAMS: [(&str, ProgramKind, &str); 3] = [
         ProgramKind::Tracepoint,
         "sock/inet_sock_set_state",
     ),
+    (
+        "inet_sock_set_state_raw",
+        ProgramKind::RawTracepoint,
+        tracefs::TRACEPOINT,
+    ),
 ];
 const KPROBE_CONNECT: &str = PROGRAMS[0].0;
 const KRETPROBE_ACCEPT: &str = PROGRAMS[1].0;
 const TRACEPOINT_STATE: &str = PROGRAMS[2].0;
+const RAW_TRACEPOINT_STATE: &str = PROGRAMS[3].0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgramKind {
     Kprobe,
     Kretprobe,
     Tracepoint,
+    RawTracepoint,
 }
 
 impl fmt::Display for ProgramKind {
@@ -69,6 +76,7 @@ impl fmt::Display for ProgramKind {
             Self::Kprobe => "kprobe",
             Self::Kretprobe => "kretprobe",
             Self::Tracepoint => "tracepoint",
+            Self::RawTracepoint => "raw tracepoint",
         })
     }
 }
@@ -200,6 +208,9 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str, kind: ProgramKind) -> anyhow::R
         ProgramKind::Tracepoint => <&mut TracePoint>::try_from(program)
             .map_err(anyhow::Error::new)?
             .load(),
+        ProgramKind::RawTracepoint => <&mut RawTracePoint>::try_from(program)
+            .map_err(anyhow::Error::new)?
+            .load(),
     };
     result
         .map_err(|err| explain_permission(anyhow::Error::new(err)))
@@ -237,6 +248,19 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
                 tracefs::TRACEPOINT
             )
         })?;
+    Ok(())
+}
+
+fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    load_program(ebpf, RAW_TRACEPOINT_STATE, ProgramKind::RawTracepoint)?;
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(RAW_TRACEPOINT_STATE)
+        .expect("loaded above")
+        .try_into()?;
+    program
+        .attach(tracefs::TRACEPOINT)
+        .map_err(|err| explain_permission(anyhow::Error::new(err)))
+        .with_context(|| format!("cannot attach raw tracepoint {}", tracefs::TRACEPOINT))?;
     Ok(())
 }
 
@@ -298,6 +322,14 @@ impl EbpfCollector {
         let mut ebpf = load_object(env, true)?;
         attach_tracepoint(&mut ebpf)?;
         Self::new(ebpf, env.transport, AttachMode::Tracepoint, false)
+    }
+
+    /// raw-tracepoint mode: the same tracepoint and transitions, read from
+    /// its arguments and `struct sock` instead of a perf record.
+    pub fn attach_raw_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
+        let mut ebpf = load_object(env, true)?;
+        attach_raw_tracepoint(&mut ebpf)?;
+        Self::new(ebpf, env.transport, AttachMode::RawTracepoint, false)
     }
 
     fn new(

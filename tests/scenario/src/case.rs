@@ -74,12 +74,14 @@ impl Case {
 pub const VM_CASES: &[Case] = &[
     Case::plain("auto", "auto", "kprobe"),
     Case::plain("kprobe", "kprobe", "kprobe"),
+    Case::plain("raw-tracepoint", "raw-tracepoint", "raw-tracepoint"),
     Case::plain("tracepoint", "tracepoint", "tracepoint"),
     Case::plain("proc", "proc", "proc"),
     Case::plain("auto-no-caps", "auto", "proc").in_setting(
         Setting::NoEbpfCaps,
         &[
             "skipped kprobe: ",
+            "skipped raw-tracepoint: ",
             "skipped tracepoint: ",
             "permission denied",
         ],

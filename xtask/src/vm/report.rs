@@ -59,7 +59,7 @@ pub fn judge(label: &str, boot: anyhow::Result<Boot>) -> Outcome {
 /// then the host kernel's rows from the integration tests.
 pub fn print_table(outcomes: &[Outcome], host_rows: &[Row]) {
     println!(
-        "\n{:<28} {:<14} {:<11} {:>7} {:>7}  {:<6} note",
+        "\n{:<28} {:<14} {:<14} {:>7} {:>7}  {:<6} note",
         "kernel", "case", "mode", "out", "in", "result"
     );
     for outcome in outcomes {
@@ -71,7 +71,7 @@ pub fn print_table(outcomes: &[Outcome], host_rows: &[Row]) {
             match outcome.rows.iter().find(|row| row.case == case.name) {
                 Some(row) => print_row(release, row),
                 None => println!(
-                    "{release:<28} {:<14} {:<11} {:>7} {:>7}  MISSING",
+                    "{release:<28} {:<14} {:<14} {:>7} {:>7}  MISSING",
                     case.name, "-", "-", "-"
                 ),
             }
@@ -88,7 +88,7 @@ fn print_row(kernel: &str, row: &Row) {
         note = note.chars().take(NOTE_WIDTH - 1).collect::<String>() + "…";
     }
     println!(
-        "{kernel:<28} {:<14} {:<11} {:>7} {:>7}  {:<6} {note}",
+        "{kernel:<28} {:<14} {:<14} {:>7} {:>7}  {:<6} {note}",
         row.case,
         row.chosen,
         format_count(row.outbound),
