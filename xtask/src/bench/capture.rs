@@ -1,8 +1,9 @@
 //! Capture, lost events and kernel cost: the same distinct storm with
-//! nothing watching, with netmon in tracepoint mode, in proc mode and
-//! with the psutil poller, each alone so none slows another.
+//! nothing watching, with netmon in raw-tracepoint mode (and once in plain
+//! tracepoint mode), in proc mode and with the psutil poller, each alone so
+//! none slows another.
 use super::{
-    Bench,
+    Bench, EBPF_MODE,
     bpf_stats::Runs,
     storm::{Outcome, Pattern},
     table::{Table, percent, thousands},
@@ -14,7 +15,7 @@ use super::{
 /// first makes a load that rises or falls over the run weigh on both.
 const PAIRS: u8 = 5;
 /// Address blocks the capture storms use; later parts take the next ones.
-pub const BLOCKS: u8 = 2 * PAIRS + 2;
+pub const BLOCKS: u8 = 2 * PAIRS + 3;
 /// Storm rate with netmon on, as a share of the rate with it off.
 const ON_OFF_TARGET: f64 = 95.0;
 /// Mean cost of one eBPF program run.
@@ -28,6 +29,10 @@ struct Pair {
 
 const OFF: Watchers = Watchers {
     netmon: None,
+    poller: false,
+};
+const ON: Watchers = Watchers {
+    netmon: Some(EBPF_MODE),
     poller: false,
 };
 const TRACEPOINT: Watchers = Watchers {
@@ -59,11 +64,7 @@ pub fn capture(bench: &Bench, table: &mut Table) {
     let mut pairs = Vec::new();
     for pair in 0..PAIRS {
         let mut run = |on: bool| {
-            let (name, watchers) = if on {
-                ("tracepoint", TRACEPOINT)
-            } else {
-                ("off", OFF)
-            };
+            let (name, watchers) = if on { (EBPF_MODE, ON) } else { ("off", OFF) };
             storm(&format!("{name}-{pair}"), 2 * pair + u8::from(on), watchers)
         };
         let (off, on) = if pair.is_multiple_of(2) {
@@ -82,44 +83,13 @@ pub fn capture(bench: &Bench, table: &mut Table) {
     let ons: Vec<&Watched> = pairs.iter().filter_map(|p| p.on.as_ref()).collect();
     let proc = storm("proc", 2 * PAIRS, PROC);
     let poller = storm("poller", 2 * PAIRS + 1, POLLER);
+    let tracepoint = storm("tracepoint", 2 * PAIRS + 2, TRACEPOINT);
 
     if !offs.is_empty() {
         table.info("capture", "storm with netmon off", storm_size(&offs));
     }
-    if !ons.is_empty() {
-        let (held, made, cpu_ms) = ons.iter().fold((0, 0, 0.0), |(held, made, cpu), on| {
-            let (peers, cpu_ms) = on.watcher();
-            (
-                held + on.storm.held(peers.iter().copied()),
-                made + on.storm.peers_made(),
-                cpu + cpu_ms,
-            )
-        });
-        let storms: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
-        table.check(
-            "capture",
-            format!("tracepoint: peers held / made ({} storms)", ons.len()),
-            format!(
-                "{} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
-                held_text(held, made),
-                rate(&storms)
-            ),
-            "100%",
-            held == made,
-        );
-        let lost: u64 = ons
-            .iter()
-            .filter_map(|on| on.netmon.as_ref())
-            .map(|n| n.lost_events)
-            .sum();
-        table.check(
-            "lost",
-            "lost events, tracepoint storms",
-            lost.to_string(),
-            "0",
-            lost == 0,
-        );
-    }
+    held_and_lost(table, EBPF_MODE, &ons);
+    held_and_lost(table, "tracepoint", &Vec::from_iter(&tracepoint));
     let poller = poller.as_ref().map(held_by_watcher);
     if let Some((share, text)) = proc.as_ref().map(held_by_watcher) {
         let what = "proc: peers held / made";
@@ -139,7 +109,50 @@ pub fn capture(bench: &Bench, table: &mut Table) {
     if let Some((_, text)) = poller {
         table.info("capture", "psutil 1 s poller: peers held / made", text);
     }
-    kernel_cost(table, &pairs);
+    kernel_cost(table, &pairs, tracepoint.as_ref());
+}
+
+/// Peers held and events lost by netmon in `mode` over its storms.
+fn held_and_lost(table: &mut Table, mode: &str, ons: &[&Watched]) {
+    if ons.is_empty() {
+        return;
+    }
+    let (held, made, cpu_ms) = ons.iter().fold((0, 0, 0.0), |(held, made, cpu), on| {
+        let (peers, cpu_ms) = on.watcher();
+        (
+            held + on.storm.held(peers.iter().copied()),
+            made + on.storm.peers_made(),
+            cpu + cpu_ms,
+        )
+    });
+    let storms: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
+    let count = match ons.len() {
+        1 => "1 storm".to_owned(),
+        n => format!("{n} storms"),
+    };
+    table.check(
+        "capture",
+        format!("{mode}: peers held / made ({count})"),
+        format!(
+            "{} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
+            held_text(held, made),
+            rate(&storms)
+        ),
+        "100%",
+        held == made,
+    );
+    let lost: u64 = ons
+        .iter()
+        .filter_map(|on| on.netmon.as_ref())
+        .map(|n| n.lost_events)
+        .sum();
+    table.check(
+        "lost",
+        format!("lost events, {mode} storms"),
+        lost.to_string(),
+        "0",
+        lost == 0,
+    );
 }
 
 /// `21345 conn/s: 106 725 connections by 4 processes in 5.00 s`, or for
@@ -196,31 +209,10 @@ fn held_by_watcher(watched: &Watched) -> (f64, String) {
     (percent(held, made), text)
 }
 
-fn kernel_cost(table: &mut Table, pairs: &[Pair]) {
+fn kernel_cost(table: &mut Table, pairs: &[Pair], tracepoint: Option<&Watched>) {
     let ons: Vec<&Watched> = pairs.iter().filter_map(|p| p.on.as_ref()).collect();
-    let runs = ons
-        .iter()
-        .filter_map(|on| on.netmon.as_ref())
-        .map(|n| n.runs)
-        .fold(Runs::default(), Runs::plus);
-    let connections: u64 = ons.iter().map(|on| on.storm.connections()).sum();
-    match runs.mean_ns() {
-        // Runs include those of any other TCP traffic on the machine meanwhile:
-        // the tracepoint fires for every socket.
-        Some(ns) => table.check(
-            "kernel",
-            "mean ns per eBPF program run",
-            format!(
-                "{ns:.0} ns over {} runs, {:.1} per storm connection",
-                thousands(runs.count),
-                runs.count as f64 / connections as f64
-            ),
-            format!("< {NS_PER_RUN_TARGET:.0} ns"),
-            ns < NS_PER_RUN_TARGET,
-        ),
-        None if ons.is_empty() => {}
-        None => table.failed("kernel", "no run of netmon's eBPF programs counted"),
-    }
+    cost_per_run(table, EBPF_MODE, &ons);
+    cost_per_run(table, "tracepoint", &Vec::from_iter(tracepoint));
     // Each pair's ratio, and their median: one pair that some other job on
     // the machine slowed on one side only moves the median little.
     let mut ratios: Vec<f64> = pairs
@@ -240,4 +232,34 @@ fn kernel_cost(table: &mut Table, pairs: &[Pair]) {
         format!(">= {ON_OFF_TARGET:.0}%"),
         median >= ON_OFF_TARGET,
     );
+}
+
+/// Mean ns per run of netmon's programs in `mode` over its storms.
+fn cost_per_run(table: &mut Table, mode: &str, ons: &[&Watched]) {
+    let runs = ons
+        .iter()
+        .filter_map(|on| on.netmon.as_ref())
+        .map(|n| n.runs)
+        .fold(Runs::default(), Runs::plus);
+    let connections: u64 = ons.iter().map(|on| on.storm.connections()).sum();
+    match runs.mean_ns() {
+        // Runs include those of any other TCP traffic on the machine meanwhile:
+        // the tracepoint fires for every socket.
+        Some(ns) => table.check(
+            "kernel",
+            format!("mean ns per eBPF program run, {mode}"),
+            format!(
+                "{ns:.0} ns over {} runs, {:.1} per storm connection",
+                thousands(runs.count),
+                runs.count as f64 / connections as f64
+            ),
+            format!("< {NS_PER_RUN_TARGET:.0} ns"),
+            ns < NS_PER_RUN_TARGET,
+        ),
+        None if ons.is_empty() => {}
+        None => table.failed(
+            "kernel",
+            &format!("no run of netmon's eBPF programs counted in {mode} mode"),
+        ),
+    }
 }

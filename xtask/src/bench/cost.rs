@@ -1,11 +1,11 @@
-//! User cost: netmon (tracepoint mode) and the psutil poller watching the
+//! User cost: netmon (raw-tracepoint mode) and the psutil poller watching the
 //! same storm at once, so both are charged for the same connections in the
 //! same window; once with a few peers over and over (what busy servers
 //! do, and what the in-kernel dedup is for), once with every peer new.
 use std::fmt;
 
 use super::{
-    Bench,
+    Bench, EBPF_MODE,
     capture::{self, storm_size},
     procfs,
     storm::{Pattern, REPEATED_PEERS},
@@ -15,7 +15,7 @@ use super::{
 
 pub fn user_cost(bench: &Bench, table: &mut Table) {
     let both = Watchers {
-        netmon: Some("tracepoint"),
+        netmon: Some(EBPF_MODE),
         poller: true,
     };
     let cases = [

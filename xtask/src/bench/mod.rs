@@ -34,6 +34,11 @@ use crate::{build, setup};
 use netns::Netns;
 use table::{Table, Verdict};
 
+/// The eBPF mode measured against the targets: the one `--mode auto`
+/// picks on the bench's machine (a kernel without kprobes, with BTF).
+/// The plain tracepoint runs one storm of its own beside it.
+pub const EBPF_MODE: &str = "raw-tracepoint";
+
 /// How long the machine's own load is sampled before and after.
 const BUSY_SAMPLE: Duration = Duration::from_secs(1);
 /// Busier than this (percent of all cores) and the figures say more about

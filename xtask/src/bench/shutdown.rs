@@ -1,4 +1,4 @@
-//! Stopping under load: netmon (tracepoint mode) gets SIGTERM halfway
+//! Stopping under load: netmon (raw-tracepoint mode) gets SIGTERM halfway
 //! through an all-new storm and must write its checkpoint and exit within
 //! two seconds, as a service manager expects of it.
 use std::{
@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use netmon_scenario::check::read_peers;
 
 use super::{
-    Bench,
+    Bench, EBPF_MODE,
     capture::BLOCKS,
     netns::Netns,
     storm::{Pattern, Storm},
@@ -48,7 +48,7 @@ fn stop_mid_storm(bench: &Bench) -> anyhow::Result<(Duration, usize)> {
     let dir = bench.dir.join("shutdown");
     fs::create_dir_all(&dir)?;
     let output = dir.join("peers.json");
-    let netmon = bench.start_netmon(&netns, &output, "tracepoint")?;
+    let netmon = bench.start_netmon(&netns, &output, EBPF_MODE)?;
     let storm = Storm::prepare(&netns, BLOCK, Pattern::Distinct, bench.storm)?;
     let storm = thread::spawn(move || storm.go());
     thread::sleep(bench.storm / 2);
