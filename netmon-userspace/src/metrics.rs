@@ -5,7 +5,10 @@
 //! and the responder in [`http`] encodes the registry at each scrape.
 mod http;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text},
@@ -32,6 +35,11 @@ use crate::{
 pub struct Metrics {
     registry: Arc<Registry>,
     peers: Family<PeerLabels, Gauge>,
+    /// `netmon_peers` gauges already taken from `peers`, by class and
+    /// [`directions_index`]: every new peer moves one or two, and asking the
+    /// family each time costs a lock and a label hash. Filled on first use,
+    /// so the exposition still lists only label sets that ever held a peer.
+    peer_gauges: [[OnceLock<Gauge>; 4]; Class::ALL.len()],
     /// `netmon_events_total` for the attach mode in use, by [`source_index`].
     events: [Counter; 4],
     /// `netmon_connections_total`, by [`direction_index`].
@@ -99,6 +107,10 @@ fn source_name(source: Source) -> &'static str {
 }
 
 const DIRECTIONS: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
+
+fn directions_index(directions: Directions) -> usize {
+    usize::from(directions.inbound) << 1 | usize::from(directions.outbound)
+}
 
 fn direction_index(direction: Direction) -> usize {
     match direction {
@@ -185,6 +197,7 @@ impl Metrics {
                 })
             }),
             peers: peers_family,
+            peer_gauges: Default::default(),
             lost_events,
             dropped_peers,
             checkpoints,
@@ -231,13 +244,19 @@ impl Metrics {
     /// (`None`: it is new to the set).
     pub fn peer_moved(&self, class: Class, before: Option<Directions>, after: Directions) {
         if let Some(before) = before {
-            self.peers
-                .get_or_create(&PeerLabels::new(class, before))
-                .dec();
+            self.peer_gauge(class, before).dec();
         }
-        self.peers
-            .get_or_create(&PeerLabels::new(class, after))
-            .inc();
+        self.peer_gauge(class, after).inc();
+    }
+
+    /// The `netmon_peers` gauge of `class` and `directions`.
+    fn peer_gauge(&self, class: Class, directions: Directions) -> &Gauge {
+        self.peer_gauges[class as usize][directions_index(directions)].get_or_init(|| {
+            // A clone shares the family's atomic.
+            self.peers
+                .get_or_create(&PeerLabels::new(class, directions))
+                .clone()
+        })
     }
 
     /// A checkpoint attempt that took `took`; `lost` is the events lost in
