@@ -64,15 +64,23 @@ static EVENTS: PerfEventArray<PeerEvent> = PerfEventArray::new(0);
 static DEDUP: LruHashMap<DedupKey, DedupValue> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
-/// Keys each CPU has seen lately, direct-mapped: a key's first sighting is
-/// sent without a `DEDUP` entry (see `send`).
+/// Fingerprints of the keys each CPU has seen lately, direct-mapped: a
+/// key's first sighting is sent without a `DEDUP` entry (see `send`).
+///
+/// One element holding the whole table, not one element per slot (each
+/// reached through a pointer array of its own), and 4-byte fingerprints
+/// rather than 12-byte keys: in the all-new storm, where every run looks
+/// up a slot it has not touched lately, the program's share of the CPU
+/// went from about 1.4% to 0.65%.
 #[cfg(not(feature = "perf"))]
 #[map]
-static SEEN: PerCpuArray<DedupKey> = PerCpuArray::with_max_entries(SEEN_SLOTS, 0);
+static SEEN: PerCpuArray<[u32; SEEN_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slots in `SEEN` (a power of two): 96 KiB a CPU.
+/// Slots in `SEEN` (a power of two): 4 KiB a CPU, one page. A smaller
+/// table stays in cache between runs: in the all-new storm the program took
+/// 0.65% of the CPU with 1024 slots against 0.9% with 4096.
 #[cfg(not(feature = "perf"))]
-const SEEN_SLOTS: u32 = 8192;
+const SEEN_SLOTS: usize = 1024;
 
 /// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
 #[map]
@@ -341,21 +349,26 @@ fn send<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
 }
 
 /// Records the key in `SEEN`; true if it was not there, i.e. this is the
-/// first time this CPU sees it (as far as a direct-mapped table can tell:
-/// a collision only makes a key's series start one sighting later).
+/// first time this CPU sees it, as far as a direct-mapped table of
+/// fingerprints can tell. Either mistake is harmless: a collision makes a
+/// key's series start one sighting later, and another key's matching
+/// fingerprint makes this one start its series at once.
 #[cfg(not(feature = "perf"))]
 fn first_sighting(key: &DedupKey) -> bool {
-    let Some(slot) = SEEN.get_ptr_mut(seen_slot(key)) else {
+    let Some(table) = SEEN.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: a per-CPU slot, valid for this run; programs do not migrate
-    // or nest on one CPU.
-    unsafe {
-        if *slot == *key {
-            return false;
-        }
-        *slot = *key;
+    let hash = key_hash(key);
+    let print = (hash >> 32) as u32;
+    // SAFETY: this CPU's table, valid for this run; programs do not
+    // migrate or nest on one CPU.
+    let Some(slot) = (unsafe { &mut *table }).get_mut(hash as usize & (SEEN_SLOTS - 1)) else {
+        return false;
+    };
+    if *slot == print {
+        return false;
     }
+    *slot = print;
     true
 }
 
@@ -366,15 +379,19 @@ fn first_sighting(_key: &DedupKey) -> bool {
     false
 }
 
-/// Where `key` lives in `SEEN`: a multiplicative hash of its fields.
+/// A 64-bit hash of `key`: its low bits pick the slot in `SEEN`, its high
+/// 32 are the fingerprint kept there.
 #[cfg(not(feature = "perf"))]
-fn seen_slot(key: &DedupKey) -> u32 {
-    let rest =
-        (u32::from(key.port) << 16) | (u32::from(key.direction) << 8) | u32::from(key.source);
-    let hash = key.addr.wrapping_mul(0x9e37_79b1)
-        ^ rest.wrapping_mul(0x85eb_ca6b)
-        ^ key.pid.wrapping_mul(0xc2b2_ae35);
-    (hash ^ (hash >> 15)) & (SEEN_SLOTS - 1)
+fn key_hash(key: &DedupKey) -> u64 {
+    let fields = u64::from(key.addr)
+        | u64::from(key.port) << 32
+        | u64::from(key.direction) << 48
+        | u64::from(key.source) << 56;
+    let mut hash = fields.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(key.pid).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    hash ^= hash >> 29;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^ hash >> 32
 }
 
 /// Starts the key's series in `DEDUP`; returns whether to send an event,
