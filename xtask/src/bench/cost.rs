@@ -17,6 +17,7 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
     let both = Watchers {
         netmon: Some(EBPF_MODE),
         poller: true,
+        timed: true,
     };
     let cases = [
         (

@@ -29,6 +29,10 @@ pub struct Watchers {
     /// netmon in this `--mode`.
     pub netmon: Option<&'static str>,
     pub poller: bool,
+    /// Count netmon's eBPF program runs and their time
+    /// (`kernel.bpf_stats_enabled`). The counters cost every run two clock
+    /// reads, so storms that compare rates leave them off.
+    pub timed: bool,
 }
 
 /// A storm and what its watchers made of it.
@@ -43,7 +47,8 @@ pub struct NetmonSaw {
     pub lost_events: u64,
     /// CPU over the storm and [`SETTLE`].
     pub cpu_ms: f64,
-    /// Its eBPF programs' runs over the same window (zero in proc mode).
+    /// Its eBPF programs' runs over the same window (zero in proc mode and
+    /// when not [`Watchers::timed`]).
     pub runs: Runs,
 }
 
@@ -69,7 +74,7 @@ impl Bench {
         // The counters must be on before netmon loads its programs.
         let _stats = watchers
             .netmon
-            .filter(|&mode| mode != "proc")
+            .filter(|&mode| watchers.timed && mode != "proc")
             .map(|_| StatsEnabled::enable())
             .transpose()?;
         let netmon = watchers
