@@ -178,12 +178,16 @@ impl PeerRecord {
 /// An ordered index of small positions over a vector of records: the
 /// index gives checkpoints and reports numeric address order, and with
 /// only 4-byte positions in it its nodes stay small and dense in cache,
-/// while the ~100-byte records are appended to one buffer backed by huge
-/// pages. In a storm of new peers, a tree holding the records themselves
-/// spent about a quarter of netmon's CPU faulting in 4 KiB pages; and a
-/// file's records, read into one vector, now stay in it instead of being
-/// moved into tree nodes (1M peers: load 888 -> 768 ms, peak RSS 229 -> 142
-/// MiB; steady RSS 122 -> 135 MiB for the 8-byte address and position).
+/// while the ~100-byte records are appended to one vector. A file's
+/// records, read into one vector, stay in it instead of being moved into
+/// tree nodes (1M peers: load 888 -> 768 ms, peak RSS 229 -> 142 MiB;
+/// steady RSS 122 -> 135 MiB for the address and position kept beside
+/// each record).
+///
+/// The vector does not ask for huge pages as it grows, as the reader's
+/// does: with THP defrag at `madvise`, a fault in an advised range may
+/// compact memory on the spot, and the first bench run with that advice
+/// lost 25 events to a stall (the only loss in any run of the bench).
 #[derive(Debug, Default)]
 pub struct PeerSet {
     /// Address to position in `records`.
@@ -194,10 +198,6 @@ pub struct PeerSet {
 
 /// Positions are `u32`: four billion peers is far past any memory.
 const MAX_PEERS: usize = u32::MAX as usize;
-
-/// Records the buffer grows by at the least, so small sets do not grow a
-/// record at a time.
-const MIN_GROWTH: usize = 4096;
 
 impl PeerSet {
     /// Folds one observation of `connections` connections in (0 when it
@@ -230,7 +230,7 @@ impl PeerSet {
             Entry::Vacant(slot) => {
                 let at = self.records.len();
                 slot.insert(at as u32);
-                push(&mut self.records, (conn.peer, PeerRecord::new(now)));
+                self.records.push((conn.peer, PeerRecord::new(now)));
                 (None, at)
             }
         };
@@ -276,7 +276,7 @@ impl PeerSet {
         match self.index.entry(addr) {
             Entry::Vacant(slot) if self.records.len() < MAX_PEERS => {
                 slot.insert(self.records.len() as u32);
-                push(&mut self.records, (addr, other));
+                self.records.push((addr, other));
             }
             Entry::Vacant(_) => {}
             Entry::Occupied(slot) => self.records[*slot.get() as usize].1.merge(&other),
@@ -310,16 +310,6 @@ impl PeerSet {
             .collect();
         Self { index, records }
     }
-}
-
-/// Appends to the set's records, growing the buffer by doubling and asking
-/// for huge pages under each new buffer.
-fn push(records: &mut Vec<(Ipv4Addr, PeerRecord)>, record: (Ipv4Addr, PeerRecord)) {
-    if records.len() == records.capacity() {
-        records.reserve(records.len().max(MIN_GROWTH));
-        advise_huge_pages(records.spare_capacity_mut());
-    }
-    records.push(record);
 }
 
 /// Everything a checkpoint file holds.
