@@ -217,50 +217,45 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str, kind: ProgramKind) -> anyhow::R
         .with_context(|| format!("the verifier rejected {kind} program {name}"))
 }
 
+/// Loads program `name` and hands it back as its own type, to attach.
+fn loaded<'a, P>(ebpf: &'a mut Ebpf, name: &str, kind: ProgramKind) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    load_program(ebpf, name, kind)?;
+    Ok(ebpf.program_mut(name).expect("loaded above").try_into()?)
+}
+
+/// An attach that failed, saying which hook and which permission.
+fn attach_failed(err: aya::programs::ProgramError, hook: String) -> anyhow::Error {
+    explain_permission(anyhow::Error::new(err)).context(format!("cannot attach {hook}"))
+}
+
 fn attach_kprobe(
     ebpf: &mut Ebpf,
     name: &str,
     kind: ProgramKind,
     function: &str,
 ) -> anyhow::Result<()> {
-    load_program(ebpf, name, kind)?;
-    let program: &mut KProbe = ebpf.program_mut(name).expect("loaded above").try_into()?;
-    program
+    loaded::<KProbe>(ebpf, name, kind)?
         .attach(function, 0)
-        .map_err(|err| explain_permission(anyhow::Error::new(err)))
-        .with_context(|| format!("cannot attach {kind} to {function}"))?;
+        .map_err(|err| attach_failed(err, format!("{kind} to {function}")))?;
     Ok(())
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    load_program(ebpf, TRACEPOINT_STATE, ProgramKind::Tracepoint)?;
-    let program: &mut TracePoint = ebpf
-        .program_mut(TRACEPOINT_STATE)
-        .expect("loaded above")
-        .try_into()?;
-    program
-        .attach(tracefs::CATEGORY, tracefs::TRACEPOINT)
-        .map_err(|err| explain_permission(anyhow::Error::new(err)))
-        .with_context(|| {
-            format!(
-                "cannot attach tracepoint {}/{}",
-                tracefs::CATEGORY,
-                tracefs::TRACEPOINT
-            )
-        })?;
+    let (category, name) = (tracefs::CATEGORY, tracefs::TRACEPOINT);
+    loaded::<TracePoint>(ebpf, TRACEPOINT_STATE, ProgramKind::Tracepoint)?
+        .attach(category, name)
+        .map_err(|err| attach_failed(err, format!("tracepoint {category}/{name}")))?;
     Ok(())
 }
 
 fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    load_program(ebpf, RAW_TRACEPOINT_STATE, ProgramKind::RawTracepoint)?;
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(RAW_TRACEPOINT_STATE)
-        .expect("loaded above")
-        .try_into()?;
-    program
-        .attach(tracefs::TRACEPOINT)
-        .map_err(|err| explain_permission(anyhow::Error::new(err)))
-        .with_context(|| format!("cannot attach raw tracepoint {}", tracefs::TRACEPOINT))?;
+    let name = tracefs::TRACEPOINT;
+    loaded::<RawTracePoint>(ebpf, RAW_TRACEPOINT_STATE, ProgramKind::RawTracepoint)?
+        .attach(name)
+        .map_err(|err| attach_failed(err, format!("raw tracepoint {name}")))?;
     Ok(())
 }
 
