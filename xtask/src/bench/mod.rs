@@ -64,7 +64,7 @@ pub struct BenchArgs {
 /// The parts of the table, in the order they run.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
-    /// Peers held in a storm, lost events, kernel cost (12 storms).
+    /// Peers held in a storm, lost events, kernel cost (14 storms).
     Capture,
     /// netmon's and the poller's CPU on the same storms (2 storms).
     User,
