@@ -19,7 +19,7 @@ pub const DIRECTION_INBOUND: u8 = 2;
 pub const SOURCE_KPROBE_CONNECT: u8 = 1;
 /// `PeerEvent::source`: kretprobe on `inet_csk_accept`.
 pub const SOURCE_KRETPROBE_ACCEPT: u8 = 2;
-/// `PeerEvent::source`: tracepoint `sock/inet_sock_set_state`.
+/// `PeerEvent::source`: tracepoint `sock/inet_sock_set_state`, plain or raw.
 pub const SOURCE_TRACEPOINT: u8 = 3;
 
 /// One TCP connection with an IPv4 peer, as seen by one of the programs.
