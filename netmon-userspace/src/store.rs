@@ -203,13 +203,17 @@ impl PeerSet {
     /// Folds one observation of `connections` connections in (0 when it
     /// only adds what it knows, such as the accepting process of a
     /// connection another hook counted); returns true when the peer is new.
+    /// The tests' shorthand for [`Self::record_within`] without a limit.
+    #[cfg(test)]
     pub fn record(&mut self, conn: &Connection, connections: u64, now: u64) -> bool {
         self.record_within(conn, connections, now, usize::MAX, |_| ())
             .is_some_and(|(before, _)| before.is_none())
     }
 
-    /// [`Self::record`] in one lookup, for the collector's hot path: a new
-    /// peer is refused (`None`) once the set holds `limit`. Gives what
+    /// Folds one observation of `connections` connections in (0 when it
+    /// only adds what it knows, such as the accepting process of a
+    /// connection another hook counted), in one lookup: a new peer is
+    /// refused (`None`) once the set holds `limit`. Gives what
     /// `before` makes of the record as it was (`None` for a new peer) and
     /// the record as it is now.
     pub fn record_within<T>(
