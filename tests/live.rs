@@ -1,8 +1,8 @@
 //! `netmon run --metrics` and `--follow` during the loopback workload: the
 //! real binary, the real programs, real connections, as root.
 //!
-//! Workload nets 7 and 8 (127.x.7.y, 127.x.8.y) are this file's; run with
-//! `--test-threads=1`, as `cargo xtask test` does.
+//! Workload nets 7, 8 and 12 (127.x.7.y, 127.x.8.y, 127.x.12.y) are this
+//! file's; run with `--test-threads=1`, as `cargo xtask test` does.
 use std::{
     collections::BTreeMap,
     io::Write as _,
@@ -150,7 +150,7 @@ fn metrics_pass_promtool_and_count_the_workloads_peers() {
 fn peers_beyond_max_peers_are_counted_as_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let (netmon, addr) = start_with_metrics(dir.path(), &["--max-peers", "1"]);
-    let work = workload(9, 5);
+    let work = workload(12, 5);
     // Every workload peer but the one kept (if it was one) is turned away,
     // at least once each.
     let peers = (work.destinations.len() + work.refused.len() + work.sources.len()) as f64;
