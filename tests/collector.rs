@@ -15,11 +15,13 @@ use std::{
 };
 
 use netmon_scenario::{
+    case::Setting,
     check::{
         Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, peers_of,
         read_checkpoint, read_peers,
     },
     harness::{self, chosen_mode, skip_reasons},
+    isolate,
     result::{Row, record_host_row},
     workload::{connect_from, workload, workload_held_open},
 };
@@ -121,17 +123,11 @@ fn raw_tracepoint_mode_captures_every_peer() {
     assert!(log.contains("mode: raw-tracepoint"), "{log}");
 }
 
-/// `netmon run --mode MODE` where the kernel's BTF reads as an empty file
-/// (a mount namespace of its own, as on a kernel without
-/// CONFIG_DEBUG_INFO_BTF).
+/// `netmon run --mode MODE` with the kernel's BTF hidden, as the kernel
+/// matrix's no-BTF case hides it.
 fn start_without_btf(output: &Path, mode: &str) -> harness::Netmon {
-    let mut command = Command::new("unshare");
-    command
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind /dev/null /sys/kernel/btf/vmlinux && exec "$@""#)
-        .args(["sh", NETMON, "run", "--output"])
-        .arg(output)
-        .args(["--mode", mode]);
+    let mut command = harness::Netmon::command(NETMON, output, mode, &[]);
+    isolate::apply(Setting::NoBtf, &mut command);
     harness::Netmon::spawn(command)
 }
 

@@ -1,8 +1,9 @@
 //! Puts netmon in a case's [`Setting`] between fork and exec, so only the
-//! netmon of that case sees it and nothing needs undoing afterwards.
+//! netmon of that case sees it and nothing needs undoing afterwards. Used
+//! by the VMs' cases and by the host's integration tests alike.
 use std::{io, os::unix::process::CommandExt as _, process::Command};
 
-use netmon_scenario::case::Setting;
+use crate::case::Setting;
 
 pub fn apply(setting: Setting, command: &mut Command) {
     // SAFETY (both hooks): only raw syscalls on static data between fork

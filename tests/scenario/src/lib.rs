@@ -8,5 +8,6 @@
 pub mod case;
 pub mod check;
 pub mod harness;
+pub mod isolate;
 pub mod result;
 pub mod workload;

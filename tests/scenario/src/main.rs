@@ -5,8 +5,6 @@
 //! (`netmon_scenario::{workload, check}`). Every outcome, a panic included,
 //! ends in a result line; a case that cannot even print one is noticed by
 //! the host as a missing line.
-mod isolate;
-
 use std::{
     any::Any,
     env, fs,
@@ -20,6 +18,7 @@ use netmon_scenario::{
     case::Case,
     check::{Sees, check_workload, read_peers},
     harness::{Netmon, chosen_mode},
+    isolate,
     result::Row,
     workload::{workload, workload_held_open},
 };
