@@ -190,20 +190,16 @@ impl PeerRecord {
 /// lost 25 events to a stall (the only loss in any run of the bench).
 #[derive(Debug, Default)]
 pub struct PeerSet {
-    /// Address to position in `records`.
+    /// Address to position in `records`. Positions are `u32`: four billion
+    /// records would take over 400 GB, far past any memory.
     index: BTreeMap<Ipv4Addr, u32>,
     /// In arrival order (in address order, as read from a file).
     records: Vec<(Ipv4Addr, PeerRecord)>,
 }
 
-/// Positions are `u32`: four billion peers is far past any memory.
-const MAX_PEERS: usize = u32::MAX as usize;
-
 impl PeerSet {
-    /// Folds one observation of `connections` connections in (0 when it
-    /// only adds what it knows, such as the accepting process of a
-    /// connection another hook counted); returns true when the peer is new.
-    /// The tests' shorthand for [`Self::record_within`] without a limit.
+    /// The tests' shorthand for [`Self::record_within`] without a limit:
+    /// true when the peer is new.
     #[cfg(test)]
     pub fn record(&mut self, conn: &Connection, connections: u64, now: u64) -> bool {
         self.record_within(conn, connections, now, usize::MAX, |_| ())
@@ -224,7 +220,7 @@ impl PeerSet {
         limit: usize,
         before: impl FnOnce(&PeerRecord) -> T,
     ) -> Option<(Option<T>, &PeerRecord)> {
-        let full = self.records.len() >= limit.min(MAX_PEERS);
+        let full = self.records.len() >= limit;
         let (was, at) = match self.index.entry(conn.peer) {
             Entry::Occupied(slot) => {
                 let at = *slot.get() as usize;
@@ -278,11 +274,10 @@ impl PeerSet {
     /// Adds a whole record (from a file), merging with what is there.
     pub fn merge_record(&mut self, addr: Ipv4Addr, other: PeerRecord) {
         match self.index.entry(addr) {
-            Entry::Vacant(slot) if self.records.len() < MAX_PEERS => {
+            Entry::Vacant(slot) => {
                 slot.insert(self.records.len() as u32);
                 self.records.push((addr, other));
             }
-            Entry::Vacant(_) => {}
             Entry::Occupied(slot) => self.records[*slot.get() as usize].1.merge(&other),
         }
     }
@@ -293,10 +288,9 @@ impl PeerSet {
     /// Sorting first builds the index in one pass: inserting a million
     /// addresses in random order (an old poller's list) costs seconds.
     fn from_records(mut records: Vec<(Ipv4Addr, PeerRecord)>) -> Self {
-        // netmon writes its peers in order, so this is usually one pass.
-        if !records.is_sorted_by_key(|(addr, _)| *addr) {
-            records.sort_by_key(|(addr, _)| *addr);
-        }
+        // netmon writes its peers in order, and the stable sort takes a
+        // sorted run in one pass.
+        records.sort_by_key(|(addr, _)| *addr);
         records.dedup_by(|(addr, record), (kept_addr, kept)| {
             let repeat = addr == kept_addr;
             if repeat {
@@ -304,7 +298,6 @@ impl PeerSet {
             }
             repeat
         });
-        records.truncate(MAX_PEERS);
         // Sorted keys build the tree in one pass; the records stay where
         // the reader put them.
         let index = records
@@ -653,7 +646,7 @@ fn read_whole(file: &mut File, len: u64) -> io::Result<Vec<u8>> {
 
 /// Asks for huge pages under the 2 MiB-aligned part of `buffer`; a hint
 /// the kernel may ignore, so failures are too.
-pub(super) fn advise_huge_pages<T>(buffer: &mut [T]) {
+fn advise_huge_pages<T>(buffer: &mut [T]) {
     const HUGE: usize = 2 << 20;
     let start = buffer.as_mut_ptr() as usize;
     let end = start + std::mem::size_of_val(buffer);
