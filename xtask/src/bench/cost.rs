@@ -6,12 +6,17 @@ use std::fmt;
 
 use super::{
     Bench, EBPF_MODE,
+    bpf_stats::Runs,
     capture::{self, storm_size},
     procfs,
     storm::{Pattern, REPEATED_PEERS},
     table::Table,
     watch::Watchers,
 };
+
+/// Address blocks the capture and user-cost storms use (one per case
+/// below); later parts take the next ones.
+pub const BLOCKS: u8 = capture::BLOCKS + 2;
 
 pub fn user_cost(bench: &Bench, table: &mut Table) {
     let both = Watchers {
@@ -45,7 +50,7 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
         );
         let ebpf = netmon
             .runs
-            .mean_ns()
+            .and_then(Runs::mean_ns)
             .map_or(String::new(), |ns| format!("; eBPF {ns:.0} ns per run"));
         table.info(
             "user",

@@ -47,9 +47,9 @@ pub struct NetmonSaw {
     pub lost_events: u64,
     /// CPU over the storm and [`SETTLE`].
     pub cpu_ms: f64,
-    /// Its eBPF programs' runs over the same window (zero in proc mode and
-    /// when not [`Watchers::timed`]).
-    pub runs: Runs,
+    /// Its eBPF programs' runs over the same window, when
+    /// [`Watchers::timed`] (and not in proc mode).
+    pub runs: Option<Runs>,
 }
 
 pub struct PollerSaw {
@@ -72,7 +72,7 @@ impl Bench {
         fs::create_dir_all(&dir)?;
         let output = dir.join("peers.json");
         // The counters must be on before netmon loads its programs.
-        let _stats = watchers
+        let stats = watchers
             .netmon
             .filter(|&mode| watchers.timed && mode != "proc")
             .map(|_| StatsEnabled::enable())
@@ -87,10 +87,12 @@ impl Bench {
             .transpose()?;
         let storm = Storm::prepare(&netns, block, pattern, self.storm)?;
 
-        let before = Sample::take(netmon.as_ref(), poller.as_ref())?;
+        // Untimed programs count nothing: no bpftool calls for them.
+        let timed = netmon.as_ref().filter(|_| stats.is_some());
+        let before = Sample::take(netmon.as_ref(), timed, poller.as_ref())?;
         let outcome = storm.go()?;
         thread::sleep(SETTLE);
-        let after = Sample::take(netmon.as_ref(), poller.as_ref())?;
+        let after = Sample::take(netmon.as_ref(), timed, poller.as_ref())?;
 
         let netmon = match netmon {
             None => None,
@@ -109,7 +111,7 @@ impl Bench {
                         .as_u64()
                         .context("checkpoint without lost_events")?,
                     cpu_ms: after.netmon_cpu_ms - before.netmon_cpu_ms,
-                    runs: after.runs.since(before.runs),
+                    runs: after.runs.zip(before.runs).map(|(a, b)| a.since(b)),
                 })
             }
         };
@@ -143,16 +145,21 @@ impl Watched {
 /// The watchers' counters at one instant (zero for a watcher not there).
 struct Sample {
     netmon_cpu_ms: f64,
-    runs: Runs,
+    runs: Option<Runs>,
     poller_cpu_ms: f64,
 }
 
 impl Sample {
-    fn take(netmon: Option<&Netmon>, poller: Option<&Poller>) -> anyhow::Result<Self> {
+    /// `timed`: the netmon whose programs the bpf stats are counting.
+    fn take(
+        netmon: Option<&Netmon>,
+        timed: Option<&Netmon>,
+        poller: Option<&Poller>,
+    ) -> anyhow::Result<Self> {
         let cpu = |pid: Option<u32>| pid.map_or(Ok(0.0), procfs::cpu_ms);
         Ok(Self {
             netmon_cpu_ms: cpu(netmon.map(Netmon::pid))?,
-            runs: netmon.map_or(Ok(Runs::default()), |n| Runs::of(n.pid()))?,
+            runs: timed.map(|n| Runs::of(n.pid())).transpose()?,
             poller_cpu_ms: cpu(poller.map(Poller::pid))?,
         })
     }
