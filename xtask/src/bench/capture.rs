@@ -133,15 +133,7 @@ fn held_and_lost(table: &mut Table, mode: &str, ons: &[&Watched]) {
     if ons.is_empty() {
         return;
     }
-    let (held, made, cpu_ms) = ons.iter().fold((0, 0, 0.0), |(held, made, cpu), on| {
-        let (peers, cpu_ms) = on.watcher();
-        (
-            held + on.storm.held(peers.iter().copied()),
-            made + on.storm.peers_made(),
-            cpu + cpu_ms,
-        )
-    });
-    let storms: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
+    let (held, made, text) = held_over(ons);
     let count = match ons.len() {
         1 => "1 storm".to_owned(),
         n => format!("{n} storms"),
@@ -149,11 +141,7 @@ fn held_and_lost(table: &mut Table, mode: &str, ons: &[&Watched]) {
     table.check(
         "capture",
         format!("{mode}: peers held / made ({count})"),
-        format!(
-            "{} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
-            held_text(held, made),
-            rate(&storms)
-        ),
+        text,
         "100%",
         held == made,
     );
@@ -212,17 +200,28 @@ fn held_text(held: u64, made: u64) -> String {
 /// The share of the storm's peers its one watcher held, and a figure
 /// saying so with the storm's rate and the watcher's CPU.
 fn held_by_watcher(watched: &Watched) -> (f64, String) {
-    let (peers, cpu_ms) = watched.watcher();
-    let (held, made) = (
-        watched.storm.held(peers.iter().copied()),
-        watched.storm.peers_made(),
-    );
+    let (held, made, text) = held_over(&[watched]);
+    (percent(held, made), text)
+}
+
+/// Peers the watchers of `storms` held and the storms made, and a figure
+/// saying so with the storms' rate and the watchers' CPU.
+fn held_over(storms: &[&Watched]) -> (u64, u64, String) {
+    let (held, made, cpu_ms) = storms.iter().fold((0, 0, 0.0), |(held, made, cpu), on| {
+        let (peers, cpu_ms) = on.watcher();
+        (
+            held + on.storm.held(peers.iter().copied()),
+            made + on.storm.peers_made(),
+            cpu + cpu_ms,
+        )
+    });
+    let outcomes: Vec<&Outcome> = storms.iter().map(|on| &on.storm).collect();
     let text = format!(
         "{} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
         held_text(held, made),
-        watched.storm.rate()
+        rate(&outcomes)
     );
-    (percent(held, made), text)
+    (held, made, text)
 }
 
 /// The storm rate with netmon on over the rate with it off, per pair.
@@ -252,8 +251,7 @@ fn on_off(table: &mut Table, pairs: &[Pair]) {
 fn cost_per_run(table: &mut Table, mode: &str, ons: &[&Watched]) {
     let runs = ons
         .iter()
-        .filter_map(|on| on.netmon.as_ref())
-        .map(|n| n.runs)
+        .filter_map(|on| on.netmon.as_ref()?.runs)
         .fold(Runs::default(), Runs::plus);
     let connections: u64 = ons.iter().map(|on| on.storm.connections()).sum();
     match runs.mean_ns() {

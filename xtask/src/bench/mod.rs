@@ -5,7 +5,7 @@
 //!
 //! It is a benchmark, not a test: a missed target is reported, not an
 //! error. Parts: capture and kernel cost (capture.rs), user cost
-//! (cost.rs), scale (scale.rs). Each storm and each start-up runs in a
+//! (cost.rs) with stopping under load (shutdown.rs), scale (scale.rs). Each storm and each start-up runs in a
 //! network namespace of its own (netns.rs).
 mod bpf_stats;
 mod capture;
@@ -66,7 +66,8 @@ pub struct BenchArgs {
 enum Part {
     /// Peers held in a storm, lost events, kernel cost (14 storms).
     Capture,
-    /// netmon's and the poller's CPU on the same storms (2 storms).
+    /// netmon's and the poller's CPU on the same storms, and SIGTERM in
+    /// the middle of one (3 storms).
     User,
     /// Memory and times at 100k and 1M peers.
     Scale,

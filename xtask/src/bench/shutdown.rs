@@ -10,15 +10,14 @@ use anyhow::{Context as _, bail};
 use netmon_scenario::check::read_peers;
 
 use super::{
-    Bench, EBPF_MODE,
-    capture::BLOCKS,
+    Bench, EBPF_MODE, cost,
     netns::Netns,
     storm::{Pattern, Storm},
     table::{Table, thousands},
 };
 
 /// The storm block after the user-cost storms'.
-const BLOCK: u8 = BLOCKS + 2;
+const BLOCK: u8 = cost::BLOCKS;
 /// What systemd and Kubernetes allow before they kill, at the least.
 const TARGET: Duration = Duration::from_secs(2);
 /// How often to look whether netmon has exited.
@@ -34,7 +33,7 @@ pub fn shutdown(bench: &Bench, table: &mut Table) {
                 took.as_secs_f64() * 1000.0,
                 thousands(peers as u64)
             ),
-            "< 2000 ms",
+            format!("< {} ms", TARGET.as_millis()),
             took < TARGET,
         ),
         Err(err) => table.failed("shutdown", &format!("{err:#}")),
