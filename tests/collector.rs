@@ -205,6 +205,108 @@ fn proc_mode_records_connections_in_the_socket_table() {
     verdict.assert_complete();
 }
 
+/// Over netlink proc mode hears of every socket the kernel destroys: the
+/// workload's connections open and close, and its attempts are refused,
+/// long before the first poll (a minute away), yet every peer is there,
+/// counted once.
+#[test]
+fn proc_mode_sees_connections_that_close_between_polls() {
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::start(&path, "proc", &["--poll-interval", "60000"]);
+    netmon.wait_ready().unwrap();
+    let work = workload(13, 10);
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("socket tables: netlink sock_diag, with destroy notifications"),
+        "{log}"
+    );
+    let peers = read_peers(&path);
+    let verdict = check_workload(&peers, &work, Sees::proc_notified());
+    record_row(
+        "proc, closed between polls",
+        "proc",
+        Some(&verdict),
+        true,
+        "",
+    );
+    verdict.assert_complete();
+    // Every other connection closes gracefully: its socket keeps its port.
+    let graceful: Vec<Ipv4Addr> = work.destinations.iter().step_by(2).copied().collect();
+    expect_peers(
+        &peers,
+        &graceful,
+        "outbound with port (closed gracefully)",
+        outbound(work.port, false),
+    );
+    let once = |direction: &'static str| move |peer: &serde_json::Value| peer[direction] == 1;
+    expect_peers(
+        &peers,
+        &work.destinations,
+        "one outbound connection",
+        once("outbound"),
+    );
+    expect_peers(
+        &peers,
+        &work.refused,
+        "one outbound attempt",
+        once("outbound"),
+    );
+    expect_peers(
+        &peers,
+        &work.sources,
+        "one inbound connection",
+        once("inbound"),
+    );
+}
+
+/// `--socket-tables procfs`, what a kernel without sock_diag leaves: polls
+/// of the /proc/net text, which see what is in the table at the time.
+#[test]
+fn proc_mode_reads_the_text_tables_when_told() {
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::start(&path, "proc", &["--socket-tables", "procfs"]);
+    netmon.wait_ready().unwrap();
+    let work = workload_held_open(14, 5);
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    for line in [
+        "socket tables: the text of /proc/net",
+        "no notifications of closed sockets (the /proc/net text has no notifications): polls read TIME_WAIT sockets",
+    ] {
+        assert!(log.contains(line), "log lacks {line:?}:\n{log}");
+    }
+    check_workload(&read_peers(&path), &work, Sees::mode("proc")).assert_complete();
+}
+
+/// Netlink reaches a network namespace, not a directory: a --proc-net that
+/// is no /proc/PID/net cannot be read that way, and the flag is named.
+#[test]
+fn socket_tables_netlink_needs_a_namespace_directory() {
+    let (dir, path) = tempdir();
+    let tables = dir.path().join("tables");
+    fs::create_dir(&tables).unwrap();
+    fs::copy("/proc/net/tcp", tables.join("tcp")).unwrap();
+    let tables = tables.to_str().unwrap();
+    let (status, log) = Netmon::start(
+        &path,
+        "proc",
+        &["--proc-net", tables, "--socket-tables", "netlink"],
+    )
+    .wait();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    let wanted = format!(
+        "netmon: --socket-tables netlink: cannot read the sockets of {tables} over NETLINK_SOCK_DIAG (CONFIG_INET_DIAG): {tables} is not a /proc/PID/net directory"
+    );
+    assert_eq!(last, wanted, "{log}");
+    assert!(
+        !path.exists(),
+        "a refused start must not write {}",
+        path.display()
+    );
+}
+
 #[test]
 fn a_restart_keeps_every_peer_of_the_first_run() {
     let (_dir, path) = tempdir();

@@ -8,6 +8,7 @@ use crate::{
     ebpf::{events::TransportRequest, ladder::ModeRequest},
     follow::LineFormat,
     peer::Direction,
+    procnet::TablesRequest,
     report::Format,
     rules::{RuleFormat, RuleName},
 };
@@ -90,9 +91,12 @@ pub struct RunArgs {
     #[arg(short, long, value_enum, default_value_t = ModeRequest::Auto)]
     pub mode: ModeRequest,
 
-    /// Milliseconds between socket-table polls in proc mode.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub poll_interval: u64,
+    /// Milliseconds between socket-table polls in proc mode. By default
+    /// 100, or 1000 where netlink reports every socket closed between
+    /// polls: polls then only find connections still open, and each walks
+    /// every socket the kernel has, TIME_WAIT ones included.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub poll_interval: Option<u64>,
 
     /// How eBPF events reach netmon: the BPF ring buffer (Linux 5.8+) or
     /// per-CPU perf buffers; auto probes the kernel.
@@ -121,6 +125,13 @@ pub struct RunArgs {
     /// the host's pid namespace, /proc/1/net holds the host's.
     #[arg(long, value_name = "DIR", default_value = "/proc/net")]
     pub proc_net: PathBuf,
+
+    /// How proc mode and the start-up scan read the socket tables: over
+    /// netlink (sock_diag, as ss does; proc mode then also hears of every
+    /// socket closed between polls) or as the text in --proc-net; auto
+    /// takes netlink where the kernel has it.
+    #[arg(long, value_enum, default_value_t = TablesRequest::Auto)]
+    pub socket_tables: TablesRequest,
 
     /// Serve Prometheus metrics at http://ADDR/metrics, such as
     /// 127.0.0.1:9464. Bound at start-up, before capabilities are dropped.

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use log::{debug, info, warn};
 use tokio::{
+    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval},
 };
@@ -22,13 +23,14 @@ use crate::{
     cli::{OnCorrupt, RunArgs},
     ebpf::{
         AttachMode, EbpfCollector,
+        events::{BATCH, register},
         ladder::{self, Collector, Env},
     },
     lockfile,
     observe::{Bound, Observers},
     peer::Connection,
     privilege,
-    procnet::{Liveness, Scanner},
+    procnet::{Destroyed, Liveness, Scanner},
     report::Directions,
     store::{self, FileFormat, LoadError, Snapshot},
 };
@@ -276,7 +278,12 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     // opening, and a restart would otherwise count every surviving
     // connection again. Closed ones (TIME_WAIT) are left out: the run
     // before this one, if any, saw them.
-    let mut scanner = Scanner::new(proc_net);
+    let mut scanner = Scanner::open(proc_net, args.socket_tables)?;
+    let mut destroyed = match mode {
+        AttachMode::Proc => subscribe(&mut scanner)?,
+        _ => None,
+    };
+    info!("socket tables: {}", scanner.describe());
     let now = store::unix_now();
     scanner
         .scan(|conn, liveness| {
@@ -299,18 +306,30 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     let mut checkpoints = interval(Duration::from_secs(args.interval));
     checkpoints.set_missed_tick_behavior(MissedTickBehavior::Delay);
     checkpoints.tick().await;
-    let mut polls = interval(Duration::from_millis(args.poll_interval));
+    let mut polls = interval(poll_interval(args.poll_interval, destroyed.is_some()));
     polls.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     loop {
         tokio::select! {
             result = next_events(&mut collector, &mut state) => result?,
+            ready = destroyed_ready(&mut destroyed) => {
+                ready.context("waiting for sock_diag notifications")?;
+                if let Some(destroyed) = &mut destroyed {
+                    fold_destroyed(&mut scanner, destroyed.get_mut(), &mut state);
+                }
+            }
             _ = polls.tick(), if matches!(collector, Collector::Proc) => {
+                // Notifications first: a socket a poll no longer shows must
+                // meet the poll that did show it, or it would count twice.
+                if let Some(destroyed) = &mut destroyed {
+                    fold_destroyed(&mut scanner, destroyed.get_mut(), &mut state);
+                }
                 if let Err(err) = scan(&mut scanner, &mut state) {
                     warn!("polling {}: {err}", proc_net.display());
                 }
             }
             _ = checkpoints.tick() => {
+                warn_if_overflowed(&mut scanner);
                 let lost = settle(&mut collector, &mut state);
                 warn_if_lost(lost, &state);
                 state.warn_if_dropped();
@@ -326,11 +345,15 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(destroyed) = &mut destroyed {
+        fold_destroyed(&mut scanner, destroyed.get_mut(), &mut state);
+    }
     if matches!(collector, Collector::Proc)
         && let Err(err) = scan(&mut scanner, &mut state)
     {
         warn!("final poll of {}: {err}", proc_net.display());
     }
+    warn_if_overflowed(&mut scanner);
     let lost = settle(&mut collector, &mut state);
     state.warn_if_dropped();
     state
@@ -365,10 +388,74 @@ fn drop_capabilities(mode: AttachMode) {
     }
 }
 
-/// A proc-mode poll: each connection new since the previous poll counts.
+/// `--poll-interval`, or its default: what polls are for depends on
+/// whether the kernel also reports the sockets closed between them.
+fn poll_interval(flag: Option<u64>, notified: bool) -> Duration {
+    match (flag, notified) {
+        (Some(ms), _) => Duration::from_millis(ms),
+        (None, true) => Duration::from_secs(1),
+        (None, false) => Duration::from_millis(100),
+    }
+}
+
+/// A proc-mode poll: each connection new since the previous poll counts,
+/// except one recovered after notifications were lost.
 fn scan(scanner: &mut Scanner, state: &mut State) -> io::Result<()> {
     let now = store::unix_now();
-    scanner.scan(|conn, _| state.record(conn, 1, now))
+    scanner.scan(|conn, liveness| state.record(conn, counts(liveness), now))
+}
+
+fn counts(liveness: Liveness) -> u64 {
+    u64::from(liveness != Liveness::Recovered)
+}
+
+/// proc mode over netlink hears of every socket the kernel destroys, so
+/// it sees connections that open and close between polls. Where the
+/// kernel cannot tell (the text tables, a kernel before 4.10), polls read
+/// TIME_WAIT sockets instead, and `--socket-tables auto` says why.
+fn subscribe(scanner: &mut Scanner) -> anyhow::Result<Option<AsyncFd<Destroyed>>> {
+    match scanner.subscribe() {
+        Ok(destroyed) => register(destroyed)
+            .map(Some)
+            .context("cannot poll the sock_diag notification socket"),
+        Err(err) => {
+            info!("no notifications of closed sockets ({err}): polls read TIME_WAIT sockets");
+            Ok(None)
+        }
+    }
+}
+
+/// Waits until notifications are waiting, then [`BATCH`] more so that a
+/// storm's notifications are read many at a time. Never resolves without
+/// a subscription.
+async fn destroyed_ready(destroyed: &mut Option<AsyncFd<Destroyed>>) -> io::Result<()> {
+    let Some(destroyed) = destroyed else {
+        return std::future::pending().await;
+    };
+    destroyed.readable().await?.retain_ready();
+    tokio::time::sleep(BATCH).await;
+    // Cleared before reading: whatever arrives meanwhile wakes us again.
+    destroyed.readable().await?.clear_ready();
+    Ok(())
+}
+
+/// Counts each destroyed socket that no poll saw.
+fn fold_destroyed(scanner: &mut Scanner, destroyed: &mut Destroyed, state: &mut State) {
+    let now = store::unix_now();
+    if let Err(err) = scanner.destroyed(destroyed, |conn, liveness| {
+        state.record(conn, counts(liveness), now);
+    }) {
+        warn!("reading sock_diag notifications: {err}");
+    }
+}
+
+fn warn_if_overflowed(scanner: &mut Scanner) {
+    let overflows = scanner.take_overflows();
+    if overflows > 0 {
+        warn!(
+            "sock_diag notifications were lost {overflows} times since the last checkpoint (receive buffer full); their peers were recovered from TIME_WAIT sockets, their counts may be low"
+        );
+    }
 }
 
 /// Waits for the ring buffer (or the eBPF log buffer) to have data and

@@ -75,7 +75,7 @@ const PERF_PAGES: usize = 64;
 /// netmon's share of the CPU from about 3.0% to 2.3%. At the fastest storm
 /// measured (25k connections/s, two events each) 10 ms of events fill
 /// about 11% of the default ring buffer.
-const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
+pub(crate) const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The open event channel.
 pub enum Events {
@@ -207,8 +207,8 @@ impl Events {
     }
 }
 
-/// Registers a map's fd with tokio, for readability only.
-fn register<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
+/// Registers an fd-owning value with tokio, for readability only.
+pub(crate) fn register<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     // SAFETY: `inner` owns its fd, which stays open and unchanged for as
     // long as `inner` lives, and the AsyncFd owns `inner`.
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)

@@ -73,6 +73,18 @@ pub fn outbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
     }
 }
 
+/// Outbound, with `port` or none: a socket reset or refused is only seen
+/// as the kernel destroys it when proc mode has nothing else, and by then
+/// the kernel has cleared its port.
+pub fn outbound_port_if_kept(port: u16, process: bool) -> impl Fn(&Value) -> bool {
+    move |peer| {
+        peer["outbound"].as_u64() > Some(0)
+            && (only(&peer["remote_ports"], port)
+                || peer["remote_ports"].as_array().is_some_and(Vec::is_empty))
+            && (!process || has(&peer["processes"], "nm-client".into()))
+    }
+}
+
 pub fn inbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
     move |peer| {
         peer["inbound"].as_u64() > Some(0)
@@ -121,9 +133,14 @@ impl Tally {
 /// What a mode can see of a workload (README, "Attach modes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sees {
-    /// Refused attempts: the eBPF modes see the SYN go out; proc mode only
-    /// sees what is in the socket table when it polls.
+    /// Refused attempts: the eBPF modes see the SYN go out; proc mode with
+    /// the kernel's notifications hears the socket destroyed; polls alone
+    /// only see what is in the socket table at the time.
     pub refused: bool,
+    /// The remote port of every outbound connection: the kernel clears it
+    /// from a socket that is reset or refused before it destroys it, and
+    /// proc mode may only hear of the socket then.
+    pub outbound_ports: bool,
     /// The connecting process's name on outbound peers.
     pub outbound_process: bool,
     /// The accepting process's name on inbound peers: only the kretprobe
@@ -137,8 +154,21 @@ impl Sees {
         let ebpf = mode != "proc";
         Self {
             refused: ebpf,
+            outbound_ports: true,
             outbound_process: ebpf,
             inbound_process: mode == "kprobe",
+        }
+    }
+}
+
+impl Sees {
+    /// proc mode hearing of every socket the kernel destroys (sock_diag
+    /// over netlink).
+    pub fn proc_notified() -> Self {
+        Self {
+            refused: true,
+            outbound_ports: false,
+            ..Self::mode("proc")
         }
     }
 }
@@ -158,18 +188,30 @@ pub fn check_workload(peers: &Peers, work: &Workload, sees: Sees) -> Verdict {
     } else {
         ""
     };
+    let outbound_to = |port| -> Box<dyn Fn(&Value) -> bool> {
+        if sees.outbound_ports {
+            Box::new(outbound(port, sees.outbound_process))
+        } else {
+            Box::new(outbound_port_if_kept(port, sees.outbound_process))
+        }
+    };
+    let port_kept = if sees.outbound_ports {
+        ""
+    } else {
+        " where kept"
+    };
     let mut outbound_tallies = vec![Tally::new(
         peers,
         &work.destinations,
-        &format!("outbound with port{with_process}"),
-        outbound(work.port, sees.outbound_process),
+        &format!("outbound with port{port_kept}{with_process}"),
+        outbound_to(work.port),
     )];
     if sees.refused {
         outbound_tallies.push(Tally::new(
             peers,
             &work.refused,
-            &format!("outbound (refused) with port{with_process}"),
-            outbound(work.refused_port, sees.outbound_process),
+            &format!("outbound (refused) with port{port_kept}{with_process}"),
+            outbound_to(work.refused_port),
         ));
     }
     let inbound_what = if sees.inbound_process {

@@ -1,0 +1,588 @@
+//! The socket tables: proc mode's poller and the start-up scan of every
+//! eBPF mode.
+//!
+//! They are read over netlink (NETLINK_SOCK_DIAG, as `ss` does) where the
+//! kernel has it, else as the text under /proc/net ([`text`]). Over
+//! netlink proc mode also hears of every socket the kernel destroys, so
+//! it sees connections that open and close between two polls and refused
+//! attempts, which no poller can.
+//!
+//! A socket whose local port has a listener (TCP LISTEN, or an unconnected
+//! UDP socket) is inbound; any other socket with a remote address is
+//! outbound. Each poll reports only connections that were not in the
+//! previous poll, so a long-lived connection is counted once.
+mod diag;
+mod text;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{self, Read as _},
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use log::info;
+
+pub use self::{diag::Destroyed, text::rows};
+use crate::peer::{Connection, Direction, Source};
+
+/// How long a port counts as listening after its listener was last seen.
+const LISTENER_MEMORY: Duration = Duration::from_secs(60);
+
+/// TCP states as printed in the `st` column (include/net/tcp_states.h).
+const TCP_TIME_WAIT: u8 = diag::TCP_TIME_WAIT;
+const TCP_CLOSE: u8 = 0x07;
+const TCP_LISTEN: u8 = 0x0a;
+
+/// What `--socket-tables` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TablesRequest {
+    /// Netlink where the kernel has sock_diag, else the /proc/net text.
+    Auto,
+    /// NETLINK_SOCK_DIAG dumps (CONFIG_INET_DIAG), plus destroy
+    /// notifications in proc mode.
+    Netlink,
+    /// The text under --proc-net.
+    Procfs,
+}
+
+/// What a sighting of a connection says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// In the table and open.
+    Open,
+    /// Closed: in TIME_WAIT, or destroyed just now. A poller wants it (it
+    /// is a peer that a short connection would otherwise hide), a start-up
+    /// scan does not (the run before this one saw it open and close).
+    Closed,
+    /// Closed, and read only because destroy notifications were lost: it
+    /// may have been counted already, so it brings its peer but no count.
+    Recovered,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// The tables read, in order: (protocol, holds IPv6 addresses, file).
+const TABLES: [(Proto, bool, &str); 4] = [
+    (Proto::Tcp, false, "tcp"),
+    (Proto::Tcp, true, "tcp6"),
+    (Proto::Udp, false, "udp"),
+    (Proto::Udp, true, "udp6"),
+];
+
+/// One socket of a table, reduced to what matters here. `None` addresses
+/// are IPv6 addresses that are not IPv4-mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub local: Option<Ipv4Addr>,
+    pub local_port: u16,
+    pub remote: Option<Ipv4Addr>,
+    pub remote_port: u16,
+    /// A TCP state, or a UDP socket's pseudo-state.
+    pub state: u8,
+    /// The kernel's unique id of the socket, where the table gives it
+    /// (netlink does, the text does not).
+    pub cookie: Option<u64>,
+}
+
+/// How the tables are read.
+enum Tables {
+    Text {
+        dir: PathBuf,
+        buf: Vec<u8>,
+    },
+    Netlink {
+        dumper: diag::Dumper,
+        /// The namespace the tables are in, when it is not netmon's own.
+        netns: Option<File>,
+        /// Whether polls read TIME_WAIT sockets: only while nothing
+        /// reports the sockets the kernel destroys.
+        time_wait: bool,
+    },
+}
+
+/// Polls the socket tables of one network namespace.
+pub struct Scanner {
+    tables: Tables,
+    rows: Vec<(Proto, Row)>,
+    /// Ports with a listener, and when one was last seen: an accepted
+    /// connection outlives a listener that closes, and is still inbound.
+    listening: HashMap<(Proto, u16), Instant>,
+    seen: HashSet<u128>,
+    previous: HashSet<u128>,
+    /// Destroy notifications were lost: the next poll reads TIME_WAIT
+    /// sockets too, to recover the peers of the lost ones.
+    recover: bool,
+    /// Times destroy notifications were lost since the last look.
+    overflows: u64,
+}
+
+impl Scanner {
+    /// Reads the text tables in `dir`, usually `/proc/net` (this process's
+    /// network namespace).
+    pub fn text(dir: impl Into<PathBuf>) -> Self {
+        Self::with(Tables::Text {
+            dir: dir.into(),
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Reads the tables that `dir` shows (`/proc/net`, `/proc/PID/net`)
+    /// as `request` says; auto says why it falls back to the text.
+    pub fn open(dir: &Path, request: TablesRequest) -> anyhow::Result<Self> {
+        match request {
+            TablesRequest::Procfs => Ok(Self::text(dir)),
+            TablesRequest::Netlink => Self::netlink(dir).with_context(|| {
+                format!(
+                    "--socket-tables netlink: cannot read the sockets of {} over NETLINK_SOCK_DIAG (CONFIG_INET_DIAG)",
+                    dir.display()
+                )
+            }),
+            TablesRequest::Auto => Self::netlink(dir).or_else(|err| {
+                info!(
+                    "socket tables: reading the text of {}: netlink: {err:#}",
+                    dir.display()
+                );
+                Ok(Self::text(dir))
+            }),
+        }
+    }
+
+    fn netlink(dir: &Path) -> anyhow::Result<Self> {
+        let netns = netns_of(dir)?;
+        let mut dumper = in_netns(netns.as_ref(), diag::Dumper::open)
+            .context("cannot open a NETLINK_SOCK_DIAG socket")?;
+        dumper
+            .dump(Proto::Tcp, false, 1 << TCP_LISTEN, |_| {})
+            .context("the kernel answers no TCP dump")?;
+        Ok(Self::with(Tables::Netlink {
+            dumper,
+            netns,
+            time_wait: true,
+        }))
+    }
+
+    fn with(tables: Tables) -> Self {
+        Self {
+            tables,
+            rows: Vec::new(),
+            listening: HashMap::new(),
+            seen: HashSet::new(),
+            previous: HashSet::new(),
+            recover: false,
+            overflows: 0,
+        }
+    }
+
+    /// How the tables are read, for the log.
+    pub fn describe(&self) -> String {
+        match &self.tables {
+            Tables::Text { dir, .. } => format!("the text of {}", dir.display()),
+            Tables::Netlink {
+                time_wait: false, ..
+            } => "netlink sock_diag, with destroy notifications".into(),
+            Tables::Netlink { .. } => "netlink sock_diag".into(),
+        }
+    }
+
+    /// Subscribes to the sockets the kernel destroys in the tables'
+    /// namespace; from then on polls leave TIME_WAIT sockets out, since
+    /// each was announced as it closed. Feed what the result reads to
+    /// [`Scanner::destroyed`].
+    pub fn subscribe(&mut self) -> io::Result<Destroyed> {
+        let Tables::Netlink {
+            netns, time_wait, ..
+        } = &mut self.tables
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the /proc/net text has no notifications",
+            ));
+        };
+        let destroyed = in_netns(netns.as_ref(), Destroyed::subscribe)?;
+        *time_wait = false;
+        Ok(destroyed)
+    }
+
+    /// How many times destroy notifications were lost since the last call.
+    pub fn take_overflows(&mut self) -> u64 {
+        std::mem::take(&mut self.overflows)
+    }
+
+    /// Reads every table and calls `sink` for each connection with an IPv4
+    /// peer that was not there at the previous scan, saying whether it is
+    /// still open.
+    ///
+    /// A missing table (no IPv6, no UDP) is skipped; TCP over IPv4 must be
+    /// there.
+    pub fn scan(&mut self, mut sink: impl FnMut(&Connection, Liveness)) -> io::Result<()> {
+        self.rows.clear();
+        let now = Instant::now();
+        self.listening
+            .retain(|_, seen| now.duration_since(*seen) < LISTENER_MEMORY);
+        let recover = std::mem::take(&mut self.recover);
+        self.read_tables(recover, now)?;
+        std::mem::swap(&mut self.previous, &mut self.seen);
+        self.seen.clear();
+        for &(proto, row) in &self.rows {
+            let Some(peer) = row.remote.filter(|ip| !ip.is_unspecified()) else {
+                continue;
+            };
+            let key = key(proto, &row, peer);
+            self.seen.insert(key);
+            if self.previous.contains(&key) {
+                continue;
+            }
+            let liveness = match (proto, row.state) {
+                (Proto::Tcp, TCP_TIME_WAIT) if recover => Liveness::Recovered,
+                (Proto::Tcp, TCP_TIME_WAIT | TCP_CLOSE) => Liveness::Closed,
+                _ => Liveness::Open,
+            };
+            let conn = connection(&self.listening, proto, &row, peer);
+            sink(&conn, liveness);
+        }
+        Ok(())
+    }
+
+    /// Calls `sink` for each connection in `destroyed`'s notifications that
+    /// no poll saw.
+    pub fn destroyed(
+        &mut self,
+        destroyed: &mut Destroyed,
+        mut sink: impl FnMut(&Connection, Liveness),
+    ) -> io::Result<()> {
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.clear();
+        let drained = destroyed.drain(|proto, row| rows.push((proto, row)));
+        let result = drained.and_then(|overflowed| {
+            if overflowed {
+                self.overflows += 1;
+                self.recover = true;
+            }
+            self.announce(&rows, &mut sink)
+        });
+        self.rows = rows;
+        result
+    }
+
+    /// Reports the destroyed sockets in `rows` that no poll saw.
+    fn announce(
+        &mut self,
+        rows: &[(Proto, Row)],
+        sink: &mut impl FnMut(&Connection, Liveness),
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        for (proto, row) in rows {
+            // A listener closing (or a socket that never connected): its
+            // connections, destroyed before or after it, are inbound.
+            if row.remote == Some(Ipv4Addr::UNSPECIFIED) && row.local_port != 0 {
+                self.listening.insert((*proto, row.local_port), now);
+            }
+        }
+        let mut refreshed = false;
+        for &(proto, row) in rows {
+            let Some(peer) = row.remote.filter(|ip| !ip.is_unspecified()) else {
+                continue;
+            };
+            let key = key(proto, &row, peer);
+            if self.seen.contains(&key) || self.previous.contains(&key) {
+                continue;
+            }
+            // A listener opened since the last poll: look before calling
+            // its connection outbound.
+            if !refreshed && !self.listening.contains_key(&(proto, row.local_port)) {
+                refreshed = true;
+                self.refresh_listeners(proto)?;
+            }
+            let conn = connection(&self.listening, proto, &row, peer);
+            sink(&conn, Liveness::Closed);
+        }
+        Ok(())
+    }
+
+    /// Rereads the listeners of `proto`, over netlink only.
+    fn refresh_listeners(&mut self, proto: Proto) -> io::Result<()> {
+        let Tables::Netlink { dumper, .. } = &mut self.tables else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let states = match proto {
+            Proto::Tcp => 1 << TCP_LISTEN,
+            Proto::Udp => 1 << TCP_CLOSE,
+        };
+        for v6 in [false, true] {
+            let listening = &mut self.listening;
+            tolerate_missing(dumper.dump(proto, v6, states, |row| {
+                if listens(proto, &row) {
+                    listening.insert((proto, row.local_port), now);
+                }
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// Fills `rows` with the sockets that are not listeners, and notes the
+    /// listeners.
+    fn read_tables(&mut self, time_wait_too: bool, now: Instant) -> io::Result<()> {
+        let (rows, listening) = (&mut self.rows, &mut self.listening);
+        let mut take = |proto, row: Row| {
+            if listens(proto, &row) {
+                listening.insert((proto, row.local_port), now);
+            } else {
+                rows.push((proto, row));
+            }
+        };
+        match &mut self.tables {
+            Tables::Text { dir, buf } => {
+                for (proto, v6, name) in TABLES {
+                    match read_into(&dir.join(name), buf) {
+                        Ok(()) => text::rows(buf, v6).for_each(|row| take(proto, row)),
+                        Err(err) if err.kind() == io::ErrorKind::NotFound && name != "tcp" => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            Tables::Netlink {
+                dumper, time_wait, ..
+            } => {
+                let except: &[u8] = if *time_wait || time_wait_too {
+                    &[]
+                } else {
+                    &[TCP_TIME_WAIT]
+                };
+                let states = diag::without_handshakes(diag::all_states_but(except));
+                for (proto, v6, _) in TABLES {
+                    let dumped = dumper.dump(proto, v6, states, |row| take(proto, row));
+                    if (proto, v6) == (Proto::Tcp, false) {
+                        dumped?;
+                    } else {
+                        tolerate_missing(dumped)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A socket that waits for connections rather than being one.
+fn listens(proto: Proto, row: &Row) -> bool {
+    match proto {
+        Proto::Tcp => row.state == TCP_LISTEN,
+        Proto::Udp => row.remote_port == 0,
+    }
+}
+
+fn connection(
+    listening: &HashMap<(Proto, u16), Instant>,
+    proto: Proto,
+    row: &Row,
+    peer: Ipv4Addr,
+) -> Connection {
+    let direction = if listening.contains_key(&(proto, row.local_port)) {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    Connection {
+        peer,
+        remote_port: row.remote_port,
+        local_port: row.local_port,
+        direction,
+        process: None,
+        source: Source::SocketTable,
+    }
+}
+
+/// A table the kernel does not have (no IPv6, no UDP diag) is empty.
+fn tolerate_missing(dumped: io::Result<()>) -> io::Result<()> {
+    match dumped {
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOENT | libc::EAFNOSUPPORT | libc::EOPNOTSUPP)
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    File::open(path)?.read_to_end(buf).map(drop)
+}
+
+/// Packs a connection's identity into one integer, so the poll-to-poll set
+/// holds no allocations: the kernel's cookie where there is one (it
+/// survives the socket's last state changes, which can clear its local
+/// address and remote port), else the addresses and ports.
+fn key(proto: Proto, row: &Row, peer: Ipv4Addr) -> u128 {
+    if let Some(cookie) = row.cookie {
+        return 1 << 127 | u128::from(cookie);
+    }
+    let local = row.local.map_or(0, u32::from);
+    (proto as u128) << 96
+        | u128::from(local) << 64
+        | u128::from(row.local_port) << 48
+        | u128::from(u32::from(peer)) << 16
+        | u128::from(row.remote_port)
+}
+
+/// The network namespace whose sockets `dir` shows, when it is not
+/// netmon's own. `dir` must be a `/proc/PID/net` (`/proc/net` is one).
+fn netns_of(dir: &Path) -> anyhow::Result<Option<File>> {
+    let real = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let ns = match real.parent() {
+        Some(pid_dir) if real.file_name().is_some_and(|name| name == "net") => {
+            pid_dir.join("ns/net")
+        }
+        _ => anyhow::bail!("{} is not a /proc/PID/net directory", dir.display()),
+    };
+    let theirs = ns
+        .metadata()
+        .with_context(|| format!("{} is not a /proc/PID/net directory", dir.display()))?;
+    let ours = Path::new("/proc/thread-self/ns/net")
+        .metadata()
+        .context("cannot read /proc/thread-self/ns/net")?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Ok(None);
+    }
+    File::open(&ns)
+        .map(Some)
+        .with_context(|| format!("cannot open {}", ns.display()))
+}
+
+/// Runs `open` in `netns` (when given): a socket stays in the namespace it
+/// was made in, whatever the thread does afterwards.
+fn in_netns<T>(netns: Option<&File>, open: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let Some(netns) = netns else {
+        return open();
+    };
+    let ours = File::open("/proc/thread-self/ns/net")?;
+    setns(netns)?;
+    let opened = open();
+    setns(&ours)?;
+    opened
+}
+
+fn setns(netns: &File) -> io::Result<()> {
+    // SAFETY: setns(2) on an open namespace file; it changes only this
+    // thread's network namespace.
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0
+   1: 0100007F:0016 0200007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 101 1 0 20 4 30 10 -1
+   2: 0100007F:9C40 0300007F:01BB 01 00000000:00000000 00:00000000 00000000     0        0 102 1 0 20 4 30 10 -1
+   3: 0100007F:9C41 0400007F:0050 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st
+   0: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000500007F:A000 01 00000000:00000000
+   1: 00000000000000000000000001000000:1F91 00000000000000000000000001000000:A001 01 00000000:00000000
+";
+
+    fn scan_dir(files: &[(&str, &str)]) -> (tempfile::TempDir, Scanner) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let scanner = Scanner::text(dir.path());
+        (dir, scanner)
+    }
+
+    fn collect(scanner: &mut Scanner) -> Vec<(Ipv4Addr, Direction, u16, u16)> {
+        let mut out = Vec::new();
+        scanner
+            .scan(|c, _| out.push((c.peer, c.direction, c.local_port, c.remote_port)))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn classifies_directions_and_skips_listeners() {
+        let (_dir, mut scanner) = scan_dir(&[("tcp", TCP), ("tcp6", TCP6)]);
+        let got = collect(&mut scanner);
+        assert_eq!(
+            got,
+            [
+                (Ipv4Addr::new(127, 0, 0, 2), Direction::Inbound, 22, 0xd431),
+                (
+                    Ipv4Addr::new(127, 0, 0, 3),
+                    Direction::Outbound,
+                    0x9c40,
+                    443
+                ),
+                (Ipv4Addr::new(127, 0, 0, 4), Direction::Outbound, 0x9c41, 80),
+                (
+                    Ipv4Addr::new(127, 0, 0, 5),
+                    Direction::Outbound,
+                    8080,
+                    0xa000
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_connection_is_reported_once_across_polls() {
+        let (_dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
+        assert_eq!(collect(&mut scanner).len(), 3);
+        assert!(collect(&mut scanner).is_empty());
+    }
+
+    #[test]
+    fn a_connection_stays_inbound_after_its_listener_closes() {
+        let (dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
+        collect(&mut scanner);
+        let without_listener: String = TCP
+            .lines()
+            .filter(|l| !l.contains(" 0A "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let late = without_listener.replace("0200007F:D431", "0600007F:D432");
+        std::fs::write(dir.path().join("tcp"), late).unwrap();
+        assert_eq!(
+            collect(&mut scanner),
+            [(Ipv4Addr::new(127, 0, 0, 6), Direction::Inbound, 22, 0xd432)]
+        );
+    }
+
+    #[test]
+    fn garbage_lines_are_skipped() {
+        for line in [
+            "",
+            "   0:",
+            "0: zz:1 00000000:0000 01",
+            "0: 0100007F:10000 0100007F:0001 01",
+        ] {
+            assert_eq!(text::parse_row(line.as_bytes(), false), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn missing_tcp_table_is_an_error() {
+        let (_dir, mut scanner) = scan_dir(&[]);
+        assert!(scanner.scan(|_, _| {}).is_err());
+    }
+}
