@@ -33,6 +33,21 @@ pub struct Case {
     /// Lines netmon must log (the reason for its choice); the matching log
     /// lines become the row's note.
     pub expect_log: &'static [&'static str],
+    /// What the workload leaves for netmon to see.
+    pub workload: Workload,
+}
+
+/// How the workload's connections end, for what a mode can see of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// The eBPF modes see connections open: they close at once.
+    Closed,
+    /// Polls see what is in the socket table: connections stay open until
+    /// netmon has stopped.
+    HeldOpen,
+    /// Closed before proc mode's first poll: only the kernel's
+    /// notifications of destroyed sockets can show them.
+    ClosedBeforePolls,
 }
 
 impl Case {
@@ -46,11 +61,32 @@ impl Case {
             setting: Setting::Plain,
             expect_mode,
             expect_log: &[],
+            workload: if matches!(expect_mode.as_bytes(), b"proc") {
+                Workload::HeldOpen
+            } else {
+                Workload::Closed
+            },
+        }
+    }
+
+    /// proc mode with its first poll a minute away, over a workload that
+    /// is over long before: every peer must come from notifications.
+    pub const fn notified(name: &'static str) -> Self {
+        Self {
+            extra: &["--poll-interval", "60000"],
+            expect_log: &["socket tables: netlink sock_diag, with destroy notifications"],
+            workload: Workload::ClosedBeforePolls,
+            ..Self::plain(name, "proc", "proc")
         }
     }
 
     pub const fn with_extra(self, extra: &'static [&'static str]) -> Self {
         Self { extra, ..self }
+    }
+
+    /// Lines netmon must log, in the setting it has.
+    pub const fn logging(self, expect_log: &'static [&'static str]) -> Self {
+        Self { expect_log, ..self }
     }
 
     pub const fn in_setting(self, setting: Setting, expect_log: &'static [&'static str]) -> Self {
@@ -76,7 +112,10 @@ pub const VM_CASES: &[Case] = &[
     Case::plain("kprobe", "kprobe", "kprobe"),
     Case::plain("raw-tracepoint", "raw-tracepoint", "raw-tracepoint"),
     Case::plain("tracepoint", "tracepoint", "tracepoint"),
-    Case::plain("proc", "proc", "proc"),
+    // Which socket tables: netlink, or the text where the guest cannot
+    // load the sock_diag modules.
+    Case::plain("proc", "proc", "proc").logging(&["socket tables: "]),
+    Case::notified("proc-notified"),
     Case::plain("auto-no-caps", "auto", "proc").in_setting(
         Setting::NoEbpfCaps,
         &[

@@ -15,7 +15,7 @@ use std::{
 };
 
 use netmon_scenario::{
-    case::Case,
+    case::{Case, Workload},
     check::{Sees, check_workload, read_peers},
     harness::{Netmon, chosen_mode},
     isolate,
@@ -73,15 +73,17 @@ fn run(binary: &Path, case: &Case, net: u8) -> Row {
         row.note = format!("not ready: {}", last_line(&log));
         return row;
     }
-    // proc mode only sees what is in the socket table when it polls.
-    let work = if case.expect_mode == "proc" {
-        workload_held_open(net, CONNECTIONS)
-    } else {
-        workload(net, CONNECTIONS)
+    let work = match case.workload {
+        Workload::HeldOpen => workload_held_open(net, CONNECTIONS),
+        Workload::Closed | Workload::ClosedBeforePolls => workload(net, CONNECTIONS),
     };
     let (status, log) = netmon.stop();
     let chosen = chosen_mode(&log).unwrap_or("-").to_owned();
-    let verdict = check_workload(&read_peers(&output), &work, Sees::mode(&chosen));
+    let sees = match case.workload {
+        Workload::ClosedBeforePolls => Sees::proc_notified(),
+        Workload::Closed | Workload::HeldOpen => Sees::mode(&chosen),
+    };
+    let verdict = check_workload(&read_peers(&output), &work, sees);
     drop(work);
 
     let mut problems = verdict.problems();

@@ -6,6 +6,8 @@ use std::{fs, io::Write as _, path::Path};
 use anyhow::Context as _;
 use netmon_scenario::case::VM_CASES;
 
+use super::kernels::DIAG_MODULES;
+
 /// Debian's statically linked busybox (package busybox-static).
 pub const BUSYBOX: &str = "/bin/busybox";
 
@@ -32,6 +34,11 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /tmp
 ip link set lo up
 echo "netmon-vm: booted $(uname -r)"
+# The sock_diag modules this kernel's package has, if any (see
+# kernels::DIAG_MODULES).
+for module in {modules}; do
+    [ -f /lib/modules/$module.ko ] && insmod /lib/modules/$module.ko
+done
 for case in {cases}; do
     echo "netmon-vm: case $case"
     /bin/netmon-scenario /bin/netmon "$case" {RESULTS_PORT}
@@ -39,7 +46,8 @@ done
 echo "{DONE}"
 poweroff -f
 "#,
-        cases = cases.join(" ")
+        cases = cases.join(" "),
+        modules = DIAG_MODULES.join(" "),
     )
 }
 
@@ -62,8 +70,30 @@ pub fn write(out: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     fs::write(out, cpio.finish()).with_context(|| format!("writing {}", out.display()))
 }
 
+/// `base` followed by a second archive of `modules` under /lib/modules:
+/// the kernel unpacks concatenated archives one after the other, so each
+/// kernel gets its own modules over the shared userspace.
+pub fn with_modules(base: &Path, modules: &[std::path::PathBuf], out: &Path) -> anyhow::Result<()> {
+    let mut bytes = fs::read(base).with_context(|| format!("reading {}", base.display()))?;
+    let mut cpio = Cpio::default();
+    for dir in ["lib", "lib/modules"] {
+        cpio.entry(dir, Kind::Dir, &[]);
+    }
+    for module in modules {
+        let data = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+        let name = module
+            .file_name()
+            .context("a module file name")?
+            .to_string_lossy();
+        cpio.entry(&format!("lib/modules/{name}"), Kind::File, &data);
+    }
+    bytes.extend(cpio.finish());
+    fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
+}
+
 enum Kind {
     Dir,
+    File,
     Executable,
     CharDevice(u32, u32),
 }
@@ -80,6 +110,7 @@ impl Cpio {
     fn entry(&mut self, name: &str, kind: Kind, data: &[u8]) {
         let (mode, (major, minor)) = match kind {
             Kind::Dir => (0o040_755, (0, 0)),
+            Kind::File => (0o100_644, (0, 0)),
             Kind::Executable => (0o100_755, (0, 0)),
             Kind::CharDevice(major, minor) => (0o020_600, (major, minor)),
         };

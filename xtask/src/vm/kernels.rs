@@ -18,7 +18,16 @@ use crate::build::{output_of, run_status};
 pub struct Kernel {
     pub label: String,
     pub vmlinuz: PathBuf,
+    /// Modules the guest loads before the cases, in order: the sock_diag
+    /// ones proc mode reads the socket tables with. None for a bare image.
+    pub modules: Vec<PathBuf>,
 }
+
+/// The sock_diag modules, in load order (tcp_diag and udp_diag need
+/// inet_diag), as Debian builds them: `CONFIG_INET_DIAG=m`. Without them
+/// proc mode falls back to the /proc/net text, which the matrix then tests
+/// instead.
+pub const DIAG_MODULES: [&str; 3] = ["inet_diag", "tcp_diag", "udp_diag"];
 
 /// One of Debian's cloud kernels, named by the metapackage that points at
 /// the newest build in its suite.
@@ -73,16 +82,16 @@ pub fn resolve(paths: &[PathBuf], vm_dir: &Path) -> anyhow::Result<Vec<Kernel>> 
                 || path.display().to_string(),
                 |n| n.to_string_lossy().into(),
             );
-            if !path.is_file() {
-                bail!("--kernel {}: no such file", path.display());
-            }
-            let vmlinuz = if path.extension().is_some_and(|ext| ext == "deb") {
+            if path.extension().is_some_and(|ext| ext == "deb") {
                 let dir = vm_dir.join("kernels").join(&label);
-                extract_vmlinuz(path, &dir)?
-            } else {
-                path.clone()
-            };
-            Ok(Kernel { label, vmlinuz })
+                extract(std::slice::from_ref(path), &dir)?;
+                return Ok(Kernel::unpacked(label, &dir));
+            }
+            Ok(Kernel {
+                label,
+                vmlinuz: path.clone(),
+                modules: Vec::new(),
+            })
         })
         .collect()
 }
@@ -96,22 +105,24 @@ fn debian_kernels(vm_dir: &Path) -> anyhow::Result<Vec<Kernel>> {
         .iter()
         .map(|debian| {
             let dir = vm_dir.join("kernels").join(debian.label);
-            let vmlinuz = dir.join("vmlinuz");
-            if !vmlinuz.is_file() {
+            if !dir.join("vmlinuz").is_file() || !dir.join("modules").is_dir() {
                 if !updated {
                     apt.update()?;
                     updated = true;
                 }
-                let package = apt.kernel_package(debian)?;
-                eprintln!("xtask: downloading {package} ({})", debian.suite);
-                let deb = apt.download(&package, debian.suite)?;
-                extract_vmlinuz(&deb, &dir)?;
-                fs::remove_file(&deb)?;
+                let packages = apt.kernel_packages(debian)?;
+                eprintln!(
+                    "xtask: downloading {} ({})",
+                    packages.join(", "),
+                    debian.suite
+                );
+                let debs = apt.download(&packages, debian.suite)?;
+                extract(&debs, &dir)?;
+                for deb in debs {
+                    fs::remove_file(deb)?;
+                }
             }
-            Ok(Kernel {
-                label: debian.label.into(),
-                vmlinuz,
-            })
+            Ok(Kernel::unpacked(debian.label.into(), &dir))
         })
         .collect()
 }
@@ -179,16 +190,22 @@ impl Apt {
             .context("apt-get update on target/vm/apt (Debian's kernel suites)")
     }
 
-    /// The package holding the kernel image: the metapackage names
-    /// `linux-image-<version>`, which on sid only depends on the
-    /// `linux-binary-<version>` package that has it.
-    fn kernel_package(&self, debian: &DebianKernel) -> anyhow::Result<String> {
+    /// The packages holding the kernel image and its modules: the
+    /// metapackage names `linux-image-<version>`, which has both up to
+    /// bookworm and on sid only depends on the `linux-binary-<version>` and
+    /// `linux-modules-<version>` packages that have them.
+    fn kernel_packages(&self, debian: &DebianKernel) -> anyhow::Result<Vec<String>> {
         let image = self
             .dependency(debian.metapackage, debian.suite, "linux-image-")?
             .ok_or_else(|| anyhow!("{} names no linux-image-*", debian.metapackage))?;
-        Ok(self
-            .dependency(&image, debian.suite, "linux-binary-")?
-            .unwrap_or(image))
+        let split: Vec<String> = ["linux-binary-", "linux-modules-"]
+            .into_iter()
+            .map(|prefix| self.dependency(&image, debian.suite, prefix))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(if split.is_empty() { vec![image] } else { split })
     }
 
     /// The first dependency of `package` in `suite` whose name starts with
@@ -214,58 +231,134 @@ impl Apt {
             .map(str::to_owned))
     }
 
-    /// Downloads `package` from `suite`; returns the .deb.
-    fn download(&self, package: &str, suite: &str) -> anyhow::Result<PathBuf> {
+    /// Downloads `packages` from `suite`; returns the .debs.
+    fn download(&self, packages: &[String], suite: &str) -> anyhow::Result<Vec<PathBuf>> {
         let debs = self.dir.join("debs");
         for old in fs::read_dir(&debs)? {
             fs::remove_file(old?.path())?;
         }
         run_status(
             self.command("apt-get")
-                .args(["download", "-q", &format!("{package}/{suite}")])
+                .args(["download", "-q"])
+                .args(packages.iter().map(|package| format!("{package}/{suite}")))
                 .current_dir(&debs),
         )?;
-        let deb = fs::read_dir(&debs)?
-            .next()
-            .ok_or_else(|| anyhow!("apt-get download {package} left no .deb"))??;
-        Ok(deb.path())
+        let downloaded = fs::read_dir(&debs)?
+            .map(|entry| Ok(entry?.path()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if downloaded.len() != packages.len() {
+            bail!(
+                "apt-get download {} left {} .debs",
+                packages.join(" "),
+                downloaded.len()
+            );
+        }
+        Ok(downloaded)
     }
 }
 
-/// Extracts the kernel image from a Debian kernel package into
-/// `dir/vmlinuz` (`boot/vmlinuz-*` up to bookworm,
-/// `usr/lib/modules/*/vmlinuz` since).
-fn extract_vmlinuz(deb: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
-    let listing = output_of(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
-    let member = listing
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| {
-            path.rsplit('/')
-                .next()
-                .is_some_and(|name| name == "vmlinuz" || name.starts_with("vmlinuz-"))
+impl Kernel {
+    /// A kernel [`extract`]ed into `dir`.
+    fn unpacked(label: String, dir: &Path) -> Self {
+        let modules = DIAG_MODULES
+            .iter()
+            .map(|name| dir.join("modules").join(format!("{name}.ko")))
+            .filter(|path| path.is_file())
+            .collect();
+        Self {
+            label,
+            vmlinuz: dir.join("vmlinuz"),
+            modules,
+        }
+    }
+}
+
+/// Extracts from a Debian kernel package the image into `dir/vmlinuz`
+/// (`boot/vmlinuz-*` up to bookworm, `usr/lib/modules/*/vmlinuz` since)
+/// and the [`DIAG_MODULES`] it has into `dir/modules/`, uncompressed for
+/// busybox's insmod. The image goes last: it marks the kernel complete.
+fn extract(debs: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    let mut members = Vec::new();
+    for deb in debs {
+        let listing = output_of(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+        members.extend(
+            listing
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(5))
+                .map(|member| (deb, member.to_owned())),
+        );
+    }
+    let name_of = |path: &str| path.rsplit('/').next().unwrap_or_default().to_owned();
+    let (image_deb, image) = members
+        .iter()
+        .find(|(_, path)| {
+            let name = name_of(path);
+            name == "vmlinuz" || name.starts_with("vmlinuz-")
         })
-        .ok_or_else(|| anyhow!("{}: no vmlinuz in the package", deb.display()))?
-        .to_owned();
-    fs::create_dir_all(dir)?;
-    let vmlinuz = dir.join("vmlinuz");
+        .ok_or_else(|| anyhow!("{}: no vmlinuz in the packages", debs[0].display()))?;
+    let modules = dir.join("modules");
+    fs::create_dir_all(&modules)?;
+    for module in DIAG_MODULES {
+        let Some((deb, member)) = members.iter().find(|(_, path)| {
+            path.contains("/kernel/net/ipv4/")
+                && name_of(path)
+                    .strip_prefix(module)
+                    .is_some_and(|rest| rest.starts_with(".ko"))
+        }) else {
+            continue;
+        };
+        let bytes = decompress(&extract_member(deb, member)?, member)?;
+        write_atomically(&modules.join(format!("{module}.ko")), &bytes)?;
+    }
+    write_atomically(&dir.join("vmlinuz"), &extract_member(image_deb, image)?)
+}
+
+/// One file of a .deb's data archive.
+fn extract_member(deb: &Path, member: &str) -> anyhow::Result<Vec<u8>> {
     let mut tar = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start dpkg-deb")?;
-    let image = Command::new("tar")
-        .args(["-x", "-O", &member])
+    let file = Command::new("tar")
+        .args(["-x", "-O", member])
         .stdin(tar.stdout.take().expect("piped"))
         .output()
         .context("cannot start tar")?;
     let status = tar.wait()?;
-    if !status.success() || !image.status.success() || image.stdout.is_empty() {
+    if !status.success() || !file.status.success() || file.stdout.is_empty() {
         bail!("{}: cannot extract {member}", deb.display());
     }
-    let partial = dir.join("vmlinuz.partial");
-    fs::write(&partial, &image.stdout)?;
-    fs::rename(&partial, &vmlinuz)?;
-    Ok(vmlinuz)
+    Ok(file.stdout)
+}
+
+/// A module as Debian ships it: plain, or `.ko.xz` / `.ko.zst` (trixie on).
+fn decompress(bytes: &[u8], member: &str) -> anyhow::Result<Vec<u8>> {
+    let tool = match member.rsplit('.').next() {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        _ => return Ok(bytes.to_vec()),
+    };
+    let mut child = Command::new(tool)
+        .args(["-d", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {tool} for {member}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = bytes.to_vec();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let output = child.wait_with_output()?;
+    feeder.join().expect("feeder thread")?;
+    if !output.status.success() || output.stdout.is_empty() {
+        bail!("{tool} -d {member} failed");
+    }
+    Ok(output.stdout)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
+    fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
 }

@@ -13,6 +13,7 @@ mod qemu;
 mod report;
 
 use std::{
+    fs,
     path::{Path, PathBuf},
     sync::{
         Mutex,
@@ -28,7 +29,7 @@ use netmon_scenario::result::{Row, read_host_rows};
 use crate::{build, setup};
 
 /// Debian packages the matrix needs on the host.
-pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+pub const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils", "zstd"];
 
 #[derive(clap::Args, Default)]
 pub struct VmTestArgs {
@@ -53,8 +54,11 @@ pub fn target_tmp() -> PathBuf {
 pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     let vm_dir = build::root().join("target/vm");
     // Before anything slow, so a mistyped path fails at once.
-    let kernels = kernels::resolve(&args.kernels, &vm_dir)?;
+    if let Some(missing) = args.kernels.iter().find(|path| !path.is_file()) {
+        bail!("--kernel {}: no such file", missing.display());
+    }
     setup::debian_packages(PACKAGES)?;
+    let kernels = kernels::resolve(&args.kernels, &vm_dir)?;
     let bin_dir = build::build_static(&["netmon-userspace", "netmon-scenario"])?;
     let initramfs = vm_dir.join("initramfs.cpio");
     initramfs::write(&initramfs, &bin_dir)?;
@@ -84,6 +88,14 @@ pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The shared initramfs with `kernel`'s modules added, in `dir`.
+fn initrd_for(kernel: &kernels::Kernel, initramfs: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let initrd = dir.join("initramfs.cpio");
+    initramfs::with_modules(initramfs, &kernel.modules, &initrd)?;
+    Ok(initrd)
+}
+
 /// Boots every kernel, `jobs` at a time, and judges each.
 fn boot_all(
     kernels: &[kernels::Kernel],
@@ -98,7 +110,9 @@ fn boot_all(
             scope.spawn(|| {
                 while let Some(kernel) = kernels.get(next.fetch_add(1, Ordering::Relaxed)) {
                     eprintln!("xtask: booting {}", kernel.label);
-                    let boot = qemu::boot(&kernel.vmlinuz, initramfs, &runs.join(&kernel.label));
+                    let dir = runs.join(&kernel.label);
+                    let boot = initrd_for(kernel, initramfs, &dir)
+                        .and_then(|initrd| qemu::boot(&kernel.vmlinuz, &initrd, &dir));
                     if let Ok(boot) = &boot {
                         eprintln!(
                             "xtask: {} powered off after {:.0} s",
