@@ -71,13 +71,17 @@ impl Dumper {
         send_all(&self.fd, &request(self.seq, proto, v6, states))?;
         loop {
             let len = recv(&self.fd, &mut self.buf, 0)?;
-            for message in Messages::new(&self.buf[..len]) {
+            for (seq, message) in Messages::new(&self.buf[..len]) {
+                // The rest of an earlier dump that ended in an error.
+                if seq.is_some_and(|seq| seq != self.seq) {
+                    continue;
+                }
                 match message? {
                     Message::Done => return Ok(()),
-                    Message::Socket(seq, payload) if seq == self.seq => {
+                    Message::Socket(payload) => {
                         sink(parse_socket(payload).ok_or_else(short_message)?);
                     }
-                    Message::Socket(..) | Message::Other => {}
+                    Message::Other => {}
                 }
             }
         }
@@ -127,8 +131,8 @@ impl Destroyed {
                 }
                 Err(err) => return Err(err),
             };
-            for message in Messages::new(&self.buf[..len]) {
-                if let Message::Socket(_, payload) = message? {
+            for (_, message) in Messages::new(&self.buf[..len]) {
+                if let Message::Socket(payload) = message? {
                     let proto = match payload.get(MSG_FULL_LEN..).and_then(protocol_attr) {
                         Some(libc::IPPROTO_UDP) => Proto::Udp,
                         _ => Proto::Tcp,
@@ -265,13 +269,14 @@ fn request(seq: u32, proto: Proto, v6: bool, states: u32) -> [u8; NLMSG_HDR_LEN 
 }
 
 enum Message<'a> {
-    /// A socket, with the sequence number of the request it answers.
-    Socket(u32, &'a [u8]),
+    /// A socket's `inet_diag_msg` and attributes.
+    Socket(&'a [u8]),
     Done,
     Other,
 }
 
-/// The netlink messages in one datagram.
+/// The netlink messages in one datagram, each with the sequence number of
+/// the request it answers (none for a datagram too short to say).
 struct Messages<'a> {
     rest: &'a [u8],
 }
@@ -283,7 +288,7 @@ impl<'a> Messages<'a> {
 }
 
 impl<'a> Iterator for Messages<'a> {
-    type Item = io::Result<Message<'a>>;
+    type Item = (Option<u32>, io::Result<Message<'a>>);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.rest.len() < NLMSG_HDR_LEN {
@@ -292,13 +297,13 @@ impl<'a> Iterator for Messages<'a> {
         let len = u32_at(self.rest, 0) as usize;
         if len < NLMSG_HDR_LEN || len > self.rest.len() {
             self.rest = &[];
-            return Some(Err(short_message()));
+            return Some((None, Err(short_message())));
         }
         let (kind, seq) = (u16_at(self.rest, 4), u32_at(self.rest, 8));
         let payload = &self.rest[NLMSG_HDR_LEN..len];
         self.rest = &self.rest[len.next_multiple_of(4).min(self.rest.len())..];
-        Some(match kind {
-            SOCK_DIAG_BY_FAMILY => Ok(Message::Socket(seq, payload)),
+        let message = match kind {
+            SOCK_DIAG_BY_FAMILY => Ok(Message::Socket(payload)),
             k if k == libc::NLMSG_DONE as u16 => Ok(Message::Done),
             k if k == libc::NLMSG_ERROR as u16 => match payload.get(..4) {
                 Some(errno) => match i32::from_ne_bytes(errno.try_into().unwrap()) {
@@ -308,7 +313,8 @@ impl<'a> Iterator for Messages<'a> {
                 None => Err(short_message()),
             },
             _ => Ok(Message::Other),
-        })
+        };
+        Some((Some(seq), message))
     }
 }
 
@@ -450,16 +456,16 @@ mod tests {
         let mut bytes = datagram(SOCK_DIAG_BY_FAMILY, &msg);
         bytes.extend(datagram(libc::NLMSG_DONE as u16, &[0; 4]));
         let kinds: Vec<_> = Messages::new(&bytes)
-            .map(|m| match m.unwrap() {
-                Message::Socket(seq, _) => format!("socket {seq}"),
-                Message::Done => "done".into(),
+            .map(|(seq, m)| match m.unwrap() {
+                Message::Socket(_) => format!("socket {seq:?}"),
+                Message::Done => format!("done {seq:?}"),
                 Message::Other => "other".into(),
             })
             .collect();
-        assert_eq!(kinds, ["socket 9", "done"]);
+        assert_eq!(kinds, ["socket Some(9)", "done Some(9)"]);
 
         let error = datagram(libc::NLMSG_ERROR as u16, &(-libc::ENOENT).to_ne_bytes());
-        let err = Messages::new(&error).next().unwrap().err().unwrap();
+        let err = Messages::new(&error).next().unwrap().1.err().unwrap();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     }
 
@@ -468,7 +474,7 @@ mod tests {
         let msg = message(libc::AF_INET, v4([1; 4]), v4([2; 4]), &[]);
         let mut bytes = datagram(SOCK_DIAG_BY_FAMILY, &msg);
         bytes.truncate(40);
-        let err = Messages::new(&bytes).next().unwrap().err().unwrap();
+        let err = Messages::new(&bytes).next().unwrap().1.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert_eq!(parse_socket(&msg[..30]), None);
     }

@@ -296,11 +296,11 @@ impl Scanner {
             if self.seen.contains(&key) || self.previous.contains(&key) {
                 continue;
             }
-            // A listener opened since the last poll: look before calling
-            // its connection outbound.
+            // A listener opened since the last poll: look (once per batch,
+            // it is cheap) before calling its connection outbound.
             if !refreshed && !self.listening.contains_key(&(proto, row.local_port)) {
                 refreshed = true;
-                self.refresh_listeners(proto)?;
+                self.refresh_listeners()?;
             }
             let conn = connection(&self.listening, proto, &row, peer);
             sink(&conn, Liveness::Closed);
@@ -308,17 +308,19 @@ impl Scanner {
         Ok(())
     }
 
-    /// Rereads the listeners of `proto`, over netlink only.
-    fn refresh_listeners(&mut self, proto: Proto) -> io::Result<()> {
+    /// Rereads the listeners, over netlink only: a dump of listening
+    /// sockets alone skips the connections' hash table, so it costs tens
+    /// of microseconds however many connections there are.
+    fn refresh_listeners(&mut self) -> io::Result<()> {
         let Tables::Netlink { dumper, .. } = &mut self.tables else {
             return Ok(());
         };
         let now = Instant::now();
-        let states = match proto {
-            Proto::Tcp => 1 << TCP_LISTEN,
-            Proto::Udp => 1 << TCP_CLOSE,
-        };
-        for v6 in [false, true] {
+        for (proto, v6, _) in TABLES {
+            let states = match proto {
+                Proto::Tcp => 1 << TCP_LISTEN,
+                Proto::Udp => 1 << TCP_CLOSE,
+            };
             let listening = &mut self.listening;
             tolerate_missing(dumper.dump(proto, v6, states, |row| {
                 if listens(proto, &row) {
