@@ -1,7 +1,7 @@
 //! `cargo xtask fuzz --seconds N`: every cargo-fuzz target for N seconds.
 //!
 //! The targets (fuzz/fuzz_targets/) feed arbitrary bytes to the checkpoint
-//! loader and the /proc/net parser. Each runs on its corpus in
+//! loader, the /proc/net parser and the sock_diag notification parser. Each runs on its corpus in
 //! fuzz/corpus/, which is minimized afterwards and kept in the repository,
 //! so every run starts from what earlier runs found.
 use std::process::Command;
@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::build::{self, output_of, run_status};
 
 /// The targets, as named in fuzz/Cargo.toml.
-const TARGETS: [&str; 2] = ["checkpoint", "proc_net"];
+const TARGETS: [&str; 3] = ["checkpoint", "proc_net", "sock_diag"];
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {

@@ -131,17 +131,32 @@ impl Destroyed {
                 }
                 Err(err) => return Err(err),
             };
-            for (_, message) in Messages::new(&self.buf[..len]) {
-                if let Message::Socket(payload) = message? {
-                    let proto = match payload.get(MSG_FULL_LEN..).and_then(protocol_attr) {
-                        Some(libc::IPPROTO_UDP) => Proto::Udp,
-                        _ => Proto::Tcp,
-                    };
-                    sink(proto, parse_socket(payload).ok_or_else(short_message)?);
-                }
+            for socket in notified_sockets(&self.buf[..len]) {
+                let (proto, row) = socket?;
+                sink(proto, row);
             }
         }
     }
+}
+
+/// The sockets in one datagram of destroy notifications, each with its
+/// protocol; an error for a datagram that is not one.
+pub fn notified_sockets(datagram: &[u8]) -> impl Iterator<Item = io::Result<(Proto, Row)>> + '_ {
+    Messages::new(datagram).filter_map(|(_, message)| match message {
+        Ok(Message::Socket(payload)) => {
+            let proto = match payload.get(MSG_FULL_LEN..).and_then(protocol_attr) {
+                Some(libc::IPPROTO_UDP) => Proto::Udp,
+                _ => Proto::Tcp,
+            };
+            Some(
+                parse_socket(payload)
+                    .map(|row| (proto, row))
+                    .ok_or_else(short_message),
+            )
+        }
+        Ok(Message::Done | Message::Other) => None,
+        Err(err) => Some(Err(err)),
+    })
 }
 
 impl AsRawFd for Destroyed {
@@ -308,7 +323,7 @@ impl<'a> Iterator for Messages<'a> {
             k if k == libc::NLMSG_ERROR as u16 => match payload.get(..4) {
                 Some(errno) => match i32::from_ne_bytes(errno.try_into().unwrap()) {
                     0 => Ok(Message::Other),
-                    errno => Err(io::Error::from_raw_os_error(-errno)),
+                    errno => Err(io::Error::from_raw_os_error(errno.saturating_neg())),
                 },
                 None => Err(short_message()),
             },

@@ -27,7 +27,10 @@ use std::{
 use anyhow::Context as _;
 use log::info;
 
-pub use self::{diag::Destroyed, text::rows};
+pub use self::{
+    diag::{Destroyed, notified_sockets},
+    text::rows,
+};
 use crate::peer::{Connection, Direction, Source};
 
 /// How long a port counts as listening after its listener was last seen.
