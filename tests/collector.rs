@@ -223,13 +223,7 @@ fn proc_mode_sees_connections_that_close_between_polls() {
     );
     let peers = read_peers(&path);
     let verdict = check_workload(&peers, &work, Sees::proc_notified());
-    record_row(
-        "proc, closed between polls",
-        "proc",
-        Some(&verdict),
-        true,
-        "",
-    );
+    record_row("proc-notified", "proc", Some(&verdict), true, "");
     verdict.assert_complete();
     // Every other connection closes gracefully: its socket keeps its port.
     let graceful: Vec<Ipv4Addr> = work.destinations.iter().step_by(2).copied().collect();

@@ -272,18 +272,21 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
         observers,
     };
 
-    // Connections still open from before netmon started, scanned after
-    // attaching so that nothing opened in between is missed. They are
-    // recorded as peers but not counted: counts are connections seen
-    // opening, and a restart would otherwise count every surviving
-    // connection again. Closed ones (TIME_WAIT) are left out: the run
-    // before this one, if any, saw them.
+    // Subscribed before the start-up scan, so that no socket closes
+    // unseen in between.
     let mut scanner = Scanner::open(proc_net, args.socket_tables)?;
     let mut destroyed = match mode {
         AttachMode::Proc => subscribe(&mut scanner)?,
         _ => None,
     };
     info!("socket tables: {}", scanner.describe());
+
+    // Connections still open from before netmon started, scanned after
+    // attaching so that nothing opened in between is missed. They are
+    // recorded as peers but not counted: counts are connections seen
+    // opening, and a restart would otherwise count every surviving
+    // connection again. Closed ones (TIME_WAIT) are left out: the run
+    // before this one, if any, saw them.
     let now = store::unix_now();
     scanner
         .scan(|conn, liveness| {
@@ -453,7 +456,7 @@ fn warn_if_overflowed(scanner: &mut Scanner) {
     let overflows = scanner.take_overflows();
     if overflows > 0 {
         warn!(
-            "sock_diag notifications were lost {overflows} times since the last checkpoint (receive buffer full); their peers were recovered from TIME_WAIT sockets, their counts may be low"
+            "sock_diag notifications were lost {overflows} times since the last checkpoint (receive buffer full); the next poll recovers their peers from TIME_WAIT sockets, uncounted"
         );
     }
 }

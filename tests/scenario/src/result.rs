@@ -130,6 +130,14 @@ pub fn host_rows_dir(target_tmp: &Path) -> PathBuf {
 
 /// Records a host row, one file per case so tests can run in any order.
 pub fn record_host_row(target_tmp: &Path, row: &Row) -> io::Result<()> {
+    // Fields are separated by spaces: a case name with one would not read
+    // back, and its row would silently go missing from the table.
+    if row.case.contains(char::is_whitespace) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("case name {:?} has whitespace", row.case),
+        ));
+    }
     let dir = host_rows_dir(target_tmp);
     fs::create_dir_all(&dir)?;
     fs::write(dir.join(format!("{}.line", row.case)), format!("{row}\n"))
