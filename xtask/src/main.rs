@@ -58,14 +58,17 @@ enum Command {
     /// storm, kernel and user CPU, memory and times at 1M peers) beside a
     /// psutil poller, and print one table (needs root; about 3 minutes).
     Bench(bench::BenchArgs),
-    /// Run every cargo-fuzz target (checkpoint loader, /proc/net parser)
-    /// for --seconds each, keeping the minimized corpus in fuzz/corpus.
+    /// Run every cargo-fuzz target (checkpoint loader, /proc/net and
+    /// sock_diag parsers) for --seconds each, keeping the minimized corpus in fuzz/corpus.
     Fuzz(fuzz::FuzzArgs),
     /// netmon under continuous connection churn for --minutes, failing if
     /// its RSS or open file descriptors keep growing (needs root).
     Soak {
         #[arg(long, default_value_t = 5)]
         minutes: u64,
+        /// netmon's --mode: proc soaks the sock_diag path.
+        #[arg(long, default_value = "auto")]
+        mode: String,
     },
     /// One worker process of the bench's connection storm.
     #[command(hide = true)]
@@ -97,7 +100,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Man => man::man().map(drop),
         Command::Image => image::image().map(drop),
         Command::Fuzz(args) => fuzz::fuzz(&args),
-        Command::Soak { minutes } => soak::soak(minutes),
+        Command::Soak { minutes, mode } => soak::soak(minutes, &mode),
     }
 }
 

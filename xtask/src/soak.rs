@@ -34,13 +34,13 @@ struct Sample {
     connections: u64,
 }
 
-pub fn soak(minutes: u64) -> anyhow::Result<()> {
+pub fn soak(minutes: u64, mode: &str) -> anyhow::Result<()> {
     let binary = build::build(Profile::Release)?;
     let dir = std::env::temp_dir().join(format!("netmon-soak-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let mut netmon = Netmon(
         Command::new(&binary)
-            .args(["run", "--interval", "5", "--output"])
+            .args(["run", "--mode", mode, "--interval", "5", "--output"])
             .arg(dir.join("peers.json"))
             .stderr(Stdio::null())
             .spawn()
