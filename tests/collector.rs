@@ -488,6 +488,10 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
         );
     }
     assert_eq!(stdout.matches(": verified").count(), 4, "{stdout}");
+    assert!(
+        stdout.contains("socket tables: netlink sock_diag, with destroy notifications"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -8,10 +8,13 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use crate::ebpf::{
-    self,
-    events::TransportRequest,
-    ladder::{Env, LADDER},
+use crate::{
+    ebpf::{
+        self,
+        events::TransportRequest,
+        ladder::{Env, LADDER},
+    },
+    procnet::{Scanner, TablesRequest},
 };
 
 pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
@@ -34,6 +37,7 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
             )?,
         }
     }
+    writeln!(out, "socket tables: {}", socket_tables())?;
     let kernel = env.kernel();
     writeln!(out, "event transport: {}", kernel.transport)?;
     match &kernel.offsets_origin {
@@ -72,4 +76,16 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
         bail!("{failures} eBPF program(s) or object(s) failed to load");
     }
     Ok(())
+}
+
+/// How proc mode and the start-up scan would read the socket tables, or
+/// why they would fall back to the text.
+fn socket_tables() -> String {
+    match Scanner::open(Path::new("/proc/net"), TablesRequest::Netlink) {
+        Ok(mut scanner) => match scanner.subscribe() {
+            Ok(_) => scanner.describe(),
+            Err(err) => format!("{} (no notifications: {err})", scanner.describe()),
+        },
+        Err(err) => format!("the /proc/net text ({err:#})"),
+    }
 }
