@@ -17,13 +17,13 @@ use std::{
 use netmon_scenario::{
     case::Setting,
     check::{
-        Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, peers_of,
+        Peers, Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, peers_of,
         read_checkpoint, read_peers,
     },
     harness::{self, chosen_mode, skip_reasons},
     isolate,
     result::{Row, record_host_row},
-    workload::{connect_from, workload, workload_held_open},
+    workload::{Workload, connect_from, workload, workload_held_open},
 };
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
@@ -211,17 +211,11 @@ fn proc_mode_records_connections_in_the_socket_table() {
 /// counted once.
 #[test]
 fn proc_mode_sees_connections_that_close_between_polls() {
-    let (_dir, path) = tempdir();
-    let netmon = Netmon::start(&path, "proc", &["--poll-interval", "60000"]);
-    netmon.wait_ready().unwrap();
-    let work = workload(13, 10);
-    let (status, log) = netmon.stop();
-    assert!(status.success(), "{log}");
+    let (peers, work, log) = in_proc_mode(&["--poll-interval", "60000"], || workload(13, 10));
     assert!(
         log.contains("socket tables: netlink sock_diag, with destroy notifications"),
         "{log}"
     );
-    let peers = read_peers(&path);
     let verdict = check_workload(&peers, &work, Sees::proc_notified());
     record_row("proc-notified", "proc", Some(&verdict), true, "");
     verdict.assert_complete();
@@ -258,19 +252,27 @@ fn proc_mode_sees_connections_that_close_between_polls() {
 /// of the /proc/net text, which see what is in the table at the time.
 #[test]
 fn proc_mode_reads_the_text_tables_when_told() {
-    let (_dir, path) = tempdir();
-    let netmon = Netmon::start(&path, "proc", &["--socket-tables", "procfs"]);
-    netmon.wait_ready().unwrap();
-    let work = workload_held_open(14, 5);
-    let (status, log) = netmon.stop();
-    assert!(status.success(), "{log}");
+    let (peers, work, log) =
+        in_proc_mode(&["--socket-tables", "procfs"], || workload_held_open(14, 5));
     for line in [
         "socket tables: the text of /proc/net",
         "no notifications of closed sockets (the /proc/net text has no notifications): polls read TIME_WAIT sockets",
     ] {
         assert!(log.contains(line), "log lacks {line:?}:\n{log}");
     }
-    check_workload(&read_peers(&path), &work, Sees::mode("proc")).assert_complete();
+    check_workload(&peers, &work, Sees::mode("proc")).assert_complete();
+}
+
+/// netmon in proc mode with `extra` flags while `work` runs: the peers it
+/// wrote, the workload (still holding what it holds open) and the log.
+fn in_proc_mode(extra: &[&str], work: impl FnOnce() -> Workload) -> (Peers, Workload, String) {
+    let (_dir, path) = tempdir();
+    let netmon = Netmon::start(&path, "proc", extra);
+    netmon.wait_ready().unwrap();
+    let work = work();
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    (read_peers(&path), work, log)
 }
 
 /// Netlink reaches a network namespace, not a directory: a --proc-net that
