@@ -2,7 +2,7 @@
 //!
 //! The metrics are prometheus-client counters and gauges (atomics): the
 //! collection loop updates them as it goes, without locks on the hot path,
-//! and the responder in [`http`] encodes the registry at each scrape.
+//! and the responder in `http` encodes the registry at each scrape.
 mod http;
 
 use std::{

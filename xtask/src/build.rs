@@ -148,7 +148,8 @@ pub fn nightly_cargo() -> Command {
     command
 }
 
-/// fmt and clippy on both workspaces (and both eBPF builds), warnings as
+/// fmt and clippy on both workspaces (and both eBPF builds) and rustdoc on
+/// the userspace one, warnings as
 /// errors.
 pub fn lint() -> anyhow::Result<()> {
     run_status(cargo().args(["fmt", "--all", "--check"]))?;
@@ -162,6 +163,12 @@ pub fn lint() -> anyhow::Result<()> {
         "warnings",
     ];
     run_status(with_objects(cargo().args(clippy)))?;
+    // Doc comments are the design notes here: a link that no longer
+    // resolves is a note gone stale.
+    run_status(
+        with_objects(cargo().args(["doc", "--workspace", "--no-deps"]))
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
     for (_, _, args) in OBJECTS {
         let mut command = nightly_cargo();
         command.args(["clippy", "--release"]).args(args);

@@ -51,7 +51,7 @@ enum Command {
     Lint,
     /// Write the man pages (netmon.1 and one per command) to target/man.
     Man,
-    /// Build the container image netmon:<version> (FROM scratch, static
+    /// Build the container image netmon:VERSION (FROM scratch, static
     /// binary) with podman or docker, and check the binary in it.
     Image,
     /// Measure netmon against issue 6's targets (capture in a connection

@@ -125,7 +125,7 @@ impl Events {
     /// caught up (the ring was empty), and each wake-up is an interrupt the
     /// eBPF program raises while it runs. Draining the instant one event
     /// arrives keeps the ring empty, so in a storm every event paid for a
-    /// wake-up; waiting [`BATCH`] lets the events of the next moment join the
+    /// wake-up; waiting `BATCH` lets the events of the next moment join the
     /// first without waking anyone. An event is still read within about
     /// `BATCH` of its arrival.
     ///

@@ -166,7 +166,7 @@ pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result
 const NO_PERMISSION: &str = "permission denied: eBPF needs root, or CAP_BPF and CAP_PERFMON \
      (CAP_SYS_ADMIN before Linux 5.8); --mode proc works without them";
 
-/// Fails with [`NO_PERMISSION`] when this process holds neither CAP_BPF
+/// Fails with `NO_PERMISSION` when this process holds neither CAP_BPF
 /// nor CAP_SYS_ADMIN, before anything (mounting tracefs, loading) fails
 /// with a less telling error.
 pub fn require_permission() -> anyhow::Result<()> {

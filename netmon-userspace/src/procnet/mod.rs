@@ -2,7 +2,7 @@
 //! eBPF mode.
 //!
 //! They are read over netlink (NETLINK_SOCK_DIAG, as `ss` does) where the
-//! kernel has it, else as the text under /proc/net ([`text`]). Over
+//! kernel has it, else as the text under /proc/net (`text.rs`). Over
 //! netlink proc mode also hears of every socket the kernel destroys, so
 //! it sees connections that open and close between two polls and refused
 //! attempts, which no poller can.
