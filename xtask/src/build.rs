@@ -149,8 +149,7 @@ pub fn nightly_cargo() -> Command {
 }
 
 /// fmt and clippy on both workspaces (and both eBPF builds) and rustdoc on
-/// the userspace one, warnings as
-/// errors.
+/// the userspace one, warnings as errors.
 pub fn lint() -> anyhow::Result<()> {
     run_status(cargo().args(["fmt", "--all", "--check"]))?;
     run_status(nightly_cargo().args(["fmt", "--check"]))?;
