@@ -590,4 +590,56 @@ mod tests {
         let (_dir, mut scanner) = scan_dir(&[]);
         assert!(scanner.scan(|_, _| {}).is_err());
     }
+
+    /// A destroyed socket as a notification describes it.
+    fn destroyed(cookie: u64, local_port: u16, remote: [u8; 4]) -> (Proto, Row) {
+        let row = Row {
+            local: Some(Ipv4Addr::new(127, 0, 0, 1)),
+            local_port,
+            remote: Some(Ipv4Addr::from(remote)),
+            remote_port: 0,
+            state: TCP_CLOSE,
+            cookie: Some(cookie),
+        };
+        (Proto::Tcp, row)
+    }
+
+    fn announced(scanner: &mut Scanner, rows: &[(Proto, Row)]) -> Vec<(Ipv4Addr, Direction)> {
+        let mut out = Vec::new();
+        scanner
+            .announce(rows, &mut |c, liveness| {
+                assert_eq!(liveness, Liveness::Closed);
+                out.push((c.peer, c.direction));
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_destroyed_socket_a_poll_saw_is_not_counted_again() {
+        let (_dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
+        let seen = destroyed(7, 40000, [10, 0, 0, 1]);
+        scanner
+            .seen
+            .insert(key(seen.0, &seen.1, Ipv4Addr::new(10, 0, 0, 1)));
+        let unseen = destroyed(8, 40001, [10, 0, 0, 2]);
+        assert_eq!(
+            announced(&mut scanner, &[seen, unseen]),
+            [(Ipv4Addr::new(10, 0, 0, 2), Direction::Outbound)]
+        );
+    }
+
+    #[test]
+    fn a_listener_closing_makes_its_connections_inbound() {
+        let (_dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
+        // The connection's notification comes before its listener's.
+        let rows = [
+            destroyed(1, 8080, [10, 0, 0, 3]),
+            destroyed(2, 8080, [0, 0, 0, 0]),
+        ];
+        assert_eq!(
+            announced(&mut scanner, &rows),
+            [(Ipv4Addr::new(10, 0, 0, 3), Direction::Inbound)]
+        );
+    }
 }
