@@ -48,7 +48,8 @@ impl Poller {
         self.child.id()
     }
 
-    /// SIGTERM; returns the addresses it wrote.
+    /// SIGTERM (it walks the table once more); returns the addresses it
+    /// wrote.
     pub fn stop(mut self) -> anyhow::Result<Vec<Ipv4Addr>> {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };

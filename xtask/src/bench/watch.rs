@@ -18,9 +18,9 @@ use super::{
     storm::{Outcome, Pattern, Storm},
 };
 
-/// After the storm, before the watchers stop: long enough for the poller
-/// to walk the table once more (as it would have, running on), and for
-/// netmon to drain its buffer.
+/// After the storm, before the watchers stop: long enough for netmon to
+/// drain its buffer, and for the poller's walk in progress to end (it
+/// walks once more when told to stop).
 const SETTLE: Duration = Duration::from_millis(1200);
 
 /// What watches a storm.
