@@ -166,7 +166,11 @@ pub mod tcp_state {
     pub const ESTABLISHED: i32 = 1;
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
+    pub const TIME_WAIT: i32 = 6;
     pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+    /// A request socket, a handshake in progress, as sock_diag dumps it.
+    pub const NEW_SYN_RECV: i32 = 12;
 }
 
 pub const AF_INET: u16 = 2;

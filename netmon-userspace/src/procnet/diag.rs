@@ -15,6 +15,8 @@ use std::{
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
 };
 
+use netmon_common::tcp_state;
+
 use super::{Proto, Row};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
@@ -32,15 +34,10 @@ const MSG_LEN: usize = 52;
 const MSG_FULL_LEN: usize = 72;
 /// A dump answers in messages of at most 32 KiB (the kernel's cap).
 const DUMP_BUF: usize = 32 * 1024;
-/// Receive buffer asked for the notifications: room for ~10 000 of them,
-/// a few hundred milliseconds of the fastest storm, should netmon be late.
+/// Receive buffer asked for the notifications (the kernel doubles it):
+/// with netmon stopped in the bench's storm, 32 MiB held about 2 s of
+/// notifications before the kernel dropped any.
 const NOTIFY_RCVBUF: i32 = 16 << 20;
-
-/// `include/net/tcp_states.h`.
-pub const TCP_SYN_RECV: u8 = 3;
-pub const TCP_TIME_WAIT: u8 = 6;
-/// A request socket (a handshake in progress) as the kernel dumps it.
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// A netlink socket for state-filtered dumps.
 pub struct Dumper {
@@ -165,19 +162,18 @@ impl AsRawFd for Destroyed {
     }
 }
 
-/// The states a dump may ask for: every one but those in `except`.
-pub fn all_states_but(except: &[u8]) -> u32 {
-    except
-        .iter()
-        .fold(u32::MAX, |mask, &state| mask & !(1 << state))
-}
-
-/// The states of sockets that are connections or on their way to being
-/// one, without handshakes in progress: a request socket is a different
-/// socket from the connection it becomes, and the connection (or its
-/// destruction) is seen anyway.
-pub fn without_handshakes(states: u32) -> u32 {
-    states & !(1 << TCP_SYN_RECV) & !(1 << TCP_NEW_SYN_RECV)
+/// The states a poll asks for: every one but handshakes in progress (a
+/// request socket is a different socket from the connection it becomes,
+/// and the connection, or its destruction, is seen anyway) and, unless
+/// `time_wait`, TIME_WAIT.
+pub fn poll_states(time_wait: bool) -> u32 {
+    let handshakes = 1 << tcp_state::SYN_RECV | 1 << tcp_state::NEW_SYN_RECV;
+    let closed = if time_wait {
+        0
+    } else {
+        1 << tcp_state::TIME_WAIT
+    };
+    !(handshakes | closed)
 }
 
 fn netlink_socket(flags: i32) -> io::Result<OwnedFd> {
@@ -201,23 +197,18 @@ fn bind(fd: &OwnedFd) -> io::Result<()> {
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     // SAFETY: addr is a sockaddr_nl of the length given.
-    let rc = unsafe {
+    zero_or_errno(unsafe {
         libc::bind(
             fd.as_raw_fd(),
             (&raw const addr).cast(),
             size_of::<libc::sockaddr_nl>() as libc::socklen_t,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
 }
 
 fn setsockopt(fd: &OwnedFd, level: i32, name: i32, value: impl Copy) -> io::Result<()> {
     // SAFETY: value is a plain integer that outlives the call.
-    let rc = unsafe {
+    zero_or_errno(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
@@ -225,7 +216,11 @@ fn setsockopt(fd: &OwnedFd, level: i32, name: i32, value: impl Copy) -> io::Resu
             (&raw const value).cast(),
             size_of_val(&value) as libc::socklen_t,
         )
-    };
+    })
+}
+
+/// A call's 0 as success, anything else as the error in errno.
+pub(super) fn zero_or_errno(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
@@ -233,28 +228,11 @@ fn setsockopt(fd: &OwnedFd, level: i32, name: i32, value: impl Copy) -> io::Resu
     }
 }
 
-fn send_all(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+/// A byte count from `call`, which is made again when a signal
+/// interrupted it.
+fn count_retrying(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
     loop {
-        // SAFETY: bytes is valid for its length; netlink takes the whole
-        // message or nothing.
-        let rc = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        match rc {
-            rc if rc >= 0 => return Ok(()),
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-}
-
-fn recv(fd: &OwnedFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
-    loop {
-        // SAFETY: buf is valid for writes of its length.
-        let rc = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if let Ok(len) = usize::try_from(rc) {
+        if let Ok(len) = usize::try_from(call()) {
             return Ok(len);
         }
         let err = io::Error::last_os_error();
@@ -262,6 +240,20 @@ fn recv(fd: &OwnedFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
             return Err(err);
         }
     }
+}
+
+fn send_all(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: bytes is valid for its length; netlink takes the whole
+    // message or nothing.
+    count_retrying(|| unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) })
+        .map(drop)
+}
+
+fn recv(fd: &OwnedFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of its length.
+    count_retrying(|| unsafe {
+        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags)
+    })
 }
 
 /// `nlmsghdr` + `inet_diag_req_v2` asking for a dump.
@@ -351,7 +343,7 @@ fn parse_socket(msg: &[u8]) -> Option<Row> {
         local_port: u16::from_be_bytes([msg[4], msg[5]]),
         remote: address(&msg[24..40]),
         remote_port: u16::from_be_bytes([msg[6], msg[7]]),
-        state: msg[1],
+        state: i32::from(msg[1]),
         cookie: Some(cookie),
     })
 }

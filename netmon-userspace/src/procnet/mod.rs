@@ -31,15 +31,12 @@ pub use self::{
     diag::{Destroyed, notified_sockets},
     text::rows,
 };
+use netmon_common::tcp_state::{CLOSE, LISTEN, TIME_WAIT};
+
 use crate::peer::{Connection, Direction, Source};
 
 /// How long a port counts as listening after its listener was last seen.
 const LISTENER_MEMORY: Duration = Duration::from_secs(60);
-
-/// TCP states as printed in the `st` column (include/net/tcp_states.h).
-const TCP_TIME_WAIT: u8 = diag::TCP_TIME_WAIT;
-const TCP_CLOSE: u8 = 0x07;
-const TCP_LISTEN: u8 = 0x0a;
 
 /// What `--socket-tables` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -89,11 +86,20 @@ pub struct Row {
     pub local_port: u16,
     pub remote: Option<Ipv4Addr>,
     pub remote_port: u16,
-    /// A TCP state, or a UDP socket's pseudo-state.
-    pub state: u8,
+    /// A TCP state (`netmon_common::tcp_state`), or a UDP socket's
+    /// pseudo-state.
+    pub state: i32,
     /// The kernel's unique id of the socket, where the table gives it
     /// (netlink does, the text does not).
     pub cookie: Option<u64>,
+}
+
+impl Row {
+    /// The remote address, unless the socket has none (a listener, or a
+    /// socket never connected) or it is not IPv4.
+    fn peer(&self) -> Option<Ipv4Addr> {
+        self.remote.filter(|ip| !ip.is_unspecified())
+    }
 }
 
 /// How the tables are read.
@@ -164,7 +170,7 @@ impl Scanner {
         let mut dumper = in_netns(netns.as_ref(), diag::Dumper::open)
             .context("cannot open a NETLINK_SOCK_DIAG socket")?;
         dumper
-            .dump(Proto::Tcp, false, 1 << TCP_LISTEN, |_| {})
+            .dump(Proto::Tcp, false, 1 << LISTEN, |_| {})
             .context("the kernel answers no TCP dump")?;
         Ok(Self::with(Tables::Netlink {
             dumper,
@@ -236,7 +242,7 @@ impl Scanner {
         std::mem::swap(&mut self.previous, &mut self.seen);
         self.seen.clear();
         for &(proto, row) in &self.rows {
-            let Some(peer) = row.remote.filter(|ip| !ip.is_unspecified()) else {
+            let Some(peer) = row.peer() else {
                 continue;
             };
             let key = key(proto, &row, peer);
@@ -245,8 +251,8 @@ impl Scanner {
                 continue;
             }
             let liveness = match (proto, row.state) {
-                (Proto::Tcp, TCP_TIME_WAIT) if recover => Liveness::Recovered,
-                (Proto::Tcp, TCP_TIME_WAIT | TCP_CLOSE) => Liveness::Closed,
+                (Proto::Tcp, TIME_WAIT) if recover => Liveness::Recovered,
+                (Proto::Tcp, TIME_WAIT | CLOSE) => Liveness::Closed,
                 _ => Liveness::Open,
             };
             let conn = connection(&self.listening, proto, &row, peer);
@@ -292,7 +298,7 @@ impl Scanner {
         }
         let mut refreshed = false;
         for &(proto, row) in rows {
-            let Some(peer) = row.remote.filter(|ip| !ip.is_unspecified()) else {
+            let Some(peer) = row.peer() else {
                 continue;
             };
             let key = key(proto, &row, peer);
@@ -321,8 +327,8 @@ impl Scanner {
         let now = Instant::now();
         for (proto, v6, _) in TABLES {
             let states = match proto {
-                Proto::Tcp => 1 << TCP_LISTEN,
-                Proto::Udp => 1 << TCP_CLOSE,
+                Proto::Tcp => 1 << LISTEN,
+                Proto::Udp => 1 << CLOSE,
             };
             let listening = &mut self.listening;
             tolerate_missing(dumper.dump(proto, v6, states, |row| {
@@ -358,12 +364,7 @@ impl Scanner {
             Tables::Netlink {
                 dumper, time_wait, ..
             } => {
-                let except: &[u8] = if *time_wait || time_wait_too {
-                    &[]
-                } else {
-                    &[TCP_TIME_WAIT]
-                };
-                let states = diag::without_handshakes(diag::all_states_but(except));
+                let states = diag::poll_states(*time_wait || time_wait_too);
                 for (proto, v6, _) in TABLES {
                     let dumped = dumper.dump(proto, v6, states, |row| take(proto, row));
                     if (proto, v6) == (Proto::Tcp, false) {
@@ -381,7 +382,7 @@ impl Scanner {
 /// A socket that waits for connections rather than being one.
 fn listens(proto: Proto, row: &Row) -> bool {
     match proto {
-        Proto::Tcp => row.state == TCP_LISTEN,
+        Proto::Tcp => row.state == LISTEN,
         Proto::Udp => row.remote_port == 0,
     }
 }
@@ -485,11 +486,7 @@ fn in_netns<T>(netns: Option<&File>, open: impl FnOnce() -> io::Result<T>) -> io
 fn setns(netns: &File) -> io::Result<()> {
     // SAFETY: setns(2) on an open namespace file; it changes only this
     // thread's network namespace.
-    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    diag::zero_or_errno(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) })
 }
 
 #[cfg(test)]
@@ -598,7 +595,7 @@ mod tests {
             local_port,
             remote: Some(Ipv4Addr::from(remote)),
             remote_port: 0,
-            state: TCP_CLOSE,
+            state: CLOSE,
             cookie: Some(cookie),
         };
         (Proto::Tcp, row)

@@ -22,7 +22,7 @@ pub(super) fn parse_row(line: &[u8], v6: bool) -> Option<Row> {
     let _slot = fields.next()?;
     let (local, local_port) = parse_endpoint(fields.next()?, v6)?;
     let (remote, remote_port) = parse_endpoint(fields.next()?, v6)?;
-    let state = u8::try_from(parse_hex(fields.next()?)?).ok()?;
+    let state = i32::from(u8::try_from(parse_hex(fields.next()?)?).ok()?);
     Some(Row {
         local,
         local_port,
