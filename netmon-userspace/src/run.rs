@@ -317,17 +317,10 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
             result = next_events(&mut collector, &mut state) => result?,
             ready = destroyed_ready(&mut destroyed) => {
                 ready.context("waiting for sock_diag notifications")?;
-                if let Some(destroyed) = &mut destroyed {
-                    fold_destroyed(&mut scanner, destroyed.get_mut(), &mut state);
-                }
+                fold_destroyed(&mut scanner, &mut destroyed, &mut state);
             }
             _ = polls.tick(), if matches!(collector, Collector::Proc) => {
-                // Notifications first: a socket a poll no longer shows must
-                // meet the poll that did show it, or it would count twice.
-                if let Some(destroyed) = &mut destroyed {
-                    fold_destroyed(&mut scanner, destroyed.get_mut(), &mut state);
-                }
-                if let Err(err) = scan(&mut scanner, &mut state) {
+                if let Err(err) = poll(&mut scanner, &mut destroyed, &mut state) {
                     warn!("polling {}: {err}", proc_net.display());
                 }
             }
@@ -348,11 +341,8 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
         }
     }
 
-    if let Some(destroyed) = &mut destroyed {
-        fold_destroyed(&mut scanner, destroyed.get_mut(), &mut state);
-    }
     if matches!(collector, Collector::Proc)
-        && let Err(err) = scan(&mut scanner, &mut state)
+        && let Err(err) = poll(&mut scanner, &mut destroyed, &mut state)
     {
         warn!("final poll of {}: {err}", proc_net.display());
     }
@@ -402,8 +392,15 @@ fn poll_interval(flag: Option<u64>, notified: bool) -> Duration {
 }
 
 /// A proc-mode poll: each connection new since the previous poll counts,
-/// except one recovered after notifications were lost.
-fn scan(scanner: &mut Scanner, state: &mut State) -> io::Result<()> {
+/// except one recovered after notifications were lost. Notifications
+/// waiting are read first: a socket this poll no longer shows must meet
+/// the poll that did show it, or it would count twice.
+fn poll(
+    scanner: &mut Scanner,
+    destroyed: &mut Option<AsyncFd<Destroyed>>,
+    state: &mut State,
+) -> io::Result<()> {
+    fold_destroyed(scanner, destroyed, state);
     let now = store::unix_now();
     scanner.scan(|conn, liveness| state.record(conn, counts(liveness), now))
 }
@@ -442,10 +439,18 @@ async fn destroyed_ready(destroyed: &mut Option<AsyncFd<Destroyed>>) -> io::Resu
     Ok(())
 }
 
-/// Counts each destroyed socket that no poll saw.
-fn fold_destroyed(scanner: &mut Scanner, destroyed: &mut Destroyed, state: &mut State) {
+/// Counts each destroyed socket that no poll saw (nothing to do without a
+/// subscription).
+fn fold_destroyed(
+    scanner: &mut Scanner,
+    destroyed: &mut Option<AsyncFd<Destroyed>>,
+    state: &mut State,
+) {
+    let Some(destroyed) = destroyed else {
+        return;
+    };
     let now = store::unix_now();
-    if let Err(err) = scanner.destroyed(destroyed, |conn, liveness| {
+    if let Err(err) = scanner.destroyed(destroyed.get_mut(), |conn, liveness| {
         state.record(conn, counts(liveness), now);
     }) {
         warn!("reading sock_diag notifications: {err}");
