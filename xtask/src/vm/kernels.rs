@@ -276,89 +276,91 @@ impl Kernel {
 /// Extracts from a Debian kernel package the image into `dir/vmlinuz`
 /// (`boot/vmlinuz-*` up to bookworm, `usr/lib/modules/*/vmlinuz` since)
 /// and the [`DIAG_MODULES`] it has into `dir/modules/`, uncompressed for
-/// busybox's insmod. The image goes last: it marks the kernel complete.
+/// busybox's insmod. Each package's archive is unpacked once, into a
+/// staging directory; the image goes into place last: it marks the kernel
+/// complete.
 fn extract(debs: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
-    let mut members = Vec::new();
-    for deb in debs {
-        let listing = output_of(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
-        members.extend(
-            listing
-                .lines()
-                .filter_map(|line| line.split_whitespace().nth(5))
-                .map(|member| (deb, member.to_owned())),
-        );
-    }
     let name_of = |path: &str| path.rsplit('/').next().unwrap_or_default().to_owned();
-    let (image_deb, image) = members
-        .iter()
-        .find(|(_, path)| {
-            let name = name_of(path);
-            name == "vmlinuz" || name.starts_with("vmlinuz-")
-        })
-        .ok_or_else(|| anyhow!("{}: no vmlinuz in the packages", debs[0].display()))?;
-    let modules = dir.join("modules");
-    fs::create_dir_all(&modules)?;
-    for module in DIAG_MODULES {
-        let Some((deb, member)) = members.iter().find(|(_, path)| {
+    let is_image = |path: &str| {
+        let name = name_of(path);
+        name == "vmlinuz" || name.starts_with("vmlinuz-")
+    };
+    let module_of = |path: &str| {
+        let name = name_of(path);
+        DIAG_MODULES.into_iter().find(|module| {
             path.contains("/kernel/net/ipv4/")
-                && name_of(path)
+                && name
                     .strip_prefix(module)
                     .is_some_and(|rest| rest.starts_with(".ko"))
-        }) else {
+        })
+    };
+    let staging = dir.join("staging");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging)?;
+    let mut image = None;
+    let mut modules = Vec::new();
+    for deb in debs {
+        let listing = output_of(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+        let wanted: Vec<&str> = listing
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|path| is_image(path) || module_of(path).is_some())
+            .collect();
+        if wanted.is_empty() {
             continue;
-        };
-        let bytes = decompress(&extract_member(deb, member)?, member)?;
-        write_atomically(&modules.join(format!("{module}.ko")), &bytes)?;
+        }
+        unpack(deb, &wanted, &staging)?;
+        for path in wanted {
+            match module_of(path) {
+                Some(module) => modules.push((module, staging.join(path))),
+                None => image = image.or(Some(staging.join(path))),
+            }
+        }
     }
-    write_atomically(&dir.join("vmlinuz"), &extract_member(image_deb, image)?)
+    let image =
+        image.ok_or_else(|| anyhow!("{}: no vmlinuz in the packages", debs[0].display()))?;
+    fs::create_dir_all(dir.join("modules"))?;
+    for (module, path) in modules {
+        let path = decompress(&path)?;
+        fs::rename(&path, dir.join("modules").join(format!("{module}.ko")))?;
+    }
+    fs::rename(&image, dir.join("vmlinuz"))?;
+    fs::remove_dir_all(&staging)?;
+    Ok(())
 }
 
-/// One file of a .deb's data archive.
-fn extract_member(deb: &Path, member: &str) -> anyhow::Result<Vec<u8>> {
-    let mut tar = Command::new("dpkg-deb")
+/// Unpacks `members` of a .deb's data archive under `into`.
+fn unpack(deb: &Path, members: &[&str], into: &Path) -> anyhow::Result<()> {
+    let mut data = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start dpkg-deb")?;
-    let file = Command::new("tar")
-        .args(["-x", "-O", member])
-        .stdin(tar.stdout.take().expect("piped"))
-        .output()
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .args(members)
+        .stdin(data.stdout.take().expect("piped"))
+        .status()
         .context("cannot start tar")?;
-    let status = tar.wait()?;
-    if !status.success() || !file.status.success() || file.stdout.is_empty() {
-        bail!("{}: cannot extract {member}", deb.display());
+    if !data.wait()?.success() || !tar.success() {
+        bail!("{}: cannot extract {}", deb.display(), members.join(" "));
     }
-    Ok(file.stdout)
+    Ok(())
 }
 
-/// A module as Debian ships it: plain, or `.ko.xz` / `.ko.zst` (trixie on).
-fn decompress(bytes: &[u8], member: &str) -> anyhow::Result<Vec<u8>> {
-    let tool = match member.rsplit('.').next() {
+/// A module as Debian ships it: plain, or `.ko.xz` / `.ko.zst` (trixie
+/// on), which is uncompressed in place. Returns the plain module's path.
+fn decompress(path: &Path) -> anyhow::Result<PathBuf> {
+    let tool = match path.extension().and_then(|ext| ext.to_str()) {
         Some("xz") => "xz",
         Some("zst") => "zstd",
-        _ => return Ok(bytes.to_vec()),
+        _ => return Ok(path.to_owned()),
     };
-    let mut child = Command::new(tool)
-        .args(["-d", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {tool} for {member}"))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let input = bytes.to_vec();
-    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
-    let output = child.wait_with_output()?;
-    feeder.join().expect("feeder thread")?;
-    if !output.status.success() || output.stdout.is_empty() {
-        bail!("{tool} -d {member} failed");
-    }
-    Ok(output.stdout)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let partial = path.with_extension("partial");
-    fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
-    fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
+    // Both write the file without its last extension, and drop the other.
+    run_status(Command::new(tool).args(["-d", "-q", "-f"]).arg(path))
+        .with_context(|| format!("{tool} -d {}", path.display()))?;
+    Ok(path.with_extension(""))
 }
