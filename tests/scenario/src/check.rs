@@ -66,21 +66,21 @@ fn only(ports: &Value, port: u16) -> bool {
 }
 
 pub fn outbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {
-    move |peer| {
-        peer["outbound"].as_u64() > Some(0)
-            && only(&peer["remote_ports"], port)
-            && (!process || has(&peer["processes"], "nm-client".into()))
-    }
+    outbound_port_kept_or_not(port, process, true)
 }
 
-/// Outbound, with `port` or none: a socket reset or refused is only seen
-/// as the kernel destroys it when proc mode has nothing else, and by then
-/// the kernel has cleared its port.
-pub fn outbound_port_if_kept(port: u16, process: bool) -> impl Fn(&Value) -> bool {
+/// Outbound with `port`, or, unless `always_port`, with none: a socket
+/// reset or refused is only seen as the kernel destroys it when proc mode
+/// has nothing else, and by then the kernel has cleared its port.
+fn outbound_port_kept_or_not(
+    port: u16,
+    process: bool,
+    always_port: bool,
+) -> impl Fn(&Value) -> bool {
     move |peer| {
         peer["outbound"].as_u64() > Some(0)
             && (only(&peer["remote_ports"], port)
-                || peer["remote_ports"].as_array().is_some_and(Vec::is_empty))
+                || !always_port && peer["remote_ports"].as_array().is_some_and(Vec::is_empty))
             && (!process || has(&peer["processes"], "nm-client".into()))
     }
 }
@@ -188,13 +188,8 @@ pub fn check_workload(peers: &Peers, work: &Workload, sees: Sees) -> Verdict {
     } else {
         ""
     };
-    let outbound_to = |port| -> Box<dyn Fn(&Value) -> bool> {
-        if sees.outbound_ports {
-            Box::new(outbound(port, sees.outbound_process))
-        } else {
-            Box::new(outbound_port_if_kept(port, sees.outbound_process))
-        }
-    };
+    let outbound_to =
+        |port| outbound_port_kept_or_not(port, sees.outbound_process, sees.outbound_ports);
     let port_kept = if sees.outbound_ports {
         ""
     } else {
