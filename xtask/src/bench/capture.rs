@@ -16,6 +16,11 @@ use super::{
 /// falls over the run weigh on both, and the median of nine pairs moves
 /// far less than that of the five there were.
 const PAIRS: u8 = 9;
+/// The pairs' storms last this many times `--storm-seconds`. The rate of
+/// a storm wanders by ±10% from one half second to the next here, even
+/// with nothing watching, as other guests load the host's cores: over 4 s
+/// storms of netmon off ranged 23.3k-27.7k conn/s, over 10 s 22.6k-24.1k.
+const PAIR_LENGTH: u32 = 2;
 /// The storms with netmon off share one address block: nothing watches
 /// them, so nothing can count their peers in another storm's.
 const OFF_BLOCK: u8 = 0;
@@ -63,10 +68,11 @@ const POLLER: Watchers = Watchers {
 };
 
 pub fn capture(bench: &Bench, table: &mut Table) {
-    let mut storm = |label: &str, block: u8, watchers: Watchers| match bench.watch(
+    let mut storm = |label: &str, block: u8, length: u32, watchers: Watchers| match bench.watch(
         label,
         block,
         Pattern::Distinct,
+        bench.storm * length,
         watchers,
     ) {
         Ok(watched) => Some(watched),
@@ -80,7 +86,7 @@ pub fn capture(bench: &Bench, table: &mut Table) {
         let mut run = |on: bool| {
             let (name, watchers) = if on { (EBPF_MODE, ON) } else { ("off", OFF) };
             let block = if on { 1 + pair } else { OFF_BLOCK };
-            storm(&format!("{name}-{pair}"), block, watchers)
+            storm(&format!("{name}-{pair}"), block, PAIR_LENGTH, watchers)
         };
         let (off, on) = if pair.is_multiple_of(2) {
             let off = run(false);
@@ -95,10 +101,10 @@ pub fn capture(bench: &Bench, table: &mut Table) {
         });
     }
     let offs: Vec<&Outcome> = pairs.iter().filter_map(|p| p.off.as_ref()).collect();
-    let proc = storm("proc", PAIRS + 1, PROC);
-    let poller = storm("poller", PAIRS + 2, POLLER);
-    let tracepoint = storm("tracepoint", PAIRS + 3, TRACEPOINT);
-    let timed = storm(&format!("{EBPF_MODE}-timed"), PAIRS + 4, ON_TIMED);
+    let proc = storm("proc", PAIRS + 1, 1, PROC);
+    let poller = storm("poller", PAIRS + 2, 1, POLLER);
+    let tracepoint = storm("tracepoint", PAIRS + 3, 1, TRACEPOINT);
+    let timed = storm(&format!("{EBPF_MODE}-timed"), PAIRS + 4, 1, ON_TIMED);
     let ons: Vec<&Watched> = pairs
         .iter()
         .filter_map(|p| p.on.as_ref())

@@ -33,7 +33,7 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
         (Pattern::Distinct, "distinct", "every peer new".to_owned()),
     ];
     for (block, (pattern, label, peers)) in (capture::BLOCKS..).zip(cases) {
-        let watched = match bench.watch(label, block, pattern, both) {
+        let watched = match bench.watch(label, block, pattern, bench.storm, both) {
             Ok(watched) => watched,
             Err(err) => {
                 table.failed("user", &format!("{label} storm: {err:#}"));

@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// Benchmark this netmon binary instead of building one.
     #[arg(long, value_name = "BINARY")]
     netmon: Option<PathBuf>,
-    /// Seconds each connection storm lasts.
+    /// Seconds each connection storm lasts (the on/off pairs': twice that).
     #[arg(long, default_value_t = 5)]
     storm_seconds: u64,
     /// Run only these parts (repeatable); all by default.

@@ -322,8 +322,15 @@ impl Outcome {
         self.made.len()
     }
 
+    /// Connections per second: each worker's rate, summed. A worker that
+    /// runs out of addresses stops early, and its connections over the
+    /// longest worker's time would undersell the storm.
     pub fn rate(&self) -> f64 {
-        self.connections() as f64 / self.secs
+        self.made
+            .iter()
+            .filter(|m| m.secs > 0.0)
+            .map(|m| m.connections as f64 / m.secs)
+            .sum()
     }
 
     /// Distinct peers the storm made: destinations connected to plus

@@ -58,12 +58,14 @@ pub struct PollerSaw {
 }
 
 impl Bench {
-    /// Runs storm number `block` (its addresses) under `watchers`.
+    /// Runs storm number `block` (its addresses) for `duration` under
+    /// `watchers`.
     pub fn watch(
         &self,
         label: &str,
         block: u8,
         pattern: Pattern,
+        duration: Duration,
         watchers: Watchers,
     ) -> anyhow::Result<Watched> {
         eprintln!("xtask: bench: {label} storm");
@@ -85,7 +87,7 @@ impl Bench {
             .poller
             .then(|| Poller::start(&netns, &dir))
             .transpose()?;
-        let storm = Storm::prepare(&netns, block, pattern, self.storm)?;
+        let storm = Storm::prepare(&netns, block, pattern, duration)?;
 
         // Untimed programs count nothing: no bpftool calls for them.
         let timed = netmon.as_ref().filter(|_| stats.is_some());
