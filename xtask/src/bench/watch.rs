@@ -93,6 +93,11 @@ impl Bench {
         let timed = netmon.as_ref().filter(|_| stats.is_some());
         let before = Sample::take(netmon.as_ref(), timed, poller.as_ref())?;
         let outcome = storm.go()?;
+        eprintln!(
+            "xtask: bench: {label} storm: {:.0} conn/s over {:.2} s",
+            outcome.rate(),
+            outcome.secs
+        );
         thread::sleep(SETTLE);
         let after = Sample::take(netmon.as_ref(), timed, poller.as_ref())?;
 
