@@ -10,12 +10,6 @@ use super::{
     watch::{Watched, Watchers},
 };
 
-/// Storms with netmon off and on, alternating. One pair is at the mercy
-/// of whatever else the machine runs meanwhile (±8% from one pair to the
-/// next here); alternating which goes first makes a load that rises or
-/// falls over the run weigh on both, and the median of nine pairs moves
-/// far less than that of the five there were.
-const PAIRS: u8 = 9;
 /// The pairs' storms last this many times `--storm-seconds`. The rate of
 /// a storm wanders by ±10% from one half second to the next here, even
 /// with nothing watching, as other guests load the host's cores: over 4 s
@@ -85,7 +79,10 @@ pub fn capture(bench: &Bench, table: &mut Table) {
         }
     };
     let mut pairs = Vec::new();
-    for pair in 0..PAIRS {
+    // Storms with netmon off and on (`--pairs` of them), alternating which
+    // goes first, so that a load that rises or falls over the run weighs
+    // on both sides.
+    for pair in 0..bench.pairs {
         let mut run = |on: bool| {
             let (name, watchers) = if on { (EBPF_MODE, ON) } else { ("off", OFF) };
             let block = if on { ON_BLOCK } else { OFF_BLOCK };
