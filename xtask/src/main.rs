@@ -56,7 +56,7 @@ enum Command {
     Image,
     /// Measure netmon against issue 6's targets (capture in a connection
     /// storm, kernel and user CPU, memory and times at 1M peers) beside a
-    /// psutil poller, and print one table (needs root; about 8 minutes).
+    /// psutil poller, and print one table (needs root; about 6 minutes).
     Bench(bench::BenchArgs),
     /// Run every cargo-fuzz target (checkpoint loader, /proc/net and
     /// sock_diag parsers) for --seconds each, keeping the minimized corpus in fuzz/corpus.
