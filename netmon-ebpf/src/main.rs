@@ -299,8 +299,8 @@ fn v4_mapped(v6: [u32; 4]) -> Option<u32> {
 /// The start of `struct sock_common`, from `skc_daddr` on, read with one
 /// helper call: family, address and ports lie within its first 18 bytes
 /// in every kernel (the layout has not changed since 2.6). Four reads
-/// made a run longer than one in each of eight pairs of storms like the
-/// bench's, by a fifth at the median (bpf stats on).
+/// made a run longer than one in each of twelve pairs of storms like the
+/// bench's, either build first, by 17% at the median (bpf stats on).
 struct SockHead {
     bytes: [u8; SOCK_HEAD_LEN],
     base: u32,
