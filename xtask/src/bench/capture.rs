@@ -2,6 +2,8 @@
 //! nothing watching, with netmon in raw-tracepoint mode (and once in plain
 //! tracepoint mode), in proc mode and with the psutil poller, each alone so
 //! none slows another.
+use std::time::Duration;
+
 use super::{
     Bench, EBPF_MODE,
     bpf_stats::Runs,
@@ -67,19 +69,16 @@ const POLLER: Watchers = Watchers {
 };
 
 pub fn capture(bench: &Bench, table: &mut Table) {
-    let mut storm = |label: &str, block: u8, length: u32, watchers: Watchers| match bench.watch(
-        label,
-        block,
-        Pattern::Distinct,
-        bench.storm * length,
-        watchers,
-    ) {
+    let mut storm = |label: &str, block: u8, length: Duration, watchers: Watchers| match bench
+        .watch(label, block, Pattern::Distinct, length, watchers)
+    {
         Ok(watched) => Some(watched),
         Err(err) => {
             table.failed("capture", &format!("{label} storm: {err:#}"));
             None
         }
     };
+    let pair_length = bench.storm * PAIR_LENGTH;
     let mut pairs = Vec::new();
     // Storms with netmon off and on (`--pairs` of them), alternating which
     // goes first, so that a load that rises or falls over the run weighs
@@ -88,7 +87,7 @@ pub fn capture(bench: &Bench, table: &mut Table) {
         let mut run = |on: bool| {
             let (name, watchers) = if on { (EBPF_MODE, ON) } else { ("off", OFF) };
             let block = if on { ON_BLOCK } else { OFF_BLOCK };
-            storm(&format!("{name}-{pair}"), block, PAIR_LENGTH, watchers)
+            storm(&format!("{name}-{pair}"), block, pair_length, watchers)
         };
         let (off, on) = if pair.is_multiple_of(2) {
             let off = run(false);
@@ -103,10 +102,15 @@ pub fn capture(bench: &Bench, table: &mut Table) {
         });
     }
     let offs: Vec<&Outcome> = pairs.iter().filter_map(|p| p.off.as_ref()).collect();
-    let proc = storm("proc", ON_BLOCK + 1, 1, PROC);
-    let poller = storm("poller", ON_BLOCK + 2, 1, POLLER);
-    let tracepoint = storm("tracepoint", ON_BLOCK + 3, 1, TRACEPOINT);
-    let timed = storm(&format!("{EBPF_MODE}-timed"), ON_BLOCK + 4, 1, ON_TIMED);
+    let proc = storm("proc", ON_BLOCK + 1, bench.storm, PROC);
+    let poller = storm("poller", ON_BLOCK + 2, bench.storm, POLLER);
+    let tracepoint = storm("tracepoint", ON_BLOCK + 3, bench.storm, TRACEPOINT);
+    let timed = storm(
+        &format!("{EBPF_MODE}-timed"),
+        ON_BLOCK + 4,
+        bench.storm,
+        ON_TIMED,
+    );
     let ons: Vec<&Watched> = pairs
         .iter()
         .filter_map(|p| p.on.as_ref())
@@ -197,9 +201,10 @@ pub fn storm_size(storms: &[&Outcome]) -> String {
 }
 
 /// Connections per second over several storms taken together.
+/// The storms' rates ([`Outcome::rate`]), weighted by how long each ran.
 fn rate(storms: &[&Outcome]) -> f64 {
-    let connections: u64 = storms.iter().map(|s| s.connections()).sum();
-    connections as f64 / storms.iter().map(|s| s.secs).sum::<f64>()
+    let connections: f64 = storms.iter().map(|s| s.rate() * s.secs).sum();
+    connections / storms.iter().map(|s| s.secs).sum::<f64>()
 }
 
 fn held_text(held: u64, made: u64) -> String {
@@ -242,21 +247,21 @@ fn held_over(storms: &[&Watched]) -> (u64, u64, String) {
 fn on_off(table: &mut Table, pairs: &[Pair]) {
     // Each pair's ratio, and their median: one pair that some other job on
     // the machine slowed on one side only moves the median little.
-    let mut ratios: Vec<f64> = pairs
+    let rates: Vec<(f64, f64)> = pairs
         .iter()
-        .filter_map(|p| Some(p.on.as_ref()?.storm.rate() * 100.0 / p.off.as_ref()?.rate()))
+        .filter_map(|p| Some((p.on.as_ref()?.storm.rate(), p.off.as_ref()?.rate())))
         .collect();
-    if ratios.is_empty() {
+    if rates.is_empty() {
         return;
     }
+    let mut ratios: Vec<f64> = rates.iter().map(|(on, off)| on * 100.0 / off).collect();
     let each: Vec<String> = ratios.iter().map(|r| format!("{r:.0}%")).collect();
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
     // All the pairs' storms with netmon on against all those with it off,
     // as a second view of the same storms.
-    let (on, off) = pairs
+    let (on, off) = rates
         .iter()
-        .filter_map(|p| Some((p.on.as_ref()?.storm.rate(), p.off.as_ref()?.rate())))
         .fold((0.0, 0.0), |(on, off), (a, b)| (on + a, off + b));
     table.check(
         "kernel",
