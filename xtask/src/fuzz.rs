@@ -1,9 +1,10 @@
 //! `cargo xtask fuzz --seconds N`: every cargo-fuzz target for N seconds.
 //!
 //! The targets (fuzz/fuzz_targets/) feed arbitrary bytes to the checkpoint
-//! loader, the /proc/net parser and the sock_diag notification parser. Each runs on its corpus in
-//! fuzz/corpus/, which is minimized afterwards and kept in the repository,
-//! so every run starts from what earlier runs found.
+//! loader, the /proc/net parser and the sock_diag notification parser.
+//! Each runs on its corpus in fuzz/corpus/, which is minimized afterwards
+//! and kept in the repository, so every run starts from what earlier runs
+//! found.
 use std::process::Command;
 
 use anyhow::Context as _;

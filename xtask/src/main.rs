@@ -59,7 +59,8 @@ enum Command {
     /// psutil poller, and print one table (needs root; about 6 minutes).
     Bench(bench::BenchArgs),
     /// Run every cargo-fuzz target (checkpoint loader, /proc/net and
-    /// sock_diag parsers) for --seconds each, keeping the minimized corpus in fuzz/corpus.
+    /// sock_diag parsers) for --seconds each, keeping the minimized corpus
+    /// in fuzz/corpus.
     Fuzz(fuzz::FuzzArgs),
     /// netmon under continuous connection churn for --minutes, failing if
     /// its RSS or open file descriptors keep growing (needs root).
