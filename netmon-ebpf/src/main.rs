@@ -301,27 +301,21 @@ fn v4_mapped(v6: [u32; 4]) -> Option<u32> {
 /// in every kernel (the layout has not changed since 2.6). Four reads
 /// made a run longer than one in each of twelve pairs of storms like the
 /// bench's, either build first, by 17% at the median (bpf stats on).
-struct SockHead {
-    bytes: [u8; SOCK_HEAD_LEN],
-    base: u32,
-}
+struct SockHead([u8; SOCK_HEAD_LEN]);
 
 const SOCK_HEAD_LEN: usize = 24;
 
 impl SockHead {
     fn read(sk: *const u8) -> Result<Self, i32> {
-        Ok(Self {
-            bytes: read_sock(sk, &SK_DADDR_OFF)?,
-            base: SK_DADDR_OFF.load(),
-        })
+        read_sock(sk, &SK_DADDR_OFF).map(Self)
     }
 
     /// The field at `offset`, from the head if it lies there (the
     /// offsets are load-time constants, so the verifier sees which),
     /// else read on its own.
     fn field<T: Copy>(&self, sk: *const u8, offset: &Global<u32>) -> Result<T, i32> {
-        let at = offset.load().wrapping_sub(self.base) as usize;
-        match self.bytes.get(at..at.wrapping_add(size_of::<T>())) {
+        let at = offset.load().wrapping_sub(SK_DADDR_OFF.load()) as usize;
+        match self.0.get(at..at.wrapping_add(size_of::<T>())) {
             // SAFETY: `bytes` holds size_of::<T>() bytes from `at`; T is
             // a plain integer.
             Some(bytes) => Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }),
