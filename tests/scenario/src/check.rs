@@ -130,7 +130,7 @@ impl Tally {
     }
 }
 
-/// What a mode can see of a workload (README, "Attach modes").
+/// What a mode can see of a workload (docs/design.md, "The attach ladder").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sees {
     /// Refused attempts: the eBPF modes see the SYN go out; proc mode with

@@ -12,12 +12,12 @@ use super::{
     watch::{Watched, Watchers},
 };
 
-/// The pairs' storms last this many times `--storm-seconds`. The rate of
-/// a storm wanders by ±10% from one half second to the next here, even
-/// with nothing watching, as other guests load the host's cores: over 4 s
-/// storms of netmon off ranged 23.3k-27.7k conn/s, over 10 s 22.6k-24.1k.
-/// Longer storms do not still the load that shifts from one storm to the
-/// next, though: a pair's ratio keeps a standard deviation of about 8%.
+/// The pairs' storms last this many times `--storm-seconds`: a storm's
+/// rate wanders from one half second to the next even with nothing
+/// watching, as other guests load the host's cores, and a longer storm
+/// averages that out. It does not still the load that shifts from one
+/// storm to the next, which is why the row takes the median of several
+/// pairs (docs/performance.md, "Reading the on/off ratio").
 const PAIR_LENGTH: u32 = 2;
 /// The pairs' storms with netmon off share one address block, and those
 /// with it on another: each storm runs in a namespace of its own, watched

@@ -1,7 +1,7 @@
 //! Scale: netmon started on a checkpoint of 100k and of 1M peers (written
-//! here, in the README's format), its memory once ready, how long it took
-//! to load the file and to write its first checkpoint, and `netmon list`
-//! on the 1M file.
+//! here, in the checkpoint format of docs/design.md), its memory once
+//! ready, how long it took to load the file and to write its first
+//! checkpoint, and `netmon list` on the 1M file.
 use std::{
     fmt, fs,
     io::{BufWriter, Write as _},

@@ -47,8 +47,8 @@ const WORKER_OCTETS: u8 = 2;
 const BLOCK_OCTETS: u8 = 2 * WORKER_OCTETS * MAX_WORKERS;
 const FIRST_OCTET: u8 = 100;
 /// Addresses in a worker's /15, from .0.1 on: the most connections a
-/// distinct storm's worker makes. A /16 ran out after 7 s when the host
-/// was quick (8 500 connections a second per worker).
+/// distinct storm's worker makes. A /16 could run out before a pair's
+/// storm ended when the host was quick.
 const PER_WORKER: u32 = (1 << 17) - 2;
 /// Peers per worker in a repeated storm: "a few peers connecting over and
 /// over", each direction.
