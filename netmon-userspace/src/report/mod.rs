@@ -125,41 +125,6 @@ fn load_one(path: &Path) -> anyhow::Result<(Snapshot, FileFormat)> {
     store::load(path)?.ok_or_else(|| anyhow!("{}: no such file", path.display()))
 }
 
-/// The directions a peer was seen in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Directions {
-    pub outbound: bool,
-    pub inbound: bool,
-}
-
-impl Directions {
-    /// Connections count, and so do ports: a record merged from files
-    /// might carry a port whose connection was counted elsewhere.
-    pub fn of(record: &PeerRecord) -> Self {
-        Self {
-            outbound: record.outbound > 0 || !record.remote_ports.is_empty(),
-            inbound: record.inbound > 0 || !record.local_ports.is_empty(),
-        }
-    }
-
-    pub fn has(self, direction: Direction) -> bool {
-        match direction {
-            Direction::Outbound => self.outbound,
-            Direction::Inbound => self.inbound,
-        }
-    }
-
-    /// `None` for a peer only an address list named.
-    pub fn as_str(self) -> Option<&'static str> {
-        match (self.inbound, self.outbound) {
-            (true, true) => Some("in+out"),
-            (true, false) => Some("in"),
-            (false, true) => Some("out"),
-            (false, false) => None,
-        }
-    }
-}
-
 /// A set of classes, as one bit per [`Class`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ClassSet(u16);
@@ -232,7 +197,7 @@ impl Filter {
         self.classes.contains(peer.class)
             && self
                 .direction
-                .is_none_or(|direction| Directions::of(peer.record).has(direction))
+                .is_none_or(|direction| peer.record.directions().has(direction))
             && self
                 .seen_since
                 .is_none_or(|since| peer.record.last_seen >= since)
@@ -399,14 +364,5 @@ mod tests {
             since: Some(Duration::from_secs(10)),
         };
         assert_eq!(selected(&inputs, &args, 55), ["10.0.0.2"]);
-    }
-
-    #[test]
-    fn directions_name() {
-        let names: Vec<_> = [(false, false), (true, false), (false, true), (true, true)]
-            .into_iter()
-            .map(|(outbound, inbound)| Directions { outbound, inbound }.as_str())
-            .collect();
-        assert_eq!(names, [None, Some("out"), Some("in"), Some("in+out")]);
     }
 }

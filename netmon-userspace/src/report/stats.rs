@@ -2,7 +2,7 @@
 use std::{collections::HashMap, hash::Hash, io::Write};
 
 use super::{
-    Detail, Directions, Filter, Inputs, Peer,
+    Detail, Filter, Inputs, Peer,
     table::{self, Align, Column, Owned},
 };
 use crate::{classify::Class, cli::StatsArgs, peer::Comm, store};
@@ -59,7 +59,7 @@ fn column(header: &'static str, align: Align) -> Column {
 fn per_class(peers: &[Peer<'_>], detail: Detail) -> Owned {
     let mut counts: HashMap<Class, [usize; 3]> = HashMap::new();
     for peer in peers {
-        let directions = Directions::of(peer.record);
+        let directions = peer.record.directions();
         let [all, inbound, outbound] = counts.entry(peer.class).or_default();
         *all += 1;
         *inbound += usize::from(directions.inbound);
@@ -117,10 +117,7 @@ fn top_peers(peers: &[Peer<'_>], top: usize) -> Owned {
                 vec![
                     peer.ip.to_string(),
                     peer.class.to_string(),
-                    Directions::of(peer.record)
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned(),
+                    peer.record.directions().as_str().unwrap_or("").to_owned(),
                     connections.to_string(),
                 ]
             })
