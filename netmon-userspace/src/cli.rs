@@ -1,7 +1,11 @@
 //! Command-line interface.
+//!
+//! The library's enums become clap values in `cli/values.rs`.
+mod values;
+
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
     classify::Class,
@@ -278,16 +282,6 @@ pub struct RulesArgs {
     /// NETMON-PEERS) to fill.
     #[arg(long)]
     pub name: Option<RuleName>,
-}
-
-impl ValueEnum for Direction {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Self::Inbound, Self::Outbound]
-    }
-
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(self.as_str()))
-    }
 }
 
 /// `--ring-buffer`: the kernel wants a power-of-two number of pages.

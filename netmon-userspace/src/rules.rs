@@ -13,7 +13,6 @@ use std::{
 };
 
 use anyhow::ensure;
-use clap::ValueEnum;
 
 use crate::{
     classify::Cidr,
@@ -24,7 +23,7 @@ use crate::{
 };
 
 /// The firewall tool a script is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleFormat {
     /// An `nft -f` script: table inet netmon, interval set, unhooked chain.
     Nft,

@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::anyhow;
-use clap::ValueEnum;
 use log::warn;
 
 use self::output::Listing;
@@ -28,7 +27,7 @@ use crate::{
 };
 
 /// How a report prints peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// An aligned table for people.
     Text,
