@@ -9,6 +9,7 @@ use std::{
     fmt,
     io::{self, Write},
     net::Ipv4Addr,
+    path::PathBuf,
     str::FromStr,
 };
 
@@ -16,7 +17,6 @@ use anyhow::ensure;
 
 use crate::{
     classify::Cidr,
-    cli::RulesArgs,
     peer::Direction,
     report::{Filter, Inputs},
     store,
@@ -184,27 +184,38 @@ struct Ruleset {
     about: Vec<String>,
 }
 
+/// What `netmon rules` writes.
+#[derive(Clone, Debug)]
+pub struct RulesRequest {
+    /// Checkpoints or address lists, merged.
+    pub files: Vec<PathBuf>,
+    pub filter: Filter,
+    pub format: RuleFormat,
+    /// The set or chain to fill; `None` for the format's own name.
+    pub name: Option<RuleName>,
+}
+
 /// `netmon rules`.
-pub fn rules(args: &RulesArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let inputs = Inputs::load(&args.inputs.files)?;
-    let peers = Filter::new(&args.filter, store::unix_now()).select(&inputs);
+pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()> {
+    let inputs = Inputs::load(&request.files)?;
+    let peers = request.filter.select(&inputs, store::unix_now());
     ensure!(
         !peers.is_empty(),
         "no peers match{}{}: rules allowing nobody would block everything",
-        if args.filter.is_empty() { "" } else { " " },
-        args.filter
+        if request.filter.is_empty() { "" } else { " " },
+        request.filter
     );
     let ruleset = Ruleset::new(
-        args,
+        request,
         aggregate(peers.iter().map(|peer| peer.ip)),
         peers.len(),
     );
     ensure!(
-        args.format != RuleFormat::Ipset || ruleset.blocks.len() <= IPSET_MAXELEM,
+        request.format != RuleFormat::Ipset || ruleset.blocks.len() <= IPSET_MAXELEM,
         "{} blocks are more than the ipset of this script holds ({IPSET_MAXELEM})",
         ruleset.blocks.len()
     );
-    match args.format {
+    match request.format {
         RuleFormat::Nft => ruleset.write_nft(out)?,
         RuleFormat::Ipset => ruleset.write_ipset(out)?,
         RuleFormat::Iptables => ruleset.write_iptables(out)?,
@@ -217,10 +228,9 @@ pub fn rules(args: &RulesArgs, out: &mut impl Write) -> anyhow::Result<()> {
 const NFT_CHUNK: usize = 1024;
 
 impl Ruleset {
-    fn new(args: &RulesArgs, blocks: Vec<Cidr>, peers: usize) -> Self {
+    fn new(request: &RulesRequest, blocks: Vec<Cidr>, peers: usize) -> Self {
         // Escaped, so no file name can end a comment line and start a rule.
-        let files: Vec<_> = args
-            .inputs
+        let files: Vec<_> = request
             .files
             .iter()
             .map(|file| file.display().to_string().escape_debug().to_string())
@@ -230,16 +240,16 @@ impl Ruleset {
             blocks.len(),
             files.join(" ")
         )];
-        if !args.filter.is_empty() {
-            about.push(format!("selected with {}", args.filter));
+        if !request.filter.is_empty() {
+            about.push(format!("selected with {}", request.filter));
         }
         Self {
             blocks,
-            sides: Side::of(args.filter.direction),
-            name: args
+            sides: Side::of(request.filter.direction),
+            name: request
                 .name
                 .clone()
-                .unwrap_or_else(|| RuleName(args.format.default_name().to_owned())),
+                .unwrap_or_else(|| RuleName(request.format.default_name().to_owned())),
             about,
         }
     }
