@@ -8,7 +8,6 @@
 //! report and filter classifies through it.
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-use clap::{ValueEnum, builder::PossibleValue};
 use serde::{Serialize, Serializer};
 
 /// An IPv4 network: an address whose host bits are zero, and a prefix
@@ -146,27 +145,6 @@ impl FromStr for Class {
                 let names: Vec<_> = Self::ALL.iter().map(|c| c.as_str()).collect();
                 format!("unknown class {name:?} (one of {})", names.join(", "))
             })
-    }
-}
-
-impl ValueEnum for Class {
-    fn value_variants<'a>() -> &'a [Self] {
-        &Self::ALL
-    }
-
-    /// `--help` shows each class's blocks and RFCs, from [`SPECIAL`].
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        let blocks: Vec<_> = SPECIAL
-            .iter()
-            .filter(|special| special.class == *self)
-            .map(|special| format!("{} ({})", special.block, special.rfc))
-            .collect();
-        let help = if blocks.is_empty() {
-            "any address in no other class".to_owned()
-        } else {
-            blocks.join(", ")
-        };
-        Some(PossibleValue::new(self.as_str()).help(help))
     }
 }
 
@@ -348,11 +326,6 @@ mod tests {
     fn names_round_trip_and_are_distinct() {
         for class in Class::ALL {
             assert_eq!(class.as_str().parse::<Class>(), Ok(class));
-            assert_eq!(
-                <Class as ValueEnum>::from_str(class.as_str(), false).ok(),
-                Some(class),
-                "clap spelling of {class}"
-            );
         }
         let err = "privat".parse::<Class>().unwrap_err();
         assert!(

@@ -10,12 +10,12 @@
 //! - [`store`]: the peer set and its checkpoint file;
 //! - [`run`]: the collection loop of `netmon run`;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line, converted into the plain types above; no
+//!   other module knows clap.
 pub mod classify;
 pub mod cli;
 pub mod ebpf;
 pub mod follow;
-pub mod generate;
 pub mod lockfile;
 pub mod metrics;
 pub mod observe;

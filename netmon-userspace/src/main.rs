@@ -8,8 +8,8 @@ use std::{
 use clap::Parser as _;
 
 use netmon::{
-    cli::{Cli, Command},
-    generate, probe, report, rules, run,
+    cli::{Cli, Command, generate},
+    probe, report, rules, run,
 };
 
 fn main() -> ExitCode {
@@ -33,16 +33,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(&args)?,
         Command::Probe => probe::probe(&mut io::stdout().lock())?,
-        Command::List(args) => to_stdout(|out| report::list(&args, out))?,
-        Command::Merge(args) => report::merge(&args)?,
+        Command::List(args) => to_stdout(|out| report::list(&args.into(), out))?,
+        Command::Merge(args) => report::merge(&args.into())?,
         Command::Diff(args) => {
-            let sets = report::DiffSets::load(&args)?;
+            let sets = report::DiffSets::load(&args.base, &args.new)?;
             let changes = sets.changes();
             to_stdout(|out| Ok(changes.write(out, args.format)?))?;
             return Ok(changes.status());
         }
-        Command::Stats(args) => to_stdout(|out| report::stats(&args, out))?,
-        Command::Rules(args) => to_stdout(|out| rules::rules(&args, out))?,
+        Command::Stats(args) => to_stdout(|out| report::stats(&args.into(), out))?,
+        Command::Rules(args) => to_stdout(|out| rules::rules(&args.into(), out))?,
         Command::Completions { shell } => {
             to_stdout(|out| Ok(generate::completions(shell, out)?))?;
         }

@@ -26,8 +26,7 @@ pub use self::http::Endpoint;
 use crate::{
     classify::Class,
     ebpf::AttachMode,
-    peer::{Direction, Source},
-    report::Directions,
+    peer::{Direction, Directions, Source},
     store::PeerSet,
 };
 
@@ -219,7 +218,7 @@ impl Metrics {
         let mut counts = std::collections::HashMap::new();
         for (ip, record) in peers.iter() {
             *counts
-                .entry(PeerLabels::new(Class::of(ip), Directions::of(record)))
+                .entry(PeerLabels::new(Class::of(ip), record.directions()))
                 .or_insert(0) += 1;
         }
         for (labels, count) in counts {
@@ -404,7 +403,7 @@ mod tests {
         };
         metrics.peer_moved(
             Class::Private,
-            Some(Directions::of(peers.get(known).unwrap())),
+            Some(peers.get(known).unwrap().directions()),
             both,
         );
         metrics.peer_moved(Class::Public, None, both);

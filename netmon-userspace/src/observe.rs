@@ -13,8 +13,7 @@ use crate::{
     ebpf::AttachMode,
     follow::{Follow, LineFormat, Sighting},
     metrics::{Endpoint, Metrics},
-    peer::{Connection, Direction},
-    report::Directions,
+    peer::{Connection, Direction, Directions},
     store::{PeerRecord, PeerSet},
 };
 
@@ -66,7 +65,7 @@ impl Observers {
         record: &PeerRecord,
     ) {
         self.metrics.event(conn.source, conn.direction, connections);
-        let after = Directions::of(record);
+        let after = record.directions();
         if before == Some(after) {
             return;
         }

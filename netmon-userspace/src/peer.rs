@@ -50,6 +50,34 @@ impl fmt::Display for Direction {
     }
 }
 
+/// The directions a peer was seen in ([`PeerRecord::directions`]).
+///
+/// [`PeerRecord::directions`]: crate::store::PeerRecord::directions
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Directions {
+    pub outbound: bool,
+    pub inbound: bool,
+}
+
+impl Directions {
+    pub fn has(self, direction: Direction) -> bool {
+        match direction {
+            Direction::Outbound => self.outbound,
+            Direction::Inbound => self.inbound,
+        }
+    }
+
+    /// `None` for a peer only an address list named.
+    pub fn as_str(self) -> Option<&'static str> {
+        match (self.inbound, self.outbound) {
+            (true, true) => Some("in+out"),
+            (true, false) => Some("in"),
+            (false, true) => Some("out"),
+            (false, false) => None,
+        }
+    }
+}
+
 /// Which hook saw the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -188,5 +216,14 @@ mod tests {
         let comm = Comm::from_name("ééééééééé").unwrap();
         assert_eq!(comm.as_bytes().len(), 14);
         assert!(Comm::from_name("").is_none());
+    }
+
+    #[test]
+    fn directions_name() {
+        let names: Vec<_> = [(false, false), (true, false), (false, true), (true, true)]
+            .into_iter()
+            .map(|(outbound, inbound)| Directions { outbound, inbound }.as_str())
+            .collect();
+        assert_eq!(names, [None, Some("out"), Some("in"), Some("in+out")]);
     }
 }

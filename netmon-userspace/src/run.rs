@@ -31,8 +31,7 @@ use crate::{
     peer::Connection,
     privilege,
     procnet::{Destroyed, Liveness, Scanner},
-    report::Directions,
-    store::{self, FileFormat, LoadError, Snapshot},
+    store::{self, FileFormat, LoadError, PeerRecord, Snapshot},
 };
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -172,7 +171,7 @@ impl State {
             connections,
             now,
             self.max_peers,
-            Directions::of,
+            PeerRecord::directions,
         );
         let Some((before, record)) = recorded else {
             self.dropped += 1;

@@ -28,7 +28,7 @@ mod writer;
 
 pub(crate) use writer::decimal;
 
-use crate::peer::{Comm, Connection, Direction};
+use crate::peer::{Comm, Connection, Direction, Directions};
 
 /// The checkpoint format this build writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -114,6 +114,15 @@ pub struct PeerRecord {
 }
 
 impl PeerRecord {
+    /// Connections count, and so do ports: a record merged from files
+    /// might carry a port whose connection was counted elsewhere.
+    pub fn directions(&self) -> Directions {
+        Directions {
+            outbound: self.outbound > 0 || !self.remote_ports.is_empty(),
+            inbound: self.inbound > 0 || !self.local_ports.is_empty(),
+        }
+    }
+
     fn new(now: u64) -> Self {
         Self {
             first_seen: now,

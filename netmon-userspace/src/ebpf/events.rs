@@ -16,7 +16,7 @@ use netmon_common::{PeerEvent, maps};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// What `--transport` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportRequest {
     /// The ring buffer where the kernel supports it, else perf buffers.
     Auto,

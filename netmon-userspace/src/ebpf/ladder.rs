@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail};
 use super::{EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest};
 
 /// How netmon watches connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// kprobe on tcp_connect, kretprobe on inet_csk_accept.
     Kprobe,
@@ -42,7 +42,7 @@ impl fmt::Display for AttachMode {
 }
 
 /// What `--mode` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeRequest {
     /// The best mode this host allows: kprobe, then raw-tracepoint, then
     /// tracepoint, then proc.

@@ -4,10 +4,9 @@
 //! and BASE lacks are the ones those rules would now block. Peers BASE
 //! has and NEW no longer shows are listed too: the rules may be wider
 //! than they need to be.
-use std::{io, process::ExitCode};
+use std::{io, path::Path, process::ExitCode};
 
 use super::{Format, Inputs, Peer, output::Listing};
-use crate::cli::DiffArgs;
 
 /// The two files being compared.
 #[derive(Debug)]
@@ -17,10 +16,12 @@ pub struct DiffSets {
 }
 
 impl DiffSets {
-    pub fn load(args: &DiffArgs) -> anyhow::Result<Self> {
+    /// BASE is the set the rules were built from, NEW the set observed
+    /// since.
+    pub fn load(base: &Path, new: &Path) -> anyhow::Result<Self> {
         Ok(Self {
-            base: Inputs::load(std::slice::from_ref(&args.base))?,
-            new: Inputs::load(std::slice::from_ref(&args.new))?,
+            base: Inputs::load(&[base.to_owned()])?,
+            new: Inputs::load(&[new.to_owned()])?,
         })
     }
 

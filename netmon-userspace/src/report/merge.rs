@@ -1,17 +1,24 @@
 //! `netmon merge`: several files (from several hosts, or old poller
 //! lists) into one checkpoint.
+use std::path::PathBuf;
+
 use log::info;
 
 use super::Sources;
-use crate::{
-    cli::MergeArgs,
-    store::{self, Snapshot},
-};
+use crate::store::{self, Snapshot};
+
+/// What `netmon merge` combines, and where to.
+#[derive(Clone, Debug)]
+pub struct MergeRequest {
+    pub files: Vec<PathBuf>,
+    /// Written atomically; it may be one of `files`.
+    pub output: PathBuf,
+}
 
 /// Reads every input before writing anything, so an unreadable one leaves
 /// OUT as it was; the write itself is atomic like a checkpoint's.
-pub fn merge(args: &MergeArgs) -> anyhow::Result<()> {
-    let (merged, sources) = Sources::read(&args.files)?;
+pub fn merge(request: &MergeRequest) -> anyhow::Result<()> {
+    let (merged, sources) = Sources::read(&request.files)?;
     let snapshot = Snapshot {
         // One mode names how all the data was collected; several do not.
         mode: match sources.modes.as_slice() {
@@ -21,12 +28,12 @@ pub fn merge(args: &MergeArgs) -> anyhow::Result<()> {
         ..merged
     };
     let bytes = store::to_json(&snapshot, &merged_host(&sources.hosts), store::unix_now())?;
-    store::write_atomically(&args.output, &bytes)?;
+    store::write_atomically(&request.output, &bytes)?;
     info!(
         "{}: {} peers from {} files",
-        args.output.display(),
+        request.output.display(),
         snapshot.peers.len(),
-        args.files.len()
+        request.files.len()
     );
     Ok(())
 }
@@ -42,10 +49,7 @@ fn merged_host(hosts: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::Ipv4Addr,
-        path::{Path, PathBuf},
-    };
+    use std::{net::Ipv4Addr, path::Path};
 
     use super::*;
     use crate::{
@@ -84,7 +88,7 @@ mod tests {
     /// Merges `files` and reads the result back.
     fn merged(dir: &Path, files: Vec<PathBuf>) -> Snapshot {
         let output = dir.join("merged.json");
-        merge(&MergeArgs {
+        merge(&MergeRequest {
             files,
             output: output.clone(),
         })
@@ -165,7 +169,7 @@ mod tests {
         std::fs::write(&bad, r#"["10.0.0.1", "not-an-ip"]"#).unwrap();
         let output = dir.path().join("out.json");
         std::fs::write(&output, "old").unwrap();
-        let err = merge(&MergeArgs {
+        let err = merge(&MergeRequest {
             files: vec![good, bad, dir.path().join("missing.json")],
             output: output.clone(),
         })

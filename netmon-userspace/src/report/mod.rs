@@ -10,25 +10,29 @@ mod stats;
 mod table;
 
 use std::{
+    fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::anyhow;
-use clap::ValueEnum;
 use log::warn;
 
 use self::output::Listing;
-pub use self::{diff::DiffSets, merge::merge, stats::stats};
+pub use self::{
+    diff::DiffSets,
+    merge::{MergeRequest, merge},
+    stats::{StatsRequest, stats},
+};
 use crate::{
     classify::Class,
-    cli::{FilterArgs, ListArgs},
     peer::Direction,
     store::{self, FileFormat, PeerRecord, Snapshot},
 };
 
 /// How a report prints peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// An aligned table for people.
     Text,
@@ -125,41 +129,6 @@ fn load_one(path: &Path) -> anyhow::Result<(Snapshot, FileFormat)> {
     store::load(path)?.ok_or_else(|| anyhow!("{}: no such file", path.display()))
 }
 
-/// The directions a peer was seen in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Directions {
-    pub outbound: bool,
-    pub inbound: bool,
-}
-
-impl Directions {
-    /// Connections count, and so do ports: a record merged from files
-    /// might carry a port whose connection was counted elsewhere.
-    pub fn of(record: &PeerRecord) -> Self {
-        Self {
-            outbound: record.outbound > 0 || !record.remote_ports.is_empty(),
-            inbound: record.inbound > 0 || !record.local_ports.is_empty(),
-        }
-    }
-
-    pub fn has(self, direction: Direction) -> bool {
-        match direction {
-            Direction::Outbound => self.outbound,
-            Direction::Inbound => self.inbound,
-        }
-    }
-
-    /// `None` for a peer only an address list named.
-    pub fn as_str(self) -> Option<&'static str> {
-        match (self.inbound, self.outbound) {
-            (true, true) => Some("in+out"),
-            (true, false) => Some("in"),
-            (false, true) => Some("out"),
-            (false, false) => None,
-        }
-    }
-}
-
 /// A set of classes, as one bit per [`Class`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ClassSet(u16);
@@ -205,44 +174,29 @@ impl<'a> Peer<'a> {
     }
 }
 
-/// Which peers a report keeps: the command-line filters, resolved.
-#[derive(Clone, Copy, Debug)]
+/// Which peers a report keeps; every filter given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
-    classes: ClassSet,
-    direction: Option<Direction>,
-    /// Unix seconds; peers last seen before are left out.
-    seen_since: Option<u64>,
+    /// Only peers of these classes; none means any class.
+    pub classes: Vec<Class>,
+    /// Only peers seen in this direction.
+    pub direction: Option<Direction>,
+    /// Only peers last seen within this long before the report.
+    pub since: Option<Duration>,
 }
 
 impl Filter {
-    /// `now` anchors `--since`.
-    pub fn new(args: &FilterArgs, now: u64) -> Self {
-        Self {
-            classes: if args.classes.is_empty() {
-                ClassSet::ALL
-            } else {
-                args.classes.iter().copied().collect()
-            },
-            direction: args.direction,
-            seen_since: args.since.map(|since| now.saturating_sub(since.as_secs())),
-        }
+    /// Whether no filter was given, so every peer matches.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty() && self.direction.is_none() && self.since.is_none()
     }
 
-    pub fn matches(&self, peer: &Peer<'_>) -> bool {
-        self.classes.contains(peer.class)
-            && self
-                .direction
-                .is_none_or(|direction| Directions::of(peer.record).has(direction))
-            && self
-                .seen_since
-                .is_none_or(|since| peer.record.last_seen >= since)
-    }
-
-    /// The peers of `inputs` that match, in numeric order.
+    /// The peers of `inputs` that match, in numeric order; `now` (Unix
+    /// seconds) anchors `since`.
     ///
     /// Warns when a direction filter meets an address list, whose peers
     /// it can only leave out.
-    pub fn select<'a>(&self, inputs: &'a Inputs) -> Vec<Peer<'a>> {
+    pub fn select<'a>(&self, inputs: &'a Inputs, now: u64) -> Vec<Peer<'a>> {
         if let Some(direction) = self.direction {
             for path in inputs.sources.address_lists() {
                 warn!(
@@ -251,29 +205,84 @@ impl Filter {
                 );
             }
         }
+        let selection = Selection::new(self, now);
         inputs
             .snapshot
             .peers
             .iter()
             .map(|(ip, record)| Peer::new(ip, record))
-            .filter(|peer| self.matches(peer))
+            .filter(|peer| selection.matches(peer))
             .collect()
     }
 }
 
+/// As the flags that select the same peers.
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let classes = self.classes.iter().map(|class| format!("--class {class}"));
+        let direction = self.direction.map(|d| format!("--direction {d}"));
+        let since = self
+            .since
+            .map(|since| format!("--since {}", humantime::format_duration(since)));
+        let flags: Vec<_> = classes.chain(direction).chain(since).collect();
+        f.write_str(&flags.join(" "))
+    }
+}
+
+/// A [`Filter`] resolved for matching peer after peer.
+#[derive(Clone, Copy, Debug)]
+struct Selection {
+    classes: ClassSet,
+    direction: Option<Direction>,
+    /// Unix seconds; peers last seen before are left out.
+    seen_since: Option<u64>,
+}
+
+impl Selection {
+    fn new(filter: &Filter, now: u64) -> Self {
+        Self {
+            classes: if filter.classes.is_empty() {
+                ClassSet::ALL
+            } else {
+                filter.classes.iter().copied().collect()
+            },
+            direction: filter.direction,
+            seen_since: filter
+                .since
+                .map(|since| now.saturating_sub(since.as_secs())),
+        }
+    }
+
+    fn matches(&self, peer: &Peer<'_>) -> bool {
+        self.classes.contains(peer.class)
+            && self
+                .direction
+                .is_none_or(|direction| peer.record.directions().has(direction))
+            && self
+                .seen_since
+                .is_none_or(|since| peer.record.last_seen >= since)
+    }
+}
+
+/// What `netmon list` prints.
+#[derive(Clone, Debug)]
+pub struct ListRequest {
+    /// Checkpoints or address lists, merged.
+    pub files: Vec<PathBuf>,
+    pub filter: Filter,
+    pub format: Format,
+}
+
 /// `netmon list`.
-pub fn list(args: &ListArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let inputs = Inputs::load(&args.inputs.files)?;
-    let filter = Filter::new(&args.filter, store::unix_now());
-    let peers = filter.select(&inputs);
-    Listing::peers(&peers, inputs.detail()).write(out, args.format)?;
+pub fn list(request: &ListRequest, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let inputs = Inputs::load(&request.files)?;
+    let peers = request.filter.select(&inputs, store::unix_now());
+    Listing::peers(&peers, inputs.detail()).write(out, request.format)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::store::parse;
 
@@ -309,9 +318,9 @@ mod tests {
         Inputs { snapshot, sources }
     }
 
-    fn selected(inputs: &Inputs, args: &FilterArgs, now: u64) -> Vec<String> {
-        Filter::new(args, now)
-            .select(inputs)
+    fn selected(inputs: &Inputs, filter: &Filter, now: u64) -> Vec<String> {
+        filter
+            .select(inputs, now)
             .iter()
             .map(|peer| peer.ip.to_string())
             .collect()
@@ -321,7 +330,7 @@ mod tests {
     fn selection_is_numeric_not_textual() {
         let inputs = inputs(br#"["10.0.0.10", "9.1.1.1", "10.0.0.9", "100.0.0.1", "10.0.0.9"]"#);
         assert_eq!(
-            selected(&inputs, &FilterArgs::default(), 0),
+            selected(&inputs, &Filter::default(), 0),
             ["9.1.1.1", "10.0.0.9", "10.0.0.10", "100.0.0.1"]
         );
         assert_eq!(inputs.detail(), Detail::AddressesOnly);
@@ -330,9 +339,9 @@ mod tests {
     #[test]
     fn class_filter_is_a_union() {
         let inputs = inputs(br#"["8.8.8.8", "10.1.1.1", "100.64.0.1", "192.0.2.1"]"#);
-        let args = FilterArgs {
+        let args = Filter {
             classes: vec![Class::Shared, Class::Public],
-            ..FilterArgs::default()
+            ..Filter::default()
         };
         assert_eq!(selected(&inputs, &args, 0), ["8.8.8.8", "100.64.0.1"]);
     }
@@ -345,9 +354,9 @@ mod tests {
             ("3.3.3.3", 1, 1, 100),
         ]));
         assert_eq!(inputs.detail(), Detail::Recorded);
-        let only = |direction| FilterArgs {
+        let only = |direction| Filter {
             direction: Some(direction),
-            ..FilterArgs::default()
+            ..Filter::default()
         };
         assert_eq!(
             selected(&inputs, &only(Direction::Outbound), 0),
@@ -362,9 +371,9 @@ mod tests {
     #[test]
     fn direction_filter_leaves_out_address_list_peers() {
         let inputs = inputs(br#"["1.1.1.1"]"#);
-        let args = FilterArgs {
+        let args = Filter {
             direction: Some(Direction::Outbound),
-            ..FilterArgs::default()
+            ..Filter::default()
         };
         assert!(selected(&inputs, &args, 0).is_empty());
     }
@@ -378,9 +387,9 @@ mod tests {
             ("2.2.2.2", 1, 0, now - 7 * day),
             ("3.3.3.3", 1, 0, now),
         ]));
-        let args = FilterArgs {
+        let args = Filter {
             since: Some(Duration::from_secs(7 * day)),
-            ..FilterArgs::default()
+            ..Filter::default()
         };
         assert_eq!(selected(&inputs, &args, now), ["2.2.2.2", "3.3.3.3"]);
     }
@@ -393,7 +402,7 @@ mod tests {
             ("8.8.8.8", 0, 1, 50),
             ("10.0.0.3", 0, 1, 5),
         ]));
-        let args = FilterArgs {
+        let args = Filter {
             classes: vec![Class::Private],
             direction: Some(Direction::Inbound),
             since: Some(Duration::from_secs(10)),
@@ -402,11 +411,16 @@ mod tests {
     }
 
     #[test]
-    fn directions_name() {
-        let names: Vec<_> = [(false, false), (true, false), (false, true), (true, true)]
-            .into_iter()
-            .map(|(outbound, inbound)| Directions { outbound, inbound }.as_str())
-            .collect();
-        assert_eq!(names, [None, Some("out"), Some("in"), Some("in+out")]);
+    fn filter_prints_as_the_flags_that_select_the_same_peers() {
+        let filter = Filter {
+            classes: vec![Class::Private, Class::Shared],
+            direction: Some(Direction::Inbound),
+            since: Some(Duration::from_secs(7 * 86_400)),
+        };
+        assert_eq!(
+            filter.to_string(),
+            "--class private --class shared --direction in --since 7days"
+        );
+        assert_eq!(Filter::default().to_string(), "");
     }
 }

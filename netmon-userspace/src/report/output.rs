@@ -12,7 +12,7 @@ use std::{
 use serde::{Serialize, Serializer};
 
 use super::{
-    Detail, Directions, Format, Peer,
+    Detail, Format, Peer,
     table::{self, Align, Column, Table},
 };
 use crate::{
@@ -226,7 +226,7 @@ impl Field {
             Self::Change => out.push_str(row.change.map_or("", Change::as_str)),
             Self::Address => push_ip(out, row.peer.ip),
             Self::Class => out.push_str(row.peer.class.as_str()),
-            Self::Direction => out.push_str(Directions::of(record).as_str().unwrap_or("")),
+            Self::Direction => out.push_str(record.directions().as_str().unwrap_or("")),
             Self::Outbound => push_number(out, record.outbound),
             Self::Inbound => push_number(out, record.inbound),
             Self::FirstSeen => push_time(out, record.first_seen),
@@ -365,7 +365,7 @@ struct JsonRecord<'a> {
 impl<'a> JsonRecord<'a> {
     fn new(record: &'a PeerRecord) -> Self {
         Self {
-            direction: Directions::of(record).as_str(),
+            direction: record.directions().as_str(),
             first_seen: record.first_seen,
             last_seen: record.last_seen,
             outbound: record.outbound,

@@ -1,17 +1,27 @@
 //! `netmon stats`: what the set is made of, at a glance.
-use std::{collections::HashMap, hash::Hash, io::Write};
+use std::{collections::HashMap, hash::Hash, io::Write, path::PathBuf};
 
 use super::{
-    Detail, Directions, Filter, Inputs, Peer,
+    Detail, Filter, Inputs, Peer,
     table::{self, Align, Column, Owned},
 };
-use crate::{classify::Class, cli::StatsArgs, peer::Comm, store};
+use crate::{classify::Class, peer::Comm, store};
 
-pub fn stats(args: &StatsArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let inputs = Inputs::load(&args.inputs.files)?;
-    let peers = Filter::new(&args.filter, store::unix_now()).select(&inputs);
+/// What `netmon stats` counts.
+#[derive(Clone, Debug)]
+pub struct StatsRequest {
+    /// Checkpoints or address lists, merged.
+    pub files: Vec<PathBuf>,
+    pub filter: Filter,
+    /// Rows in each top list.
+    pub top: usize,
+}
+
+pub fn stats(request: &StatsRequest, out: &mut impl Write) -> anyhow::Result<()> {
+    let inputs = Inputs::load(&request.files)?;
+    let peers = request.filter.select(&inputs, store::unix_now());
     let detail = inputs.detail();
-    let top = usize::from(args.top);
+    let top = request.top;
     writeln!(
         out,
         "{} peers from {} (lost events: {})",
@@ -59,7 +69,7 @@ fn column(header: &'static str, align: Align) -> Column {
 fn per_class(peers: &[Peer<'_>], detail: Detail) -> Owned {
     let mut counts: HashMap<Class, [usize; 3]> = HashMap::new();
     for peer in peers {
-        let directions = Directions::of(peer.record);
+        let directions = peer.record.directions();
         let [all, inbound, outbound] = counts.entry(peer.class).or_default();
         *all += 1;
         *inbound += usize::from(directions.inbound);
@@ -117,10 +127,7 @@ fn top_peers(peers: &[Peer<'_>], top: usize) -> Owned {
                 vec![
                     peer.ip.to_string(),
                     peer.class.to_string(),
-                    Directions::of(peer.record)
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned(),
+                    peer.record.directions().as_str().unwrap_or("").to_owned(),
                     connections.to_string(),
                 ]
             })
@@ -179,10 +186,7 @@ impl Label for Comm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        cli::{FilterArgs, InputArgs},
-        report::tests::checkpoint,
-    };
+    use crate::report::tests::checkpoint;
 
     #[test]
     fn counts_and_tops() {
@@ -197,13 +201,13 @@ mod tests {
             ]),
         )
         .unwrap();
-        let args = StatsArgs {
-            inputs: InputArgs { files: vec![path] },
-            filter: FilterArgs::default(),
+        let request = StatsRequest {
+            files: vec![path],
+            filter: Filter::default(),
             top: 2,
         };
         let mut out = Vec::new();
-        stats(&args, &mut out).unwrap();
+        stats(&request, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         for line in [
             "3 peers from 1 file, host h1 (lost events: 0)",

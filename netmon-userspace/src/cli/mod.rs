@@ -1,7 +1,15 @@
-//! Command-line interface.
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+//! Command-line interface: the only module that knows clap.
+//!
+//! The argument structs here are converted, once, into the plain types the
+//! library takes ([`Filter`], [`ListRequest`], [`RulesRequest`], ...), so a
+//! report or a rule set can be produced without building a command line.
+//! The library's enums become clap values in `values.rs`.
+pub mod generate;
+mod values;
 
-use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
     classify::Class,
@@ -9,8 +17,8 @@ use crate::{
     follow::LineFormat,
     peer::Direction,
     procnet::TablesRequest,
-    report::Format,
-    rules::{RuleFormat, RuleName},
+    report::{Filter, Format, ListRequest, MergeRequest, StatsRequest},
+    rules::{RuleFormat, RuleName, RulesRequest},
 };
 
 /// Where `netmon run` writes, and where reports read, by default.
@@ -178,7 +186,7 @@ pub struct InputArgs {
 }
 
 /// Which peers a report keeps; every filter given must match.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 pub struct FilterArgs {
     /// Only peers of this class (repeat for several).
     #[arg(long = "class", value_name = "CLASS")]
@@ -193,23 +201,13 @@ pub struct FilterArgs {
     pub since: Option<Duration>,
 }
 
-impl FilterArgs {
-    /// Whether no filter was given, so every peer matches.
-    pub fn is_empty(&self) -> bool {
-        self.classes.is_empty() && self.direction.is_none() && self.since.is_none()
-    }
-}
-
-/// As the flags that select the same peers.
-impl fmt::Display for FilterArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let classes = self.classes.iter().map(|class| format!("--class {class}"));
-        let direction = self.direction.map(|d| format!("--direction {d}"));
-        let since = self
-            .since
-            .map(|since| format!("--since {}", humantime::format_duration(since)));
-        let flags: Vec<_> = classes.chain(direction).chain(since).collect();
-        f.write_str(&flags.join(" "))
+impl From<FilterArgs> for Filter {
+    fn from(args: FilterArgs) -> Self {
+        Self {
+            classes: args.classes,
+            direction: args.direction,
+            since: args.since,
+        }
     }
 }
 
@@ -225,6 +223,16 @@ pub struct ListArgs {
     pub format: Format,
 }
 
+impl From<ListArgs> for ListRequest {
+    fn from(args: ListArgs) -> Self {
+        Self {
+            files: args.inputs.files,
+            filter: args.filter.into(),
+            format: args.format,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct MergeArgs {
     /// The files to combine.
@@ -235,6 +243,15 @@ pub struct MergeArgs {
     /// the inputs).
     #[arg(short, long)]
     pub output: PathBuf,
+}
+
+impl From<MergeArgs> for MergeRequest {
+    fn from(args: MergeArgs) -> Self {
+        Self {
+            files: args.files,
+            output: args.output,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -262,6 +279,16 @@ pub struct StatsArgs {
     pub top: u16,
 }
 
+impl From<StatsArgs> for StatsRequest {
+    fn from(args: StatsArgs) -> Self {
+        Self {
+            files: args.inputs.files,
+            filter: args.filter.into(),
+            top: args.top.into(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RulesArgs {
     #[command(flatten)]
@@ -280,13 +307,14 @@ pub struct RulesArgs {
     pub name: Option<RuleName>,
 }
 
-impl ValueEnum for Direction {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Self::Inbound, Self::Outbound]
-    }
-
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(self.as_str()))
+impl From<RulesArgs> for RulesRequest {
+    fn from(args: RulesArgs) -> Self {
+        Self {
+            files: args.inputs.files,
+            filter: args.filter.into(),
+            format: args.format,
+            name: args.name,
+        }
     }
 }
 
@@ -301,4 +329,44 @@ fn ring_buffer_kib(text: &str) -> Result<u32, String> {
         ));
     }
     Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// clap checks its definitions only when a command line reaches them.
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn filter_flags_become_a_filter() {
+        let cli = Cli::parse_from([
+            "netmon",
+            "rules",
+            "--format=nft",
+            "--class=private",
+            "--direction=out",
+            "--since=12h",
+            "a.json",
+        ]);
+        let Command::Rules(args) = cli.command else {
+            panic!("not rules: {:?}", cli.command);
+        };
+        let request = RulesRequest::from(args);
+        assert_eq!(
+            request.filter,
+            Filter {
+                classes: vec![Class::Private],
+                direction: Some(Direction::Outbound),
+                since: Some(Duration::from_secs(12 * 3600)),
+            }
+        );
+        assert_eq!(request.files, [PathBuf::from("a.json")]);
+        assert_eq!((request.format, request.name), (RuleFormat::Nft, None));
+    }
 }

@@ -1,12 +1,12 @@
 //! Shell completions and man pages, generated from the clap definitions in
-//! [`crate::cli`] so that they cannot drift from what the binary accepts.
+//! [`super`] so that they cannot drift from what the binary accepts.
 use std::{fs, io, path::Path};
 
 use anyhow::Context as _;
 use clap::CommandFactory as _;
 use clap_complete::Shell;
 
-use crate::cli::Cli;
+use super::Cli;
 
 /// The name the scripts complete, whatever the binary was invoked as.
 const BIN: &str = "netmon";

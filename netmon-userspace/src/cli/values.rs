@@ -1,0 +1,126 @@
+//! The library's enums as clap values.
+//!
+//! The library stays free of clap: the names each variant takes on the
+//! command line, and the help `--help` shows for it, are given here.
+use clap::{ValueEnum, builder::PossibleValue};
+
+use crate::{
+    classify::{Class, SPECIAL},
+    ebpf::{events::TransportRequest, ladder::ModeRequest},
+    peer::Direction,
+    procnet::TablesRequest,
+    report::Format,
+    rules::RuleFormat,
+};
+
+/// Implements [`ValueEnum`] from a list of variants, each with its name
+/// and optionally its help, as `#[derive(ValueEnum)]` would from the
+/// variants' names and doc comments. The `match` is exhaustive, so a
+/// variant added to the library cannot be left out.
+macro_rules! value_enum {
+    ($type:ty { $($variant:ident => $name:literal $(: $help:literal)?,)+ }) => {
+        impl ValueEnum for $type {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$(Self::$variant),+]
+            }
+
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                Some(match self {
+                    $(Self::$variant => PossibleValue::new($name)$(.help($help))?,)+
+                })
+            }
+        }
+    };
+}
+
+value_enum!(Format {
+    Text => "text": "An aligned table for people",
+    Json => "json": "One object per peer, with its class and recorded fields",
+    Csv => "csv": "A header row, then one row per peer",
+    Plain => "plain": "One address per line, for other tools",
+});
+
+value_enum!(RuleFormat {
+    Nft => "nft": "An `nft -f` script: table inet netmon, interval set, unhooked chain",
+    Ipset => "ipset": "An `ipset restore` script: a hash:net set, swapped in atomically",
+    Iptables => "iptables": "An `iptables-restore --noflush` script: one chain of RETURN rules",
+});
+
+value_enum!(ModeRequest {
+    Auto => "auto": "The best mode this host allows: kprobe, then raw-tracepoint, then \
+        tracepoint, then proc",
+    Kprobe => "kprobe",
+    RawTracepoint => "raw-tracepoint",
+    Tracepoint => "tracepoint",
+    Proc => "proc",
+});
+
+value_enum!(TransportRequest {
+    Auto => "auto": "The ring buffer where the kernel supports it, else perf buffers",
+    Ringbuf => "ringbuf",
+    Perf => "perf",
+});
+
+value_enum!(TablesRequest {
+    Auto => "auto": "Netlink where the kernel has sock_diag, else the /proc/net text",
+    Netlink => "netlink": "NETLINK_SOCK_DIAG dumps (CONFIG_INET_DIAG), plus destroy \
+        notifications in proc mode",
+    Procfs => "procfs": "The text under --proc-net",
+});
+
+impl ValueEnum for Direction {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Inbound, Self::Outbound]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()))
+    }
+}
+
+impl ValueEnum for Class {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    /// `--help` shows each class's blocks and RFCs, from [`SPECIAL`].
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let blocks: Vec<_> = SPECIAL
+            .iter()
+            .filter(|special| special.class == *self)
+            .map(|special| format!("{} ({})", special.block, special.rfc))
+            .collect();
+        let help = if blocks.is_empty() {
+            "any address in no other class".to_owned()
+        } else {
+            blocks.join(", ")
+        };
+        Some(PossibleValue::new(self.as_str()).help(help))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_parse_as_they_print() {
+        for class in Class::ALL {
+            assert_eq!(
+                <Class as ValueEnum>::from_str(class.as_str(), false).ok(),
+                Some(class),
+                "clap spelling of {class}"
+            );
+        }
+    }
+
+    #[test]
+    fn directions_parse_as_they_print() {
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            assert_eq!(
+                <Direction as ValueEnum>::from_str(direction.as_str(), false).ok(),
+                Some(direction)
+            );
+        }
+    }
+}
