@@ -1,7 +1,7 @@
 //! Loading the eBPF object and attaching its programs.
 //!
 //! [`ladder`] decides which attach mode runs; this module knows how to load
-//! the embedded object with the right load-time globals and how to attach
+//! the embedded object with the right load-time config and how to attach
 //! each mode's programs, and hands back an [`EbpfCollector`] that owns
 //! everything that must stay alive while events flow.
 pub mod btf;
@@ -18,14 +18,17 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{KProbe, RawTracePoint, TracePoint},
 };
-use netmon_common::{DedupKey, DedupValue, PeerEvent, globals, maps};
+use netmon_common::{
+    Config, DedupKey, DedupValue, PeerEvent,
+    config::{self, SockOffsets, TracepointOffsets},
+    maps,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use self::ladder::AttachMode;
 use self::{
-    btf::{OffsetsOrigin, SockOffsets},
+    btf::OffsetsOrigin,
     events::{Events, Transport, TransportRequest},
-    tracefs::StateFormat,
 };
 use crate::peer::{Connection, Source};
 
@@ -118,7 +121,7 @@ pub struct KernelEnv {
     pub tracefs: anyhow::Result<PathBuf>,
     pub sock_offsets: SockOffsets,
     pub offsets_origin: OffsetsOrigin,
-    pub state_format: anyhow::Result<StateFormat>,
+    pub state_format: anyhow::Result<TracepointOffsets>,
     /// Size of the ring buffer (`--ring-buffer`).
     pub ring_bytes: u32,
 }
@@ -155,39 +158,24 @@ impl KernelEnv {
     }
 }
 
-/// Repeats of a connection key within this window cross the ring buffer
-/// once; their counts arrive with the next event or harvest.
-const DEDUP_WINDOW_NS: u64 = 1_000_000_000;
-
-/// Loads the object, every offset patched in as a load-time global.
+/// Loads the object, its [`Config`] filled in from `env`.
 ///
 /// `tracepoint_outbound` is false when the kprobe on `tcp_connect` reports
 /// outbound connections, so the tracepoint does not report them twice.
 pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result<Ebpf> {
-    let sk = &env.sock_offsets;
-    // Without the format the tracepoint cannot attach; zeros keep it inert.
-    let tp = env.state_format.as_ref().copied().unwrap_or_default();
-    let tp_outbound = u32::from(tracepoint_outbound);
+    let config = Config {
+        sock: env.sock_offsets,
+        // Without the format the tracepoint cannot attach; zeros keep it inert.
+        tracepoint: env.state_format.as_ref().copied().unwrap_or_default(),
+        tracepoint_outbound: u32::from(tracepoint_outbound),
+        dedup_window_ns: config::DEDUP_WINDOW_NS,
+    };
     let mut loader = EbpfLoader::new();
     if env.transport == Transport::RingBuf {
         loader.map_max_entries(maps::EVENTS, env.ring_bytes);
     }
     loader
-        .override_global(globals::SK_FAMILY, &sk.family, true)
-        .override_global(globals::SK_DADDR, &sk.daddr, true)
-        .override_global(globals::SK_DPORT, &sk.dport, true)
-        .override_global(globals::SK_NUM, &sk.num, true)
-        .override_global(globals::SK_V6_DADDR, &sk.v6_daddr, true)
-        .override_global(globals::TP_OLDSTATE, &tp.oldstate, true)
-        .override_global(globals::TP_NEWSTATE, &tp.newstate, true)
-        .override_global(globals::TP_SPORT, &tp.sport, true)
-        .override_global(globals::TP_DPORT, &tp.dport, true)
-        .override_global(globals::TP_FAMILY, &tp.family, true)
-        .override_global(globals::TP_PROTOCOL, &tp.protocol, true)
-        .override_global(globals::TP_DADDR, &tp.daddr, true)
-        .override_global(globals::TP_DADDR_V6, &tp.daddr_v6, true)
-        .override_global(globals::TP_OUTBOUND, &tp_outbound, true)
-        .override_global(globals::DEDUP_WINDOW, &DEDUP_WINDOW_NS, true)
+        .override_global(config::SYMBOL, &config, true)
         .load(object(env.transport))
         .map_err(|err| explain_permission(anyhow::Error::new(err)))
         .context("cannot load the eBPF object")
