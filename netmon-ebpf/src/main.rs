@@ -75,6 +75,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// "Dual MIT/GPL": the crate is MIT OR Apache-2.0, but the kernel lets
+/// only GPL-compatible programs call GPL-only helpers, and these call two:
+/// `bpf_probe_read_kernel` and (perf build) `bpf_perf_event_output`. The
+/// kernel's `license_is_gpl_compatible` accepts this string.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
