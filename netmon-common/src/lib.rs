@@ -7,6 +7,10 @@
 //! `TryFrom`, rejecting anything it does not understand.
 #![no_std]
 
+pub mod config;
+
+pub use config::Config;
+
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
@@ -117,11 +121,13 @@ pub struct DedupValue {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all three): plain integers and arrays of integers, no padding,
+    // SAFETY (these three): plain integers and arrays of integers, no padding,
     // any bit pattern is a valid value.
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupValue {}
+    // SAFETY: u32s and a u64 at offset 56, so no padding either.
+    unsafe impl aya::Pod for super::Config {}
 }
 
 /// Map names, so both sides spell them the same way.
@@ -132,33 +138,6 @@ pub mod maps {
     pub const LOST: &str = "LOST";
     /// `LruHashMap<DedupKey, DedupValue>`: recent connection keys.
     pub const DEDUP: &str = "DEDUP";
-}
-
-/// Names of the load-time globals (`EbpfLoader::override_global`).
-///
-/// Offsets are in bytes. The `struct sock` offsets come from the running
-/// kernel's BTF when it has one, so one object serves many kernels.
-pub mod globals {
-    pub const SK_FAMILY: &str = "SK_FAMILY_OFF";
-    pub const SK_DADDR: &str = "SK_DADDR_OFF";
-    pub const SK_DPORT: &str = "SK_DPORT_OFF";
-    pub const SK_NUM: &str = "SK_NUM_OFF";
-    pub const SK_V6_DADDR: &str = "SK_V6_DADDR_OFF";
-
-    pub const TP_OLDSTATE: &str = "TP_OLDSTATE_OFF";
-    pub const TP_NEWSTATE: &str = "TP_NEWSTATE_OFF";
-    pub const TP_SPORT: &str = "TP_SPORT_OFF";
-    pub const TP_DPORT: &str = "TP_DPORT_OFF";
-    pub const TP_FAMILY: &str = "TP_FAMILY_OFF";
-    pub const TP_PROTOCOL: &str = "TP_PROTOCOL_OFF";
-    pub const TP_DADDR: &str = "TP_DADDR_OFF";
-    pub const TP_DADDR_V6: &str = "TP_DADDR_V6_OFF";
-    /// Non-zero: the tracepoint reports outbound connections too. Zero when
-    /// the kprobe on `tcp_connect` already does, so each connection is
-    /// reported once.
-    pub const TP_OUTBOUND: &str = "TP_OUTBOUND";
-    /// u64 ns: repeats of a key within this window send no event.
-    pub const DEDUP_WINDOW: &str = "DEDUP_WINDOW_NS";
 }
 
 /// Socket-state numbers of `include/net/tcp_states.h`.
@@ -176,17 +155,6 @@ pub mod tcp_state {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
-
-/// Default `struct sock_common` offsets on x86_64, stable since Linux 4.x;
-/// used when the kernel has no BTF to read them from.
-pub mod default_offsets {
-    pub const SK_DADDR: u32 = 0;
-    pub const SK_RCV_SADDR: u32 = 4;
-    pub const SK_DPORT: u32 = 12;
-    pub const SK_NUM: u32 = 14;
-    pub const SK_FAMILY: u32 = 16;
-    pub const SK_V6_DADDR: u32 = 56;
-}
 
 #[cfg(test)]
 mod tests {

@@ -53,8 +53,9 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let mut failures = 0;
     match ebpf::load_object(kernel, true) {
         Ok(mut object) => {
-            for (name, kind, hook) in ebpf::PROGRAMS {
-                match ebpf::load_program(&mut object, name, kind) {
+            for program in ebpf::Program::ALL {
+                let (name, kind, hook) = (program.name(), program.kind(), program.hook());
+                match ebpf::load_program(&mut object, program) {
                     Ok(()) => writeln!(out, "program {name} ({kind} {hook}): verified")?,
                     Err(err) => {
                         failures += 1;

@@ -3,37 +3,14 @@
 //! The kprobes read the connection's addresses straight out of `struct
 //! sock`. Rather than compile one object per kernel (or depend on CO-RE),
 //! userspace looks the offsets up in /sys/kernel/btf/vmlinux and hands them
-//! to the programs as load-time globals. Only the small part of the BTF
+//! to the programs in their load-time config. Only the small part of the BTF
 //! format needed to walk struct and union members is parsed here.
 use std::{collections::HashMap, fs, io, path::Path};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use netmon_common::default_offsets;
+use netmon_common::config::{SockOffsets, default_offsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-/// Byte offsets of the `struct sock_common` members the kprobes read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockOffsets {
-    pub family: u32,
-    pub daddr: u32,
-    pub dport: u32,
-    pub num: u32,
-    pub v6_daddr: u32,
-}
-
-impl Default for SockOffsets {
-    /// The layout `struct sock_common` has had on x86_64 since Linux 4.x.
-    fn default() -> Self {
-        Self {
-            family: default_offsets::SK_FAMILY,
-            daddr: default_offsets::SK_DADDR,
-            dport: default_offsets::SK_DPORT,
-            num: default_offsets::SK_NUM,
-            v6_daddr: default_offsets::SK_V6_DADDR,
-        }
-    }
-}
 
 /// Where the offsets came from, for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]

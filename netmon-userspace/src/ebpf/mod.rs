@@ -1,7 +1,7 @@
 //! Loading the eBPF object and attaching its programs.
 //!
 //! [`ladder`] decides which attach mode runs; this module knows how to load
-//! the embedded object with the right load-time globals and how to attach
+//! the embedded object with the right load-time config and how to attach
 //! each mode's programs, and hands back an [`EbpfCollector`] that owns
 //! everything that must stay alive while events flow.
 pub mod btf;
@@ -18,14 +18,17 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{KProbe, RawTracePoint, TracePoint},
 };
-use netmon_common::{DedupKey, DedupValue, PeerEvent, globals, maps};
+use netmon_common::{
+    Config, DedupKey, DedupValue, PeerEvent,
+    config::{self, SockOffsets, TracepointOffsets},
+    maps,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use self::ladder::AttachMode;
 use self::{
-    btf::{OffsetsOrigin, SockOffsets},
+    btf::OffsetsOrigin,
     events::{Events, Transport, TransportRequest},
-    tracefs::StateFormat,
 };
 use crate::peer::{Connection, Source};
 
@@ -42,25 +45,56 @@ fn object(transport: Transport) -> &'static [u8] {
     }
 }
 
-/// The programs in the object: (name, kind, kernel hook).
-pub const PROGRAMS: [(&str, ProgramKind, &str); 4] = [
-    ("tcp_connect", ProgramKind::Kprobe, "tcp_connect"),
-    ("inet_csk_accept", ProgramKind::Kretprobe, "inet_csk_accept"),
-    (
-        "inet_sock_set_state",
-        ProgramKind::Tracepoint,
-        "sock/inet_sock_set_state",
-    ),
-    (
-        "inet_sock_set_state_raw",
-        ProgramKind::RawTracepoint,
-        tracefs::TRACEPOINT,
-    ),
-];
-const KPROBE_CONNECT: &str = PROGRAMS[0].0;
-const KRETPROBE_ACCEPT: &str = PROGRAMS[1].0;
-const TRACEPOINT_STATE: &str = PROGRAMS[2].0;
-const RAW_TRACEPOINT_STATE: &str = PROGRAMS[3].0;
+/// The programs in the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// kprobe on `tcp_connect`: outbound connections.
+    KprobeConnect,
+    /// kretprobe on `inet_csk_accept`: inbound connections, by acceptor.
+    KretprobeAccept,
+    /// tracepoint `sock/inet_sock_set_state`: both directions.
+    TracepointState,
+    /// The same tracepoint attached raw.
+    RawTracepointState,
+}
+
+impl Program {
+    pub const ALL: [Self; 4] = [
+        Self::KprobeConnect,
+        Self::KretprobeAccept,
+        Self::TracepointState,
+        Self::RawTracepointState,
+    ];
+
+    /// Its name in the object (the function's in netmon-ebpf).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KprobeConnect => "tcp_connect",
+            Self::KretprobeAccept => "inet_csk_accept",
+            Self::TracepointState => "inet_sock_set_state",
+            Self::RawTracepointState => "inet_sock_set_state_raw",
+        }
+    }
+
+    pub fn kind(self) -> ProgramKind {
+        match self {
+            Self::KprobeConnect => ProgramKind::Kprobe,
+            Self::KretprobeAccept => ProgramKind::Kretprobe,
+            Self::TracepointState => ProgramKind::Tracepoint,
+            Self::RawTracepointState => ProgramKind::RawTracepoint,
+        }
+    }
+
+    /// The kernel hook it attaches to, as messages name it.
+    pub fn hook(self) -> &'static str {
+        match self {
+            Self::KprobeConnect => "tcp_connect",
+            Self::KretprobeAccept => "inet_csk_accept",
+            Self::TracepointState => "sock/inet_sock_set_state",
+            Self::RawTracepointState => tracefs::TRACEPOINT,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgramKind {
@@ -87,7 +121,7 @@ pub struct KernelEnv {
     pub tracefs: anyhow::Result<PathBuf>,
     pub sock_offsets: SockOffsets,
     pub offsets_origin: OffsetsOrigin,
-    pub state_format: anyhow::Result<StateFormat>,
+    pub state_format: anyhow::Result<TracepointOffsets>,
     /// Size of the ring buffer (`--ring-buffer`).
     pub ring_bytes: u32,
 }
@@ -124,39 +158,24 @@ impl KernelEnv {
     }
 }
 
-/// Repeats of a connection key within this window cross the ring buffer
-/// once; their counts arrive with the next event or harvest.
-const DEDUP_WINDOW_NS: u64 = 1_000_000_000;
-
-/// Loads the object, every offset patched in as a load-time global.
+/// Loads the object, its [`Config`] filled in from `env`.
 ///
 /// `tracepoint_outbound` is false when the kprobe on `tcp_connect` reports
 /// outbound connections, so the tracepoint does not report them twice.
 pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result<Ebpf> {
-    let sk = &env.sock_offsets;
-    // Without the format the tracepoint cannot attach; zeros keep it inert.
-    let tp = env.state_format.as_ref().copied().unwrap_or_default();
-    let tp_outbound = u32::from(tracepoint_outbound);
+    let config = Config {
+        sock: env.sock_offsets,
+        // Without the format the tracepoint cannot attach; zeros keep it inert.
+        tracepoint: env.state_format.as_ref().copied().unwrap_or_default(),
+        tracepoint_outbound: u32::from(tracepoint_outbound),
+        dedup_window_ns: config::DEDUP_WINDOW_NS,
+    };
     let mut loader = EbpfLoader::new();
     if env.transport == Transport::RingBuf {
         loader.map_max_entries(maps::EVENTS, env.ring_bytes);
     }
     loader
-        .override_global(globals::SK_FAMILY, &sk.family, true)
-        .override_global(globals::SK_DADDR, &sk.daddr, true)
-        .override_global(globals::SK_DPORT, &sk.dport, true)
-        .override_global(globals::SK_NUM, &sk.num, true)
-        .override_global(globals::SK_V6_DADDR, &sk.v6_daddr, true)
-        .override_global(globals::TP_OLDSTATE, &tp.oldstate, true)
-        .override_global(globals::TP_NEWSTATE, &tp.newstate, true)
-        .override_global(globals::TP_SPORT, &tp.sport, true)
-        .override_global(globals::TP_DPORT, &tp.dport, true)
-        .override_global(globals::TP_FAMILY, &tp.family, true)
-        .override_global(globals::TP_PROTOCOL, &tp.protocol, true)
-        .override_global(globals::TP_DADDR, &tp.daddr, true)
-        .override_global(globals::TP_DADDR_V6, &tp.daddr_v6, true)
-        .override_global(globals::TP_OUTBOUND, &tp_outbound, true)
-        .override_global(globals::DEDUP_WINDOW, &DEDUP_WINDOW_NS, true)
+        .override_global(config::SYMBOL, &config, true)
         .load(object(env.transport))
         .map_err(|err| explain_permission(anyhow::Error::new(err)))
         .context("cannot load the eBPF object")
@@ -197,18 +216,19 @@ pub fn explain_permission(err: anyhow::Error) -> anyhow::Error {
 }
 
 /// Loads (verifies) one program without attaching it.
-pub fn load_program(ebpf: &mut Ebpf, name: &str, kind: ProgramKind) -> anyhow::Result<()> {
-    let program = ebpf
+pub fn load_program(ebpf: &mut Ebpf, program: Program) -> anyhow::Result<()> {
+    let (name, kind) = (program.name(), program.kind());
+    let loaded = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
     let result = match kind {
-        ProgramKind::Kprobe | ProgramKind::Kretprobe => <&mut KProbe>::try_from(program)
+        ProgramKind::Kprobe | ProgramKind::Kretprobe => <&mut KProbe>::try_from(loaded)
             .map_err(anyhow::Error::new)?
             .load(),
-        ProgramKind::Tracepoint => <&mut TracePoint>::try_from(program)
+        ProgramKind::Tracepoint => <&mut TracePoint>::try_from(loaded)
             .map_err(anyhow::Error::new)?
             .load(),
-        ProgramKind::RawTracepoint => <&mut RawTracePoint>::try_from(program)
+        ProgramKind::RawTracepoint => <&mut RawTracePoint>::try_from(loaded)
             .map_err(anyhow::Error::new)?
             .load(),
     };
@@ -217,13 +237,16 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str, kind: ProgramKind) -> anyhow::R
         .with_context(|| format!("the verifier rejected {kind} program {name}"))
 }
 
-/// Loads program `name` and hands it back as its own type, to attach.
-fn loaded<'a, P>(ebpf: &'a mut Ebpf, name: &str, kind: ProgramKind) -> anyhow::Result<&'a mut P>
+/// Loads `program` and hands it back as its own type, to attach.
+fn loaded<'a, P>(ebpf: &'a mut Ebpf, program: Program) -> anyhow::Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    load_program(ebpf, name, kind)?;
-    Ok(ebpf.program_mut(name).expect("loaded above").try_into()?)
+    load_program(ebpf, program)?;
+    Ok(ebpf
+        .program_mut(program.name())
+        .expect("loaded above")
+        .try_into()?)
 }
 
 /// An attach that failed, saying which hook and which permission.
@@ -231,13 +254,10 @@ fn attach_failed(err: aya::programs::ProgramError, hook: String) -> anyhow::Erro
     explain_permission(anyhow::Error::new(err)).context(format!("cannot attach {hook}"))
 }
 
-fn attach_kprobe(
-    ebpf: &mut Ebpf,
-    name: &str,
-    kind: ProgramKind,
-    function: &str,
-) -> anyhow::Result<()> {
-    loaded::<KProbe>(ebpf, name, kind)?
+/// Attaches a kprobe or kretprobe to the function it is named after.
+fn attach_kprobe(ebpf: &mut Ebpf, program: Program) -> anyhow::Result<()> {
+    let (kind, function) = (program.kind(), program.hook());
+    loaded::<KProbe>(ebpf, program)?
         .attach(function, 0)
         .map_err(|err| attach_failed(err, format!("{kind} to {function}")))?;
     Ok(())
@@ -245,7 +265,7 @@ fn attach_kprobe(
 
 fn attach_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let (category, name) = (tracefs::CATEGORY, tracefs::TRACEPOINT);
-    loaded::<TracePoint>(ebpf, TRACEPOINT_STATE, ProgramKind::Tracepoint)?
+    loaded::<TracePoint>(ebpf, Program::TracepointState)?
         .attach(category, name)
         .map_err(|err| attach_failed(err, format!("tracepoint {category}/{name}")))?;
     Ok(())
@@ -253,7 +273,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 
 fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let name = tracefs::TRACEPOINT;
-    loaded::<RawTracePoint>(ebpf, RAW_TRACEPOINT_STATE, ProgramKind::RawTracepoint)?
+    loaded::<RawTracePoint>(ebpf, Program::RawTracepointState)?
         .attach(name)
         .map_err(|err| attach_failed(err, format!("raw tracepoint {name}")))?;
     Ok(())
@@ -282,18 +302,8 @@ impl EbpfCollector {
     /// the tracepoint for inbound connections where it exists.
     pub fn attach_kprobes(env: &KernelEnv) -> anyhow::Result<Self> {
         let mut ebpf = load_object(env, false)?;
-        attach_kprobe(
-            &mut ebpf,
-            KPROBE_CONNECT,
-            ProgramKind::Kprobe,
-            "tcp_connect",
-        )?;
-        attach_kprobe(
-            &mut ebpf,
-            KRETPROBE_ACCEPT,
-            ProgramKind::Kretprobe,
-            "inet_csk_accept",
-        )?;
+        attach_kprobe(&mut ebpf, Program::KprobeConnect)?;
+        attach_kprobe(&mut ebpf, Program::KretprobeAccept)?;
         let inbound_tracepoint = match env.state_format.as_ref().map_err(|e| anyhow!("{e:#}")) {
             Ok(_) => attach_tracepoint(&mut ebpf),
             Err(err) => Err(err),

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use netmon_common::config::TracepointOffsets;
 
 const MOUNT_POINTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
@@ -73,19 +74,6 @@ fn mount_tracefs(target: &Path) -> io::Result<()> {
     }
 }
 
-/// Byte offsets of the fields the tracepoint program reads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StateFormat {
-    pub oldstate: u32,
-    pub newstate: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub family: u32,
-    pub protocol: u32,
-    pub daddr: u32,
-    pub daddr_v6: u32,
-}
-
 pub fn format_path(tracefs: &Path) -> PathBuf {
     tracefs
         .join("events")
@@ -95,7 +83,7 @@ pub fn format_path(tracefs: &Path) -> PathBuf {
 }
 
 /// Reads the tracepoint's layout; the error names the file.
-pub fn read_state_format(tracefs: &Path) -> anyhow::Result<StateFormat> {
+pub fn read_state_format(tracefs: &Path) -> anyhow::Result<TracepointOffsets> {
     let path = format_path(tracefs);
     let text = fs::read_to_string(&path).with_context(|| {
         format!(
@@ -107,7 +95,7 @@ pub fn read_state_format(tracefs: &Path) -> anyhow::Result<StateFormat> {
 }
 
 /// Parses `field:int oldstate;\toffset:16;\tsize:4;\tsigned:1;` lines.
-pub fn parse_state_format(text: &str) -> anyhow::Result<StateFormat> {
+pub fn parse_state_format(text: &str) -> anyhow::Result<TracepointOffsets> {
     let mut fields = Vec::new();
     for line in text.lines() {
         let mut parts = line.trim().split(';').map(str::trim);
@@ -139,7 +127,7 @@ pub fn parse_state_format(text: &str) -> anyhow::Result<StateFormat> {
         }
         Ok(*offset)
     };
-    Ok(StateFormat {
+    Ok(TracepointOffsets {
         oldstate: get("oldstate", 4)?,
         newstate: get("newstate", 4)?,
         sport: get("sport", 2)?,
@@ -184,7 +172,7 @@ print fmt: \"family=%s\"
         let format = parse_state_format(FORMAT).unwrap();
         assert_eq!(
             format,
-            StateFormat {
+            TracepointOffsets {
                 oldstate: 16,
                 newstate: 20,
                 sport: 24,

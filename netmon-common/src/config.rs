@@ -1,0 +1,122 @@
+//! The programs' load-time configuration: one global, [`Config`], that
+//! userspace fills in from the running kernel before loading the object.
+//!
+//! Offsets are in bytes. The `struct sock` offsets come from the kernel's
+//! BTF when it has one, the tracepoint's from its `format` file, so one
+//! object serves many kernels without CO-RE.
+
+/// Symbol of the [`Config`] global in the eBPF object
+/// (`EbpfLoader::override_global`).
+pub const SYMBOL: &str = "CONFIG";
+
+/// Repeats of a connection key within this window (ns) send no event;
+/// their counts arrive with the next event or harvest.
+pub const DEDUP_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Everything the programs are told at load time.
+///
+/// 64 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub sock: SockOffsets,
+    /// All zero when the tracepoint's format could not be read: the
+    /// tracepoint then cannot attach, and the raw one reads none of them.
+    pub tracepoint: TracepointOffsets,
+    /// Non-zero: the tracepoint reports outbound connections too. Zero when
+    /// the kprobe on `tcp_connect` already does, so each connection is
+    /// reported once.
+    pub tracepoint_outbound: u32,
+    /// Repeats of a key within this many ns send no event; 0 sends every one.
+    pub dedup_window_ns: u64,
+}
+
+impl Config {
+    /// What the object holds until userspace overrides it.
+    pub const DEFAULT: Self = Self {
+        sock: SockOffsets::DEFAULT,
+        tracepoint: TracepointOffsets::UNKNOWN,
+        tracepoint_outbound: 1,
+        dedup_window_ns: DEDUP_WINDOW_NS,
+    };
+}
+
+/// Byte offsets of the `struct sock_common` members the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub family: u32,
+    pub daddr: u32,
+    pub dport: u32,
+    pub num: u32,
+    pub v6_daddr: u32,
+}
+
+impl SockOffsets {
+    /// The layout `struct sock_common` has had on x86_64 since Linux 4.x;
+    /// used when the kernel has no BTF to read it from.
+    pub const DEFAULT: Self = Self {
+        family: default_offsets::SK_FAMILY,
+        daddr: default_offsets::SK_DADDR,
+        dport: default_offsets::SK_DPORT,
+        num: default_offsets::SK_NUM,
+        v6_daddr: default_offsets::SK_V6_DADDR,
+    };
+}
+
+impl Default for SockOffsets {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Byte offsets of the `sock/inet_sock_set_state` fields the tracepoint
+/// program reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub daddr: u32,
+    pub daddr_v6: u32,
+}
+
+impl TracepointOffsets {
+    /// No format read: every offset zero.
+    pub const UNKNOWN: Self = Self {
+        oldstate: 0,
+        newstate: 0,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        protocol: 0,
+        daddr: 0,
+        daddr_v6: 0,
+    };
+}
+
+/// Default `struct sock_common` offsets on x86_64, stable since Linux 4.x.
+pub mod default_offsets {
+    pub const SK_DADDR: u32 = 0;
+    pub const SK_RCV_SADDR: u32 = 4;
+    pub const SK_DPORT: u32 = 12;
+    pub const SK_NUM: u32 = 14;
+    pub const SK_FAMILY: u32 = 16;
+    pub const SK_V6_DADDR: u32 = 56;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_no_padding() {
+        assert_eq!(size_of::<SockOffsets>(), 20);
+        assert_eq!(size_of::<TracepointOffsets>(), 32);
+        assert_eq!(size_of::<Config>(), 64);
+    }
+}

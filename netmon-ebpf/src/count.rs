@@ -1,0 +1,167 @@
+//! Counting connections in the kernel, and deciding which of them cross
+//! to userspace as events.
+//!
+//! Every connection adds one to the series of its key ([`DedupKey`]) in
+//! `DEDUP`; an event goes out only for the first connection of a key in
+//! each dedup window, carrying the series' running total, so userspace
+//! counts every connection while the ring buffer carries one event per
+//! key and window (see `netmon_common::DedupValue`). In the ring buffer
+//! build a key's first sighting on a CPU skips the map altogether (`SEEN`).
+use aya_ebpf::{
+    EbpfContext, TASK_COMM_LEN,
+    helpers::{bpf_get_current_comm, generated::bpf_ktime_get_ns},
+};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use netmon_common::{DedupKey, DedupValue, PeerEvent, SERIES_NONE};
+
+use crate::maps::{DEDUP, EVENTS, config};
+#[cfg(not(feature = "perf"))]
+use crate::maps::{LOST, SEEN, SEEN_SLOTS};
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Counts the connection and sends the event unless its key already sent
+/// one within the window. The comm is only read for events that are sent.
+///
+/// A key's first sighting (on this CPU) is sent as a connection of its own
+/// and kept out of `DEDUP`: in a storm of new peers, inserting into the
+/// LRU map was most of a program run's cost, and a key seen once has
+/// nothing to deduplicate. Its second sighting starts a series in the
+/// map. Should the event not fit in the ring buffer, the key goes into the
+/// map after all, so the next harvest still finds the peer.
+pub fn send<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
+    let key = DedupKey::of(&event);
+    // SEEN first: a key it has not seen is not worth a lookup in DEDUP
+    // either (should it have a series there after all, its slot in SEEN
+    // having been taken by another key, this connection counts alone
+    // instead: counted once either way).
+    let first = first_sighting(&key);
+    let send = if first {
+        event.series = SERIES_NONE;
+        event.total = 1;
+        true
+    } else {
+        match DEDUP.get_ptr_mut(key) {
+            Some(entry) => repeat(entry, &mut event),
+            None => start_series(&key, &mut event),
+        }
+    };
+    if !send {
+        return;
+    }
+    if event.pid != 0 {
+        event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    }
+    if !output(ctx, &event) && first {
+        start_series(&key, &mut event);
+    }
+}
+
+/// Records the key in `SEEN`; true if it was not there, i.e. this is the
+/// first time this CPU sees it, as far as a direct-mapped table of
+/// fingerprints can tell. Either mistake is harmless: a collision makes a
+/// key's series start one sighting later, and another key's matching
+/// fingerprint makes this one start its series at once.
+#[cfg(not(feature = "perf"))]
+fn first_sighting(key: &DedupKey) -> bool {
+    let Some(table) = SEEN.get_ptr_mut(0) else {
+        return false;
+    };
+    let hash = key_hash(key);
+    let print = (hash >> 32) as u32;
+    // SAFETY: this CPU's table, valid for this run; programs do not
+    // migrate or nest on one CPU.
+    let Some(slot) = (unsafe { &mut *table }).get_mut(hash as usize & (SEEN_SLOTS - 1)) else {
+        return false;
+    };
+    if *slot == print {
+        return false;
+    }
+    *slot = print;
+    true
+}
+
+/// Perf buffers do not say when an event is lost, so every key starts a
+/// series at once and the harvest can always find it.
+#[cfg(feature = "perf")]
+fn first_sighting(_key: &DedupKey) -> bool {
+    false
+}
+
+/// A 64-bit hash of `key`: its low bits pick the slot in `SEEN`, its high
+/// 32 are the fingerprint kept there.
+#[cfg(not(feature = "perf"))]
+fn key_hash(key: &DedupKey) -> u64 {
+    let fields = u64::from(key.addr)
+        | u64::from(key.port) << 32
+        | u64::from(key.direction) << 48
+        | u64::from(key.source) << 56;
+    let mut hash = fields.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(key.pid).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    hash ^= hash >> 29;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^ hash >> 32
+}
+
+/// Starts the key's series in `DEDUP`; returns whether to send an event,
+/// with `series` and `total` filled in. If another CPU started the series
+/// first, the connection counts in that one.
+fn start_series(key: &DedupKey, event: &mut PeerEvent) -> bool {
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fresh = DedupValue {
+        series: now,
+        last_sent: now,
+        total: 1,
+    };
+    if DEDUP.insert(key, fresh, BPF_NOEXIST).is_err()
+        && let Some(entry) = DEDUP.get_ptr_mut(key)
+    {
+        return repeat(entry, event);
+    }
+    event.series = now;
+    event.total = 1;
+    true
+}
+
+/// Adds one to the series of `entry`; returns whether to send an event,
+/// with `series` and `total` filled in.
+fn repeat(entry: *mut DedupValue, event: &mut PeerEvent) -> bool {
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `entry` points into the map value, valid for this program
+    // run; `total` is only ever changed atomically.
+    unsafe {
+        // BPF's atomic add (BPF_XADD, any kernel): the target has no
+        // compare-and-swap, so core's AtomicU64 offers no fetch_add.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).total, 1);
+        if now.wrapping_sub((*entry).last_sent) < config(|c| &c.dedup_window_ns) {
+            return false;
+        }
+        (*entry).last_sent = now;
+        event.series = (*entry).series;
+        event.total = core::ptr::read_volatile(&raw const (*entry).total);
+    }
+    true
+}
+
+/// Sends the event; false (and counted in `LOST`) if it did not fit.
+#[cfg(not(feature = "perf"))]
+fn output<C: EbpfContext>(_ctx: &C, event: &PeerEvent) -> bool {
+    if EVENTS.output::<PeerEvent>(event, 0).is_ok() {
+        return true;
+    }
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot; programs do not migrate while running.
+        unsafe { *lost += 1 };
+    }
+    false
+}
+
+/// Perf buffers count their own losses (PERF_RECORD_LOST), unseen here.
+#[cfg(feature = "perf")]
+fn output<C: EbpfContext>(ctx: &C, event: &PeerEvent) -> bool {
+    EVENTS.output(ctx, event, 0);
+    true
+}

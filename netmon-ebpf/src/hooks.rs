@@ -1,0 +1,137 @@
+//! What each hook's arguments say: which transitions are connections, in
+//! which direction, and where their peer is to be read.
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_get_current_pid_tgid,
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
+};
+use netmon_common::{
+    AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PeerEvent,
+    SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, tcp_state,
+};
+
+use crate::{count::send, maps::config, sock};
+
+/// kprobe `tcp_connect(struct sock *sk)`.
+pub fn tcp_connect(ctx: &ProbeContext) -> Result<u32, i32> {
+    let sk: *const u8 = ctx.arg(0).ok_or(0)?;
+    send_sock_peer(
+        ctx,
+        sk,
+        DIRECTION_OUTBOUND,
+        SOURCE_KPROBE_CONNECT,
+        current_pid(),
+    )
+}
+
+/// kretprobe `inet_csk_accept`, which returns the child sock.
+pub fn inet_csk_accept(ctx: &RetProbeContext) -> Result<u32, i32> {
+    let sk: *const u8 = ctx.ret();
+    send_sock_peer(
+        ctx,
+        sk,
+        DIRECTION_INBOUND,
+        SOURCE_KRETPROBE_ACCEPT,
+        current_pid(),
+    )
+}
+
+/// tracepoint `sock/inet_sock_set_state`, read from its perf record.
+pub fn inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
+    // A connection passes through about eight transitions and two matter:
+    // the new state alone rules out most, with one read instead of three.
+    let new: i32 = read_field(ctx, config(|c| &c.tracepoint.newstate))?;
+    if new != tcp_state::SYN_SENT && new != tcp_state::ESTABLISHED {
+        return Ok(0);
+    }
+    let protocol: u16 = read_field(ctx, config(|c| &c.tracepoint.protocol))?;
+    if protocol != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let old: i32 = read_field(ctx, config(|c| &c.tracepoint.oldstate))?;
+    let direction = match (old, new) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) if config(|c| &c.tracepoint_outbound) != 0 => {
+            DIRECTION_OUTBOUND
+        }
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => DIRECTION_INBOUND,
+        _ => return Ok(0),
+    };
+    let family: u16 = read_field(ctx, config(|c| &c.tracepoint.family))?;
+    let addr = match family {
+        AF_INET => read_field(ctx, config(|c| &c.tracepoint.daddr))?,
+        AF_INET6 => match sock::v4_mapped(read_field(ctx, config(|c| &c.tracepoint.daddr_v6))?) {
+            Some(addr) => addr,
+            None => return Ok(0),
+        },
+        _ => return Ok(0),
+    };
+    // The tracepoint stores ports in host byte order already.
+    let local_port: u16 = read_field(ctx, config(|c| &c.tracepoint.sport))?;
+    let remote_port: u16 = read_field(ctx, config(|c| &c.tracepoint.dport))?;
+    let mut event = PeerEvent {
+        addr,
+        remote_port,
+        local_port,
+        direction,
+        source: SOURCE_TRACEPOINT,
+        ..PeerEvent::default()
+    };
+    // SYN_RECV -> ESTABLISHED runs in softirq, in whatever task the final
+    // ACK interrupted: that task is not the one that owns the socket.
+    if direction == DIRECTION_OUTBOUND {
+        event.pid = current_pid();
+    }
+    send(ctx, event);
+    Ok(0)
+}
+
+/// The same tracepoint attached raw, read from its arguments.
+pub fn inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate):
+    // the states are plain context loads, so the six transitions that do
+    // not matter cost no helper call at all.
+    let new: i32 = ctx.arg(2);
+    if new != tcp_state::SYN_SENT && new != tcp_state::ESTABLISHED {
+        return Ok(0);
+    }
+    let old: i32 = ctx.arg(1);
+    // Only TCP passes through SYN_SENT or SYN_RECV (SCTP, the other caller
+    // of inet_sk_set_state, never does), so no protocol check is needed.
+    let (direction, pid) = match (old, new) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) if config(|c| &c.tracepoint_outbound) != 0 => {
+            (DIRECTION_OUTBOUND, current_pid())
+        }
+        // In softirq, in whatever task the final ACK interrupted.
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (DIRECTION_INBOUND, 0),
+        _ => return Ok(0),
+    };
+    let sk: *const u8 = ctx.arg(0);
+    send_sock_peer(ctx, sk, direction, SOURCE_TRACEPOINT, pid)
+}
+
+/// Reads the peer of `sk` and sends it, stamped with `pid` (0: none).
+fn send_sock_peer<C: EbpfContext>(
+    ctx: &C,
+    sk: *const u8,
+    direction: u8,
+    source: u8,
+    pid: u32,
+) -> Result<u32, i32> {
+    if sk.is_null() {
+        return Ok(0);
+    }
+    if let Some(event) = sock::peer_event(sk, direction, source, pid)? {
+        send(ctx, event);
+    }
+    Ok(0)
+}
+
+fn read_field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel copes with any address; offsets come
+    // from the tracepoint's format.
+    unsafe { ctx.read_at(offset as usize) }
+}
+
+fn current_pid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}

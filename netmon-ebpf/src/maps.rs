@@ -1,0 +1,77 @@
+//! What userspace sees of the object by name: the maps and the load-time
+//! [`Config`].
+#[cfg(feature = "perf")]
+use aya_ebpf::maps::PerfEventArray;
+#[cfg(not(feature = "perf"))]
+use aya_ebpf::maps::RingBuf;
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+#[cfg(feature = "perf")]
+use netmon_common::PeerEvent;
+use netmon_common::{Config, DedupKey, DedupValue};
+
+/// Default size; userspace may resize it at load time.
+#[cfg(not(feature = "perf"))]
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// One perf buffer per CPU; userspace counts what they lose.
+#[cfg(feature = "perf")]
+#[map]
+pub static EVENTS: PerfEventArray<PeerEvent> = PerfEventArray::new(0);
+
+/// Recent connection keys and their counts: repeats within the window
+/// send no event (see `netmon_common::DedupValue`).
+///
+/// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list, so inserting a
+/// key (a second sighting, see `count::send`) takes no lock shared with
+/// the other CPUs.
+#[map]
+pub static DEDUP: LruHashMap<DedupKey, DedupValue> =
+    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// Fingerprints of the keys each CPU has seen lately, direct-mapped: a
+/// key's first sighting is sent without a `DEDUP` entry (see
+/// `count::send`).
+///
+/// One element holding the whole table, not one element per slot (each
+/// reached through a pointer array of its own), and 4-byte fingerprints
+/// rather than 12-byte keys: a run that looks up a slot it has not touched
+/// lately, as in a storm of new peers, touches fewer cache lines.
+#[cfg(not(feature = "perf"))]
+#[map]
+pub static SEEN: PerCpuArray<[u32; SEEN_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots in `SEEN` (a power of two): 4 KiB a CPU, one page, small enough
+/// to stay in cache between runs.
+#[cfg(not(feature = "perf"))]
+pub const SEEN_SLOTS: usize = 1024;
+
+/// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_F_NO_COMMON_LRU`, a map flag of LRU hash maps.
+const BPF_F_NO_COMMON_LRU: u32 = 2;
+
+/// Set whole by userspace at load time (`netmon_common::config::SYMBOL`).
+/// Read only through [`config`].
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::DEFAULT;
+
+/// One field of [`CONFIG`], e.g. `config(|c| &c.sock.daddr)`.
+///
+/// A volatile load, so the compiler cannot fold it to the default. It is
+/// one instruction from the object's frozen read-only map, whose contents
+/// the verifier knows: it sees the offsets as constants and prunes the
+/// branches they rule out (see `sock::SockHead::field`). Copying the whole
+/// struct out instead would spill most of it to the stack, where older
+/// verifiers forget 32-bit constants.
+#[inline(always)]
+pub fn config<T: Copy>(field: impl FnOnce(&Config) -> &T) -> T {
+    // SAFETY: a field of a static: aligned, initialised, never written
+    // while the program runs.
+    unsafe { core::ptr::read_volatile(field(&CONFIG)) }
+}
