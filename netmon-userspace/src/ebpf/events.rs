@@ -71,10 +71,8 @@ const PERF_PAGES: usize = 64;
 /// (see [`Events::readable`]): at most 100 wake-ups a second in a storm,
 /// instead of one per event. Each wake-up costs netmon a fixed amount
 /// (the interrupt, two context switches, the timer, the poll) whatever it
-/// drains: in the bench's all-new storms, going from 2 ms to 10 ms cut
-/// netmon's share of the CPU from about 3.0% to 2.3%. At the fastest storm
-/// measured (25k connections/s, two events each) 10 ms of events fill
-/// about 11% of the default ring buffer.
+/// drains, and 10 ms of the fastest storm's events fill only a small part
+/// of the default ring buffer (figures in docs/performance.md).
 pub(crate) const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The open event channel.
