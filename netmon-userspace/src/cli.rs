@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
 use crate::{
     classify::Class,
-    ebpf::{events::TransportRequest, ladder::ModeRequest},
+    collect::ModeRequest,
+    ebpf::events::TransportRequest,
     follow::LineFormat,
     peer::Direction,
     procnet::TablesRequest,

@@ -5,7 +5,8 @@
 //! here, one module per concern, so that fuzz targets and benchmarks can
 //! reach the parsers directly.
 //!
-//! - [`ebpf`]: loading the programs, the attach ladder, event transports;
+//! - [`collect`]: the attach modes and the ladder that picks one;
+//! - [`ebpf`]: loading the programs, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
 //! - [`run`]: the collection loop of `netmon run`;
@@ -13,6 +14,7 @@
 //! - [`cli`]: the command line.
 pub mod classify;
 pub mod cli;
+pub mod collect;
 pub mod ebpf;
 pub mod follow;
 pub mod generate;

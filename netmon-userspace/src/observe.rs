@@ -10,7 +10,7 @@ use log::warn;
 
 use crate::{
     classify::Class,
-    ebpf::AttachMode,
+    collect::AttachMode,
     follow::{Follow, LineFormat, Sighting},
     metrics::{Endpoint, Metrics},
     peer::{Connection, Direction},

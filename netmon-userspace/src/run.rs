@@ -21,10 +21,13 @@ use tokio::{
 
 use crate::{
     cli::{OnCorrupt, RunArgs},
-    ebpf::{
-        AttachMode, EbpfCollector,
-        events::{BATCH, register},
+    collect::{
+        AttachMode,
         ladder::{self, Collector, Env},
+    },
+    ebpf::{
+        EbpfCollector,
+        events::{BATCH, register},
     },
     lockfile,
     observe::{Bound, Observers},

@@ -4,67 +4,12 @@
 //! needs and how to check for it. `auto` climbs down until a rung attaches
 //! and reports why every rung above it was skipped; a forced mode tries its
 //! one rung and fails with the reason.
-use std::{fmt, path::Path};
+use std::path::Path;
 
 use anyhow::{anyhow, bail};
 
-use super::{EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest};
-
-/// How netmon watches connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// kprobe on tcp_connect, kretprobe on inet_csk_accept.
-    Kprobe,
-    /// The sock/inet_sock_set_state tracepoint, attached raw.
-    RawTracepoint,
-    /// The sock/inet_sock_set_state tracepoint.
-    Tracepoint,
-    /// Polling the socket tables under /proc/net.
-    Proc,
-}
-
-impl AttachMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Kprobe => "kprobe",
-            Self::RawTracepoint => "raw-tracepoint",
-            Self::Tracepoint => "tracepoint",
-            Self::Proc => "proc",
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // pad, not write_str: `netmon probe` aligns the modes in a column.
-        f.pad(self.as_str())
-    }
-}
-
-/// What `--mode` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModeRequest {
-    /// The best mode this host allows: kprobe, then raw-tracepoint, then
-    /// tracepoint, then proc.
-    Auto,
-    Kprobe,
-    RawTracepoint,
-    Tracepoint,
-    Proc,
-}
-
-impl ModeRequest {
-    fn allows(self, mode: AttachMode) -> bool {
-        matches!(
-            (self, mode),
-            (Self::Auto, _)
-                | (Self::Kprobe, AttachMode::Kprobe)
-                | (Self::RawTracepoint, AttachMode::RawTracepoint)
-                | (Self::Tracepoint, AttachMode::Tracepoint)
-                | (Self::Proc, AttachMode::Proc)
-        )
-    }
-}
+use super::mode::{AttachMode, ModeRequest};
+use crate::ebpf::{self, EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest};
 
 /// The source of connections a rung yields.
 pub enum Collector {
@@ -158,7 +103,7 @@ pub const LADDER: [Rung; 4] = [
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
-    super::require_permission()?;
+    ebpf::require_permission()?;
     let tracefs_events = env
         .kernel()
         .tracefs
@@ -177,7 +122,7 @@ fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
 /// (whose layout defaults suit most kernels) it waits for BTF: with the
 /// tracepoint one rung down, a guessed layout is never worth the risk.
 fn probe_raw_tracepoint(env: &Env) -> anyhow::Result<()> {
-    super::require_permission()?;
+    ebpf::require_permission()?;
     match &env.kernel().offsets_origin {
         OffsetsOrigin::Btf => Ok(()),
         OffsetsOrigin::Default(why) => bail!("no struct sock offsets from BTF: {why}"),
@@ -185,7 +130,7 @@ fn probe_raw_tracepoint(env: &Env) -> anyhow::Result<()> {
 }
 
 fn probe_tracepoint(env: &Env) -> anyhow::Result<()> {
-    super::require_permission()?;
+    ebpf::require_permission()?;
     let kernel = env.kernel();
     kernel.tracefs.as_ref().map_err(|err| anyhow!("{err:#}"))?;
     kernel
