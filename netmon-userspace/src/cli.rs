@@ -12,6 +12,7 @@ use crate::{
     procnet::TablesRequest,
     report::Format,
     rules::{RuleFormat, RuleName},
+    store::OnCorrupt,
 };
 
 /// Where `netmon run` writes, and where reports read, by default.
@@ -161,12 +162,19 @@ impl RunArgs {
 }
 
 /// `--on-corrupt`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnCorrupt {
-    /// Exit non-zero naming the file and the problem; leave it untouched.
-    Refuse,
-    /// Rename it to PATH.corrupt-TIMESTAMP, say so, and start fresh.
-    Backup,
+impl ValueEnum for OnCorrupt {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Refuse, Self::Backup]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Refuse => PossibleValue::new("refuse")
+                .help("Exit non-zero naming the file and the problem; leave it untouched"),
+            Self::Backup => PossibleValue::new("backup")
+                .help("Rename it to PATH.corrupt-TIMESTAMP, say so, and start fresh"),
+        })
+    }
 }
 
 /// The files a report reads.

@@ -18,7 +18,6 @@ pub mod collect;
 pub mod ebpf;
 pub mod follow;
 pub mod generate;
-pub mod lockfile;
 pub mod metrics;
 pub mod observe;
 pub mod peer;

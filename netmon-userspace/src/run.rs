@@ -4,14 +4,12 @@
 //! proc poller), the checkpoint timer and the signals are branches of one
 //! `select!`, so the peer set needs no locking.
 use std::{
-    fs::{self, DirBuilder},
-    io,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    fs, io,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use log::{debug, info, warn};
 use tokio::{
     io::unix::AsyncFd,
@@ -20,7 +18,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{OnCorrupt, RunArgs},
+    cli::RunArgs,
     collect::{
         AttachMode,
         ladder::{self, Collector, Env},
@@ -29,24 +27,18 @@ use crate::{
         EbpfCollector,
         events::{BATCH, register},
     },
-    lockfile,
     observe::{Bound, Observers},
     peer::Connection,
     privilege,
     procnet::{Destroyed, Liveness, Scanner},
     report::Directions,
-    store::{self, FileFormat, LoadError, Snapshot},
+    store::{self, Snapshot},
 };
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     raise_memlock_limit();
-    refuse_symlink(&args.output)?;
-    create_parent_dir(&args.output)?;
-    warn_if_others_can_write(&args.output);
     // Held until exit: one writer per file.
-    let _lock = lockfile::acquire(&args.output)?;
-    store::remove_stale_temp_files(&args.output);
-    let snapshot = load_existing(&args.output, args.on_corrupt)?;
+    let (_lock, snapshot) = store::open_output(&args.output, args.on_corrupt)?;
     // Single-threaded on purpose: capabilities are per thread, and dropping
     // them after start-up must cover every thread netmon has.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -54,34 +46,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(collect(args, snapshot))
-}
-
-/// A symlink at the output path is someone trying to make root write
-/// elsewhere; netmon neither reads through it nor replaces it blindly.
-fn refuse_symlink(path: &Path) -> anyhow::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => bail!(
-            "--output {} is a symlink; refusing to follow it (remove it or point --output at a regular file)",
-            path.display()
-        ),
-        _ => Ok(()),
-    }
-}
-
-/// Anyone who can write the directory can swap the checkpoint file.
-fn warn_if_others_can_write(path: &Path) {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if let Ok(meta) = fs::metadata(dir)
-        && meta.permissions().mode() & 0o002 != 0
-    {
-        warn!(
-            "{} is writable by every user: anyone can replace the checkpoint; use a directory only root can write",
-            dir.display()
-        );
-    }
 }
 
 /// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; later ones use
@@ -97,53 +61,6 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK ({}); only kernels before 5.11 need it",
             io::Error::last_os_error()
         );
-    }
-}
-
-fn load_existing(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<Snapshot> {
-    let started = Instant::now();
-    let loaded = match store::load(path) {
-        Err(LoadError::Corrupt { .. }) if on_corrupt == OnCorrupt::Backup => {
-            let backup = store::backup_corrupt(path)?;
-            warn!(
-                "{}: corrupt; moved it to {} and starting fresh",
-                path.display(),
-                backup.display()
-            );
-            return Ok(Snapshot::default());
-        }
-        other => other?,
-    };
-    match loaded {
-        None => Ok(Snapshot::default()),
-        Some((snapshot, FileFormat::AddressList)) => {
-            info!(
-                "{}: read {} peers from an address list; the next checkpoint rewrites it in netmon's format",
-                path.display(),
-                snapshot.peers.len()
-            );
-            Ok(snapshot)
-        }
-        Some((snapshot, FileFormat::Checkpoint)) => {
-            info!(
-                "{}: continuing from {} peers (loaded in {} ms)",
-                path.display(),
-                snapshot.peers.len(),
-                started.elapsed().as_millis()
-            );
-            Ok(snapshot)
-        }
-    }
-}
-
-fn create_parent_dir(path: &Path) -> anyhow::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .with_context(|| format!("cannot create directory {} for --output", dir.display())),
-        _ => Ok(()),
     }
 }
 
