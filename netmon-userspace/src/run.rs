@@ -3,11 +3,7 @@
 //! One tokio task on one thread does everything: the ring buffer (or the
 //! proc poller), the checkpoint timer and the signals are branches of one
 //! `select!`, so the peer set needs no locking.
-use std::{
-    fs, io,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{fs, io, time::Duration};
 
 use anyhow::Context as _;
 use log::{debug, info, warn};
@@ -20,7 +16,7 @@ use tokio::{
 use crate::{
     cli::RunArgs,
     collect::{
-        AttachMode,
+        AttachMode, Checkpointer, Recorder,
         ladder::{self, Collector, Env},
     },
     ebpf::{
@@ -28,10 +24,8 @@ use crate::{
         events::{BATCH, register},
     },
     observe::{Bound, Observers},
-    peer::Connection,
     privilege,
     procnet::{Destroyed, Liveness, Scanner},
-    report::Directions,
     store::{self, Snapshot},
 };
 
@@ -64,102 +58,6 @@ fn raise_memlock_limit() {
     }
 }
 
-/// The peer set and what a checkpoint needs besides it.
-struct State {
-    snapshot: Snapshot,
-    /// Lost events recorded by earlier runs on this file.
-    lost_before: u64,
-    host: String,
-    output: PathBuf,
-    /// The last checkpoint error, so a persistent one is logged once.
-    last_error: Option<String>,
-    /// `--max-peers`: beyond it new peers are dropped, not stored, so a
-    /// flood of addresses cannot exhaust memory.
-    max_peers: usize,
-    /// New peers dropped at the limit: in this run, and when last warned.
-    dropped: u64,
-    dropped_warned: u64,
-    /// Metrics and `--follow`, told of every recorded connection.
-    observers: Observers,
-}
-
-impl State {
-    /// Folds one connection in, as seen at `now` (read once per batch:
-    /// times are in seconds, and a clock read per event is wasted work).
-    fn record(&mut self, conn: &Connection, connections: u64, now: u64) {
-        let recorded = self.snapshot.peers.record_within(
-            conn,
-            connections,
-            now,
-            self.max_peers,
-            Directions::of,
-        );
-        let Some((before, record)) = recorded else {
-            self.dropped += 1;
-            self.observers.dropped();
-            return;
-        };
-        if before.is_none() {
-            debug!(
-                "new peer {} ({}, {:?})",
-                conn.peer, conn.direction, conn.source
-            );
-        }
-        self.observers.recorded(conn, connections, before, record);
-    }
-
-    /// One warning per checkpoint interval at most, however many drops.
-    fn warn_if_dropped(&mut self) {
-        if self.dropped > self.dropped_warned {
-            warn!(
-                "--max-peers {} reached: {} new peers dropped since the last checkpoint ({} in this run)",
-                self.max_peers,
-                self.dropped - self.dropped_warned,
-                self.dropped
-            );
-            self.dropped_warned = self.dropped;
-        }
-    }
-
-    /// Writes a checkpoint and logs how long it took, at `level`.
-    fn checkpoint(&mut self, lost: u64, level: log::Level) -> anyhow::Result<()> {
-        self.snapshot.lost_events = self.lost_before + lost;
-        let started = Instant::now();
-        let written =
-            store::write_checkpoint(&self.output, &self.snapshot, &self.host, store::unix_now());
-        self.observers
-            .checkpointed(written.is_ok(), started.elapsed(), lost);
-        written?;
-        log::log!(
-            level,
-            "checkpoint: {} peers in {} ms ({} lost events)",
-            self.snapshot.peers.len(),
-            started.elapsed().as_millis(),
-            self.snapshot.lost_events
-        );
-        Ok(())
-    }
-
-    /// A periodic checkpoint: failures are logged (once per distinct error)
-    /// and retried at the next one, while collection goes on in memory.
-    fn checkpoint_or_warn(&mut self, lost: u64, level: log::Level) {
-        match self.checkpoint(lost, level) {
-            Ok(()) => {
-                if self.last_error.take().is_some() {
-                    info!("checkpoint to {} works again", self.output.display());
-                }
-            }
-            Err(err) => {
-                let text = format!("{err:#}");
-                if self.last_error.as_ref() != Some(&text) {
-                    warn!("{text}; keeping peers in memory and retrying at the next checkpoint");
-                }
-                self.last_error = Some(text);
-            }
-        }
-    }
-}
-
 async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     // Before anything announces readiness: a SIGTERM that arrives early
     // must still end in a checkpoint, not in the default action.
@@ -177,20 +75,13 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     info!("mode: {mode}");
     let host = hostname();
     let observers = Observers::start(bound, mode, &snapshot.peers, args.follow(), &host)?;
-    let mut state = State {
-        lost_before: snapshot.lost_events,
-        snapshot: Snapshot {
-            mode: Some(mode.to_string()),
-            ..snapshot
-        },
-        host,
-        output: args.output.clone(),
-        last_error: None,
-        max_peers: usize::try_from(args.max_peers).unwrap_or(usize::MAX),
-        dropped: 0,
-        dropped_warned: 0,
-        observers,
+    let mut checkpointer = Checkpointer::new(args.output.clone(), host, snapshot.lost_events);
+    let snapshot = Snapshot {
+        mode: Some(mode.to_string()),
+        ..snapshot
     };
+    let max_peers = usize::try_from(args.max_peers).unwrap_or(usize::MAX);
+    let mut recorder = Recorder::new(snapshot, max_peers, observers);
 
     // Subscribed before the start-up scan, so that no socket closes
     // unseen in between.
@@ -211,18 +102,18 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     scanner
         .scan(|conn, liveness| {
             if liveness == Liveness::Open {
-                state.record(conn, 0, now);
+                recorder.record(conn, 0, now);
             }
         })
         .context("start-up scan of the socket tables")?;
     // The first checkpoint is not allowed to fail: a bad --output should
     // stop netmon now, not after a day of collecting.
-    let lost = settle(&mut collector, &mut state);
-    state.checkpoint(lost, log::Level::Info)?;
+    let lost = settle(&mut collector, &mut recorder);
+    checkpointer.checkpoint(&mut recorder, lost, log::Level::Info)?;
     drop_capabilities(mode);
     info!(
         "ready: collecting in {mode} mode, {} peers, writing {}",
-        state.snapshot.peers.len(),
+        recorder.snapshot().peers.len(),
         args.output.display()
     );
 
@@ -234,27 +125,27 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            result = next_events(&mut collector, &mut state) => result?,
+            result = next_events(&mut collector, &mut recorder) => result?,
             ready = destroyed_ready(&mut destroyed) => {
                 ready.context("waiting for sock_diag notifications")?;
-                fold_destroyed(&mut scanner, &mut destroyed, &mut state);
+                fold_destroyed(&mut scanner, &mut destroyed, &mut recorder);
             }
             _ = polls.tick(), if matches!(collector, Collector::Proc) => {
-                if let Err(err) = poll(&mut scanner, &mut destroyed, &mut state) {
+                if let Err(err) = poll(&mut scanner, &mut destroyed, &mut recorder) {
                     warn!("polling {}: {err}", proc_net.display());
                 }
             }
             _ = checkpoints.tick() => {
                 warn_if_overflowed(&mut scanner);
-                let lost = settle(&mut collector, &mut state);
-                warn_if_lost(lost, &state);
-                state.warn_if_dropped();
-                state.checkpoint_or_warn(lost, log::Level::Debug);
+                let lost = settle(&mut collector, &mut recorder);
+                checkpointer.warn_if_lost(lost);
+                recorder.warn_if_dropped();
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug);
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: checkpoint");
-                let lost = settle(&mut collector, &mut state);
-                state.checkpoint_or_warn(lost, log::Level::Info);
+                let lost = settle(&mut collector, &mut recorder);
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Info);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -262,19 +153,19 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     }
 
     if matches!(collector, Collector::Proc)
-        && let Err(err) = poll(&mut scanner, &mut destroyed, &mut state)
+        && let Err(err) = poll(&mut scanner, &mut destroyed, &mut recorder)
     {
         warn!("final poll of {}: {err}", proc_net.display());
     }
     warn_if_overflowed(&mut scanner);
-    let lost = settle(&mut collector, &mut state);
-    state.warn_if_dropped();
-    state
-        .checkpoint(lost, log::Level::Info)
+    let lost = settle(&mut collector, &mut recorder);
+    recorder.warn_if_dropped();
+    checkpointer
+        .checkpoint(&mut recorder, lost, log::Level::Info)
         .context("final checkpoint failed; the previous checkpoint is intact")?;
     info!(
         "stopped: {} peers written to {}",
-        state.snapshot.peers.len(),
+        recorder.snapshot().peers.len(),
         args.output.display()
     );
     Ok(())
@@ -318,11 +209,11 @@ fn poll_interval(flag: Option<u64>, notified: bool) -> Duration {
 fn poll(
     scanner: &mut Scanner,
     destroyed: &mut Option<AsyncFd<Destroyed>>,
-    state: &mut State,
+    recorder: &mut Recorder,
 ) -> io::Result<()> {
-    fold_destroyed(scanner, destroyed, state);
+    fold_destroyed(scanner, destroyed, recorder);
     let now = store::unix_now();
-    scanner.scan(|conn, liveness| state.record(conn, counts(liveness), now))
+    scanner.scan(|conn, liveness| recorder.record(conn, counts(liveness), now))
 }
 
 fn counts(liveness: Liveness) -> u64 {
@@ -364,14 +255,14 @@ async fn destroyed_ready(destroyed: &mut Option<AsyncFd<Destroyed>>) -> io::Resu
 fn fold_destroyed(
     scanner: &mut Scanner,
     destroyed: &mut Option<AsyncFd<Destroyed>>,
-    state: &mut State,
+    recorder: &mut Recorder,
 ) {
     let Some(destroyed) = destroyed else {
         return;
     };
     let now = store::unix_now();
     if let Err(err) = scanner.destroyed(destroyed.get_mut(), |conn, liveness| {
-        state.record(conn, counts(liveness), now);
+        recorder.record(conn, counts(liveness), now);
     }) {
         warn!("reading sock_diag notifications: {err}");
     }
@@ -388,7 +279,7 @@ fn warn_if_overflowed(scanner: &mut Scanner) {
 
 /// Waits for the ring buffer (or the eBPF log buffer) to have data and
 /// folds it in. Never resolves in proc mode.
-async fn next_events(collector: &mut Collector, state: &mut State) -> anyhow::Result<()> {
+async fn next_events(collector: &mut Collector, recorder: &mut Recorder) -> anyhow::Result<()> {
     let Collector::Ebpf(ebpf) = collector else {
         return std::future::pending().await;
     };
@@ -408,14 +299,14 @@ async fn next_events(collector: &mut Collector, state: &mut State) -> anyhow::Re
             guard.clear_ready();
         }
     }
-    drain(ebpf, state);
+    drain(ebpf, recorder);
     Ok(())
 }
 
 /// Folds every waiting event into the set.
-fn drain(ebpf: &mut EbpfCollector, state: &mut State) {
+fn drain(ebpf: &mut EbpfCollector, recorder: &mut Recorder) {
     let now = store::unix_now();
-    let malformed = ebpf.drain(|conn, connections| state.record(conn, connections, now));
+    let malformed = ebpf.drain(|conn, connections| recorder.record(conn, connections, now));
     if malformed > 0 {
         warn!("{malformed} records were not events: eBPF object and binary mismatch?");
     }
@@ -424,29 +315,19 @@ fn drain(ebpf: &mut EbpfCollector, state: &mut State) {
 /// Brings the set up to date before a checkpoint: every waiting event and
 /// every connection only the kernel's dedup map has counted so far.
 /// Returns the events lost in this run.
-fn settle(collector: &mut Collector, state: &mut State) -> u64 {
+fn settle(collector: &mut Collector, recorder: &mut Recorder) -> u64 {
     let Collector::Ebpf(ebpf) = collector else {
         return 0;
     };
-    drain(ebpf, state);
+    drain(ebpf, recorder);
     let now = store::unix_now();
-    if let Err(err) = ebpf.harvest(|conn, connections| state.record(conn, connections, now)) {
+    if let Err(err) = ebpf.harvest(|conn, connections| recorder.record(conn, connections, now)) {
         warn!("{err:#}");
     }
     ebpf.lost_events().unwrap_or_else(|err| {
         warn!("{err:#}");
         0
     })
-}
-
-fn warn_if_lost(lost: u64, state: &State) {
-    let before = state.snapshot.lost_events.saturating_sub(state.lost_before);
-    if lost > before {
-        warn!(
-            "{} events lost since the last checkpoint (ring buffer full); {lost} in this run",
-            lost - before
-        );
-    }
 }
 
 fn hostname() -> String {
