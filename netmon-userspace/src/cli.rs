@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
 use crate::{
     classify::Class,
-    collect::ModeRequest,
+    collect::{ModeRequest, RunConfig},
     ebpf::events::TransportRequest,
     follow::LineFormat,
     peer::Direction,
@@ -150,13 +150,26 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-impl RunArgs {
-    /// `--follow` and `--json` as the one choice they make.
-    pub fn follow(&self) -> Option<LineFormat> {
-        match (self.follow, self.json) {
-            (false, _) => None,
-            (true, false) => Some(LineFormat::Text),
-            (true, true) => Some(LineFormat::Json),
+impl From<RunArgs> for RunConfig {
+    fn from(args: RunArgs) -> Self {
+        Self {
+            output: args.output,
+            interval: Duration::from_secs(args.interval),
+            mode: args.mode,
+            poll_interval: args.poll_interval.map(Duration::from_millis),
+            transport: args.transport,
+            ring_bytes: args.ring_buffer * 1024,
+            on_corrupt: args.on_corrupt,
+            max_peers: usize::try_from(args.max_peers).unwrap_or(usize::MAX),
+            proc_net: args.proc_net,
+            socket_tables: args.socket_tables,
+            metrics: args.metrics,
+            // `--follow` and `--json` as the one choice they make.
+            follow: match (args.follow, args.json) {
+                (false, _) => None,
+                (true, false) => Some(LineFormat::Text),
+                (true, true) => Some(LineFormat::Json),
+            },
         }
     }
 }

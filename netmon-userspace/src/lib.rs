@@ -5,11 +5,11 @@
 //! here, one module per concern, so that fuzz targets and benchmarks can
 //! reach the parsers directly.
 //!
-//! - [`collect`]: the attach modes and the ladder that picks one;
+//! - [`collect`]: `netmon run`: the attach ladder, the collector it picks,
+//!   recording and checkpointing, and the loop that ties them together;
 //! - [`ebpf`]: loading the programs, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
-//! - [`run`]: the collection loop of `netmon run`;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
 //! - [`cli`]: the command line.
 pub mod classify;
@@ -26,5 +26,4 @@ pub mod probe;
 pub mod procnet;
 pub mod report;
 pub mod rules;
-pub mod run;
 pub mod store;

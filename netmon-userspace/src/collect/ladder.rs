@@ -11,13 +11,15 @@ use anyhow::{anyhow, bail};
 use super::mode::{AttachMode, ModeRequest};
 use crate::ebpf::{self, EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest};
 
-/// The source of connections a rung yields.
-pub enum Collector {
+/// What the rung that attached yields: running eBPF programs, or proc
+/// mode, whose socket tables are opened after the ladder (see
+/// [`Collector::start`](super::Collector::start)).
+pub enum Attached {
     Ebpf(Box<EbpfCollector>),
     Proc,
 }
 
-impl Collector {
+impl Attached {
     pub fn mode(&self) -> AttachMode {
         match self {
             Self::Ebpf(ebpf) => ebpf.mode,
@@ -34,7 +36,7 @@ pub struct Rung {
     /// A cheap check that explains a missing feature better than an attach
     /// error would.
     pub probe: fn(&Env) -> anyhow::Result<()>,
-    attach: fn(&Env) -> anyhow::Result<Collector>,
+    attach: fn(&Env) -> anyhow::Result<Attached>,
 }
 
 /// What the rungs look at. Detecting the kernel (mounting tracefs, reading
@@ -68,7 +70,7 @@ pub const LADDER: [Rung; 4] = [
         needs: "kprobe support (CONFIG_KPROBES) and permission to load eBPF",
         probe: probe_kprobe,
         attach: |env| {
-            EbpfCollector::attach_kprobes(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+            EbpfCollector::attach_kprobes(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -76,7 +78,7 @@ pub const LADDER: [Rung; 4] = [
         needs: "raw tracepoints (Linux 4.17+), struct sock offsets from BTF and permission to load eBPF",
         probe: probe_raw_tracepoint,
         attach: |env| {
-            EbpfCollector::attach_raw_tracepoint(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+            EbpfCollector::attach_raw_tracepoint(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -84,7 +86,7 @@ pub const LADDER: [Rung; 4] = [
         needs: "tracefs with sock/inet_sock_set_state (Linux 4.16+) and permission to load eBPF",
         probe: probe_tracepoint,
         attach: |env| {
-            EbpfCollector::attach_tracepoint(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+            EbpfCollector::attach_tracepoint(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -96,7 +98,7 @@ pub const LADDER: [Rung; 4] = [
                 .map(drop)
                 .map_err(|err| anyhow!("cannot read {}: {err}", tcp.display()))
         },
-        attach: |_| Ok(Collector::Proc),
+        attach: |_| Ok(Attached::Proc),
     },
 ];
 
@@ -146,13 +148,13 @@ pub struct Skipped {
     pub reason: anyhow::Error,
 }
 
-/// Walks the ladder for `request`: the collector of the first rung that
-/// attaches, and every skipped rung above it with its reason.
-pub fn climb(request: ModeRequest, env: &Env) -> anyhow::Result<(Collector, Vec<Skipped>)> {
+/// Walks the ladder for `request`: what the first rung that attaches
+/// yields, and every skipped rung above it with its reason.
+pub fn climb(request: ModeRequest, env: &Env) -> anyhow::Result<(Attached, Vec<Skipped>)> {
     let mut skipped = Vec::new();
     for rung in LADDER.iter().filter(|rung| request.allows(rung.mode)) {
         match (rung.probe)(env).and_then(|()| (rung.attach)(env)) {
-            Ok(collector) => return Ok((collector, skipped)),
+            Ok(attached) => return Ok((attached, skipped)),
             Err(reason) => skipped.push(Skipped {
                 mode: rung.mode,
                 reason,

@@ -1,14 +1,26 @@
-//! Collecting: which way of watching connections this host allows.
+//! `netmon run`: collecting connections into the peer set.
 //!
 //! - [`mode`]: the attach modes, and what `--mode` asks for;
-//! - [`ladder`]: the table of modes, best first, and the climb down it.
+//! - [`ladder`]: the table of modes, best first, and the climb down it to
+//!   the first this host allows;
+//! - `collector.rs`: the [`Collector`] the ladder settles on, eBPF programs
+//!   ([`crate::ebpf`]) or proc mode's poller ([`crate::procnet`]);
+//! - `recorder.rs`: the [`Recorder`], the peer set with its limit and
+//!   observers;
+//! - `checkpointer.rs`: the [`Checkpointer`], which writes the set to
+//!   `--output` (made ready by [`crate::store::open_output`]);
+//! - `run.rs`: the loop that ties them together, [`run`].
 mod checkpointer;
+mod collector;
 pub mod ladder;
 pub mod mode;
 mod recorder;
+mod run;
 
 pub use self::{
     checkpointer::Checkpointer,
+    collector::{Arrived, Collector},
     mode::{AttachMode, ModeRequest},
     recorder::Recorder,
+    run::{RunConfig, run},
 };
