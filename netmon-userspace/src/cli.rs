@@ -174,6 +174,49 @@ impl From<RunArgs> for RunConfig {
     }
 }
 
+/// `--mode`.
+impl ValueEnum for ModeRequest {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            Self::Auto,
+            Self::Kprobe,
+            Self::RawTracepoint,
+            Self::Tracepoint,
+            Self::Proc,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Auto => PossibleValue::new("auto").help(
+                "The best mode this host allows: kprobe, then raw-tracepoint, then tracepoint, then proc",
+            ),
+            Self::Kprobe => PossibleValue::new("kprobe"),
+            Self::RawTracepoint => PossibleValue::new("raw-tracepoint"),
+            Self::Tracepoint => PossibleValue::new("tracepoint"),
+            Self::Proc => PossibleValue::new("proc"),
+        })
+    }
+}
+
+/// `--socket-tables`.
+impl ValueEnum for TablesRequest {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Auto, Self::Netlink, Self::Procfs]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Auto => PossibleValue::new("auto")
+                .help("Netlink where the kernel has sock_diag, else the /proc/net text"),
+            Self::Netlink => PossibleValue::new("netlink").help(
+                "NETLINK_SOCK_DIAG dumps (CONFIG_INET_DIAG), plus destroy notifications in proc mode",
+            ),
+            Self::Procfs => PossibleValue::new("procfs").help("The text under --proc-net"),
+        })
+    }
+}
+
 /// `--on-corrupt`.
 impl ValueEnum for OnCorrupt {
     fn value_variants<'a>() -> &'a [Self] {

@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// How netmon watches connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// kprobe on tcp_connect, kretprobe on inet_csk_accept.
     Kprobe,
@@ -36,7 +36,7 @@ impl fmt::Display for AttachMode {
 }
 
 /// What `--mode` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeRequest {
     /// The best mode this host allows: kprobe, then raw-tracepoint, then
     /// tracepoint, then proc.

@@ -44,7 +44,7 @@ use crate::peer::{Connection, Direction, Source};
 const LISTENER_MEMORY: Duration = Duration::from_secs(60);
 
 /// What `--socket-tables` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TablesRequest {
     /// Netlink where the kernel has sock_diag, else the /proc/net text.
     Auto,
