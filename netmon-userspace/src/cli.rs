@@ -5,9 +5,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
 use crate::{
     classify::Class,
-    collect::{ModeRequest, RunConfig},
+    collect::RunConfig,
     ebpf::events::TransportRequest,
     follow::LineFormat,
+    mode::ModeRequest,
     peer::Direction,
     procnet::TablesRequest,
     report::Format,

@@ -5,8 +5,9 @@
 //! here, one module per concern, so that fuzz targets and benchmarks can
 //! reach the parsers directly.
 //!
-//! - [`collect`]: `netmon run`: the attach ladder, the collector it picks,
-//!   recording and checkpointing, and the loop that ties them together;
+//! - [`collect`]: `netmon run`: the attach ladder down the [`mode`]s, the
+//!   collector it picks, recording and checkpointing, and the loop that
+//!   ties them together;
 //! - [`ebpf`]: loading the programs, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
@@ -19,6 +20,7 @@ pub mod ebpf;
 pub mod follow;
 pub mod generate;
 pub mod metrics;
+pub mod mode;
 pub mod observe;
 pub mod peer;
 pub mod privilege;

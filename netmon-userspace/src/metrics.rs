@@ -25,7 +25,7 @@ use prometheus_client::{
 pub use self::http::Endpoint;
 use crate::{
     classify::Class,
-    collect::AttachMode,
+    mode::AttachMode,
     peer::{Direction, Source},
     report::Directions,
     store::PeerSet,

@@ -1,9 +1,10 @@
 //! The source of connections in this run: eBPF programs or proc mode's
-//! poller, behind the four things the run loop asks of either.
+//! poller, behind what the run loop asks of either: start, wait until
+//! something arrived, fold it in, settle before a checkpoint, finish.
 use anyhow::Context as _;
 use log::warn;
 
-use super::{RunConfig, ladder::Attached, mode::AttachMode, recorder::Recorder};
+use super::{RunConfig, ladder::Attached, recorder::Recorder};
 use crate::{
     ebpf::EbpfCollector,
     procnet::{self, ProcCollector, Scanner},
@@ -44,13 +45,6 @@ impl Collector {
                     ProcCollector::start(scanner, &config.proc_net, config.poll_interval, record)?;
                 Ok(Self::Proc(Box::new(proc)))
             }
-        }
-    }
-
-    pub fn mode(&self) -> AttachMode {
-        match self {
-            Self::Ebpf(ebpf) => ebpf.mode,
-            Self::Proc(_) => AttachMode::Proc,
         }
     }
 

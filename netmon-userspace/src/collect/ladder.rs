@@ -8,8 +8,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail};
 
-use super::mode::{AttachMode, ModeRequest};
-use crate::ebpf::{self, EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest};
+use crate::{
+    ebpf::{self, EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest},
+    mode::{AttachMode, ModeRequest},
+};
 
 /// What the rung that attached yields: running eBPF programs, or proc
 /// mode, whose socket tables are opened after the ladder (see

@@ -1,8 +1,7 @@
 //! `netmon run`: collecting connections into the peer set.
 //!
-//! - [`mode`]: the attach modes, and what `--mode` asks for;
-//! - [`ladder`]: the table of modes, best first, and the climb down it to
-//!   the first this host allows;
+//! - [`ladder`]: the table of attach modes ([`crate::mode`]), best first,
+//!   and the climb down it to the first this host allows;
 //! - `collector.rs`: the [`Collector`] the ladder settles on, eBPF programs
 //!   ([`crate::ebpf`]) or proc mode's poller ([`crate::procnet`]);
 //! - `recorder.rs`: the [`Recorder`], the peer set with its limit and
@@ -13,14 +12,12 @@
 mod checkpointer;
 mod collector;
 pub mod ladder;
-pub mod mode;
 mod recorder;
 mod run;
 
 pub use self::{
     checkpointer::Checkpointer,
     collector::{Arrived, Collector},
-    mode::{AttachMode, ModeRequest},
     recorder::Recorder,
     run::{RunConfig, run},
 };

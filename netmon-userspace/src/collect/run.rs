@@ -13,12 +13,13 @@ use tokio::{
 };
 
 use super::{
-    AttachMode, Checkpointer, Collector, ModeRequest, Recorder,
+    Checkpointer, Collector, Recorder,
     ladder::{self, Env},
 };
 use crate::{
     ebpf::events::TransportRequest,
     follow::LineFormat,
+    mode::{AttachMode, ModeRequest},
     observe::{Bound, Observers},
     privilege,
     procnet::TablesRequest,

@@ -27,7 +27,7 @@ use self::{
     tracefs::StateFormat,
 };
 use crate::{
-    collect::AttachMode,
+    mode::AttachMode,
     peer::{Connection, Source},
 };
 

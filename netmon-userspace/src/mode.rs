@@ -1,7 +1,8 @@
 //! The ways netmon can watch connections, and what `--mode` asks for.
 //!
-//! Kept apart from the ladder that picks one: the eBPF side names the mode
-//! it attached in, and should not have to see the ladder to do it.
+//! Kept apart from the [ladder](crate::collect::ladder) that picks one: the
+//! eBPF side, the metrics and the ladder all name modes, and none of them
+//! should have to see the others to do it.
 use std::fmt;
 
 /// How netmon watches connections.
@@ -48,7 +49,7 @@ pub enum ModeRequest {
 }
 
 impl ModeRequest {
-    pub(super) fn allows(self, mode: AttachMode) -> bool {
+    pub(crate) fn allows(self, mode: AttachMode) -> bool {
         matches!(
             (self, mode),
             (Self::Auto, _)
