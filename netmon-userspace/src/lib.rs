@@ -5,19 +5,22 @@
 //! here, one module per concern, so that fuzz targets and benchmarks can
 //! reach the parsers directly.
 //!
-//! - [`ebpf`]: loading the programs, the attach ladder, event transports;
+//! - [`collect`]: `netmon run`: the attach ladder down the [`mode`]s, the
+//!   collector it picks, recording and checkpointing, and the loop that
+//!   ties them together;
+//! - [`ebpf`]: loading the programs, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
-//! - [`run`]: the collection loop of `netmon run`;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
 //! - [`cli`]: the command line, converted into the plain types above; no
 //!   other module knows clap.
 pub mod classify;
 pub mod cli;
+pub mod collect;
 pub mod ebpf;
 pub mod follow;
-pub mod lockfile;
 pub mod metrics;
+pub mod mode;
 pub mod observe;
 pub mod peer;
 pub mod privilege;
@@ -25,5 +28,4 @@ pub mod probe;
 pub mod procnet;
 pub mod report;
 pub mod rules;
-pub mod run;
 pub mod store;

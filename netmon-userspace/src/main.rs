@@ -9,7 +9,7 @@ use clap::Parser as _;
 
 use netmon::{
     cli::{Cli, Command, generate},
-    probe, report, rules, run,
+    collect, probe, report, rules,
 };
 
 fn main() -> ExitCode {
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 /// is an answer (such as `diff`), errors are printed once by `main`.
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run(args) => run::run(&args)?,
+        Command::Run(args) => collect::run(&args.into())?,
         Command::Probe => probe::probe(&mut io::stdout().lock())?,
         Command::List(args) => to_stdout(|out| report::list(&args.into(), out))?,
         Command::Merge(args) => report::merge(&args.into())?,

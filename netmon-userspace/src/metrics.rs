@@ -25,7 +25,7 @@ use prometheus_client::{
 pub use self::http::Endpoint;
 use crate::{
     classify::Class,
-    ebpf::AttachMode,
+    mode::AttachMode,
     peer::{Direction, Directions, Source},
     store::PeerSet,
 };

@@ -10,9 +10,9 @@ use log::warn;
 
 use crate::{
     classify::Class,
-    ebpf::AttachMode,
     follow::{Follow, LineFormat, Sighting},
     metrics::{Endpoint, Metrics},
+    mode::AttachMode,
     peer::{Connection, Direction, Directions},
     store::{PeerRecord, PeerSet},
 };

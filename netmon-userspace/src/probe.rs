@@ -9,11 +9,8 @@ use std::path::Path;
 use anyhow::bail;
 
 use crate::{
-    ebpf::{
-        self,
-        events::TransportRequest,
-        ladder::{Env, LADDER},
-    },
+    collect::ladder::{Env, LADDER},
+    ebpf::{self, events::TransportRequest},
     procnet::{Scanner, TablesRequest},
 };
 

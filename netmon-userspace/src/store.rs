@@ -23,9 +23,15 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+mod lockfile;
+mod output;
 mod reader;
 mod writer;
 
+pub use self::{
+    lockfile::Lock,
+    output::{OnCorrupt, open_output},
+};
 pub(crate) use writer::decimal;
 
 use crate::peer::{Comm, Connection, Direction, Directions};

@@ -13,12 +13,15 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     classify::Class,
-    ebpf::{events::TransportRequest, ladder::ModeRequest},
+    collect::RunConfig,
+    ebpf::events::TransportRequest,
     follow::LineFormat,
+    mode::ModeRequest,
     peer::Direction,
     procnet::TablesRequest,
     report::{Filter, Format, ListRequest, MergeRequest, StatsRequest},
     rules::{RuleFormat, RuleName, RulesRequest},
+    store::OnCorrupt,
 };
 
 /// Where `netmon run` writes, and where reports read, by default.
@@ -156,24 +159,28 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-impl RunArgs {
-    /// `--follow` and `--json` as the one choice they make.
-    pub fn follow(&self) -> Option<LineFormat> {
-        match (self.follow, self.json) {
-            (false, _) => None,
-            (true, false) => Some(LineFormat::Text),
-            (true, true) => Some(LineFormat::Json),
+impl From<RunArgs> for RunConfig {
+    fn from(args: RunArgs) -> Self {
+        Self {
+            output: args.output,
+            interval: Duration::from_secs(args.interval),
+            mode: args.mode,
+            poll_interval: args.poll_interval.map(Duration::from_millis),
+            transport: args.transport,
+            ring_bytes: args.ring_buffer * 1024,
+            on_corrupt: args.on_corrupt,
+            max_peers: usize::try_from(args.max_peers).unwrap_or(usize::MAX),
+            proc_net: args.proc_net,
+            socket_tables: args.socket_tables,
+            metrics: args.metrics,
+            // `--follow` and `--json` as the one choice they make.
+            follow: match (args.follow, args.json) {
+                (false, _) => None,
+                (true, false) => Some(LineFormat::Text),
+                (true, true) => Some(LineFormat::Json),
+            },
         }
     }
-}
-
-/// `--on-corrupt`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnCorrupt {
-    /// Exit non-zero naming the file and the problem; leave it untouched.
-    Refuse,
-    /// Rename it to PATH.corrupt-TIMESTAMP, say so, and start fresh.
-    Backup,
 }
 
 /// The files a report reads.

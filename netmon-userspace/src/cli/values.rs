@@ -6,11 +6,13 @@ use clap::{ValueEnum, builder::PossibleValue};
 
 use crate::{
     classify::{Class, SPECIAL},
-    ebpf::{events::TransportRequest, ladder::ModeRequest},
+    ebpf::events::TransportRequest,
+    mode::ModeRequest,
     peer::Direction,
     procnet::TablesRequest,
     report::Format,
     rules::RuleFormat,
+    store::OnCorrupt,
 };
 
 /// Implements [`ValueEnum`] from a list of variants, each with its name
@@ -66,6 +68,11 @@ value_enum!(TablesRequest {
     Netlink => "netlink": "NETLINK_SOCK_DIAG dumps (CONFIG_INET_DIAG), plus destroy \
         notifications in proc mode",
     Procfs => "procfs": "The text under --proc-net",
+});
+
+value_enum!(OnCorrupt {
+    Refuse => "refuse": "Exit non-zero naming the file and the problem; leave it untouched",
+    Backup => "backup": "Rename it to PATH.corrupt-TIMESTAMP, say so, and start fresh",
 });
 
 impl ValueEnum for Direction {

@@ -1,13 +1,13 @@
 //! Loading the eBPF object and attaching its programs.
 //!
-//! [`ladder`] decides which attach mode runs; this module knows how to load
-//! the embedded object with the right load-time config and how to attach
-//! each mode's programs, and hands back an [`EbpfCollector`] that owns
-//! everything that must stay alive while events flow.
+//! The [ladder](crate::collect::ladder) decides which attach mode runs;
+//! this module knows how to load the embedded object with the right
+//! load-time config and how to attach each mode's programs, and hands back
+//! an [`EbpfCollector`] that owns everything that must stay alive while
+//! events flow.
 pub mod btf;
 pub mod dedup;
 pub mod events;
-pub mod ladder;
 pub mod tracefs;
 
 use std::{fmt, io, path::PathBuf};
@@ -25,12 +25,14 @@ use netmon_common::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use self::ladder::AttachMode;
 use self::{
     btf::OffsetsOrigin,
     events::{Events, Transport, TransportRequest},
 };
-use crate::peer::{Connection, Source};
+use crate::{
+    mode::AttachMode,
+    peer::{Connection, Source},
+};
 
 /// The eBPF objects built by `cargo xtask build`, embedded at compile time:
 /// the same programs, sending through a ring buffer or through perf buffers.

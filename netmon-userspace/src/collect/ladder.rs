@@ -4,75 +4,24 @@
 //! needs and how to check for it. `auto` climbs down until a rung attaches
 //! and reports why every rung above it was skipped; a forced mode tries its
 //! one rung and fails with the reason.
-use std::{fmt, path::Path};
+use std::path::Path;
 
 use anyhow::{anyhow, bail};
 
-use super::{EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest};
+use crate::{
+    ebpf::{self, EbpfCollector, KernelEnv, btf::OffsetsOrigin, events::TransportRequest},
+    mode::{AttachMode, ModeRequest},
+};
 
-/// How netmon watches connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// kprobe on tcp_connect, kretprobe on inet_csk_accept.
-    Kprobe,
-    /// The sock/inet_sock_set_state tracepoint, attached raw.
-    RawTracepoint,
-    /// The sock/inet_sock_set_state tracepoint.
-    Tracepoint,
-    /// Polling the socket tables under /proc/net.
-    Proc,
-}
-
-impl AttachMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Kprobe => "kprobe",
-            Self::RawTracepoint => "raw-tracepoint",
-            Self::Tracepoint => "tracepoint",
-            Self::Proc => "proc",
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // pad, not write_str: `netmon probe` aligns the modes in a column.
-        f.pad(self.as_str())
-    }
-}
-
-/// What `--mode` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModeRequest {
-    /// The best mode this host allows: kprobe, then raw-tracepoint, then
-    /// tracepoint, then proc.
-    Auto,
-    Kprobe,
-    RawTracepoint,
-    Tracepoint,
-    Proc,
-}
-
-impl ModeRequest {
-    fn allows(self, mode: AttachMode) -> bool {
-        matches!(
-            (self, mode),
-            (Self::Auto, _)
-                | (Self::Kprobe, AttachMode::Kprobe)
-                | (Self::RawTracepoint, AttachMode::RawTracepoint)
-                | (Self::Tracepoint, AttachMode::Tracepoint)
-                | (Self::Proc, AttachMode::Proc)
-        )
-    }
-}
-
-/// The source of connections a rung yields.
-pub enum Collector {
+/// What the rung that attached yields: running eBPF programs, or proc
+/// mode, whose socket tables are opened after the ladder (see
+/// [`Collector::start`](super::Collector::start)).
+pub enum Attached {
     Ebpf(Box<EbpfCollector>),
     Proc,
 }
 
-impl Collector {
+impl Attached {
     pub fn mode(&self) -> AttachMode {
         match self {
             Self::Ebpf(ebpf) => ebpf.mode,
@@ -89,7 +38,7 @@ pub struct Rung {
     /// A cheap check that explains a missing feature better than an attach
     /// error would.
     pub probe: fn(&Env) -> anyhow::Result<()>,
-    attach: fn(&Env) -> anyhow::Result<Collector>,
+    attach: fn(&Env) -> anyhow::Result<Attached>,
 }
 
 /// What the rungs look at. Detecting the kernel (mounting tracefs, reading
@@ -123,7 +72,7 @@ pub const LADDER: [Rung; 4] = [
         needs: "kprobe support (CONFIG_KPROBES) and permission to load eBPF",
         probe: probe_kprobe,
         attach: |env| {
-            EbpfCollector::attach_kprobes(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+            EbpfCollector::attach_kprobes(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -131,7 +80,7 @@ pub const LADDER: [Rung; 4] = [
         needs: "raw tracepoints (Linux 4.17+), struct sock offsets from BTF and permission to load eBPF",
         probe: probe_raw_tracepoint,
         attach: |env| {
-            EbpfCollector::attach_raw_tracepoint(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+            EbpfCollector::attach_raw_tracepoint(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -139,7 +88,7 @@ pub const LADDER: [Rung; 4] = [
         needs: "tracefs with sock/inet_sock_set_state (Linux 4.16+) and permission to load eBPF",
         probe: probe_tracepoint,
         attach: |env| {
-            EbpfCollector::attach_tracepoint(env.kernel()).map(|c| Collector::Ebpf(Box::new(c)))
+            EbpfCollector::attach_tracepoint(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -151,14 +100,14 @@ pub const LADDER: [Rung; 4] = [
                 .map(drop)
                 .map_err(|err| anyhow!("cannot read {}: {err}", tcp.display()))
         },
-        attach: |_| Ok(Collector::Proc),
+        attach: |_| Ok(Attached::Proc),
     },
 ];
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
-    super::require_permission()?;
+    ebpf::require_permission()?;
     let tracefs_events = env
         .kernel()
         .tracefs
@@ -177,7 +126,7 @@ fn probe_kprobe(env: &Env) -> anyhow::Result<()> {
 /// (whose layout defaults suit most kernels) it waits for BTF: with the
 /// tracepoint one rung down, a guessed layout is never worth the risk.
 fn probe_raw_tracepoint(env: &Env) -> anyhow::Result<()> {
-    super::require_permission()?;
+    ebpf::require_permission()?;
     match &env.kernel().offsets_origin {
         OffsetsOrigin::Btf => Ok(()),
         OffsetsOrigin::Default(why) => bail!("no struct sock offsets from BTF: {why}"),
@@ -185,7 +134,7 @@ fn probe_raw_tracepoint(env: &Env) -> anyhow::Result<()> {
 }
 
 fn probe_tracepoint(env: &Env) -> anyhow::Result<()> {
-    super::require_permission()?;
+    ebpf::require_permission()?;
     let kernel = env.kernel();
     kernel.tracefs.as_ref().map_err(|err| anyhow!("{err:#}"))?;
     kernel
@@ -201,13 +150,13 @@ pub struct Skipped {
     pub reason: anyhow::Error,
 }
 
-/// Walks the ladder for `request`: the collector of the first rung that
-/// attaches, and every skipped rung above it with its reason.
-pub fn climb(request: ModeRequest, env: &Env) -> anyhow::Result<(Collector, Vec<Skipped>)> {
+/// Walks the ladder for `request`: what the first rung that attaches
+/// yields, and every skipped rung above it with its reason.
+pub fn climb(request: ModeRequest, env: &Env) -> anyhow::Result<(Attached, Vec<Skipped>)> {
     let mut skipped = Vec::new();
     for rung in LADDER.iter().filter(|rung| request.allows(rung.mode)) {
         match (rung.probe)(env).and_then(|()| (rung.attach)(env)) {
-            Ok(collector) => return Ok((collector, skipped)),
+            Ok(attached) => return Ok((attached, skipped)),
             Err(reason) => skipped.push(Skipped {
                 mode: rung.mode,
                 reason,

@@ -1,0 +1,139 @@
+//! The source of connections in this run: eBPF programs or proc mode's
+//! poller, behind what the run loop asks of either: start, wait until
+//! something arrived, fold it in, settle before a checkpoint, finish.
+use anyhow::Context as _;
+use log::warn;
+
+use super::{RunConfig, ladder::Attached, recorder::Recorder};
+use crate::{
+    ebpf::EbpfCollector,
+    procnet::{self, ProcCollector, Scanner},
+    store,
+};
+
+/// Where connections come from (boxed: one per run, and either is large).
+pub enum Collector {
+    Ebpf(Box<EbpfCollector>),
+    Proc(Box<ProcCollector>),
+}
+
+/// What woke a [`Collector`]; [`Collector::fold`] reads it.
+pub enum Arrived {
+    /// eBPF events (or log lines, which are already forwarded).
+    Events,
+    Proc(procnet::Arrived),
+}
+
+impl Collector {
+    /// Opens the socket tables and records the connections already open.
+    /// The eBPF programs were attached first, so that nothing opened in
+    /// between is missed; proc mode subscribes first, for the same reason.
+    pub fn start(
+        attached: Attached,
+        config: &RunConfig,
+        recorder: &mut Recorder,
+    ) -> anyhow::Result<Self> {
+        let mut scanner = Scanner::open(&config.proc_net, config.socket_tables)?;
+        let record = &mut |conn: &_, connections, now| recorder.record(conn, connections, now);
+        match attached {
+            Attached::Ebpf(ebpf) => {
+                procnet::startup_scan(&mut scanner, record)?;
+                Ok(Self::Ebpf(ebpf))
+            }
+            Attached::Proc => {
+                let proc =
+                    ProcCollector::start(scanner, &config.proc_net, config.poll_interval, record)?;
+                Ok(Self::Proc(Box::new(proc)))
+            }
+        }
+    }
+
+    /// Waits until something arrived.
+    pub async fn ready(&mut self) -> anyhow::Result<Arrived> {
+        match self {
+            Self::Ebpf(ebpf) => ebpf_ready(ebpf).await.map(|()| Arrived::Events),
+            Self::Proc(proc) => proc.ready().await.map(Arrived::Proc),
+        }
+    }
+
+    /// Folds what arrived into `recorder`.
+    pub fn fold(&mut self, arrived: Arrived, recorder: &mut Recorder) {
+        match (self, arrived) {
+            (Self::Ebpf(ebpf), _) => drain(ebpf, recorder),
+            (Self::Proc(proc), Arrived::Proc(arrived)) => {
+                proc.fold(arrived, &mut |conn, connections, now| {
+                    recorder.record(conn, connections, now)
+                });
+            }
+            // Only an eBPF collector waits for events.
+            (Self::Proc(_), Arrived::Events) => {}
+        }
+    }
+
+    /// Brings the set up to date before a checkpoint: every waiting event
+    /// and every connection only the kernel's dedup map has counted so far.
+    /// Returns the events lost in this run (none in proc mode, whose polls
+    /// are up to date when they return).
+    pub fn settle(&mut self, recorder: &mut Recorder) -> u64 {
+        let Self::Ebpf(ebpf) = self else {
+            return 0;
+        };
+        drain(ebpf, recorder);
+        let now = store::unix_now();
+        if let Err(err) = ebpf.harvest(|conn, connections| recorder.record(conn, connections, now))
+        {
+            warn!("{err:#}");
+        }
+        ebpf.lost_events().unwrap_or_else(|err| {
+            warn!("{err:#}");
+            0
+        })
+    }
+
+    /// Says what proc mode lost since the last call: the events eBPF loses
+    /// are counted by [`Collector::settle`].
+    pub fn warn_if_overflowed(&mut self) {
+        if let Self::Proc(proc) = self {
+            proc.warn_if_overflowed();
+        }
+    }
+
+    /// Settles for the final checkpoint, after a last poll in proc mode.
+    pub fn finish(&mut self, recorder: &mut Recorder) -> u64 {
+        if let Self::Proc(proc) = self {
+            proc.finish(&mut |conn, connections, now| recorder.record(conn, connections, now));
+        }
+        self.settle(recorder)
+    }
+}
+
+/// Waits for the ring buffer (or the eBPF log buffer, which it flushes) to
+/// have data.
+async fn ebpf_ready(ebpf: &mut EbpfCollector) -> anyhow::Result<()> {
+    let events = &mut ebpf.events;
+    let logger = ebpf.logger.as_mut();
+    let logger = async move {
+        match logger {
+            Some(logger) => logger.readable_mut().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ready = events.readable() => ready.context("waiting for eBPF events")?,
+        guard = logger => {
+            let mut guard = guard.context("waiting on the eBPF log buffer")?;
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }
+    Ok(())
+}
+
+/// Folds every waiting event into the set.
+fn drain(ebpf: &mut EbpfCollector, recorder: &mut Recorder) {
+    let now = store::unix_now();
+    let malformed = ebpf.drain(|conn, connections| recorder.record(conn, connections, now));
+    if malformed > 0 {
+        warn!("{malformed} records were not events: eBPF object and binary mismatch?");
+    }
+}

@@ -1,0 +1,178 @@
+//! `netmon run`: attach, fold connections into the peer set, checkpoint.
+//!
+//! One tokio task on one thread does everything: the collector, the
+//! checkpoint timer and the signals are branches of one `select!`, so the
+//! peer set needs no locking.
+use std::{fs, io, net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use log::{debug, info, warn};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+
+use super::{
+    Checkpointer, Collector, Recorder,
+    ladder::{self, Env},
+};
+use crate::{
+    ebpf::events::TransportRequest,
+    follow::LineFormat,
+    mode::{AttachMode, ModeRequest},
+    observe::{Bound, Observers},
+    privilege,
+    procnet::TablesRequest,
+    store::{self, OnCorrupt, Snapshot},
+};
+
+/// What `netmon run` is asked to do.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The checkpoint file.
+    pub output: PathBuf,
+    /// Between checkpoints.
+    pub interval: Duration,
+    pub mode: ModeRequest,
+    /// Between proc mode's polls; `None` picks a default.
+    pub poll_interval: Option<Duration>,
+    pub transport: TransportRequest,
+    /// The eBPF ring buffer's size.
+    pub ring_bytes: u32,
+    pub on_corrupt: OnCorrupt,
+    /// Most peers to keep.
+    pub max_peers: usize,
+    /// The socket tables' directory, such as `/proc/net`.
+    pub proc_net: PathBuf,
+    pub socket_tables: TablesRequest,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
+    /// Print each new sighting on stdout, in this format.
+    pub follow: Option<LineFormat>,
+}
+
+pub fn run(config: &RunConfig) -> anyhow::Result<()> {
+    raise_memlock_limit();
+    // Held until exit: one writer per file.
+    let (_lock, snapshot) = store::open_output(&config.output, config.on_corrupt)?;
+    // Single-threaded on purpose: capabilities are per thread, and dropping
+    // them after start-up must cover every thread netmon has.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(collect(config, snapshot))
+}
+
+/// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; later ones use
+/// memory cgroups and don't need this, so failing is not an error.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); only kernels before 5.11 need it",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
+    // Before anything announces readiness: a SIGTERM that arrives early
+    // must still end in a checkpoint, not in the default action.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let bound = Bound::bind(config.metrics)?;
+    let env = Env::new(&config.proc_net, config.transport, config.ring_bytes);
+    let (attached, skipped) = ladder::climb(config.mode, &env)?;
+    for rung in &skipped {
+        info!("skipped {}: {:#}", rung.mode, rung.reason);
+    }
+    let mode = attached.mode();
+    info!("mode: {mode}");
+    let host = hostname();
+    let observers = Observers::start(bound, mode, &snapshot.peers, config.follow, &host)?;
+    let mut checkpointer = Checkpointer::new(config.output.clone(), host, snapshot.lost_events);
+    let snapshot = Snapshot {
+        mode: Some(mode.to_string()),
+        ..snapshot
+    };
+    let mut recorder = Recorder::new(snapshot, config.max_peers, observers);
+    let mut collector = Collector::start(attached, config, &mut recorder)?;
+    // The first checkpoint is not allowed to fail: a bad --output should
+    // stop netmon now, not after a day of collecting.
+    let lost = collector.settle(&mut recorder);
+    checkpointer.checkpoint(&mut recorder, lost, log::Level::Info)?;
+    drop_capabilities(mode);
+    info!(
+        "ready: collecting in {mode} mode, {} peers, writing {}",
+        recorder.snapshot().peers.len(),
+        config.output.display()
+    );
+
+    let mut checkpoints = interval(config.interval);
+    checkpoints.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    checkpoints.tick().await;
+    loop {
+        tokio::select! {
+            arrived = collector.ready() => collector.fold(arrived?, &mut recorder),
+            _ = checkpoints.tick() => {
+                collector.warn_if_overflowed();
+                let lost = collector.settle(&mut recorder);
+                checkpointer.warn_if_lost(lost);
+                recorder.warn_if_dropped();
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug);
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP: checkpoint");
+                let lost = collector.settle(&mut recorder);
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Info);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    let lost = collector.finish(&mut recorder);
+    recorder.warn_if_dropped();
+    checkpointer
+        .checkpoint(&mut recorder, lost, log::Level::Info)
+        .context("final checkpoint failed; the previous checkpoint is intact")?;
+    info!(
+        "stopped: {} peers written to {}",
+        recorder.snapshot().peers.len(),
+        config.output.display()
+    );
+    Ok(())
+}
+
+/// Everything privileged (attaching, opening files) is done: from here on
+/// netmon runs with no capabilities.
+fn drop_capabilities(mode: AttachMode) {
+    match privilege::effective() {
+        Ok(0) if mode == AttachMode::Proc => {
+            info!("running without capabilities: proc mode needs none");
+            return;
+        }
+        Ok(0) => return,
+        _ => {}
+    }
+    match privilege::drop_all() {
+        Ok(()) => {
+            info!("dropped all capabilities: attached programs and open files are all it needs now")
+        }
+        Err(err) => {
+            warn!("could not drop capabilities ({err}); running with the ones it started with")
+        }
+    }
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
