@@ -16,7 +16,7 @@ use k8s_openapi::{
 };
 use netmon_scenario::{
     harness::{Netmon, chosen_mode, scrape},
-    workload::closed_port,
+    net::metrics_addr,
 };
 use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
 
@@ -324,7 +324,7 @@ fn first_child(parent: u32) -> i32 {
 fn syscalls_of_a_run(mode: &str) -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
-    let metrics = format!("127.0.0.1:{}", closed_port());
+    let metrics = metrics_addr();
     let mut command = Command::new("strace");
     command.args(["-f", "-qq", "-o"]).arg(&trace).arg("--");
     command.args([

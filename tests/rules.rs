@@ -13,6 +13,7 @@ use std::{
     process::{Command, Output},
 };
 
+use netmon_scenario::files::{rfc3339, unix_now};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -176,7 +177,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = TempDir::new().unwrap();
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let now = rfc3339(unix_now());
         let peers: Vec<_> = peers()
             .into_iter()
             .map(|(ip, seen)| {

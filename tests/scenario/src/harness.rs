@@ -8,7 +8,7 @@ use std::{
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// How long netmon may take to attach before a run gives up. Generous: it
@@ -179,4 +179,29 @@ pub fn scrape(addr: &str, accept: Option<&str>) -> (String, String) {
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     (head.to_owned(), body.to_owned())
+}
+
+/// A hang detector for [`eventually`], not a speed assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it gives a value, and returns that; after
+/// [`PATIENCE`], panics with `what` it waited for and `context()` (a log,
+/// a scrape).
+pub fn eventually<T>(
+    what: &str,
+    mut condition: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "gave up waiting for {what}:\n{}",
+            context()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
