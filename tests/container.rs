@@ -2,7 +2,7 @@
 //! network namespace other than its own through /proc/PID/net (the image
 //! runs `--proc-net /proc/1/net`, which under `--pid host` is the host's).
 //!
-//! As root. Run with `--test-threads=1`.
+//! As root (`cargo xtask test` runs it): it makes a network namespace.
 use std::{path::Path, process::Command};
 
 use netmon_scenario::{
@@ -28,6 +28,7 @@ fn in_own_netns(output: &Path, extra: &[&str]) -> Netmon {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn proc_net_reads_the_tables_of_another_network_namespace() {
     let dir = tempfile::tempdir().unwrap();
     // This test's namespace stands in for the host's, this process for
