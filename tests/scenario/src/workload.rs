@@ -19,16 +19,18 @@ pub struct Workload {
     pub refused: Vec<Ipv4Addr>,
     pub sources: Vec<Ipv4Addr>,
     pub refused_sources: Vec<Ipv4Addr>,
-    /// The listener and both ends of every connection, when they were
-    /// asked to stay open; dropping the workload closes them.
+    /// Open until the workload is dropped, as a server's would be: proc
+    /// mode tells an accepted connection from an outbound one by the
+    /// listening socket on its local port, and may look after the
+    /// connection has closed.
+    pub listener: TcpListener,
+    /// Both ends of every connection, when they were asked to stay open;
+    /// dropping the workload closes them.
     pub held: Option<Held>,
 }
 
-/// What [`workload_held_open`] keeps open. The listener too: proc mode
-/// tells an accepted connection from an outbound one by the listening
-/// socket on its local port.
+/// What [`workload_held_open`] keeps open.
 pub struct Held {
-    pub listener: TcpListener,
     pub clients: Vec<Socket>,
     pub servers: Vec<TcpStream>,
 }
@@ -117,7 +119,6 @@ fn run(net: Net, count: u8, hold: Hold) -> Workload {
         "every connection accepted"
     );
     let held = (hold == Hold::Open).then(|| Held {
-        listener,
         clients,
         servers: accepted
             .into_iter()
@@ -131,6 +132,7 @@ fn run(net: Net, count: u8, hold: Hold) -> Workload {
         refused: addrs(REFUSED),
         sources: addrs(SOURCES),
         refused_sources: addrs(REFUSED_SOURCES),
+        listener,
         held,
     }
 }
