@@ -23,7 +23,7 @@ use netmon_scenario::{
         read_checkpoint, read_peers,
     },
     files::temp_output,
-    harness::{self, chosen_mode, skip_reasons},
+    harness::{self, chosen_mode, one_at_a_time, skip_reasons},
     isolate,
     net::Block,
     result::{Row, record_host_row},
@@ -195,6 +195,7 @@ fn kprobe_mode_captures_every_peer_or_fails_with_the_reason() {
 
 #[test]
 fn proc_mode_records_connections_in_the_socket_table() {
+    let _turn = one_at_a_time();
     let (_dir, path) = temp_output();
     let netmon = Netmon::ready(&path, "proc");
     // Held open until netmon has stopped: proc mode sees what is in the
@@ -272,6 +273,7 @@ fn proc_mode_reads_the_text_tables_when_told() {
 /// netmon in proc mode with `extra` flags while `work` runs: the peers it
 /// wrote, the workload (still holding what it holds open) and the log.
 fn in_proc_mode(extra: &[&str], work: impl FnOnce() -> Workload) -> (Peers, Workload, String) {
+    let _turn = one_at_a_time();
     let (_dir, path) = temp_output();
     let netmon = Netmon::start(&path, "proc", extra);
     netmon.wait_ready().unwrap();

@@ -10,7 +10,7 @@ use std::{
 };
 
 use netmon_scenario::{
-    harness::{Netmon, chosen_mode, eventually, scrape},
+    harness::{Netmon, chosen_mode, eventually, one_at_a_time, scrape},
     net::{Block, metrics_addr},
     workload::{Workload, workload},
 };
@@ -70,6 +70,7 @@ fn promtool_check(body: &str) {
 #[test]
 #[ignore = "needs promtool (Debian's prometheus package): run cargo xtask test"]
 fn metrics_pass_promtool_and_count_the_workloads_peers() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (netmon, addr) = start_with_metrics(dir.path(), &["--interval", "1"]);
     let work = workload(Block::Metrics, 10);
@@ -123,6 +124,7 @@ fn metrics_pass_promtool_and_count_the_workloads_peers() {
 
 #[test]
 fn peers_beyond_max_peers_are_counted_as_dropped() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (netmon, addr) = start_with_metrics(dir.path(), &["--max-peers", "1"]);
     let work = workload(Block::MetricsDropped, 5);
@@ -169,6 +171,7 @@ fn all_printed(work: &Workload, seen: &BTreeMap<(Ipv4Addr, String), Vec<Value>>)
 
 #[test]
 fn follow_prints_each_workload_peer_as_it_appears() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let netmon = start(dir.path(), &["--follow", "--json"]);
     let work = workload(Block::Follow, 10);

@@ -6,7 +6,7 @@ use std::{
     net::TcpStream,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -204,4 +204,15 @@ pub fn eventually<T>(
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Taken by a test that runs a workload under netmon, for as long as it
+/// holds the guard. `cargo xtask test` runs tests one at a time; plain
+/// `cargo test` runs a file's tests in parallel, where a busy machine lets
+/// a workload close its listener before proc mode has seen it, and the
+/// accepted connections pass for outbound ones.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    // A test that failed holding it leaves nothing to undo.
+    TURN.lock().unwrap_or_else(PoisonError::into_inner)
 }
