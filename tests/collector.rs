@@ -1,14 +1,16 @@
 //! Integration tests of `netmon run`: the real binary, the real eBPF
 //! programs, real connections on loopback.
 //!
-//! Needs root. Tests share the kernel's tracepoints and the loopback
-//! addresses they use, so run them with `--test-threads=1` (as
-//! `cargo xtask test` does). Every test uses its own 127.x.y.z addresses, so
-//! none of them depends on another's traffic.
+//! The eBPF modes need root: those tests are ignored by plain `cargo test`
+//! and run by `cargo xtask test`, one at a time, since they share the
+//! kernel's tracepoints. Proc mode, refusals to start and `--mode auto`
+//! where any mode will do (proc mode without root) run as any user. Each
+//! test makes its connections in its own [`Block`] of addresses, so none
+//! of them depends on another's traffic.
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::mpsc,
     thread,
@@ -20,8 +22,10 @@ use netmon_scenario::{
         Peers, Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, peers_of,
         read_checkpoint, read_peers,
     },
-    harness::{self, chosen_mode, skip_reasons},
+    files::temp_output,
+    harness::{self, chosen_mode, one_at_a_time, skip_reasons},
     isolate,
+    net::Block,
     result::{Row, record_host_row},
     workload::{Workload, connect_from, workload, workload_held_open},
 };
@@ -71,17 +75,11 @@ fn kernel_has_kprobes() -> bool {
     expected_auto_mode() == "kprobe"
 }
 
-fn tempdir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data").join("peers.json");
-    (dir, path)
-}
-
 /// Runs the workload under `mode` and checks every peer.
-fn capture_all_peers(mode: &str, net: u8) -> String {
-    let (_dir, path) = tempdir();
+fn capture_all_peers(mode: &str, block: Block) -> String {
+    let (_dir, path) = temp_output();
     let netmon = Netmon::ready(&path, mode);
-    let work = workload(net, 20);
+    let work = workload(block, 20);
     let (status, log) = netmon.stop();
     assert!(status.success(), "netmon exited with {status}:\n{log}");
 
@@ -96,8 +94,9 @@ fn capture_all_peers(mode: &str, net: u8) -> String {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn auto_mode_picks_the_best_rung_and_captures_every_peer() {
-    let log = capture_all_peers("auto", 1);
+    let log = capture_all_peers("auto", Block::AutoMode);
     let expected = expected_auto_mode();
     assert!(
         log.contains(&format!("mode: {expected}")),
@@ -112,14 +111,16 @@ fn auto_mode_picks_the_best_rung_and_captures_every_peer() {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn tracepoint_mode_captures_every_peer() {
-    let log = capture_all_peers("tracepoint", 2);
+    let log = capture_all_peers("tracepoint", Block::TracepointMode);
     assert!(log.contains("mode: tracepoint"), "{log}");
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn raw_tracepoint_mode_captures_every_peer() {
-    let log = capture_all_peers("raw-tracepoint", 10);
+    let log = capture_all_peers("raw-tracepoint", Block::RawTracepointMode);
     assert!(log.contains("mode: raw-tracepoint"), "{log}");
 }
 
@@ -132,14 +133,15 @@ fn start_without_btf(output: &Path, mode: &str) -> harness::Netmon {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn without_btf_auto_skips_the_raw_tracepoint_and_says_why() {
     if kernel_has_kprobes() {
         return; // auto stops at kprobe, which takes default offsets
     }
-    let (_dir, path) = tempdir();
+    let (_dir, path) = temp_output();
     let netmon = start_without_btf(&path, "auto");
     netmon.wait_ready().unwrap();
-    let work = workload(11, 5);
+    let work = workload(Block::NoBtf, 5);
     let (status, log) = netmon.stop();
     assert!(status.success(), "netmon exited with {status}:\n{log}");
     assert_eq!(chosen_mode(&log), Some("tracepoint"), "{log}");
@@ -161,13 +163,14 @@ fn without_btf_auto_skips_the_raw_tracepoint_and_says_why() {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn kprobe_mode_captures_every_peer_or_fails_with_the_reason() {
     if kernel_has_kprobes() {
-        let log = capture_all_peers("kprobe", 3);
+        let log = capture_all_peers("kprobe", Block::KprobeMode);
         assert!(log.contains("mode: kprobe"), "{log}");
         return;
     }
-    let (_dir, path) = tempdir();
+    let (_dir, path) = temp_output();
     let (status, log) = Netmon::start(&path, "kprobe", &[]).wait();
     let reason = log.lines().last().unwrap_or_default();
     record_row("kprobe", "refused", None, status.code() == Some(1), reason);
@@ -192,11 +195,12 @@ fn kprobe_mode_captures_every_peer_or_fails_with_the_reason() {
 
 #[test]
 fn proc_mode_records_connections_in_the_socket_table() {
-    let (_dir, path) = tempdir();
+    let _turn = one_at_a_time();
+    let (_dir, path) = temp_output();
     let netmon = Netmon::ready(&path, "proc");
     // Held open until netmon has stopped: proc mode sees what is in the
     // table, and polls once more on the way out.
-    let work = workload_held_open(6, 5);
+    let work = workload_held_open(Block::ProcMode, 5);
     let (status, log) = netmon.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("mode: proc"), "{log}");
@@ -211,7 +215,9 @@ fn proc_mode_records_connections_in_the_socket_table() {
 /// counted once.
 #[test]
 fn proc_mode_sees_connections_that_close_between_polls() {
-    let (peers, work, log) = in_proc_mode(&["--poll-interval", "60000"], || workload(13, 10));
+    let (peers, work, log) = in_proc_mode(&["--poll-interval", "60000"], || {
+        workload(Block::ProcNotified, 10)
+    });
     assert!(
         log.contains("socket tables: netlink sock_diag, with destroy notifications"),
         "{log}"
@@ -252,8 +258,9 @@ fn proc_mode_sees_connections_that_close_between_polls() {
 /// of the /proc/net text, which see what is in the table at the time.
 #[test]
 fn proc_mode_reads_the_text_tables_when_told() {
-    let (peers, work, log) =
-        in_proc_mode(&["--socket-tables", "procfs"], || workload_held_open(14, 5));
+    let (peers, work, log) = in_proc_mode(&["--socket-tables", "procfs"], || {
+        workload_held_open(Block::ProcText, 5)
+    });
     for line in [
         "socket tables: the text of /proc/net",
         "no notifications of closed sockets (the /proc/net text has no notifications): polls read TIME_WAIT sockets",
@@ -266,7 +273,8 @@ fn proc_mode_reads_the_text_tables_when_told() {
 /// netmon in proc mode with `extra` flags while `work` runs: the peers it
 /// wrote, the workload (still holding what it holds open) and the log.
 fn in_proc_mode(extra: &[&str], work: impl FnOnce() -> Workload) -> (Peers, Workload, String) {
-    let (_dir, path) = tempdir();
+    let _turn = one_at_a_time();
+    let (_dir, path) = temp_output();
     let netmon = Netmon::start(&path, "proc", extra);
     netmon.wait_ready().unwrap();
     let work = work();
@@ -279,7 +287,7 @@ fn in_proc_mode(extra: &[&str], work: impl FnOnce() -> Workload) -> (Peers, Work
 /// is no /proc/PID/net cannot be read that way, and the flag is named.
 #[test]
 fn socket_tables_netlink_needs_a_namespace_directory() {
-    let (dir, path) = tempdir();
+    let (dir, path) = temp_output();
     let tables = dir.path().join("tables");
     fs::create_dir(&tables).unwrap();
     fs::copy("/proc/net/tcp", tables.join("tcp")).unwrap();
@@ -304,13 +312,14 @@ fn socket_tables_netlink_needs_a_namespace_directory() {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn a_restart_keeps_every_peer_of_the_first_run() {
-    let (_dir, path) = tempdir();
+    let (_dir, path) = temp_output();
     let first = Netmon::ready(&path, "auto");
-    let one = workload(4, 5);
+    let one = workload(Block::BeforeRestart, 5);
     assert!(first.stop().0.success());
     let second = Netmon::ready(&path, "auto");
-    let two = workload(5, 5);
+    let two = workload(Block::AfterRestart, 5);
     let (status, log) = second.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("continuing from"), "{log}");
@@ -327,11 +336,13 @@ fn a_restart_keeps_every_peer_of_the_first_run() {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn connections_open_before_start_are_recorded_by_the_startup_scan() {
-    let (listener, dest) = listen(Ipv4Addr::new(127, 30, 0, 1));
-    let client = connect_from(Ipv4Addr::new(127, 31, 0, 1), dest).unwrap();
+    let (listener, dest) = listen(Block::StartupScan.addr(0, 1));
+    let source = Block::StartupScan.addr(1, 1);
+    let client = connect_from(source, dest).unwrap();
     let server = listener.accept().unwrap().0;
-    let (_dir, path) = tempdir();
+    let (_dir, path) = temp_output();
     let (status, log) = Netmon::ready(&path, "auto").stop();
     drop((client, server));
     assert!(status.success(), "{log}");
@@ -343,17 +354,15 @@ fn connections_open_before_start_are_recorded_by_the_startup_scan() {
     expect_peers(&peers, &[*dest.ip()], "recorded outbound, uncounted", |p| {
         p["outbound"] == 0 && has(&p["remote_ports"], port.into())
     });
-    expect_peers(
-        &peers,
-        &[Ipv4Addr::new(127, 31, 0, 1)],
-        "recorded inbound, uncounted",
-        |p| p["inbound"] == 0 && has(&p["local_ports"], port.into()),
-    );
+    expect_peers(&peers, &[source], "recorded inbound, uncounted", |p| {
+        p["inbound"] == 0 && has(&p["local_ports"], port.into())
+    });
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn accept_blocked_before_start_is_recorded_as_inbound() {
-    let (listener, dest) = listen(Ipv4Addr::new(127, 40, 0, 1));
+    let (listener, dest) = listen(Block::AcceptBlocked.addr(0, 1));
     let (blocked_tx, blocked) = mpsc::channel();
     let acceptor = thread::Builder::new()
         .name("nm-acceptor".into())
@@ -363,9 +372,9 @@ fn accept_blocked_before_start_is_recorded_as_inbound() {
         })
         .unwrap();
     blocked.recv().unwrap();
-    let (_dir, path) = tempdir();
+    let (_dir, path) = temp_output();
     let netmon = Netmon::ready(&path, "auto");
-    let source = Ipv4Addr::new(127, 41, 0, 1);
+    let source = Block::AcceptBlocked.addr(1, 1);
     let client = connect_from(source, dest).unwrap();
     let server = acceptor.join().unwrap();
     let (status, log) = netmon.stop();
@@ -391,14 +400,15 @@ fn listen(ip: Ipv4Addr) -> (TcpListener, SocketAddrV4) {
 /// and one seen hundreds of times within the window (most counted only in
 /// the map, picked up by the harvest at exit).
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn connection_counts_are_exact_through_the_kernels_dedup() {
-    let (listener, dest) = listen(Ipv4Addr::new(127, 50, 0, 1));
-    let (_dir, path) = tempdir();
+    let (listener, dest) = listen(Block::DedupCounts.addr(0, 1));
+    let (_dir, path) = temp_output();
     let netmon = Netmon::ready(&path, "auto");
     let sources = [
-        (Ipv4Addr::new(127, 51, 0, 1), 1),
-        (Ipv4Addr::new(127, 51, 0, 2), 2),
-        (Ipv4Addr::new(127, 51, 0, 3), 300),
+        (Block::DedupCounts.addr(1, 1), 1),
+        (Block::DedupCounts.addr(1, 2), 2),
+        (Block::DedupCounts.addr(1, 3), 300),
     ];
     for (source, times) in sources {
         for _ in 0..times {
@@ -430,9 +440,10 @@ fn connection_counts_are_exact_through_the_kernels_dedup() {
 /// with netmon stopped and the smallest ring, most first sightings are
 /// lost, and the kernel's dedup map carries them to the harvest.
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn peers_whose_events_are_lost_still_reach_the_file() {
-    let (listener, dest) = listen(Ipv4Addr::new(127, 52, 255, 1));
-    let (_dir, path) = tempdir();
+    let (listener, dest) = listen(Block::LostEvents.addr(255, 1));
+    let (_dir, path) = temp_output();
     let netmon = Netmon::start(&path, "auto", &["--ring-buffer", "4"]);
     netmon.wait_ready().unwrap();
     let signal = |name: &str| {
@@ -443,7 +454,7 @@ fn peers_whose_events_are_lost_still_reach_the_file() {
         assert!(status.success(), "kill {name}");
     };
     signal("-STOP");
-    let sources: Vec<_> = (1..=200).map(|i| Ipv4Addr::new(127, 52, 0, i)).collect();
+    let sources: Vec<_> = (1..=200).map(|i| Block::LostEvents.addr(0, i)).collect();
     for &source in &sources {
         let client = connect_from(source, dest).unwrap();
         drop((listener.accept().unwrap(), client));
@@ -470,6 +481,7 @@ fn peers_whose_events_are_lost_still_reach_the_file() {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn probe_verifies_every_program_even_where_it_cannot_attach() {
     let output = Command::new(NETMON).arg("probe").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -498,7 +510,7 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
 
 #[test]
 fn a_corrupt_file_is_refused_and_left_untouched() {
-    let (_dir, path) = tempdir();
+    let (_dir, path) = temp_output();
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     let garbage = b"{\"version\": 1, \"peers\": [trunc";
     fs::write(&path, garbage).unwrap();
@@ -518,7 +530,7 @@ fn a_corrupt_file_is_refused_and_left_untouched() {
 
 #[test]
 fn the_old_pollers_address_list_is_carried_over() {
-    let (_dir, path) = tempdir();
+    let (_dir, path) = temp_output();
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(&path, r#"["10.1.2.3", "192.168.7.7"]"#).unwrap();
     let (status, log) = Netmon::ready(&path, "auto").stop();

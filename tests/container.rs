@@ -2,12 +2,13 @@
 //! network namespace other than its own through /proc/PID/net (the image
 //! runs `--proc-net /proc/1/net`, which under `--pid host` is the host's).
 //!
-//! As root; workload net 9 (127.x.9.y). Run with `--test-threads=1`.
+//! As root (`cargo xtask test` runs it): it makes a network namespace.
 use std::{path::Path, process::Command};
 
 use netmon_scenario::{
     check::{Sees, check_workload, read_peers},
     harness::Netmon,
+    net::Block,
     workload::workload_held_open,
 };
 
@@ -27,6 +28,7 @@ fn in_own_netns(output: &Path, extra: &[&str]) -> Netmon {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn proc_net_reads_the_tables_of_another_network_namespace() {
     let dir = tempfile::tempdir().unwrap();
     // This test's namespace stands in for the host's, this process for
@@ -35,7 +37,7 @@ fn proc_net_reads_the_tables_of_another_network_namespace() {
 
     let isolated = dir.path().join("isolated.json");
     let netmon = in_own_netns(&isolated, &[]);
-    let unseen = workload_held_open(9, 3);
+    let unseen = workload_held_open(Block::OwnNetns, 3);
     assert!(netmon.stop().0.success());
     let peers = read_peers(&isolated);
     assert!(
@@ -48,7 +50,7 @@ fn proc_net_reads_the_tables_of_another_network_namespace() {
     let netmon = in_own_netns(&host, &["--proc-net", &host_tables]);
     // Held open until netmon has stopped: proc mode sees what is in the
     // table, and polls once more on the way out.
-    let work = workload_held_open(9, 5);
+    let work = workload_held_open(Block::ProcNet, 5);
     let (status, log) = netmon.stop();
     assert!(status.success(), "{log}");
     check_workload(&read_peers(&host), &work, Sees::mode("proc")).assert_complete();

@@ -1,27 +1,22 @@
 //! `netmon run --metrics` and `--follow` during the loopback workload: the
-//! real binary, the real programs, real connections, as root.
-//!
-//! Workload nets 7, 8 and 12 (127.x.7.y, 127.x.8.y, 127.x.12.y) are this
-//! file's; run with `--test-threads=1`, as `cargo xtask test` does.
+//! real binary, real connections, in `--mode auto`: the eBPF programs as
+//! root (`cargo xtask test` runs them one at a time), proc mode otherwise.
 use std::{
     collections::BTreeMap,
     io::Write as _,
     net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use netmon_scenario::{
-    harness::{Netmon, chosen_mode, scrape},
-    workload::{Workload, closed_port, workload},
+    harness::{Netmon, chosen_mode, eventually, one_at_a_time, scrape},
+    net::{Block, metrics_addr},
+    workload::{Workload, workload},
 };
 use serde_json::Value;
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
-/// A hang detector for conditions polled below, not a speed assertion.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Starts netmon with `extra` flags on a fresh file and waits for it.
 fn start(dir: &Path, extra: &[&str]) -> Netmon {
@@ -33,33 +28,12 @@ fn start(dir: &Path, extra: &[&str]) -> Netmon {
 /// [`start`] with `--metrics` on a free loopback port; also returns the
 /// address to scrape.
 fn start_with_metrics(dir: &Path, extra: &[&str]) -> (Netmon, String) {
-    let addr = format!("127.0.0.1:{}", closed_port());
+    let addr = metrics_addr();
     let args: Vec<&str> = ["--metrics", addr.as_str()]
         .into_iter()
         .chain(extra.iter().copied())
         .collect();
     (start(dir, &args), addr)
-}
-
-/// Polls `condition` until it gives a value; panics after PATIENCE with
-/// what it was waiting for and `context()`.
-fn eventually<T>(
-    what: &str,
-    mut condition: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "gave up waiting for {what}:\n{}",
-            context()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The value of the sample `series` (name and labels, exactly as
@@ -94,10 +68,12 @@ fn promtool_check(body: &str) {
 }
 
 #[test]
+#[ignore = "needs promtool (Debian's prometheus package): run cargo xtask test"]
 fn metrics_pass_promtool_and_count_the_workloads_peers() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (netmon, addr) = start_with_metrics(dir.path(), &["--interval", "1"]);
-    let work = workload(7, 10);
+    let work = workload(Block::Metrics, 10);
     // Peers the workload made beside whatever else talks on loopback.
     let outbound = (work.destinations.len() + work.refused.len()) as f64;
     let inbound = work.sources.len() as f64;
@@ -148,9 +124,10 @@ fn metrics_pass_promtool_and_count_the_workloads_peers() {
 
 #[test]
 fn peers_beyond_max_peers_are_counted_as_dropped() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (netmon, addr) = start_with_metrics(dir.path(), &["--max-peers", "1"]);
-    let work = workload(12, 5);
+    let work = workload(Block::MetricsDropped, 5);
     // Every workload peer but the one kept (if it was one) is turned away,
     // at least once each.
     let peers = (work.destinations.len() + work.refused.len() + work.sources.len()) as f64;
@@ -194,9 +171,10 @@ fn all_printed(work: &Workload, seen: &BTreeMap<(Ipv4Addr, String), Vec<Value>>)
 
 #[test]
 fn follow_prints_each_workload_peer_as_it_appears() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let netmon = start(dir.path(), &["--follow", "--json"]);
-    let work = workload(8, 10);
+    let work = workload(Block::Follow, 10);
     eventually(
         "a --follow line for every peer of the workload",
         || all_printed(&work, &sightings(&netmon)).then_some(()),

@@ -1,6 +1,7 @@
 //! What ships beside the binary: shell completions and man pages (made by
 //! netmon from its own clap definitions), the systemd unit and the
-//! Kubernetes DaemonSet.
+//! Kubernetes DaemonSet. Two tests run netmon's programs under the unit's
+//! restrictions and need root: `cargo xtask test` runs them.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -16,7 +17,7 @@ use k8s_openapi::{
 };
 use netmon_scenario::{
     harness::{Netmon, chosen_mode, scrape},
-    workload::closed_port,
+    net::metrics_addr,
 };
 use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
 
@@ -155,6 +156,7 @@ fn bounding_set_for_setpriv(unit: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn systemd_units_capabilities_are_enough_to_attach() {
     let set = bounding_set_for_setpriv(&unit_for_test());
     let dir = tempfile::tempdir().unwrap();
@@ -324,7 +326,7 @@ fn first_child(parent: u32) -> i32 {
 fn syscalls_of_a_run(mode: &str) -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
-    let metrics = format!("127.0.0.1:{}", closed_port());
+    let metrics = metrics_addr();
     let mut command = Command::new("strace");
     command.args(["-f", "-qq", "-o"]).arg(&trace).arg("--");
     command.args([
@@ -364,6 +366,7 @@ fn syscalls_of_a_run(mode: &str) -> BTreeSet<String> {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn systemd_units_syscall_filter_allows_every_call_netmon_makes() {
     let unit = unit_for_test();
     let filter = unit

@@ -7,6 +7,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+use netmon_scenario::files::{rfc3339, unix_now as now};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -35,18 +36,6 @@ fn stderr_of(output: &Output) -> String {
 /// A peer of a checkpoint: address, outbound and inbound counts, last
 /// seen (Unix seconds), and the process.
 struct Peer(&'static str, u64, u64, u64, &'static str);
-
-fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn write_checkpoint(dir: &Path, name: &str, host: &str, peers: &[Peer]) -> PathBuf {
     let peers: Vec<_> = peers

@@ -3,8 +3,8 @@
 //! creates and removes, read back, and compared with the peers.
 //!
 //! They need root and the nftables, ipset and iptables packages; `cargo
-//! xtask test` installs those. Without them the tests fail saying so. They
-//! send no traffic: they only load and list rules.
+//! xtask test` installs those and runs them. Without them the tests fail
+//! saying so. They send no traffic: they only load and list rules.
 use std::{
     collections::BTreeSet,
     fs,
@@ -13,6 +13,7 @@ use std::{
     process::{Command, Output},
 };
 
+use netmon_scenario::files::{rfc3339, unix_now};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -176,7 +177,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = TempDir::new().unwrap();
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let now = rfc3339(unix_now());
         let peers: Vec<_> = peers()
             .into_iter()
             .map(|(ip, seen)| {
@@ -278,6 +279,7 @@ fn each_case(format: &str, setup: impl FnOnce(&Netns), check: impl Fn(&Netns, &s
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn nft_loads_the_fewest_blocks_and_replaces_them_on_reapply() {
     each_case(
         "nft",
@@ -340,6 +342,7 @@ fn nft_loads_the_fewest_blocks_and_replaces_them_on_reapply() {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn ipset_restores_the_fewest_blocks_and_swaps_on_reapply() {
     each_case(
         "ipset",
@@ -368,6 +371,7 @@ fn ipset_restores_the_fewest_blocks_and_swaps_on_reapply() {
 }
 
 #[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn iptables_restores_the_fewest_blocks_and_keeps_other_rules() {
     // An admin's rule, which --noflush must keep.
     let admin_rule = ["-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"];

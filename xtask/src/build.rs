@@ -204,7 +204,8 @@ impl TestCounts {
     }
 }
 
-/// Every test of the host workspace. Integration tests share kernel state
+/// Every test of the host workspace, those that need root (ignored by plain
+/// `cargo test`) included. Integration tests share kernel state
 /// (tracepoints, network namespaces), so they run one at a time. cargo's
 /// output passes through; its per-binary summaries are added up.
 pub fn cargo_test() -> (TestCounts, anyhow::Result<()>) {
@@ -213,6 +214,7 @@ pub fn cargo_test() -> (TestCounts, anyhow::Result<()>) {
         "--workspace",
         "--no-fail-fast",
         "--",
+        "--include-ignored",
         "--test-threads=1",
     ];
     let mut command = cargo();

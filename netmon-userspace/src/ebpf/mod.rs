@@ -36,15 +36,21 @@ use crate::{
 
 /// The eBPF objects built by `cargo xtask build`, embedded at compile time:
 /// the same programs, sending through a ring buffer or through perf buffers.
-fn object(transport: Transport) -> &'static [u8] {
-    match transport {
+/// Empty in a build without them (build.rs).
+fn object(transport: Transport) -> anyhow::Result<&'static [u8]> {
+    let object: &'static [u8] = match transport {
         Transport::RingBuf => {
             aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon.bpf.o"))
         }
         Transport::Perf => {
             aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon-perf.bpf.o"))
         }
-    }
+    };
+    anyhow::ensure!(
+        !object.is_empty(),
+        "netmon was built without its eBPF object; build with `cargo xtask build`"
+    );
+    Ok(object)
 }
 
 /// The programs in the object.
@@ -178,7 +184,7 @@ pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result
     }
     loader
         .override_global(config::SYMBOL, &config, true)
-        .load(object(env.transport))
+        .load(object(env.transport)?)
         .map_err(|err| explain_permission(anyhow::Error::new(err)))
         .context("cannot load the eBPF object")
 }

@@ -6,9 +6,9 @@ use std::{
     net::TcpStream,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// How long netmon may take to attach before a run gives up. Generous: it
@@ -179,4 +179,40 @@ pub fn scrape(addr: &str, accept: Option<&str>) -> (String, String) {
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     (head.to_owned(), body.to_owned())
+}
+
+/// A hang detector for [`eventually`], not a speed assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it gives a value, and returns that; after
+/// [`PATIENCE`], panics with `what` it waited for and `context()` (a log,
+/// a scrape).
+pub fn eventually<T>(
+    what: &str,
+    mut condition: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "gave up waiting for {what}:\n{}",
+            context()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Taken by a test that runs a workload under netmon, for as long as it
+/// holds the guard. `cargo xtask test` runs tests one at a time; plain
+/// `cargo test` runs a file's tests in parallel, where a busy machine lets
+/// a workload close its listener before proc mode has seen it, and the
+/// accepted connections pass for outbound ones.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    // A test that failed holding it leaves nothing to undo.
+    TURN.lock().unwrap_or_else(PoisonError::into_inner)
 }

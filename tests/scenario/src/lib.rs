@@ -1,13 +1,16 @@
 //! What the integration tests and the kernel matrix share: the loopback
-//! workload, the per-peer checks on a checkpoint, the harness that runs
-//! `netmon run`, and the one-line result format of the matrix.
+//! workload and the addresses each test owns, the per-peer checks on a
+//! checkpoint, the harness that runs `netmon run`, the files the tests
+//! write, and the one-line result format of the matrix.
 //!
 //! tests/collector.rs runs these on the host kernel; the `netmon-scenario`
 //! binary runs the same code inside each VM of `cargo xtask vm-test`, so a
 //! mode that passes here and there has passed the same workload.
 pub mod case;
 pub mod check;
+pub mod files;
 pub mod harness;
 pub mod isolate;
+pub mod net;
 pub mod result;
 pub mod workload;

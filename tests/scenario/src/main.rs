@@ -19,6 +19,7 @@ use netmon_scenario::{
     check::{Sees, check_workload, read_peers},
     harness::{Netmon, chosen_mode},
     isolate,
+    net::Net,
     result::Row,
     workload::{workload, workload_held_open},
 };
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     // Distinct addresses per case, so no case can pass on another's peers.
-    let net = u8::try_from(index + 1).expect("fewer than 255 cases");
+    let net = Net::vm_case(index);
     let row =
         panic::catch_unwind(|| run(Path::new(netmon), case, net)).unwrap_or_else(|panic| Row {
             note: format!("panic: {}", message(&*panic)),
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(binary: &Path, case: &Case, net: u8) -> Row {
+fn run(binary: &Path, case: &Case, net: Net) -> Row {
     let output = output_path(case);
     let mut command = Netmon::command(binary, &output, case.mode, case.extra);
     isolate::apply(case.setting, &mut command);

@@ -9,6 +9,8 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
+use crate::net::{Net, closed_port};
+
 /// What a workload did, for the checks.
 pub struct Workload {
     pub port: u16,
@@ -17,16 +19,18 @@ pub struct Workload {
     pub refused: Vec<Ipv4Addr>,
     pub sources: Vec<Ipv4Addr>,
     pub refused_sources: Vec<Ipv4Addr>,
-    /// The listener and both ends of every connection, when they were
-    /// asked to stay open; dropping the workload closes them.
+    /// Open until the workload is dropped, as a server's would be: proc
+    /// mode tells an accepted connection from an outbound one by the
+    /// listening socket on its local port, and may look after the
+    /// connection has closed.
+    pub listener: TcpListener,
+    /// Both ends of every connection, when they were asked to stay open;
+    /// dropping the workload closes them.
     pub held: Option<Held>,
 }
 
-/// What [`workload_held_open`] keeps open. The listener too: proc mode
-/// tells an accepted connection from an outbound one by the listening
-/// socket on its local port.
+/// What [`workload_held_open`] keeps open.
 pub struct Held {
-    pub listener: TcpListener,
     pub clients: Vec<Socket>,
     pub servers: Vec<TcpStream>,
 }
@@ -49,28 +53,28 @@ pub fn connect_from(source: Ipv4Addr, dest: SocketAddrV4) -> std::io::Result<Soc
     Ok(socket)
 }
 
-/// A port nothing listens on, on any address.
-pub fn closed_port() -> u16 {
-    let probe = TcpListener::bind("0.0.0.0:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
+/// The third octet of each kind of address in a workload's [`Net`].
+const DESTINATIONS: u8 = 10;
+const REFUSED: u8 = 11;
+const SOURCES: u8 = 20;
+const REFUSED_SOURCES: u8 = 21;
 
-/// `count` connections from distinct 127.20.`net`.i to distinct
-/// 127.10.`net`.i (a listener on 0.0.0.0), every other one closed with RST,
-/// plus `count` refused attempts from 127.21.`net`.i to 127.11.`net`.i.
+/// `count` connections from distinct 127.N.20.i to distinct 127.N.10.i
+/// (a listener on 0.0.0.0), every other one closed with RST, plus `count`
+/// refused attempts from 127.N.21.i to 127.N.11.i, N being `net`'s.
 /// Connections are made by a thread named `nm-client`, accepted by one
 /// named `nm-acceptor`.
-pub fn workload(net: u8, count: u8) -> Workload {
-    run(net, count, Hold::Close)
+pub fn workload(net: impl Into<Net>, count: u8) -> Workload {
+    run(net.into(), count, Hold::Close)
 }
 
 /// [`workload`], but every connection stays open until the result is
 /// dropped (so none is closed with RST).
-pub fn workload_held_open(net: u8, count: u8) -> Workload {
-    run(net, count, Hold::Open)
+pub fn workload_held_open(net: impl Into<Net>, count: u8) -> Workload {
+    run(net.into(), count, Hold::Open)
 }
 
-fn run(net: u8, count: u8, hold: Hold) -> Workload {
+fn run(net: Net, count: u8, hold: Hold) -> Workload {
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let refused_port = closed_port();
@@ -91,15 +95,15 @@ fn run(net: u8, count: u8, hold: Hold) -> Workload {
         .spawn(move || {
             let mut open = Vec::new();
             for i in 1..=count {
-                let dest = SocketAddrV4::new(Ipv4Addr::new(127, 10, net, i), port);
-                let socket = connect_from(Ipv4Addr::new(127, 20, net, i), dest).unwrap();
+                let dest = SocketAddrV4::new(net.addr(DESTINATIONS, i), port);
+                let socket = connect_from(net.addr(SOURCES, i), dest).unwrap();
                 if hold == Hold::Open {
                     open.push(socket);
                 } else if i % 2 == 0 {
                     socket.set_linger(Some(Duration::ZERO)).unwrap();
                 }
-                let refused = SocketAddrV4::new(Ipv4Addr::new(127, 11, net, i), refused_port);
-                let err = connect_from(Ipv4Addr::new(127, 21, net, i), refused).unwrap_err();
+                let refused = SocketAddrV4::new(net.addr(REFUSED, i), refused_port);
+                let err = connect_from(net.addr(REFUSED_SOURCES, i), refused).unwrap_err();
                 assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
             }
             open
@@ -107,11 +111,7 @@ fn run(net: u8, count: u8, hold: Hold) -> Workload {
         .unwrap();
     let clients = client.join().unwrap();
     let (listener, accepted) = acceptor.join().unwrap();
-    let addrs = |a: u8| {
-        (1..=count)
-            .map(|i| Ipv4Addr::new(127, a, net, i))
-            .collect::<Vec<_>>()
-    };
+    let addrs = |kind: u8| (1..=count).map(|i| net.addr(kind, i)).collect::<Vec<_>>();
     let accepted_from: BTreeSet<_> = accepted.iter().map(|(_, from)| *from).collect();
     assert_eq!(
         accepted_from.len(),
@@ -119,7 +119,6 @@ fn run(net: u8, count: u8, hold: Hold) -> Workload {
         "every connection accepted"
     );
     let held = (hold == Hold::Open).then(|| Held {
-        listener,
         clients,
         servers: accepted
             .into_iter()
@@ -129,10 +128,11 @@ fn run(net: u8, count: u8, hold: Hold) -> Workload {
     Workload {
         port,
         refused_port,
-        destinations: addrs(10),
-        refused: addrs(11),
-        sources: addrs(20),
-        refused_sources: addrs(21),
+        destinations: addrs(DESTINATIONS),
+        refused: addrs(REFUSED),
+        sources: addrs(SOURCES),
+        refused_sources: addrs(REFUSED_SOURCES),
+        listener,
         held,
     }
 }

@@ -1,0 +1,109 @@
+//! The loopback addresses each test owns.
+//!
+//! A test that makes connections on the host's loopback takes its
+//! addresses from a [`Block`] of its own: 127.B.0.0/16, B being the
+//! block's number. The blocks are the variants of one enum, so no two
+//! tests can share one, and a peer in a checkpoint names the test that
+//! made it. That matters because connections outlive their test: proc
+//! mode reads TIME_WAIT sockets and the start-up scan reads open ones, so
+//! a test on another's addresses could pass on the other's leftovers.
+//!
+//! 127.0.0.0/16 (127.0.0.1) is no test's; `cargo xtask bench` runs its
+//! storms in network namespaces of their own and needs no block.
+use std::net::{Ipv4Addr, TcpListener};
+
+/// The /16 of 127/8 one test owns. Grouped by test file; a test that
+/// needs two disjoint sets of addresses owns two blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Block {
+    // tests/collector.rs
+    AutoMode = 1,
+    TracepointMode,
+    RawTracepointMode,
+    KprobeMode,
+    NoBtf,
+    ProcMode,
+    ProcNotified,
+    ProcText,
+    BeforeRestart,
+    AfterRestart,
+    StartupScan,
+    AcceptBlocked,
+    DedupCounts,
+    LostEvents,
+    // tests/live.rs
+    Metrics,
+    MetricsDropped,
+    Follow,
+    // tests/container.rs
+    OwnNetns,
+    ProcNet,
+    // tests/reliability.rs
+    KillNine,
+    FullDisk,
+    Capabilities,
+    Sighup,
+    MaxPeers,
+    /// The kernel matrix's cases, one /16 each from this one up, in
+    /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
+    VmCases,
+}
+
+impl Block {
+    pub const fn net(self) -> Net {
+        Net(self as u8)
+    }
+
+    /// 127.B.`c`.`d`.
+    pub const fn addr(self, c: u8, d: u8) -> Ipv4Addr {
+        self.net().addr(c, d)
+    }
+}
+
+/// 127.N.0.0/16: a [`Block`], or one case's share of [`Block::VmCases`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net(u8);
+
+impl Net {
+    /// The addresses of the case at `index` of the kernel matrix.
+    pub fn vm_case(index: usize) -> Self {
+        let octet = usize::from(Block::VmCases as u8) + index;
+        Self(u8::try_from(octet).expect("127/8 has a /16 for every case"))
+    }
+
+    /// 127.N.`c`.`d`.
+    pub const fn addr(self, c: u8, d: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.0, c, d)
+    }
+}
+
+impl From<Block> for Net {
+    fn from(block: Block) -> Self {
+        block.net()
+    }
+}
+
+/// A port nothing listens on, on any address.
+pub fn closed_port() -> u16 {
+    let probe = TcpListener::bind("0.0.0.0:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// 127.0.0.1 and a port nothing listens on, for `--metrics`.
+pub fn metrics_addr() -> String {
+    format!("127.0.0.1:{}", closed_port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::VM_CASES;
+
+    #[test]
+    fn every_case_of_the_matrix_has_a_net() {
+        for index in 0..VM_CASES.len() {
+            Net::vm_case(index);
+        }
+    }
+}
