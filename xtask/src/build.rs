@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::setup;
+use crate::{cmd::run_status, setup};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -240,31 +240,6 @@ pub fn cargo_test() -> (TestCounts, anyhow::Result<()>) {
         Err(err) => Err(err).with_context(|| format!("cannot wait for {command:?}")),
     };
     (counts, result)
-}
-
-/// Runs a command, failing with its command line when it fails.
-pub fn run_status(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Runs a command and returns its stdout, failing when it fails.
-pub fn output_of(command: &mut Command) -> anyhow::Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("cannot start {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[cfg(test)]

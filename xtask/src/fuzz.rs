@@ -9,7 +9,10 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::build::{self, output_of, run_status};
+use crate::{
+    build,
+    cmd::{output_of, run_status},
+};
 
 /// The targets, as named in fuzz/Cargo.toml.
 const TARGETS: [&str; 3] = ["checkpoint", "proc_net", "sock_diag"];

@@ -7,7 +7,8 @@ use std::{fs, path::Path, process::Command};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    build::{self, output_of, run_status},
+    build,
+    cmd::{output_of, run_status},
     setup,
 };
 

@@ -7,6 +7,7 @@
 //! here, idempotently, so CI needs nothing but `cargo xtask test`.
 mod bench;
 mod build;
+mod cmd;
 mod fuzz;
 mod image;
 mod man;
@@ -91,7 +92,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Command::Run { release, args } => {
             let binary = build::build(build::Profile::from_release(release))?;
-            build::run_status(std::process::Command::new(binary).args(args))
+            crate::cmd::run_status(std::process::Command::new(binary).args(args))
         }
         Command::Test => test(),
         Command::VmTest(args) => vm::vm_test(&args),

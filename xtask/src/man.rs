@@ -8,7 +8,7 @@ use crate::build::{self, Profile};
 pub fn man() -> anyhow::Result<PathBuf> {
     let binary = build::build(Profile::Debug)?;
     let dir = build::root().join("target").join("man");
-    build::run_status(Command::new(binary).arg("man").arg(&dir))?;
+    crate::cmd::run_status(Command::new(binary).arg("man").arg(&dir))?;
     eprintln!(
         "xtask: man pages in {}; read one with man -l {}",
         dir.display(),

@@ -3,7 +3,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::build::{output_of, run_status};
+use crate::cmd::{output_of, run_status};
 
 /// The bpf-linker release that links with the nightly's own LLVM; newer ones
 /// need a system LLVM that Debian 12 does not ship.

@@ -5,7 +5,7 @@ use std::{fs, process::Command};
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::build::output_of;
+use crate::cmd::output_of;
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 

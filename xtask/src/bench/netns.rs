@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::build::run_status;
+use crate::cmd::run_status;
 
 /// Names start with this, then the bench's pid.
 const PREFIX: &str = "netmon-bench-";

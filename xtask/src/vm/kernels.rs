@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::build::{output_of, run_status};
+use crate::cmd::{output_of, run_status};
 
 /// A kernel to boot and the name it goes by in the table.
 pub struct Kernel {
