@@ -8,6 +8,7 @@
 //! - [`ebpf`]: loading the programs, the attach ladder, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
+//! - [`time`]: times as netmon records and writes them;
 //! - [`run`]: the collection loop of `netmon run`;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
 //! - [`cli`]: the command line.
@@ -27,3 +28,4 @@ pub mod report;
 pub mod rules;
 pub mod run;
 pub mod store;
+pub mod time;

@@ -20,7 +20,7 @@ use crate::{
     cli::RulesArgs,
     peer::Direction,
     report::{Filter, Inputs},
-    store,
+    time::UnixTime,
 };
 
 /// The firewall tool a script is for.
@@ -188,7 +188,7 @@ struct Ruleset {
 /// `netmon rules`.
 pub fn rules(args: &RulesArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let inputs = Inputs::load(&args.inputs.files)?;
-    let peers = Filter::new(&args.filter, store::unix_now()).select(&inputs);
+    let peers = Filter::new(&args.filter, UnixTime::now().secs()).select(&inputs);
     ensure!(
         !peers.is_empty(),
         "no peers match{}{}: rules allowing nobody would block everything",

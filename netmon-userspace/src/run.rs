@@ -33,6 +33,7 @@ use crate::{
     procnet::{Destroyed, Liveness, Scanner},
     report::Directions,
     store::{self, FileFormat, LoadError, Snapshot},
+    time::UnixTime,
 };
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -205,8 +206,12 @@ impl State {
     fn checkpoint(&mut self, lost: u64, level: log::Level) -> anyhow::Result<()> {
         self.snapshot.lost_events = self.lost_before + lost;
         let started = Instant::now();
-        let written =
-            store::write_checkpoint(&self.output, &self.snapshot, &self.host, store::unix_now());
+        let written = store::write_checkpoint(
+            &self.output,
+            &self.snapshot,
+            &self.host,
+            UnixTime::now().secs(),
+        );
         self.observers
             .checkpointed(written.is_ok(), started.elapsed(), lost);
         written?;
@@ -287,7 +292,7 @@ async fn collect(args: &RunArgs, snapshot: Snapshot) -> anyhow::Result<()> {
     // opening, and a restart would otherwise count every surviving
     // connection again. Closed ones (TIME_WAIT) are left out: the run
     // before this one, if any, saw them.
-    let now = store::unix_now();
+    let now = UnixTime::now().secs();
     scanner
         .scan(|conn, liveness| {
             if liveness == Liveness::Open {
@@ -401,7 +406,7 @@ fn poll(
     state: &mut State,
 ) -> io::Result<()> {
     fold_destroyed(scanner, destroyed, state);
-    let now = store::unix_now();
+    let now = UnixTime::now().secs();
     scanner.scan(|conn, liveness| state.record(conn, counts(liveness), now))
 }
 
@@ -449,7 +454,7 @@ fn fold_destroyed(
     let Some(destroyed) = destroyed else {
         return;
     };
-    let now = store::unix_now();
+    let now = UnixTime::now().secs();
     if let Err(err) = scanner.destroyed(destroyed.get_mut(), |conn, liveness| {
         state.record(conn, counts(liveness), now);
     }) {
@@ -494,7 +499,7 @@ async fn next_events(collector: &mut Collector, state: &mut State) -> anyhow::Re
 
 /// Folds every waiting event into the set.
 fn drain(ebpf: &mut EbpfCollector, state: &mut State) {
-    let now = store::unix_now();
+    let now = UnixTime::now().secs();
     let malformed = ebpf.drain(|conn, connections| state.record(conn, connections, now));
     if malformed > 0 {
         warn!("{malformed} records were not events: eBPF object and binary mismatch?");
@@ -509,7 +514,7 @@ fn settle(collector: &mut Collector, state: &mut State) -> u64 {
         return 0;
     };
     drain(ebpf, state);
-    let now = store::unix_now();
+    let now = UnixTime::now().secs();
     if let Err(err) = ebpf.harvest(|conn, connections| state.record(conn, connections, now)) {
         warn!("{err:#}");
     }

@@ -16,11 +16,11 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::UNIX_EPOCH,
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use smallvec::SmallVec;
 
 mod reader;
@@ -28,7 +28,10 @@ mod writer;
 
 pub(crate) use writer::decimal;
 
-use crate::peer::{Comm, Connection, Direction};
+use crate::{
+    peer::{Comm, Connection, Direction},
+    time::UnixTime,
+};
 
 /// The checkpoint format this build writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -382,27 +385,14 @@ fn check_version(version: Option<u64>) -> anyhow::Result<()> {
     }
 }
 
-/// Seconds since the epoch, serialised as an RFC 3339 string.
-struct Rfc3339(u64);
-
-impl Serialize for Rfc3339 {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_seconds(
-            UNIX_EPOCH + Duration::from_secs(self.0),
-        ))
-    }
-}
-
 /// One peer as read: each field parsed straight into the record's type,
 /// so reading a peer allocates nothing but the lists it keeps. Errors
 /// carry the line and column of the offending value.
 #[derive(Deserialize)]
 struct PeerIn {
     ip: Ipv4Addr,
-    #[serde(deserialize_with = "unix_seconds")]
-    first_seen: u64,
-    #[serde(deserialize_with = "unix_seconds")]
-    last_seen: u64,
+    first_seen: UnixTime,
+    last_seen: UnixTime,
     outbound: u64,
     inbound: u64,
     #[serde(default, deserialize_with = "capped::<_, u16, _>")]
@@ -416,8 +406,8 @@ struct PeerIn {
 impl PeerIn {
     fn into_record(self) -> (Ipv4Addr, PeerRecord) {
         let record = PeerRecord {
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
+            first_seen: self.first_seen.secs(),
+            last_seen: self.last_seen.secs(),
             outbound: self.outbound,
             inbound: self.inbound,
             remote_ports: self.remote_ports,
@@ -426,13 +416,6 @@ impl PeerIn {
         };
         (self.ip, record)
     }
-}
-
-/// An RFC 3339 time as Unix seconds.
-fn unix_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    from_str_with(deserializer, "an RFC 3339 time", |text| {
-        parse_rfc3339(text).map_err(|err| format!("{err:#}"))
-    })
 }
 
 /// A value parsed from a JSON string in place, without copying it out.
@@ -517,83 +500,6 @@ impl<'de> Deserialize<'de> for ProcessName {
     }
 }
 
-/// Seconds since the epoch, now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
-fn parse_rfc3339(text: &str) -> anyhow::Result<u64> {
-    if let Some(secs) = parse_utc_seconds(text.as_bytes()) {
-        return Ok(secs);
-    }
-    let time = humantime::parse_rfc3339_weak(text)
-        .map_err(|err| anyhow!("{text:?} is not an RFC 3339 time: {err}"))?;
-    Ok(time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
-}
-
-/// The exact form netmon writes, `YYYY-MM-DDTHH:MM:SSZ`, parsed without
-/// the general parser: two of them per peer dominate loading a large file.
-/// `None` for anything else (other forms go to the general parser).
-fn parse_utc_seconds(text: &[u8]) -> Option<u64> {
-    const SEPARATORS: [(usize, u8); 6] = [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'Z'),
-    ];
-    if text.len() != 20 || SEPARATORS.iter().any(|&(at, byte)| text[at] != byte) {
-        return None;
-    }
-    let num = |from: usize, to: usize| {
-        text[from..to].iter().try_fold(0u64, |acc, &d| {
-            d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
-        })
-    };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if year < 1970 || !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    if day == 0 || day > month_days[month as usize - 1] {
-        return None;
-    }
-    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * m + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = (era * 146_097 + day_of_era).checked_sub(719_468)?;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
 /// Reads a checkpoint or an old poller's address list.
 ///
 /// `Ok(None)` when the file does not exist; any other problem is an error
@@ -624,7 +530,7 @@ pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or_else(unix_now, |d| d.as_secs());
+        .map_or_else(|| UnixTime::now().secs(), |d| d.as_secs());
     parse_with_serde(&bytes, mtime).map(Some).map_err(corrupt)
 }
 
@@ -689,7 +595,8 @@ impl std::error::Error for LoadError {}
 
 /// Moves a corrupt file aside as `PATH.corrupt-YYYYMMDDTHHMMSSZ`.
 pub fn backup_corrupt(path: &Path) -> anyhow::Result<PathBuf> {
-    let stamp: String = rfc3339(unix_now())
+    let stamp: String = UnixTime::now()
+        .to_string()
         .chars()
         .filter(|c| !matches!(c, '-' | ':'))
         .collect();
@@ -819,7 +726,7 @@ pub fn write_json(
     out.write_all(b",\"host\":")?;
     serde_json::to_writer(&mut *out, host)?;
     out.write_all(b",\"updated\":")?;
-    serde_json::to_writer(&mut *out, &Rfc3339(now))?;
+    serde_json::to_writer(&mut *out, &UnixTime::from_secs(now))?;
     if let Some(mode) = &snapshot.mode {
         out.write_all(b",\"mode\":")?;
         serde_json::to_writer(&mut *out, mode)?;
@@ -935,30 +842,6 @@ mod tests {
         assert_eq!((record.first_seen, record.last_seen), (100, 106));
         assert_eq!(record.processes.iter().count(), 2);
         assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
-    }
-
-    #[test]
-    fn the_fast_time_parser_agrees_with_the_general_one() {
-        for text in [
-            "1970-01-01T00:00:00Z",
-            "2000-02-29T23:59:59Z",
-            "2026-11-28T16:00:34Z",
-            "2100-03-01T00:00:00Z",
-            "9999-12-31T23:59:59Z",
-        ] {
-            let general = humantime::parse_rfc3339_weak(text).unwrap();
-            let general = general.duration_since(UNIX_EPOCH).unwrap().as_secs();
-            assert_eq!(parse_utc_seconds(text.as_bytes()), Some(general), "{text}");
-        }
-        for text in [
-            "2026-02-29T00:00:00Z",
-            "2026-13-01T00:00:00Z",
-            "2026-11-28T24:00:00Z",
-            "2026-11-28 16:00:34Z",
-            "1969-12-31T23:59:59Z",
-        ] {
-            assert_eq!(parse_utc_seconds(text.as_bytes()), None, "{text}");
-        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::Sources;
 use crate::{
     cli::MergeArgs,
     store::{self, Snapshot},
+    time::UnixTime,
 };
 
 /// Reads every input before writing anything, so an unreadable one leaves
@@ -20,7 +21,11 @@ pub fn merge(args: &MergeArgs) -> anyhow::Result<()> {
         },
         ..merged
     };
-    let bytes = store::to_json(&snapshot, &merged_host(&sources.hosts), store::unix_now())?;
+    let bytes = store::to_json(
+        &snapshot,
+        &merged_host(&sources.hosts),
+        UnixTime::now().secs(),
+    )?;
     store::write_atomically(&args.output, &bytes)?;
     info!(
         "{}: {} peers from {} files",

@@ -25,6 +25,7 @@ use crate::{
     cli::{FilterArgs, ListArgs},
     peer::Direction,
     store::{self, FileFormat, PeerRecord, Snapshot},
+    time::UnixTime,
 };
 
 /// How a report prints peers.
@@ -264,7 +265,7 @@ impl Filter {
 /// `netmon list`.
 pub fn list(args: &ListArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let inputs = Inputs::load(&args.inputs.files)?;
-    let filter = Filter::new(&args.filter, store::unix_now());
+    let filter = Filter::new(&args.filter, UnixTime::now().secs());
     let peers = filter.select(&inputs);
     Listing::peers(&peers, inputs.detail()).write(out, args.format)?;
     Ok(())
@@ -284,8 +285,8 @@ mod tests {
             .map(|(ip, outbound, inbound, last_seen)| {
                 serde_json::json!({
                     "ip": ip,
-                    "first_seen": store::rfc3339(last_seen / 2),
-                    "last_seen": store::rfc3339(*last_seen),
+                    "first_seen": UnixTime::from_secs(last_seen / 2).to_string(),
+                    "last_seen": UnixTime::from_secs(*last_seen).to_string(),
                     "outbound": outbound,
                     "inbound": inbound,
                     "remote_ports": if *outbound > 0 { vec![443] } else { vec![] },
@@ -295,7 +296,7 @@ mod tests {
             })
             .collect();
         serde_json::to_vec(&serde_json::json!({
-            "version": 1, "host": "h1", "updated": store::rfc3339(0), "peers": peers,
+            "version": 1, "host": "h1", "updated": UnixTime::from_secs(0).to_string(), "peers": peers,
         }))
         .unwrap()
     }

@@ -5,11 +5,11 @@ use super::{
     Detail, Directions, Filter, Inputs, Peer,
     table::{self, Align, Column, Owned},
 };
-use crate::{classify::Class, cli::StatsArgs, peer::Comm, store};
+use crate::{classify::Class, cli::StatsArgs, peer::Comm, time::UnixTime};
 
 pub fn stats(args: &StatsArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let inputs = Inputs::load(&args.inputs.files)?;
-    let peers = Filter::new(&args.filter, store::unix_now()).select(&inputs);
+    let peers = Filter::new(&args.filter, UnixTime::now().secs()).select(&inputs);
     let detail = inputs.detail();
     let top = usize::from(args.top);
     writeln!(

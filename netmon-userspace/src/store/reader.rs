@@ -21,10 +21,8 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::{
-    CappedSet, InlineItem, PeerRecord, advise_huge_pages, parse_rfc3339, parse_utc_seconds,
-};
-use crate::peer::Comm;
+use super::{CappedSet, InlineItem, PeerRecord, advise_huge_pages};
+use crate::{peer::Comm, time::UnixTime};
 
 /// A checkpoint as read by the fast path.
 #[derive(Debug)]
@@ -287,8 +285,8 @@ impl<R: io::Read> Cursor<R> {
     }
 
     fn time(&mut self) -> Option<u64> {
-        // parse_rfc3339 tries netmon's own form first.
-        parse_rfc3339(self.string()?).ok()
+        // The general parser tries netmon's own form first.
+        self.string()?.parse().ok().map(UnixTime::secs)
     }
 
     fn ip(&mut self) -> Option<Ipv4Addr> {
@@ -302,9 +300,9 @@ impl<R: io::Read> Cursor<R> {
         if quoted[0] != b'"' || quoted[21] != b'"' {
             return None;
         }
-        let secs = parse_utc_seconds(&quoted[1..21])?;
+        let time = UnixTime::parse_exact(&quoted[1..21])?;
         self.at += 22;
-        Some(secs)
+        Some(time.secs())
     }
 
     fn list<T: InlineItem + Ord + Copy>(

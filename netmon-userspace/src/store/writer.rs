@@ -6,13 +6,10 @@
 //! a reused buffer: numbers by hand, times from a small cache (peers seen
 //! in the same second share one), strings escaped only where they can need
 //! it (process names).
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::net::Ipv4Addr;
 
 use super::{CappedSet, InlineItem, PeerRecord};
-use crate::peer::Comm;
+use crate::{peer::Comm, time::UnixTime};
 
 /// Builds one peer's JSON object at a time.
 pub(super) struct LineWriter {
@@ -139,8 +136,7 @@ impl TimeCache {
     fn get(&mut self, secs: u64) -> &[u8; 20] {
         let slot = &mut self.slots[(secs % Self::SLOTS as u64) as usize];
         if slot.0 != secs {
-            let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
-                .to_string();
+            let text = UnixTime::from_secs(secs).to_string();
             slot.1.copy_from_slice(&text.as_bytes()[..20]);
             slot.0 = secs;
         }
