@@ -65,8 +65,8 @@ mod tests {
             outbound: counts.0,
             inbound: counts.1,
             remote_ports: ports.iter().copied().collect(),
-            local_ports: Default::default(),
             processes: Comm::from_name(process).into_iter().collect(),
+            ..PeerRecord::default()
         };
         record.local_ports.insert(22);
         record
