@@ -62,6 +62,7 @@ impl Codec for Time {
     type Value = u64;
     type Serde = UnixTime;
 
+    #[inline]
     fn write(value: &u64, line: &mut LineWriter) {
         line.time(*value);
     }
@@ -82,6 +83,7 @@ impl Codec for Count {
     type Value = u64;
     type Serde = u64;
 
+    #[inline]
     fn write(value: &u64, line: &mut LineWriter) {
         line.u64(*value);
     }
@@ -98,6 +100,7 @@ impl Codec for Ports {
     type Value = CappedSet<u16>;
     type Serde = CappedIn<u16, u16>;
 
+    #[inline]
     fn write(value: &CappedSet<u16>, line: &mut LineWriter) {
         line.list(value, |line, port| line.u64(u64::from(port)));
     }
@@ -114,6 +117,7 @@ impl Codec for Processes {
     type Value = CappedSet<Comm>;
     type Serde = CappedIn<ProcessName, Comm>;
 
+    #[inline]
     fn write(value: &CappedSet<Comm>, line: &mut LineWriter) {
         line.list(value, LineWriter::comm);
     }

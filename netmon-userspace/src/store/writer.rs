@@ -47,7 +47,9 @@ pub fn write_checkpoint(
 }
 
 /// Builds one peer's JSON object at a time; the [`schema::Codec`]s write
-/// their values through it.
+/// their values through it. Its primitives are `#[inline]`: they are called
+/// from the schema's module, once or more per field of every peer, and a
+/// call each costs the writer as much as the line's own work.
 pub(super) struct LineWriter {
     line: Vec<u8>,
     times: TimeCache,
@@ -69,33 +71,43 @@ impl LineWriter {
     }
 
     /// Bytes that are already JSON.
+    #[inline]
     pub(super) fn raw(&mut self, bytes: &[u8]) {
         self.line.extend_from_slice(bytes);
     }
 
+    #[inline]
     pub(super) fn u64(&mut self, value: u64) {
         self.line.extend_from_slice(decimal(value, &mut [0; 20]));
     }
 
-    /// An address as a JSON string.
+    /// An address as a JSON string, assembled on the stack and copied into
+    /// the line once.
+    #[inline]
     pub(super) fn ip(&mut self, ip: Ipv4Addr) {
-        self.line.push(b'"');
+        let mut text = [0u8; "\"255.255.255.255\"".len()];
+        text[0] = b'"';
+        let (mut len, mut digits) = (1, [0; 20]);
         for (index, octet) in ip.octets().into_iter().enumerate() {
             if index > 0 {
-                self.line.push(b'.');
+                text[len] = b'.';
+                len += 1;
             }
-            self.u64(u64::from(octet));
+            let digits = decimal(u64::from(octet), &mut digits);
+            text[len..len + digits.len()].copy_from_slice(digits);
+            len += digits.len();
         }
-        self.line.push(b'"');
+        text[len] = b'"';
+        self.line.extend_from_slice(&text[..=len]);
     }
 
     /// A time as a JSON string, in RFC 3339.
+    #[inline]
     pub(super) fn time(&mut self, secs: u64) {
-        self.line.push(b'"');
         self.line.extend_from_slice(self.times.get(secs));
-        self.line.push(b'"');
     }
 
+    #[inline(always)]
     pub(super) fn list<T: InlineItem + Ord + Copy>(
         &mut self,
         list: &CappedSet<T>,
@@ -113,6 +125,7 @@ impl LineWriter {
 
     /// A process name as a JSON string (lossily decoded, as `Comm`
     /// displays).
+    #[inline]
     pub(super) fn comm(&mut self, comm: Comm) {
         let line = &mut self.line;
         line.push(b'"');
@@ -150,10 +163,11 @@ pub(crate) fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
     &digits[at..]
 }
 
-/// RFC 3339 texts of recent seconds, direct-mapped: most peers of a
-/// checkpoint were first and last seen in a few thousand distinct seconds.
+/// Recent seconds as JSON strings of RFC 3339, direct-mapped: most peers
+/// of a checkpoint were first and last seen in a few thousand distinct
+/// seconds.
 struct TimeCache {
-    slots: Box<[(u64, [u8; 20])]>,
+    slots: Box<[(u64, [u8; 22])]>,
 }
 
 impl TimeCache {
@@ -161,15 +175,18 @@ impl TimeCache {
 
     fn new() -> Self {
         Self {
-            slots: vec![(u64::MAX, [0; 20]); Self::SLOTS].into_boxed_slice(),
+            slots: vec![(u64::MAX, [0; 22]); Self::SLOTS].into_boxed_slice(),
         }
     }
 
-    fn get(&mut self, secs: u64) -> &[u8; 20] {
+    /// `"YYYY-MM-DDTHH:MM:SSZ"`, quotes included.
+    fn get(&mut self, secs: u64) -> &[u8; 22] {
         let slot = &mut self.slots[(secs % Self::SLOTS as u64) as usize];
         if slot.0 != secs {
             let text = UnixTime::from_secs(secs).to_string();
-            slot.1.copy_from_slice(&text.as_bytes()[..20]);
+            slot.1[0] = b'"';
+            slot.1[1..21].copy_from_slice(&text.as_bytes()[..20]);
+            slot.1[21] = b'"';
             slot.0 = secs;
         }
         &slot.1
