@@ -9,12 +9,11 @@
 use std::{
     io::{self, Write as _},
     net::Ipv4Addr,
-    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::{Serialize, Serializer};
 
-use crate::{classify::Class, peer::Comm, peer::Direction};
+use crate::{classify::Class, peer::Comm, peer::Direction, time::UnixTime};
 
 /// How `--follow` writes its lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +27,7 @@ pub enum LineFormat {
 /// A peer seen in a direction for the first time.
 #[derive(Debug, Serialize)]
 pub struct Sighting<'a> {
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "UnixTime::serialize_secs")]
     pub time: u64,
     pub host: &'a str,
     pub ip: Ipv4Addr,
@@ -41,16 +40,8 @@ pub struct Sighting<'a> {
     pub process: Option<Comm>,
 }
 
-fn rfc3339<S: Serializer>(secs: &u64, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&time(*secs))
-}
-
 fn direction<S: Serializer>(direction: &Direction, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(direction.as_str())
-}
-
-fn time(secs: u64) -> humantime::Rfc3339Timestamp {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// Writes sightings to stdout in one format.
@@ -86,7 +77,7 @@ fn write_line(out: &mut impl io::Write, format: LineFormat, s: &Sighting<'_>) ->
             writeln!(
                 out,
                 "{} {:<3} {:<15} {:<13} {:>5} {process}",
-                time(s.time),
+                UnixTime::from_secs(s.time),
                 s.direction.as_str(),
                 s.ip.to_string(),
                 s.class.as_str(),

@@ -11,6 +11,7 @@
 //! - [`ebpf`]: loading the programs, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
+//! - [`time`]: times as netmon records and writes them;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
 //! - [`cli`]: the command line, converted into the plain types above; no
 //!   other module knows clap.
@@ -29,3 +30,4 @@ pub mod procnet;
 pub mod report;
 pub mod rules;
 pub mod store;
+pub mod time;

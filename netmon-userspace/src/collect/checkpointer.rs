@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Instant};
 use log::{info, warn};
 
 use super::recorder::Recorder;
-use crate::store;
+use crate::{store, time::UnixTime};
 
 /// Where checkpoints go, and what they say besides the peers.
 pub struct Checkpointer {
@@ -41,7 +41,7 @@ impl Checkpointer {
         let snapshot = recorder.snapshot_with_lost_events(self.lost_before + lost);
         let started = Instant::now();
         let written =
-            store::write_checkpoint(&self.output, snapshot, &self.host, store::unix_now());
+            store::write_checkpoint(&self.output, snapshot, &self.host, UnixTime::now().secs());
         recorder
             .observers()
             .checkpointed(written.is_ok(), started.elapsed(), lost);

@@ -8,7 +8,7 @@ use super::{RunConfig, ladder::Attached, recorder::Recorder};
 use crate::{
     ebpf::EbpfCollector,
     procnet::{self, ProcCollector, Scanner},
-    store,
+    time::UnixTime,
 };
 
 /// Where connections come from (boxed: one per run, and either is large).
@@ -79,7 +79,7 @@ impl Collector {
             return 0;
         };
         drain(ebpf, recorder);
-        let now = store::unix_now();
+        let now = UnixTime::now().secs();
         if let Err(err) = ebpf.harvest(|conn, connections| recorder.record(conn, connections, now))
         {
             warn!("{err:#}");
@@ -131,7 +131,7 @@ async fn ebpf_ready(ebpf: &mut EbpfCollector) -> anyhow::Result<()> {
 
 /// Folds every waiting event into the set.
 fn drain(ebpf: &mut EbpfCollector, recorder: &mut Recorder) {
-    let now = store::unix_now();
+    let now = UnixTime::now().secs();
     let malformed = ebpf.drain(|conn, connections| recorder.record(conn, connections, now));
     if malformed > 0 {
         warn!("{malformed} records were not events: eBPF object and binary mismatch?");

@@ -31,7 +31,7 @@ use super::{Destroyed, Liveness, Scanner};
 use crate::{
     ebpf::events::{BATCH, register},
     peer::Connection,
-    store,
+    time::UnixTime,
 };
 
 /// The socket tables of proc mode, and what it hears between polls.
@@ -128,7 +128,7 @@ impl ProcCollector {
     /// read first (see the module's ordering rules).
     fn poll(&mut self, record: &mut impl FnMut(&Connection, u64, u64)) -> io::Result<()> {
         self.fold_destroyed(record);
-        let now = store::unix_now();
+        let now = UnixTime::now().secs();
         self.scanner
             .scan(|conn, liveness| record(conn, counts(liveness), now))
     }
@@ -138,7 +138,7 @@ impl ProcCollector {
         let Some(destroyed) = &mut self.destroyed else {
             return;
         };
-        let now = store::unix_now();
+        let now = UnixTime::now().secs();
         if let Err(err) = self
             .scanner
             .destroyed(destroyed.get_mut(), |conn, liveness| {
@@ -160,7 +160,7 @@ pub fn startup_scan(
     record: &mut impl FnMut(&Connection, u64, u64),
 ) -> anyhow::Result<()> {
     info!("socket tables: {}", scanner.describe());
-    let now = store::unix_now();
+    let now = UnixTime::now().secs();
     scanner
         .scan(|conn, liveness| {
             if liveness == Liveness::Open {

@@ -83,7 +83,7 @@ impl Changes<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{report::tests::inputs, store};
+    use crate::{report::tests::inputs, time::UnixTime};
 
     fn changes(base: &[u8], new: &[u8]) -> (String, ExitCode) {
         let sets = DiffSets {
@@ -129,6 +129,9 @@ mod tests {
         assert_eq!(value["new"][0]["direction"], "in");
         assert_eq!(value["gone"][0]["class"], "private");
         assert_eq!(value["gone"][0]["direction"], "out");
-        assert_eq!(value["gone"][0]["last_seen"], store::rfc3339(100));
+        assert_eq!(
+            value["gone"][0]["last_seen"],
+            UnixTime::from_secs(100).to_string()
+        );
     }
 }

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use log::info;
 
 use super::Sources;
-use crate::store::{self, Snapshot};
+use crate::{
+    store::{self, Snapshot},
+    time::UnixTime,
+};
 
 /// What `netmon merge` combines, and where to.
 #[derive(Clone, Debug)]
@@ -27,7 +30,11 @@ pub fn merge(request: &MergeRequest) -> anyhow::Result<()> {
         },
         ..merged
     };
-    let bytes = store::to_json(&snapshot, &merged_host(&sources.hosts), store::unix_now())?;
+    let bytes = store::to_json(
+        &snapshot,
+        &merged_host(&sources.hosts),
+        UnixTime::now().secs(),
+    )?;
     store::write_atomically(&request.output, &bytes)?;
     info!(
         "{}: {} peers from {} files",
@@ -64,8 +71,8 @@ mod tests {
             outbound: counts.0,
             inbound: counts.1,
             remote_ports: ports.iter().copied().collect(),
-            local_ports: Default::default(),
             processes: Comm::from_name(process).into_iter().collect(),
+            ..PeerRecord::default()
         };
         record.local_ports.insert(22);
         record

@@ -29,6 +29,7 @@ use crate::{
     classify::Class,
     peer::Direction,
     store::{self, FileFormat, PeerRecord, Snapshot},
+    time::UnixTime,
 };
 
 /// How a report prints peers.
@@ -276,7 +277,7 @@ pub struct ListRequest {
 /// `netmon list`.
 pub fn list(request: &ListRequest, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let inputs = Inputs::load(&request.files)?;
-    let peers = request.filter.select(&inputs, store::unix_now());
+    let peers = request.filter.select(&inputs, UnixTime::now().secs());
     Listing::peers(&peers, inputs.detail()).write(out, request.format)?;
     Ok(())
 }
@@ -293,8 +294,8 @@ mod tests {
             .map(|(ip, outbound, inbound, last_seen)| {
                 serde_json::json!({
                     "ip": ip,
-                    "first_seen": store::rfc3339(last_seen / 2),
-                    "last_seen": store::rfc3339(*last_seen),
+                    "first_seen": UnixTime::from_secs(last_seen / 2).to_string(),
+                    "last_seen": UnixTime::from_secs(*last_seen).to_string(),
                     "outbound": outbound,
                     "inbound": inbound,
                     "remote_ports": if *outbound > 0 { vec![443] } else { vec![] },
@@ -304,7 +305,7 @@ mod tests {
             })
             .collect();
         serde_json::to_vec(&serde_json::json!({
-            "version": 1, "host": "h1", "updated": store::rfc3339(0), "peers": peers,
+            "version": 1, "host": "h1", "updated": UnixTime::from_secs(0).to_string(), "peers": peers,
         }))
         .unwrap()
     }

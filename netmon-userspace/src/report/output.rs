@@ -6,7 +6,6 @@ use std::{
     fmt::Write as _,
     io::{self, Write},
     net::Ipv4Addr,
-    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::{Serialize, Serializer};
@@ -19,6 +18,7 @@ use crate::{
     classify::Class,
     peer::Comm,
     store::{CappedSet, InlineItem, PeerRecord, decimal},
+    time::UnixTime,
 };
 
 /// Which side of a diff a peer is on.
@@ -261,11 +261,7 @@ fn push_ip(out: &mut String, ip: Ipv4Addr) {
 
 fn push_time(out: &mut String, secs: u64) {
     // Writing to a String cannot fail.
-    let _ = write!(out, "{}", unix_time(secs));
-}
-
-fn unix_time(secs: u64) -> humantime::Rfc3339Timestamp {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
+    let _ = write!(out, "{}", UnixTime::from_secs(secs));
 }
 
 fn push_list<T: InlineItem + Ord + Copy>(
@@ -348,10 +344,8 @@ impl<'a> JsonPeer<'a> {
 struct JsonRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     direction: Option<&'static str>,
-    #[serde(serialize_with = "rfc3339")]
-    first_seen: u64,
-    #[serde(serialize_with = "rfc3339")]
-    last_seen: u64,
+    first_seen: UnixTime,
+    last_seen: UnixTime,
     outbound: u64,
     inbound: u64,
     #[serde(serialize_with = "sequence")]
@@ -366,8 +360,8 @@ impl<'a> JsonRecord<'a> {
     fn new(record: &'a PeerRecord) -> Self {
         Self {
             direction: record.directions().as_str(),
-            first_seen: record.first_seen,
-            last_seen: record.last_seen,
+            first_seen: UnixTime::from_secs(record.first_seen),
+            last_seen: UnixTime::from_secs(record.last_seen),
             outbound: record.outbound,
             inbound: record.inbound,
             remote_ports: &record.remote_ports,
@@ -375,10 +369,6 @@ impl<'a> JsonRecord<'a> {
             processes: &record.processes,
         }
     }
-}
-
-fn rfc3339<S: Serializer>(secs: &u64, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&unix_time(*secs))
 }
 
 fn sequence<S: Serializer, T: Serialize + InlineItem + Ord + Copy>(

@@ -5,7 +5,7 @@ use super::{
     Detail, Filter, Inputs, Peer,
     table::{self, Align, Column, Owned},
 };
-use crate::{classify::Class, peer::Comm, store};
+use crate::{classify::Class, peer::Comm, time::UnixTime};
 
 /// What `netmon stats` counts.
 #[derive(Clone, Debug)]
@@ -19,7 +19,7 @@ pub struct StatsRequest {
 
 pub fn stats(request: &StatsRequest, out: &mut impl Write) -> anyhow::Result<()> {
     let inputs = Inputs::load(&request.files)?;
-    let peers = request.filter.select(&inputs, store::unix_now());
+    let peers = request.filter.select(&inputs, UnixTime::now().secs());
     let detail = inputs.detail();
     let top = request.top;
     writeln!(

@@ -21,7 +21,7 @@ use crate::{
     classify::Cidr,
     peer::Direction,
     report::{Filter, Inputs},
-    store,
+    time::UnixTime,
 };
 
 /// The firewall tool a script is for.
@@ -166,7 +166,7 @@ pub struct RulesRequest {
 /// `netmon rules`.
 pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()> {
     let inputs = Inputs::load(&request.files)?;
-    let peers = request.filter.select(&inputs, store::unix_now());
+    let peers = request.filter.select(&inputs, UnixTime::now().secs());
     ensure!(
         !peers.is_empty(),
         "no peers match{}{}: rules allowing nobody would block everything",

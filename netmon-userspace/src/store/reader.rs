@@ -1,12 +1,13 @@
 //! The checkpoint's load path, by hand: the mirror of [`super::writer`].
 //!
-//! Through serde a peer cost about a microsecond (the field-name matching
-//! and visitor machinery for each of eight fields), and the whole file had
-//! to be in memory first: loading a million-peer checkpoint (about 180 MB)
-//! took well over a second, most of it faulting in and copying memory.
-//! This parser streams the file through a small buffer that stays in the
-//! CPU's cache, knows the checkpoint's schema, and reads a peer written in
-//! netmon's own layout by comparing its field names whole.
+//! Through serde a peer costs the field-name matching and visitor
+//! machinery of each of its fields, and the whole file must be in memory
+//! first; for a large file most of the time went to faulting in and
+//! copying memory. This parser streams the file through a small buffer
+//! that stays in the CPU's cache, and [`super::schema`] reads a peer
+//! written in netmon's own layout by comparing its field names whole.
+//! [`Cursor`] holds the window and reads the pieces of JSON the schema's
+//! values are made of.
 //!
 //! It never decides what is valid. Anything outside the plain subset
 //! netmon writes (an escape in a string, a field it does not know, a
@@ -22,19 +23,10 @@ use std::{
 };
 
 use super::{
-    CappedSet, InlineItem, PeerRecord, advise_huge_pages, parse_rfc3339, parse_utc_seconds,
+    CappedSet, InlineItem, PeerRecord, advise_huge_pages,
+    schema::{self, Checkpoint},
 };
-use crate::peer::Comm;
-
-/// A checkpoint as read by the fast path.
-#[derive(Debug)]
-pub(super) struct Checkpoint {
-    pub version: u64,
-    pub host: String,
-    pub mode: Option<String>,
-    pub lost_events: u64,
-    pub peers: Vec<(Ipv4Addr, PeerRecord)>,
-}
+use crate::time::UnixTime;
 
 /// Parses a whole checkpoint from `source` (`size_hint` bytes long, if
 /// known): `Ok(None)` to say "ask serde", an error only when reading fails.
@@ -52,7 +44,7 @@ pub(super) fn checkpoint(source: impl io::Read, size_hint: u64) -> io::Result<Op
         size_hint,
         mark: None,
     };
-    let parsed = cursor.checkpoint();
+    let parsed = schema::read_checkpoint(&mut cursor);
     match cursor.error {
         Some(err) => Err(err),
         None => Ok(parsed),
@@ -60,7 +52,7 @@ pub(super) fn checkpoint(source: impl io::Read, size_hint: u64) -> io::Result<Op
 }
 
 /// Bytes read from the file at a time.
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 /// Bytes kept ahead of the parser: a value longer than this (nothing
 /// netmon writes comes close) sends the file to serde.
 const AHEAD: usize = 256 << 10;
@@ -69,26 +61,8 @@ const AHEAD: usize = 256 << 10;
 /// this many bytes a peer means it is rarely copied while it grows.
 const BYTES_PER_PEER: u64 = 160;
 
-const HEADER_KEYS: &[&[u8]] = &[
-    b"version",
-    b"host",
-    b"updated",
-    b"mode",
-    b"lost_events",
-    b"peers",
-];
-const PEER_KEYS: &[&[u8]] = &[
-    b"ip",
-    b"first_seen",
-    b"last_seen",
-    b"outbound",
-    b"inbound",
-    b"remote_ports",
-    b"local_ports",
-    b"processes",
-];
-
-struct Cursor<R> {
+/// A window on the file and the parser's place in it.
+pub(super) struct Cursor<R> {
     source: R,
     /// The window of the file being parsed.
     buffer: Vec<u8>,
@@ -104,33 +78,6 @@ struct Cursor<R> {
 }
 
 impl<R: io::Read> Cursor<R> {
-    fn checkpoint(&mut self) -> Option<Checkpoint> {
-        let mut fields = Fields::default();
-        let (mut version, mut host, mut mode, mut lost_events, mut peers) =
-            (None, None, None, 0, None);
-        self.object(HEADER_KEYS, |cursor, key| {
-            match fields.once(key)? {
-                0 => version = Some(cursor.u64()?),
-                1 => host = Some(cursor.string()?.to_owned()),
-                2 => {
-                    cursor.string()?;
-                }
-                3 => mode = cursor.nullable(|cursor| cursor.string().map(str::to_owned))?,
-                4 => lost_events = cursor.u64()?,
-                _ => peers = Some(cursor.peers()?),
-            }
-            Some(())
-        })?;
-        self.end()?;
-        Some(Checkpoint {
-            version: version?,
-            host: host?,
-            mode,
-            lost_events,
-            peers: peers?,
-        })
-    }
-
     /// Keeps at least [`AHEAD`] bytes ahead of the parser, unless the file
     /// ends sooner. Moves the unread rest to the front first, so the buffer
     /// stays small and hot in the cache.
@@ -177,13 +124,13 @@ impl<R: io::Read> Cursor<R> {
     }
 
     /// Nothing but whitespace is left.
-    fn end(&mut self) -> Option<()> {
+    pub(super) fn end(&mut self) -> Option<()> {
         self.peek().is_none().then_some(())
     }
 
     /// `{ "key": value, ... }` where every key is one of `keys`: hands the
     /// key's index to `field`, which must read the value.
-    fn object(
+    pub(super) fn object(
         &mut self,
         keys: &[&[u8]],
         mut field: impl FnMut(&mut Self, usize) -> Option<()>,
@@ -244,12 +191,15 @@ impl<R: io::Read> Cursor<R> {
         Some(&self.buffer[self.at - len - 1..self.at - 1])
     }
 
-    fn string(&mut self) -> Option<&str> {
+    pub(super) fn string(&mut self) -> Option<&str> {
         std::str::from_utf8(self.raw_string()?).ok()
     }
 
     /// `null`, or what `value` reads.
-    fn nullable<T>(&mut self, value: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+    pub(super) fn nullable<T>(
+        &mut self,
+        value: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<Option<T>> {
         if self.peek()? == b'n' {
             self.literal(b"null")?;
             return Some(None);
@@ -258,7 +208,7 @@ impl<R: io::Read> Cursor<R> {
     }
 
     /// The next bytes are `literal` (no whitespace skipped): consumed.
-    fn literal(&mut self, literal: &[u8]) -> Option<()> {
+    pub(super) fn literal(&mut self, literal: &[u8]) -> Option<()> {
         self.buffer[self.at..]
             .starts_with(literal)
             .then(|| self.at += literal.len())
@@ -266,7 +216,7 @@ impl<R: io::Read> Cursor<R> {
 
     /// A plain unsigned integer: digits only, no leading zero, no sign,
     /// fraction or exponent, and within u64.
-    fn u64(&mut self) -> Option<u64> {
+    pub(super) fn u64(&mut self) -> Option<u64> {
         self.peek()?;
         let rest = &self.buffer[self.at..];
         let len = rest
@@ -286,28 +236,28 @@ impl<R: io::Read> Cursor<R> {
         Some(value)
     }
 
-    fn time(&mut self) -> Option<u64> {
-        // parse_rfc3339 tries netmon's own form first.
-        parse_rfc3339(self.string()?).ok()
+    pub(super) fn time(&mut self) -> Option<u64> {
+        // The general parser tries netmon's own form first.
+        self.string()?.parse().ok().map(UnixTime::secs)
     }
 
-    fn ip(&mut self) -> Option<Ipv4Addr> {
+    pub(super) fn ip(&mut self) -> Option<Ipv4Addr> {
         parse_ipv4(self.raw_string()?)
     }
 
     /// A time in exactly the form netmon writes (`"YYYY-MM-DDTHH:MM:SSZ"`,
     /// no whitespace before it), without scanning for its end.
-    fn written_time(&mut self) -> Option<u64> {
+    pub(super) fn written_time(&mut self) -> Option<u64> {
         let quoted = self.buffer.get(self.at..self.at + 22)?;
         if quoted[0] != b'"' || quoted[21] != b'"' {
             return None;
         }
-        let secs = parse_utc_seconds(&quoted[1..21])?;
+        let time = UnixTime::parse_exact(&quoted[1..21])?;
         self.at += 22;
-        Some(secs)
+        Some(time.secs())
     }
 
-    fn list<T: InlineItem + Ord + Copy>(
+    pub(super) fn list<T: InlineItem + Ord + Copy>(
         &mut self,
         mut item: impl FnMut(&mut Self) -> Option<Option<T>>,
     ) -> Option<CappedSet<T>> {
@@ -321,15 +271,7 @@ impl<R: io::Read> Cursor<R> {
         Some(set)
     }
 
-    fn port(&mut self) -> Option<Option<u16>> {
-        u16::try_from(self.u64()?).ok().map(Some)
-    }
-
-    fn process(&mut self) -> Option<Option<Comm>> {
-        self.string().map(Comm::from_name)
-    }
-
-    fn peers(&mut self) -> Option<Vec<(Ipv4Addr, PeerRecord)>> {
+    pub(super) fn peers(&mut self) -> Option<Vec<(Ipv4Addr, PeerRecord)>> {
         let expected = usize::try_from(self.size_hint / BYTES_PER_PEER).unwrap_or(0);
         let mut peers = Vec::with_capacity(expected);
         advise_huge_pages(peers.spare_capacity_mut());
@@ -346,80 +288,27 @@ impl<R: io::Read> Cursor<R> {
     fn peer(&mut self) -> Option<(Ipv4Addr, PeerRecord)> {
         self.peek()?;
         self.mark = Some(self.at);
-        let peer = self.written_peer();
+        let peer = schema::read_written_peer(self);
         let start = self.mark.take()?;
         if peer.is_some() {
             return peer;
         }
         self.at = start;
-        self.any_peer()
-    }
-
-    /// A peer exactly as netmon writes it: fields in order, no whitespace.
-    fn written_peer(&mut self) -> Option<(Ipv4Addr, PeerRecord)> {
-        self.literal(b"{\"ip\":")?;
-        let ip = self.ip()?;
-        self.literal(b",\"first_seen\":")?;
-        let first_seen = self.written_time()?;
-        self.literal(b",\"last_seen\":")?;
-        let last_seen = self.written_time()?;
-        self.literal(b",\"outbound\":")?;
-        let outbound = self.u64()?;
-        self.literal(b",\"inbound\":")?;
-        let inbound = self.u64()?;
-        self.literal(b",\"remote_ports\":")?;
-        let remote_ports = self.list(Self::port)?;
-        self.literal(b",\"local_ports\":")?;
-        let local_ports = self.list(Self::port)?;
-        self.literal(b",\"processes\":")?;
-        let processes = self.list(Self::process)?;
-        self.literal(b"}")?;
-        let record = PeerRecord {
-            first_seen,
-            last_seen,
-            outbound,
-            inbound,
-            remote_ports,
-            local_ports,
-            processes,
-        };
-        Some((ip, record))
-    }
-
-    fn any_peer(&mut self) -> Option<(Ipv4Addr, PeerRecord)> {
-        let mut fields = Fields::default();
-        let (mut ip, mut first_seen, mut last_seen, mut outbound, mut inbound) =
-            (None, None, None, None, None);
-        let mut record = PeerRecord::new(0);
-        self.object(PEER_KEYS, |cursor, key| {
-            match fields.once(key)? {
-                0 => ip = Some(cursor.ip()?),
-                1 => first_seen = Some(cursor.time()?),
-                2 => last_seen = Some(cursor.time()?),
-                3 => outbound = Some(cursor.u64()?),
-                4 => inbound = Some(cursor.u64()?),
-                5 => record.remote_ports = cursor.list(Self::port)?,
-                6 => record.local_ports = cursor.list(Self::port)?,
-                _ => record.processes = cursor.list(Self::process)?,
-            }
-            Some(())
-        })?;
-        record.first_seen = first_seen?;
-        record.last_seen = last_seen?;
-        record.outbound = outbound?;
-        record.inbound = inbound?;
-        Some((ip?, record))
+        schema::read_any_peer(self)
     }
 }
 
 /// Which fields of one object have been read: serde rejects a repeated
 /// field, so the fast path must not quietly take the last one.
 #[derive(Default)]
-struct Fields(u16);
+pub(super) struct Fields(u32);
 
 impl Fields {
+    /// Keys an object may have.
+    pub(super) const MAX: usize = u32::BITS as usize;
+
     /// `key` back, or `None` if it was read before.
-    fn once(&mut self, key: usize) -> Option<usize> {
+    pub(super) fn once(&mut self, key: usize) -> Option<usize> {
         let mask = 1 << key;
         if self.0 & mask != 0 {
             return None;
@@ -482,158 +371,5 @@ mod tests {
                 "{text}"
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod agreement {
-    //! The fast reader against serde, on files in netmon's layout and on
-    //! every way a valid file can leave it.
-    use super::super::{Snapshot, parse, parse_with_serde, to_json};
-
-    fn json(snapshot: &Snapshot) -> Vec<u8> {
-        to_json(snapshot, "h", 1_700_000_000).unwrap()
-    }
-
-    /// `bytes` parse the same on both paths (both fail, or both give the
-    /// same set), and the fast reader took them in if `fast` says so.
-    fn agree(bytes: &[u8], fast: Option<bool>) {
-        let took = super::checkpoint(bytes, bytes.len() as u64)
-            .unwrap()
-            .is_some();
-        if let Some(fast) = fast {
-            assert_eq!(
-                took,
-                fast,
-                "fast path on {}",
-                String::from_utf8_lossy(bytes)
-            );
-        }
-        match (parse(bytes, 0), parse_with_serde(bytes, 0)) {
-            (Ok((a, _)), Ok((b, _))) => assert_eq!(json(&a), json(&b)),
-            (Err(_), Err(_)) => {}
-            (a, b) => panic!(
-                "paths disagree on {}: {:?} vs {:?}",
-                String::from_utf8_lossy(bytes),
-                a.map(|_| ()),
-                b.map(|_| ())
-            ),
-        }
-    }
-
-    const PEER: &str = r#"{"ip":"10.0.0.1","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-02T00:00:00Z","outbound":3,"inbound":0,"remote_ports":[443,80],"local_ports":[],"processes":["curl"]}"#;
-
-    fn file(peers: &str) -> String {
-        format!(
-            r#"{{"version":1,"host":"h","updated":"2026-01-02T00:00:00Z","mode":"tracepoint","lost_events":2,"peers":[{peers}]}}"#
-        )
-    }
-
-    #[test]
-    fn netmon_layout_takes_the_fast_path() {
-        agree(file(PEER).as_bytes(), Some(true));
-        agree(file("").as_bytes(), Some(true));
-        let two = format!("\n{PEER},\n{}\n", PEER.replace("10.0.0.1", "10.0.0.2"));
-        agree(file(&two).as_bytes(), Some(true));
-    }
-
-    #[test]
-    fn other_valid_forms_agree() {
-        let pretty = serde_json::to_string_pretty(
-            &serde_json::from_str::<serde_json::Value>(&file(PEER)).unwrap(),
-        )
-        .unwrap();
-        agree(pretty.as_bytes(), Some(true));
-        // Fields in another order, lists left out, a null mode.
-        let reordered = r#"{"ip":"10.0.0.1","outbound":3,"inbound":0,"last_seen":"2026-01-02T01:00:00Z","first_seen":"2026-01-01T00:00:00Z"}"#;
-        agree(file(reordered).as_bytes(), Some(true));
-        agree(
-            file(PEER).replace("\"tracepoint\"", "null").as_bytes(),
-            Some(true),
-        );
-        // Times in other forms go through the general time parser.
-        agree(
-            file(&PEER.replace("01T00:00:00Z", "01 00:00:00Z")).as_bytes(),
-            None,
-        );
-        agree(
-            file(&PEER.replace("01T00:00:00Z", "01T01:00:00+01:00")).as_bytes(),
-            None,
-        );
-        // Left to serde: an escape, an unknown field, a repeated field.
-        agree(
-            file(&PEER.replace("curl", "cu\\u0072l")).as_bytes(),
-            Some(false),
-        );
-        agree(
-            file(&PEER.replace("\"inbound\"", "\"x\":1,\"inbound\"")).as_bytes(),
-            Some(false),
-        );
-        agree(
-            file(&PEER.replace("\"inbound\":0", "\"inbound\":0,\"inbound\":1")).as_bytes(),
-            Some(false),
-        );
-        agree(
-            file(PEER)
-                .replace("\"version\":1", "\"version\":1.0")
-                .as_bytes(),
-            Some(false),
-        );
-    }
-
-    #[test]
-    fn invalid_files_fail_on_both_paths() {
-        for bad in [
-            file(PEER).replace("\"version\":1", "\"version\":2"),
-            file(&PEER.replace("10.0.0.1", "10.0.0.256")),
-            file(&PEER.replace("10.0.0.1", "010.0.0.1")),
-            file(&PEER.replace("443", "65536")),
-            file(&PEER.replace(":3,", ":-3,")),
-            file(&PEER.replace(":3,", ":03,")),
-            file(&PEER.replace("2026-01-01T00", "2026-13-01T00")),
-            file(PEER).replace("\"host\":\"h\",", ""),
-            format!("{} x", file(PEER)),
-            file(PEER)[..100].to_owned(),
-            "{}".to_owned(),
-        ] {
-            agree(bad.as_bytes(), None);
-            assert!(parse(bad.as_bytes(), 0).is_err(), "{bad}");
-        }
-        agree(&[b'{', 0xff, b'}'], Some(false));
-    }
-
-    /// A reader that hands out a few bytes per call.
-    struct Trickle<'a>(&'a [u8]);
-
-    impl std::io::Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = buf.len().min(self.0.len()).min(997);
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
-    }
-
-    #[test]
-    fn peers_across_buffer_refills_are_read_whole() {
-        // Several megabytes, every third peer in a layout the fast path has
-        // to rewind from, so rewinds land on refills too.
-        let peers: Vec<String> = (0..40_000u32)
-            .map(|i| {
-                let peer = PEER.replace("10.0.0.1", &std::net::Ipv4Addr::from(i).to_string());
-                if i % 3 == 0 {
-                    peer.replace(',', ", ")
-                } else {
-                    peer
-                }
-            })
-            .collect();
-        let text = file(&peers.join(",\n"));
-        assert!(text.len() > 3 * super::CHUNK);
-        let fast = super::checkpoint(Trickle(text.as_bytes()), 0)
-            .unwrap()
-            .unwrap();
-        assert_eq!(fast.peers.len(), 40_000);
-        agree(text.as_bytes(), Some(true));
     }
 }

@@ -1,20 +1,55 @@
-//! The checkpoint's hot loop: one JSON line per peer, written by hand.
+//! Writing a checkpoint: the header, then one line a peer, assembled by
+//! hand.
 //!
-//! With serde each peer cost about a microsecond (formatting machinery for
-//! numbers and times, escaping scans of every field name), which made a
-//! million-peer checkpoint take over a second. Here a line is assembled in
-//! a reused buffer: numbers by hand, times from a small cache (peers seen
-//! in the same second share one), strings escaped only where they can need
-//! it (process names).
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, UNIX_EPOCH},
-};
+//! Through serde each peer paid for formatting machinery for numbers and
+//! times and for escaping scans of every field name. Here a line is
+//! assembled in a reused buffer from [`super::schema`]'s field list:
+//! numbers by hand, times from a small cache (peers seen in the same second
+//! share one), strings escaped only where they can need it (process names).
+use std::{io, net::Ipv4Addr, path::Path};
 
-use super::{CappedSet, InlineItem, PeerRecord};
-use crate::peer::Comm;
+use super::{CappedSet, InlineItem, PeerRecord, Snapshot, atomic, schema};
+use crate::{peer::Comm, time::UnixTime};
 
-/// Builds one peer's JSON object at a time.
+/// Writes a snapshot as a version 1 checkpoint: the header, then one peer
+/// per line (readable, diffable, and quick to write).
+pub fn write_json(
+    out: &mut impl io::Write,
+    snapshot: &Snapshot,
+    host: &str,
+    now: u64,
+) -> io::Result<()> {
+    schema::write_header(out, snapshot, host, now)?;
+    let mut lines = LineWriter::new();
+    for (index, (ip, record)) in snapshot.peers.iter().enumerate() {
+        out.write_all(if index == 0 { b"\n" } else { b",\n" })?;
+        out.write_all(lines.peer(ip, record))?;
+    }
+    out.write_all(b"\n]}\n")
+}
+
+/// A snapshot as a version 1 checkpoint, in memory.
+pub fn to_json(snapshot: &Snapshot, host: &str, now: u64) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    write_json(&mut bytes, snapshot, host, now)?;
+    Ok(bytes)
+}
+
+/// Writes a checkpoint to `path` atomically, streaming it to disk rather
+/// than building it in memory first.
+pub fn write_checkpoint(
+    path: &Path,
+    snapshot: &Snapshot,
+    host: &str,
+    now: u64,
+) -> anyhow::Result<()> {
+    atomic::write_atomically_with(path, |out| write_json(out, snapshot, host, now))
+}
+
+/// Builds one peer's JSON object at a time; the [`schema::Codec`]s write
+/// their values through it. Its primitives are `#[inline]`: they are called
+/// from the schema's module, once or more per field of every peer, and a
+/// call each costs the writer as much as the line's own work.
 pub(super) struct LineWriter {
     line: Vec<u8>,
     times: TimeCache,
@@ -30,50 +65,87 @@ impl LineWriter {
 
     /// The JSON object for one peer, valid until the next call.
     pub(super) fn peer(&mut self, ip: Ipv4Addr, record: &PeerRecord) -> &[u8] {
-        let line = &mut self.line;
-        line.clear();
-        line.extend_from_slice(b"{\"ip\":\"");
-        push_ip(line, ip);
-        line.extend_from_slice(b"\",\"first_seen\":\"");
-        line.extend_from_slice(self.times.get(record.first_seen));
-        line.extend_from_slice(b"\",\"last_seen\":\"");
-        line.extend_from_slice(self.times.get(record.last_seen));
-        line.extend_from_slice(b"\",\"outbound\":");
-        push_u64(line, record.outbound);
-        line.extend_from_slice(b",\"inbound\":");
-        push_u64(line, record.inbound);
-        line.extend_from_slice(b",\"remote_ports\":");
-        push_list(line, &record.remote_ports, |line, port| {
-            push_u64(line, u64::from(port))
-        });
-        line.extend_from_slice(b",\"local_ports\":");
-        push_list(line, &record.local_ports, |line, port| {
-            push_u64(line, u64::from(port))
-        });
-        line.extend_from_slice(b",\"processes\":");
-        push_list(line, &record.processes, push_comm);
-        line.push(b'}');
-        line
+        self.line.clear();
+        schema::write_peer(self, ip, record);
+        &self.line
     }
-}
 
-fn push_list<T: InlineItem + Ord + Copy>(
-    line: &mut Vec<u8>,
-    list: &CappedSet<T>,
-    push: fn(&mut Vec<u8>, T),
-) {
-    line.push(b'[');
-    for (index, item) in list.iter().enumerate() {
-        if index > 0 {
-            line.push(b',');
+    /// Bytes that are already JSON.
+    #[inline]
+    pub(super) fn raw(&mut self, bytes: &[u8]) {
+        self.line.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    pub(super) fn u64(&mut self, value: u64) {
+        self.line.extend_from_slice(decimal(value, &mut [0; 20]));
+    }
+
+    /// An address as a JSON string, assembled on the stack and copied into
+    /// the line once.
+    #[inline]
+    pub(super) fn ip(&mut self, ip: Ipv4Addr) {
+        let mut text = [0u8; "\"255.255.255.255\"".len()];
+        text[0] = b'"';
+        let (mut len, mut digits) = (1, [0; 20]);
+        for (index, octet) in ip.octets().into_iter().enumerate() {
+            if index > 0 {
+                text[len] = b'.';
+                len += 1;
+            }
+            let digits = decimal(u64::from(octet), &mut digits);
+            text[len..len + digits.len()].copy_from_slice(digits);
+            len += digits.len();
         }
-        push(line, *item);
+        text[len] = b'"';
+        self.line.extend_from_slice(&text[..=len]);
     }
-    line.push(b']');
-}
 
-fn push_u64(line: &mut Vec<u8>, value: u64) {
-    line.extend_from_slice(decimal(value, &mut [0; 20]));
+    /// A time as a JSON string, in RFC 3339.
+    #[inline]
+    pub(super) fn time(&mut self, secs: u64) {
+        self.line.extend_from_slice(self.times.get(secs));
+    }
+
+    #[inline(always)]
+    pub(super) fn list<T: InlineItem + Ord + Copy>(
+        &mut self,
+        list: &CappedSet<T>,
+        mut item: impl FnMut(&mut Self, T),
+    ) {
+        self.line.push(b'[');
+        for (index, value) in list.iter().enumerate() {
+            if index > 0 {
+                self.line.push(b',');
+            }
+            item(self, *value);
+        }
+        self.line.push(b']');
+    }
+
+    /// A process name as a JSON string (lossily decoded, as `Comm`
+    /// displays).
+    #[inline]
+    pub(super) fn comm(&mut self, comm: Comm) {
+        let line = &mut self.line;
+        line.push(b'"');
+        for ch in String::from_utf8_lossy(comm.as_bytes()).chars() {
+            match ch {
+                '"' => line.extend_from_slice(b"\\\""),
+                '\\' => line.extend_from_slice(b"\\\\"),
+                c if u32::from(c) < 0x20 => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    let c = u32::from(c) as usize;
+                    line.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[c >> 4], HEX[c & 0xf]]);
+                }
+                c => {
+                    let mut utf8 = [0u8; 4];
+                    line.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+            }
+        }
+        line.push(b'"');
+    }
 }
 
 /// `value` in decimal ASCII digits, written into `digits`: the number
@@ -91,40 +163,11 @@ pub(crate) fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
     &digits[at..]
 }
 
-fn push_ip(line: &mut Vec<u8>, ip: Ipv4Addr) {
-    for (index, octet) in ip.octets().into_iter().enumerate() {
-        if index > 0 {
-            line.push(b'.');
-        }
-        push_u64(line, u64::from(octet));
-    }
-}
-
-/// A process name as a JSON string (lossily decoded, as `Comm` displays).
-fn push_comm(line: &mut Vec<u8>, comm: Comm) {
-    line.push(b'"');
-    for ch in String::from_utf8_lossy(comm.as_bytes()).chars() {
-        match ch {
-            '"' => line.extend_from_slice(b"\\\""),
-            '\\' => line.extend_from_slice(b"\\\\"),
-            c if u32::from(c) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let c = u32::from(c) as usize;
-                line.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[c >> 4], HEX[c & 0xf]]);
-            }
-            c => {
-                let mut utf8 = [0u8; 4];
-                line.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-            }
-        }
-    }
-    line.push(b'"');
-}
-
-/// RFC 3339 texts of recent seconds, direct-mapped: most peers of a
-/// checkpoint were first and last seen in a few thousand distinct seconds.
+/// Recent seconds as JSON strings of RFC 3339, direct-mapped: most peers
+/// of a checkpoint were first and last seen in a few thousand distinct
+/// seconds.
 struct TimeCache {
-    slots: Box<[(u64, [u8; 20])]>,
+    slots: Box<[(u64, [u8; 22])]>,
 }
 
 impl TimeCache {
@@ -132,16 +175,18 @@ impl TimeCache {
 
     fn new() -> Self {
         Self {
-            slots: vec![(u64::MAX, [0; 20]); Self::SLOTS].into_boxed_slice(),
+            slots: vec![(u64::MAX, [0; 22]); Self::SLOTS].into_boxed_slice(),
         }
     }
 
-    fn get(&mut self, secs: u64) -> &[u8; 20] {
+    /// `"YYYY-MM-DDTHH:MM:SSZ"`, quotes included.
+    fn get(&mut self, secs: u64) -> &[u8; 22] {
         let slot = &mut self.slots[(secs % Self::SLOTS as u64) as usize];
         if slot.0 != secs {
-            let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
-                .to_string();
-            slot.1.copy_from_slice(&text.as_bytes()[..20]);
+            let text = UnixTime::from_secs(secs).to_string();
+            slot.1[0] = b'"';
+            slot.1[1..21].copy_from_slice(&text.as_bytes()[..20]);
+            slot.1[21] = b'"';
             slot.0 = secs;
         }
         &slot.1
@@ -160,11 +205,11 @@ mod tests {
             outbound: 18_446_744_073_709_551_615,
             inbound: 0,
             remote_ports: [443, 80].into_iter().collect(),
-            local_ports: CappedSet::default(),
             processes: ["cu\"rl\\", "a\u{1}b", "é"]
                 .into_iter()
                 .filter_map(Comm::from_name)
                 .collect(),
+            ..PeerRecord::default()
         };
         let mut writer = LineWriter::new();
         let line = writer.peer(Ipv4Addr::new(10, 0, 255, 1), &record).to_vec();

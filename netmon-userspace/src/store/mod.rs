@@ -1,0 +1,328 @@
+//! The peer set and its checkpoint file.
+//!
+//! The set is keyed by address; each record keeps connection counts per
+//! direction, when the peer was first and last seen, and small capped lists
+//! of ports and process names, so one busy peer cannot grow it without
+//! bound. The checkpoint is JSON, written atomically so a crash at any
+//! instant leaves either the old file or the new one.
+//!
+//! Loading also accepts the plain JSON list of addresses that the old
+//! psutil poller writes, so users can migrate their existing files.
+//!
+//! Its modules, one concern each:
+//!
+//! - `set`: the set and its records;
+//! - `schema`: the checkpoint's fields, defined once;
+//! - `writer`, `reader`: writing and reading netmon's own layout fast;
+//! - `fallback`: serde, for any other valid file and for address lists;
+//! - `atomic`: replacing the file safely, and cleaning up around it;
+//! - `output`, `lockfile`: opening `netmon run`'s output: one writer, the
+//!   file's checks, the corrupt-file policy and the initial load.
+use std::{
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+    time::UNIX_EPOCH,
+};
+
+#[cfg(test)]
+mod agreement;
+mod atomic;
+mod fallback;
+mod lockfile;
+mod output;
+mod reader;
+mod schema;
+mod set;
+mod writer;
+
+use anyhow::{Context as _, bail};
+
+pub use atomic::{backup_corrupt, remove_stale_temp_files, write_atomically};
+pub use fallback::parse_with_serde;
+pub use lockfile::Lock;
+pub use output::{OnCorrupt, open_output};
+pub use schema::{FORMAT_VERSION, PeerRecord};
+pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
+pub(crate) use writer::decimal;
+pub use writer::{to_json, write_checkpoint, write_json};
+
+use crate::time::UnixTime;
+
+/// Everything a checkpoint file holds.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub host: Option<String>,
+    /// The attach mode that collected the data, when netmon wrote the file.
+    pub mode: Option<String>,
+    /// Events the kernel side could not deliver, over all runs on this file.
+    pub lost_events: u64,
+    pub peers: PeerSet,
+}
+
+/// Which of the two accepted formats a file was in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Checkpoint,
+    /// The old poller's plain JSON list of address strings.
+    AddressList,
+}
+
+/// Parses either format; `mtime` dates the entries of an address list,
+/// which carries no times of its own.
+pub fn parse(bytes: &[u8], mtime: u64) -> anyhow::Result<(Snapshot, FileFormat)> {
+    let fast = reader::checkpoint(bytes, bytes.len() as u64).context("reading memory")?;
+    match fast {
+        Some(checkpoint) => Ok((snapshot_of(checkpoint)?, FileFormat::Checkpoint)),
+        None => parse_with_serde(bytes, mtime),
+    }
+}
+
+/// A checkpoint the fast reader took in.
+fn snapshot_of(checkpoint: schema::Checkpoint) -> anyhow::Result<Snapshot> {
+    check_version(Some(checkpoint.version))?;
+    Ok(Snapshot {
+        host: Some(checkpoint.host),
+        mode: checkpoint.mode,
+        lost_events: checkpoint.lost_events,
+        peers: PeerSet::from_records(checkpoint.peers),
+    })
+}
+
+fn check_version(version: Option<u64>) -> anyhow::Result<()> {
+    match version {
+        Some(v) if v == u64::from(FORMAT_VERSION) => Ok(()),
+        Some(v) => bail!(
+            "checkpoint version {v} is not supported (this netmon reads version {FORMAT_VERSION})"
+        ),
+        None => bail!("object without a \"version\" field"),
+    }
+}
+
+/// Reads a checkpoint or an old poller's address list.
+///
+/// `Ok(None)` when the file does not exist; any other problem is an error
+/// naming the file, and the file is left as it is.
+pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let corrupt = |source| LoadError::Corrupt {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(read_error(err)),
+    };
+    let metadata = file.metadata().map_err(read_error)?;
+    // Most files are netmon's own: streamed through the fast reader.
+    if let Some(checkpoint) = reader::checkpoint(&file, metadata.len()).map_err(read_error)? {
+        let snapshot = snapshot_of(checkpoint).map_err(corrupt)?;
+        return Ok(Some((snapshot, FileFormat::Checkpoint)));
+    }
+    io::Seek::rewind(&mut file).map_err(read_error)?;
+    let bytes = read_whole(&mut file, metadata.len()).map_err(read_error)?;
+    let mtime = metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or_else(|| UnixTime::now().secs(), |d| d.as_secs());
+    parse_with_serde(&bytes, mtime).map(Some).map_err(corrupt)
+}
+
+/// The whole file, read into memory backed by huge pages where the kernel
+/// offers them (`transparent_hugepage` set to `madvise`, as on most
+/// distributions): faulting a large checkpoint in 4 KiB pages took a good
+/// part of the time of loading it.
+///
+/// (Mapping the file instead would save the copy, but a file truncated by
+/// someone else while mapped kills the reader with SIGBUS.)
+fn read_whole(file: &mut File, len: u64) -> io::Result<Vec<u8>> {
+    // One byte more than the size, so read_to_end sees the end of the file
+    // without growing the buffer.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).saturating_add(1));
+    advise_huge_pages(bytes.spare_capacity_mut());
+    io::Read::read_to_end(file, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Asks for huge pages under the 2 MiB-aligned part of `buffer`; a hint
+/// the kernel may ignore, so failures are too.
+pub(super) fn advise_huge_pages<T>(buffer: &mut [T]) {
+    const HUGE: usize = 2 << 20;
+    let start = buffer.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(buffer);
+    let aligned = start.next_multiple_of(HUGE);
+    if end.saturating_sub(aligned) >= HUGE {
+        let len = (end - aligned) / HUGE * HUGE;
+        // SAFETY: the range lies within `buffer`, which this process owns;
+        // MADV_HUGEPAGE changes how it is backed, never its contents.
+        unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// Why a file could not be loaded. Kept apart because a corrupt file may
+/// be moved aside (`--on-corrupt backup`) while an unreadable one may not.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file exists but cannot be read (permissions, I/O).
+    Read { path: PathBuf, source: io::Error },
+    /// The file is in neither format.
+    Corrupt {
+        path: PathBuf,
+        source: anyhow::Error,
+    },
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            Self::Corrupt { path, source } => write!(
+                f,
+                "{}: not a netmon checkpoint nor a JSON list of IPv4 addresses: {source:#}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::peer::{Comm, Connection, Direction, Source};
+
+    fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
+        Connection {
+            peer: Ipv4Addr::from(peer),
+            remote_port: 443,
+            local_port: 22,
+            direction,
+            process: Comm::from_name(process),
+            source: Source::Tracepoint,
+        }
+    }
+
+    #[test]
+    fn checkpoint_round_trips_sorted_numerically() {
+        let mut snapshot = Snapshot {
+            mode: Some("tracepoint".into()),
+            lost_events: 3,
+            ..Snapshot::default()
+        };
+        for peer in [[10, 0, 0, 10], [9, 0, 0, 1], [10, 0, 0, 9]] {
+            snapshot
+                .peers
+                .record(&conn(peer, Direction::Outbound, "x"), 1, 1_700_000_000);
+        }
+        let bytes = to_json(&snapshot, "host1", 1_700_000_001).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let order: Vec<_> = ["9.0.0.1", "10.0.0.9", "10.0.0.10"]
+            .iter()
+            .map(|ip| text.find(ip).unwrap())
+            .collect();
+        assert!(order.is_sorted(), "{text}");
+        let (back, format) = parse(&bytes, 0).unwrap();
+        assert_eq!(format, FileFormat::Checkpoint);
+        assert_eq!(back.lost_events, 3);
+        assert_eq!(back.mode.as_deref(), Some("tracepoint"));
+        assert!(back.peers.iter().eq(snapshot.peers.iter()));
+    }
+
+    #[test]
+    fn unsorted_and_repeated_peers_merge() {
+        let peer = |ip: &str, outbound: u64, seen: &str| {
+            serde_json::json!({"ip": ip, "first_seen": seen, "last_seen": seen,
+                               "outbound": outbound, "inbound": 0, "remote_ports": [outbound]})
+        };
+        let file = serde_json::json!({"version": 1, "host": "h", "updated": "x", "peers": [
+            peer("10.0.0.9", 1, "2024-01-02T00:00:00Z"),
+            peer("10.0.0.1", 2, "2024-01-01T00:00:00Z"),
+            peer("10.0.0.9", 3, "2024-01-01T00:00:00Z"),
+        ]});
+        let (snapshot, _) = parse(&serde_json::to_vec(&file).unwrap(), 0).unwrap();
+        let peers: Vec<_> = snapshot.peers.iter().collect();
+        assert_eq!(peers.len(), 2);
+        let (ip, merged) = peers[1];
+        assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!(merged.outbound, 4);
+        assert_eq!(merged.remote_ports.iter().collect::<Vec<_>>(), [&1, &3]);
+        assert_eq!(merged.last_seen - merged.first_seen, 86_400);
+    }
+
+    #[test]
+    fn old_poller_list_loads() {
+        let (snapshot, format) = parse(br#"["10.0.0.1", "192.168.1.2", "10.0.0.1"]"#, 42).unwrap();
+        assert_eq!(format, FileFormat::AddressList);
+        assert_eq!(snapshot.peers.len(), 2);
+        assert_eq!(
+            snapshot
+                .peers
+                .get(Ipv4Addr::new(10, 0, 0, 1))
+                .unwrap()
+                .first_seen,
+            42
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        for bad in [
+            &b"{"[..],
+            b"42",
+            br#"["10.0.0.300"]"#,
+            br#"[1]"#,
+            br#"{"peers": []}"#,
+            br#"{"version": 9}"#,
+        ] {
+            assert!(parse(bad, 0).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// The bytes netmon writes, exactly: other tools diff and grep them.
+    #[test]
+    fn a_checkpoint_is_written_byte_for_byte() {
+        let mut snapshot = Snapshot {
+            mode: Some("tracepoint".into()),
+            lost_events: 7,
+            ..Snapshot::default()
+        };
+        snapshot.peers.record(
+            &conn([10, 0, 0, 7], Direction::Outbound, "api\"1"),
+            3,
+            1_795_881_482,
+        );
+        snapshot.peers.record(
+            &conn([10, 0, 0, 7], Direction::Inbound, "sshd"),
+            1,
+            1_795_881_633,
+        );
+        snapshot
+            .peers
+            .record(&conn([9, 1, 2, 3], Direction::Inbound, ""), 2, 0);
+        let bytes = to_json(&snapshot, "web-\"1\"", 1_795_881_640).unwrap();
+        let expected = concat!(
+            r#"{"version":1,"host":"web-\"1\"","updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"peers":["#,
+            "\n",
+            r#"{"ip":"9.1.2.3","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":0,"inbound":2,"remote_ports":[],"local_ports":[22],"processes":[]}"#,
+            ",\n",
+            r#"{"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":1,"remote_ports":[443],"local_ports":[22],"processes":["api\"1","sshd"]}"#,
+            "\n]}\n",
+        );
+        assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+        snapshot.mode = None;
+        snapshot.peers = PeerSet::default();
+        let bytes = to_json(&snapshot, "h", 0).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "{\"version\":1,\"host\":\"h\",\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"peers\":[\n]}\n"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! The checkpoint format, defined once.
+//!
+//! A checkpoint is one JSON object: a header, then `peers`, one object a
+//! line, in address order:
+//!
+//! ```text
+//! {"version":1,"host":"web-1","updated":"2026-11-28T16:00:33Z","mode":"tracepoint","lost_events":0,"peers":[
+//! {"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":0,"remote_ports":[5432],"local_ports":[],"processes":["api-server"]}
+//! ]}
+//! ```
+//!
+//! A peer's fields are the list in `peer_fields!`'s one invocation
+//! below: each field's Rust type, the [`Codec`] of its JSON value, whether
+//! a file may leave it out, and how two records of one peer combine. The
+//! [`PeerRecord`] struct, its merge, the fast writer's line, both layouts
+//! of the fast reader and the serde fallback's struct are all expanded
+//! from that list, so they cannot disagree, and a new field is one entry
+//! in it (plus, if the collector fills it in, a line in `PeerRecord::add`).
+//!
+//! The header is small and written by hand; its three readings (written,
+//! read fast, read by serde) are kept together here.
+use std::{io, net::Ipv4Addr};
+
+use serde::Deserialize;
+
+use super::{
+    CappedSet, Snapshot,
+    fallback::{CappedIn, PeersIn, ProcessName},
+    reader::{Cursor, Fields},
+    writer::LineWriter,
+};
+use crate::{peer::Comm, time::UnixTime};
+
+/// The checkpoint format this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How one kind of field's value is written and read, on each path.
+pub(super) trait Codec {
+    /// The value as the record holds it.
+    type Value;
+    /// What the serde fallback reads the value as.
+    type Serde: for<'de> Deserialize<'de> + Into<Self::Value>;
+
+    /// Appends the value's JSON to the line being written.
+    fn write(value: &Self::Value, line: &mut LineWriter);
+
+    /// Reads the value in any form the fast reader takes: `None` gives the
+    /// file to serde.
+    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Self::Value>;
+
+    /// Reads the value in exactly the form [`Self::write`] writes, where
+    /// that can be read faster than [`Self::read`] reads any form.
+    fn read_written<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Self::Value> {
+        Self::read(cursor)
+    }
+}
+
+/// Seconds since the epoch as an RFC 3339 string.
+pub(super) struct Time;
+
+impl Codec for Time {
+    type Value = u64;
+    type Serde = UnixTime;
+
+    #[inline]
+    fn write(value: &u64, line: &mut LineWriter) {
+        line.time(*value);
+    }
+
+    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<u64> {
+        cursor.time()
+    }
+
+    fn read_written<R: io::Read>(cursor: &mut Cursor<R>) -> Option<u64> {
+        cursor.written_time()
+    }
+}
+
+/// A plain unsigned integer.
+pub(super) struct Count;
+
+impl Codec for Count {
+    type Value = u64;
+    type Serde = u64;
+
+    #[inline]
+    fn write(value: &u64, line: &mut LineWriter) {
+        line.u64(*value);
+    }
+
+    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<u64> {
+        cursor.u64()
+    }
+}
+
+/// A list of port numbers.
+pub(super) struct Ports;
+
+impl Codec for Ports {
+    type Value = CappedSet<u16>;
+    type Serde = CappedIn<u16, u16>;
+
+    #[inline]
+    fn write(value: &CappedSet<u16>, line: &mut LineWriter) {
+        line.list(value, |line, port| line.u64(u64::from(port)));
+    }
+
+    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<u16>> {
+        cursor.list(|cursor| u16::try_from(cursor.u64()?).ok().map(Some))
+    }
+}
+
+/// A list of process names; an empty name is no process.
+pub(super) struct Processes;
+
+impl Codec for Processes {
+    type Value = CappedSet<Comm>;
+    type Serde = CappedIn<ProcessName, Comm>;
+
+    #[inline]
+    fn write(value: &CappedSet<Comm>, line: &mut LineWriter) {
+        line.list(value, LineWriter::comm);
+    }
+
+    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<Comm>> {
+        cursor.list(|cursor| cursor.string().map(Comm::from_name))
+    }
+}
+
+/// How a field of two records of one peer combine.
+mod fold {
+    use super::CappedSet;
+    use crate::store::InlineItem;
+
+    pub fn earliest(kept: &mut u64, other: &u64) {
+        *kept = (*kept).min(*other);
+    }
+
+    pub fn latest(kept: &mut u64, other: &u64) {
+        *kept = (*kept).max(*other);
+    }
+
+    /// Saturating: a hostile file must not overflow a count.
+    pub fn sum(kept: &mut u64, other: &u64) {
+        *kept = kept.saturating_add(*other);
+    }
+
+    /// Within the set's cap.
+    pub fn union<T: InlineItem + Ord + Copy>(kept: &mut CappedSet<T>, other: &CappedSet<T>) {
+        other.iter().for_each(|item| kept.insert(*item));
+    }
+}
+
+/// Expands a peer's field list into everything that reads, writes or
+/// holds a peer; see the module's documentation. Each entry is
+///
+/// `name: RustType as Codec [or default], merged by fold_function;`
+///
+/// where `or default` lets a file leave the field out (it then reads as
+/// the type's default), and the fold function is one of [`fold`]'s.
+macro_rules! peer_fields {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident: $ty:ty as $codec:ident $(or $default:ident)?, merged by $fold:ident;
+    )*) => {
+        /// What is known about one peer.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct PeerRecord {
+            $($(#[doc = $doc])* pub $name: $ty,)*
+        }
+
+        impl PeerRecord {
+            /// Folds in another record of the same peer, each field as the
+            /// schema says.
+            pub(super) fn merge(&mut self, other: &Self) {
+                $(fold::$fold(&mut self.$name, &other.$name);)*
+            }
+        }
+
+        /// The keys of a peer object: the address, then the fields.
+        const PEER_KEYS: &[&[u8]] = &[b"ip", $(stringify!($name).as_bytes()),*];
+        const _: () = assert!(PEER_KEYS.len() <= Fields::MAX);
+
+        /// A peer as netmon writes it: its fields in order, no whitespace.
+        pub(super) fn write_peer(line: &mut LineWriter, ip: Ipv4Addr, record: &PeerRecord) {
+            line.raw(b"{\"ip\":");
+            line.ip(ip);
+            $(
+                line.raw(concat!(",\"", stringify!($name), "\":").as_bytes());
+                <$codec as Codec>::write(&record.$name, line);
+            )*
+            line.raw(b"}");
+        }
+
+        /// A peer in exactly the layout [`write_peer`] writes, field
+        /// names compared whole; `None` if it is in any other.
+        pub(super) fn read_written_peer<R: io::Read>(
+            cursor: &mut Cursor<R>,
+        ) -> Option<(Ipv4Addr, PeerRecord)> {
+            cursor.literal(b"{\"ip\":")?;
+            let ip = cursor.ip()?;
+            $(
+                cursor.literal(concat!(",\"", stringify!($name), "\":").as_bytes())?;
+                let $name = <$codec as Codec>::read_written(cursor)?;
+            )*
+            cursor.literal(b"}")?;
+            Some((ip, PeerRecord { $($name),* }))
+        }
+
+        /// A peer as any JSON object of its fields, in any order, the ones
+        /// a file may leave out left out; `None` for a field twice, or one
+        /// the schema does not know.
+        pub(super) fn read_any_peer<R: io::Read>(
+            cursor: &mut Cursor<R>,
+        ) -> Option<(Ipv4Addr, PeerRecord)> {
+            let mut fields = Fields::default();
+            let mut ip = None;
+            $(let mut $name = None;)*
+            cursor.object(PEER_KEYS, |cursor, key| {
+                let key = fields.once(key)?;
+                if key == 0 {
+                    ip = Some(cursor.ip()?);
+                    return Some(());
+                }
+                let mut index = 0;
+                $(
+                    index += 1;
+                    if key == index {
+                        $name = Some(<$codec as Codec>::read(cursor)?);
+                        return Some(());
+                    }
+                )*
+                None
+            })?;
+            $($(let $name = $name.or_else(|| Some(<$ty as Default>::$default()));)?)*
+            Some((ip?, PeerRecord { $($name: $name?),* }))
+        }
+
+        /// One peer as serde reads it: each field parsed straight into the
+        /// record's type, so a peer allocates nothing but the lists it
+        /// keeps. Errors carry the line and column of the offending value.
+        #[derive(Deserialize)]
+        pub(super) struct PeerIn {
+            ip: Ipv4Addr,
+            $($(#[serde($default)])? $name: <$codec as Codec>::Serde,)*
+        }
+
+        impl PeerIn {
+            pub(super) fn into_record(self) -> (Ipv4Addr, PeerRecord) {
+                (self.ip, PeerRecord { $($name: self.$name.into()),* })
+            }
+        }
+    };
+}
+
+peer_fields! {
+    /// When the peer was first seen, in seconds since the Unix epoch.
+    first_seen: u64 as Time, merged by earliest;
+    /// When the peer was last seen, in seconds since the Unix epoch.
+    last_seen: u64 as Time, merged by latest;
+    /// Connections this host opened to the peer.
+    outbound: u64 as Count, merged by sum;
+    /// Connections the peer opened to this host.
+    inbound: u64 as Count, merged by sum;
+    /// Ports of the peer that we connected to.
+    remote_ports: CappedSet<u16> as Ports or default, merged by union;
+    /// Our ports that the peer connected to.
+    local_ports: CappedSet<u16> as Ports or default, merged by union;
+    /// Local processes seen on the connections.
+    processes: CappedSet<Comm> as Processes or default, merged by union;
+}
+
+/// The header's keys, in the order netmon writes them.
+const HEADER_KEYS: &[&[u8]] = &[
+    b"version",
+    b"host",
+    b"updated",
+    b"mode",
+    b"lost_events",
+    b"peers",
+];
+
+/// Writes the header, up to the opening of the peer list.
+pub(super) fn write_header(
+    out: &mut impl io::Write,
+    snapshot: &Snapshot,
+    host: &str,
+    now: u64,
+) -> io::Result<()> {
+    out.write_all(b"{\"version\":")?;
+    serde_json::to_writer(&mut *out, &FORMAT_VERSION)?;
+    out.write_all(b",\"host\":")?;
+    serde_json::to_writer(&mut *out, host)?;
+    out.write_all(b",\"updated\":")?;
+    serde_json::to_writer(&mut *out, &UnixTime::from_secs(now))?;
+    if let Some(mode) = &snapshot.mode {
+        out.write_all(b",\"mode\":")?;
+        serde_json::to_writer(&mut *out, mode)?;
+    }
+    out.write_all(b",\"lost_events\":")?;
+    serde_json::to_writer(&mut *out, &snapshot.lost_events)?;
+    out.write_all(b",\"peers\":[")
+}
+
+/// A checkpoint as the fast reader reads it.
+#[derive(Debug)]
+pub(super) struct Checkpoint {
+    pub version: u64,
+    pub host: String,
+    pub mode: Option<String>,
+    pub lost_events: u64,
+    pub peers: Vec<(Ipv4Addr, PeerRecord)>,
+}
+
+/// The whole file, header and peers, on the fast path. `updated` must be
+/// a plain string and is not kept.
+pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Checkpoint> {
+    let mut fields = Fields::default();
+    let (mut version, mut host, mut mode, mut lost_events, mut peers) = (None, None, None, 0, None);
+    cursor.object(HEADER_KEYS, |cursor, key| {
+        match fields.once(key)? {
+            0 => version = Some(cursor.u64()?),
+            1 => host = Some(cursor.string()?.to_owned()),
+            2 => {
+                cursor.string()?;
+            }
+            3 => mode = cursor.nullable(|cursor| cursor.string().map(str::to_owned))?,
+            4 => lost_events = cursor.u64()?,
+            _ => peers = Some(cursor.peers()?),
+        }
+        Some(())
+    })?;
+    cursor.end()?;
+    Some(Checkpoint {
+        version: version?,
+        host: host?,
+        mode,
+        lost_events,
+        peers: peers?,
+    })
+}
+
+/// A checkpoint as serde reads it: the peers go into a set as they are
+/// parsed, so a million-peer file never exists as a list too. `updated`
+/// is not kept, and may hold anything.
+#[derive(Deserialize)]
+pub(super) struct CheckpointIn {
+    pub version: u64,
+    pub host: String,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub lost_events: u64,
+    pub peers: PeersIn,
+}

@@ -1,0 +1,316 @@
+//! The peer set: what is known about each peer, kept in address order.
+use std::{
+    collections::{BTreeMap, btree_map::Entry},
+    net::Ipv4Addr,
+};
+
+use smallvec::SmallVec;
+
+use super::PeerRecord;
+use crate::peer::{Comm, Connection, Direction, Directions};
+
+/// Entries kept in each per-peer list (ports, processes).
+pub const LIST_CAP: usize = 64;
+
+/// A small set that stops growing at [`LIST_CAP`] entries, kept sorted.
+///
+/// Most peers have one or two ports and one process: those stay inline in
+/// the record, so a million peers cost a million records and not three
+/// million heap allocations on top.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CappedSet<T: InlineItem>(SmallVec<T::Inline>);
+
+/// How many items of a kind a [`CappedSet`] keeps inline: as many as fit in
+/// the 16 bytes a heap pointer and length take anyway.
+pub trait InlineItem: Sized {
+    type Inline: smallvec::Array<Item = Self>;
+}
+
+impl InlineItem for u16 {
+    type Inline = [u16; 8];
+}
+
+impl InlineItem for Comm {
+    type Inline = [Comm; 1];
+}
+
+impl<T: InlineItem> Default for CappedSet<T> {
+    fn default() -> Self {
+        Self(SmallVec::new())
+    }
+}
+
+impl<T: InlineItem + Ord + Copy> CappedSet<T> {
+    /// Adds `value` unless present or full; allocation happens only when a
+    /// new value is kept.
+    pub fn insert(&mut self, value: T) {
+        if let Err(at) = self.0.binary_search(&value)
+            && self.0.len() < LIST_CAP
+        {
+            self.0.insert(at, value);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T: InlineItem + Ord + Copy> FromIterator<T> for CappedSet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut set = Self::default();
+        for value in iter {
+            set.insert(value);
+        }
+        set
+    }
+}
+
+// The record's fields are the checkpoint's, declared once in
+// `super::schema`; here is how the collector fills them in.
+impl PeerRecord {
+    /// Connections count, and so do ports: a record merged from files
+    /// might carry a port whose connection was counted elsewhere.
+    pub fn directions(&self) -> Directions {
+        Directions {
+            outbound: self.outbound > 0 || !self.remote_ports.is_empty(),
+            inbound: self.inbound > 0 || !self.local_ports.is_empty(),
+        }
+    }
+
+    /// A peer first seen at `now`.
+    pub(super) fn new(now: u64) -> Self {
+        Self {
+            first_seen: now,
+            last_seen: now,
+            ..Self::default()
+        }
+    }
+
+    /// Adds an observation of `connections` connections.
+    fn add(&mut self, conn: &Connection, connections: u64, now: u64) {
+        self.last_seen = self.last_seen.max(now);
+        match conn.direction {
+            // Port 0 means unknown: a child socket reset before accept()
+            // returned it has already given its port back.
+            Direction::Outbound => {
+                self.outbound = self.outbound.saturating_add(connections);
+                if conn.remote_port != 0 {
+                    self.remote_ports.insert(conn.remote_port);
+                }
+            }
+            Direction::Inbound => {
+                self.inbound = self.inbound.saturating_add(connections);
+                if conn.local_port != 0 {
+                    self.local_ports.insert(conn.local_port);
+                }
+            }
+        }
+        if let Some(process) = conn.process {
+            self.processes.insert(process);
+        }
+    }
+}
+
+/// The deduplicated set of peers.
+///
+/// An ordered index of small positions over a vector of records: the
+/// index gives checkpoints and reports numeric address order, and with
+/// only 4-byte positions in it its nodes stay small and dense in cache,
+/// while the ~100-byte records are appended to one vector. A file's
+/// records, read into one vector, stay in it instead of being moved into
+/// tree nodes: a faster load and a lower peak, for the address and
+/// position kept beside each record.
+///
+/// The vector does not ask for huge pages as it grows, as the reader's
+/// does: with THP defrag at `madvise`, a fault in an advised range may
+/// compact memory on the spot, and a collector stalled there loses events.
+#[derive(Debug, Default)]
+pub struct PeerSet {
+    /// Address to position in `records`. Positions are `u32`: four billion
+    /// records would take over 400 GB, far past any memory.
+    index: BTreeMap<Ipv4Addr, u32>,
+    /// In arrival order (in address order, as read from a file).
+    records: Vec<(Ipv4Addr, PeerRecord)>,
+}
+
+impl PeerSet {
+    /// The tests' shorthand for [`Self::record_within`] without a limit:
+    /// true when the peer is new.
+    #[cfg(test)]
+    pub fn record(&mut self, conn: &Connection, connections: u64, now: u64) -> bool {
+        self.record_within(conn, connections, now, usize::MAX, |_| ())
+            .is_some_and(|(before, _)| before.is_none())
+    }
+
+    /// Folds one observation of `connections` connections in (0 when it
+    /// only adds what it knows, such as the accepting process of a
+    /// connection another hook counted), in one lookup: a new peer is
+    /// refused (`None`) once the set holds `limit`. Gives what
+    /// `before` makes of the record as it was (`None` for a new peer) and
+    /// the record as it is now.
+    pub fn record_within<T>(
+        &mut self,
+        conn: &Connection,
+        connections: u64,
+        now: u64,
+        limit: usize,
+        before: impl FnOnce(&PeerRecord) -> T,
+    ) -> Option<(Option<T>, &PeerRecord)> {
+        let full = self.records.len() >= limit;
+        let (was, at) = match self.index.entry(conn.peer) {
+            Entry::Occupied(slot) => {
+                let at = *slot.get() as usize;
+                (Some(before(&self.records[at].1)), at)
+            }
+            Entry::Vacant(_) if full => return None,
+            Entry::Vacant(slot) => {
+                let at = self.records.len();
+                slot.insert(at as u32);
+                self.records.push((conn.peer, PeerRecord::new(now)));
+                (None, at)
+            }
+        };
+        let record = &mut self.records[at].1;
+        record.add(conn, connections, now);
+        Some((was, record))
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn get(&self, addr: Ipv4Addr) -> Option<&PeerRecord> {
+        let at = *self.index.get(&addr)?;
+        Some(&self.records[at as usize].1)
+    }
+
+    /// Peers in numeric address order.
+    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
+        self.index
+            .iter()
+            .map(|(addr, &at)| (*addr, &self.records[at as usize].1))
+    }
+
+    /// Folds a whole set in, as [`Self::merge_record`] does each record.
+    pub fn merge(&mut self, other: PeerSet) {
+        if self.is_empty() {
+            // Reading one file: take its set rather than re-insert it.
+            *self = other;
+        } else {
+            for (addr, record) in other.records {
+                self.merge_record(addr, record);
+            }
+        }
+    }
+
+    /// Adds a whole record (from a file), merging with what is there.
+    pub fn merge_record(&mut self, addr: Ipv4Addr, other: PeerRecord) {
+        match self.index.entry(addr) {
+            Entry::Vacant(slot) => {
+                slot.insert(self.records.len() as u32);
+                self.records.push((addr, other));
+            }
+            Entry::Occupied(slot) => self.records[*slot.get() as usize].1.merge(&other),
+        }
+    }
+
+    /// A set of records in any order, repeated addresses merged as
+    /// [`Self::merge_record`] merges them.
+    ///
+    /// Sorting first builds the index in one pass: inserting a million
+    /// addresses in random order (an old poller's list) costs seconds.
+    pub(super) fn from_records(mut records: Vec<(Ipv4Addr, PeerRecord)>) -> Self {
+        // netmon writes its peers in order, and the stable sort takes a
+        // sorted run in one pass.
+        records.sort_by_key(|(addr, _)| *addr);
+        records.dedup_by(|(addr, record), (kept_addr, kept)| {
+            let repeat = addr == kept_addr;
+            if repeat {
+                kept.merge(record);
+            }
+            repeat
+        });
+        // Sorted keys build the tree in one pass; the records stay where
+        // the reader put them.
+        let index = records
+            .iter()
+            .enumerate()
+            .map(|(at, (addr, _))| (*addr, at as u32))
+            .collect();
+        Self { index, records }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::Source;
+
+    fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
+        Connection {
+            peer: Ipv4Addr::from(peer),
+            remote_port: 443,
+            local_port: 22,
+            direction,
+            process: Comm::from_name(process),
+            source: Source::Tracepoint,
+        }
+    }
+
+    #[test]
+    fn record_counts_and_dedupes() {
+        let mut set = PeerSet::default();
+        assert!(set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 100));
+        assert!(!set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 105));
+        assert!(!set.record(&conn([10, 0, 0, 1], Direction::Inbound, "sshd"), 0, 106));
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
+        assert_eq!((record.outbound, record.inbound), (2, 0));
+        assert_eq!((record.first_seen, record.last_seen), (100, 106));
+        assert_eq!(record.processes.iter().count(), 2);
+        assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
+    }
+
+    #[test]
+    fn port_zero_is_not_a_port() {
+        let mut set = PeerSet::default();
+        let mut reset = conn([10, 0, 0, 2], Direction::Inbound, "sshd");
+        reset.local_port = 0;
+        set.record(&reset, 1, 100);
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        assert_eq!(record.inbound, 1);
+        assert!(record.local_ports.is_empty());
+    }
+
+    #[test]
+    fn lists_are_capped() {
+        let ports: CappedSet<u16> = (0..1000).collect();
+        assert_eq!(ports.iter().count(), LIST_CAP);
+    }
+
+    #[test]
+    fn records_of_one_peer_merge_field_by_field() {
+        let mut set = PeerSet::default();
+        set.record(&conn([10, 0, 0, 3], Direction::Outbound, "curl"), 2, 200);
+        let mut other = PeerSet::default();
+        other.record(&conn([10, 0, 0, 3], Direction::Inbound, "sshd"), 1, 100);
+        other.record(&conn([10, 0, 0, 3], Direction::Inbound, "sshd"), 1, 300);
+        for (addr, record) in other.iter() {
+            set.merge_record(addr, record.clone());
+        }
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 3)).unwrap();
+        assert_eq!((record.first_seen, record.last_seen), (100, 300));
+        assert_eq!((record.outbound, record.inbound), (2, 2));
+        assert_eq!(record.remote_ports.iter().collect::<Vec<_>>(), [&443]);
+        assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
+        assert_eq!(record.processes.iter().count(), 2);
+    }
+}
