@@ -35,8 +35,8 @@ const MSG_FULL_LEN: usize = 72;
 /// A dump answers in messages of at most 32 KiB (the kernel's cap).
 const DUMP_BUF: usize = 32 * 1024;
 /// Receive buffer asked for the notifications (the kernel doubles it):
-/// with netmon stopped in the bench's storm, 32 MiB held about 2 s of
-/// notifications before the kernel dropped any.
+/// seconds of the fastest storm's notifications, so a busy moment loses
+/// none (measured in docs/performance.md).
 const NOTIFY_RCVBUF: i32 = 16 << 20;
 
 /// A netlink socket for state-filtered dumps.
