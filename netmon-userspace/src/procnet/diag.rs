@@ -32,6 +32,9 @@ const REQ_LEN: usize = 56;
 const MSG_LEN: usize = 52;
 /// The whole `struct inet_diag_msg`; attributes follow it.
 const MSG_FULL_LEN: usize = 72;
+/// `idiag_timer` of a TIME_WAIT socket, whatever state it stands in: no
+/// full socket reports it.
+const TIMER_TIME_WAIT: u8 = 3;
 /// A dump answers in messages of at most 32 KiB (the kernel's cap).
 const DUMP_BUF: usize = 32 * 1024;
 /// Receive buffer asked for the notifications (the kernel doubles it):
@@ -345,6 +348,7 @@ fn parse_socket(msg: &[u8]) -> Option<Row> {
         remote_port: u16::from_be_bytes([msg[6], msg[7]]),
         state: i32::from(msg[1]),
         cookie: Some(cookie),
+        timewait: msg[2] == TIMER_TIME_WAIT,
     })
 }
 
@@ -426,8 +430,19 @@ mod tests {
                 remote_port: 443,
                 state: 1,
                 cookie: Some(1 << 32 | 7),
+                timewait: false,
             }
         );
+    }
+
+    #[test]
+    fn a_time_wait_socket_says_so_whatever_state_it_stands_in() {
+        const FIN_WAIT2: i32 = 5;
+        let mut msg = message(libc::AF_INET, v4([127, 0, 0, 1]), v4([10, 1, 2, 3]), &[]);
+        msg[1] = FIN_WAIT2 as u8;
+        msg[2] = TIMER_TIME_WAIT;
+        let row = parse_socket(&msg).unwrap();
+        assert_eq!((row.state, row.timewait), (FIN_WAIT2, true));
     }
 
     #[test]

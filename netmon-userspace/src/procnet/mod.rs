@@ -97,6 +97,11 @@ pub struct Row {
     /// The kernel's unique id of the socket, where the table gives it
     /// (netlink does, the text does not).
     pub cookie: Option<u64>,
+    /// A TIME_WAIT socket: what the kernel keeps of a TCP connection
+    /// whose socket it has destroyed, in TIME_WAIT or in FIN_WAIT2. Its
+    /// cookie is the socket's only if a dump had asked for that one
+    /// before. Netlink tells; the text does not.
+    pub timewait: bool,
 }
 
 impl Row {
@@ -208,9 +213,9 @@ impl Scanner {
     }
 
     /// Subscribes to the sockets the kernel destroys in the tables'
-    /// namespace; from then on polls leave TIME_WAIT sockets out, since
-    /// each was announced as it closed. Feed what the result reads to
-    /// [`Scanner::destroyed`].
+    /// namespace; from then on polls leave TIME_WAIT sockets out (those in
+    /// FIN_WAIT2 too), since each stands for a socket announced as it was
+    /// destroyed. Feed what the result reads to [`Scanner::destroyed`].
     pub fn subscribe(&mut self) -> io::Result<Destroyed> {
         let Tables::Netlink {
             netns, time_wait, ..
@@ -224,6 +229,18 @@ impl Scanner {
         let destroyed = in_netns(netns.as_ref(), Destroyed::subscribe)?;
         *time_wait = false;
         Ok(destroyed)
+    }
+
+    /// Whether the kernel announces the sockets it destroys (polls then
+    /// leave TIME_WAIT sockets out).
+    fn announced(&self) -> bool {
+        matches!(
+            self.tables,
+            Tables::Netlink {
+                time_wait: false,
+                ..
+            }
+        )
     }
 
     /// How many times destroy notifications were lost since the last call.
@@ -246,22 +263,24 @@ impl Scanner {
         self.read_tables(recover, now)?;
         std::mem::swap(&mut self.previous, &mut self.seen);
         self.seen.clear();
+        let announced = self.announced();
         for &(proto, row) in &self.rows {
             let Some(peer) = row.peer() else {
                 continue;
             };
             let key = key(proto, &row, peer);
-            self.seen.insert(key);
-            if self.previous.contains(&key) {
-                continue;
-            }
-            let liveness = match (proto, row.state) {
-                (Proto::Tcp, TIME_WAIT) if recover => Liveness::Recovered,
-                (Proto::Tcp, TIME_WAIT | CLOSE) => Liveness::Closed,
-                _ => Liveness::Open,
+            // Read only to recover what lost notifications said: its socket
+            // was announced, or its announcement lost.
+            let new = if announced && row.timewait {
+                !self.seen.contains(&key) && !self.previous.contains(&key)
+            } else {
+                self.seen.insert(key);
+                !self.previous.contains(&key)
             };
-            let conn = connection(&self.listening, proto, &row, peer);
-            sink(&conn, liveness);
+            if new {
+                let conn = connection(&self.listening, proto, &row, peer);
+                sink(&conn, liveness(proto, &row, recover));
+            }
         }
         Ok(())
     }
@@ -369,7 +388,15 @@ impl Scanner {
             Tables::Netlink {
                 dumper, time_wait, ..
             } => {
-                let states = diag::poll_states(*time_wait || time_wait_too);
+                let time_wait = *time_wait || time_wait_too;
+                let states = diag::poll_states(time_wait);
+                // The state a TIME_WAIT socket is dumped in is the one it
+                // stands in, FIN_WAIT2 included: left out here.
+                let mut take = |proto, row: Row| {
+                    if time_wait || !row.timewait {
+                        take(proto, row);
+                    }
+                };
                 for (proto, v6, _) in TABLES {
                     let dumped = dumper.dump(proto, v6, states, |row| take(proto, row));
                     if (proto, v6) == (Proto::Tcp, false) {
@@ -381,6 +408,20 @@ impl Scanner {
             }
         }
         Ok(())
+    }
+}
+
+/// What a poll's sighting of `row` says of its connection: a TIME_WAIT
+/// socket (whatever state it stands in) is a connection closed, one read
+/// to recover lost notifications brings no count.
+fn liveness(proto: Proto, row: &Row, recover: bool) -> Liveness {
+    let time_wait = row.timewait || (proto, row.state) == (Proto::Tcp, TIME_WAIT);
+    if time_wait && recover {
+        Liveness::Recovered
+    } else if time_wait || (proto, row.state) == (Proto::Tcp, CLOSE) {
+        Liveness::Closed
+    } else {
+        Liveness::Open
     }
 }
 

@@ -78,6 +78,31 @@ fn a_connection_stays_inbound_after_its_listener_closes() {
 }
 
 #[test]
+fn a_time_wait_socket_is_a_connection_closed() {
+    let tcp = |state, timewait| Row {
+        local: None,
+        local_port: 1,
+        remote: None,
+        remote_port: 2,
+        state,
+        cookie: None,
+        timewait,
+    };
+    const FIN_WAIT2: i32 = 5;
+    let cases = [
+        (tcp(FIN_WAIT2, false), false, Liveness::Open),
+        (tcp(FIN_WAIT2, true), false, Liveness::Closed),
+        (tcp(FIN_WAIT2, true), true, Liveness::Recovered),
+        (tcp(TIME_WAIT, false), false, Liveness::Closed),
+        (tcp(TIME_WAIT, false), true, Liveness::Recovered),
+        (tcp(CLOSE, false), true, Liveness::Closed),
+    ];
+    for (row, recover, wanted) in cases {
+        assert_eq!(liveness(Proto::Tcp, &row, recover), wanted, "{row:?}");
+    }
+}
+
+#[test]
 fn garbage_lines_are_skipped() {
     for line in [
         "",
@@ -104,6 +129,7 @@ fn destroyed(cookie: u64, local_port: u16, remote: [u8; 4]) -> (Proto, Row) {
         remote_port: 0,
         state: CLOSE,
         cookie: Some(cookie),
+        timewait: false,
     };
     (Proto::Tcp, row)
 }
