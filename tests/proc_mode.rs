@@ -1,9 +1,10 @@
-//! proc mode against what real clients and servers do: clients that close
+//! proc mode against what real clients and servers do: a client that
+//! connects from a port a listener has just left, and clients that close
 //! long after their server. Each connection must be recorded once, in its
 //! own direction. proc mode needs no root, so these run in plain
 //! `cargo test`.
 use std::{
-    net::{Shutdown, SocketAddrV4, TcpListener},
+    net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener},
     thread,
     time::Duration,
 };
@@ -16,6 +17,7 @@ use netmon_scenario::{
     workload::connect_from,
 };
 use serde_json::{Value, json};
+use socket2::{Domain, Socket, Type};
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
 
@@ -33,6 +35,14 @@ fn in_proc_mode<T>(extra: &[&str], work: impl FnOnce() -> T) -> (Peers, T) {
     (read_peers(&path), kept)
 }
 
+/// A TCP connection from exactly `local` (address and port) to `dest`.
+fn connect_from_port(local: SocketAddrV4, dest: SocketAddrV4) -> Socket {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(local).into()).unwrap();
+    socket.connect(&SocketAddr::from(dest).into()).unwrap();
+    socket
+}
+
 /// The peer's connections one way and the other, and its ports.
 fn counted(outbound: u64, inbound: u64, remote: &[u16], local: &[u16]) -> impl Fn(&Value) -> bool {
     let wanted = (json!(outbound), json!(inbound), json!(remote), json!(local));
@@ -44,6 +54,48 @@ fn counted(outbound: u64, inbound: u64, remote: &[u16], local: &[u16]) -> impl F
             peer["local_ports"].clone(),
         ) == wanted
     }
+}
+
+/// A port is a listener's only while the listener is there. Once it has
+/// gone (and netmon has polled since), a client that connects from that
+/// port, as `curl --local-port` does, is outbound: whether netmon hears of
+/// its connection as it closes or sees it open in a poll.
+#[test]
+fn a_port_is_a_listeners_only_while_the_listener_is_there() {
+    // Long enough for a few polls, however busy the machine is.
+    const SOME_POLLS: Duration = Duration::from_secs(1);
+    let net = Block::ProcListenerGone;
+    let extra = ["--poll-interval", "100"];
+    let (peers, (port, server_port, _held)) = in_proc_mode(&extra, || {
+        let gone = TcpListener::bind((net.addr(0, 1), 0)).unwrap();
+        let port = gone.local_addr().unwrap().port();
+        // Polled while listening, then heard of as it closes.
+        thread::sleep(SOME_POLLS);
+        drop(gone);
+        thread::sleep(SOME_POLLS);
+
+        let server = TcpListener::bind("0.0.0.0:0").unwrap();
+        let server_port = server.local_addr().unwrap().port();
+        let to = |d| SocketAddrV4::new(net.addr(1, d), server_port);
+        let closed = connect_from_port(SocketAddrV4::new(net.addr(0, 1), port), to(1));
+        drop((closed, server.accept().unwrap()));
+        let held = connect_from_port(SocketAddrV4::new(net.addr(0, 2), port), to(2));
+        let accepted = server.accept().unwrap();
+        thread::sleep(SOME_POLLS);
+        (port, server_port, (held, accepted, server))
+    });
+    expect_peers(
+        &peers,
+        &[net.addr(1, 1), net.addr(1, 2)],
+        &format!("one outbound connection to port {server_port}, none inbound on {port}"),
+        counted(1, 0, &[server_port], &[]),
+    );
+    expect_peers(
+        &peers,
+        &[net.addr(0, 1), net.addr(0, 2)],
+        &format!("one inbound connection on port {server_port}"),
+        counted(0, 1, &[], &[server_port]),
+    );
 }
 
 /// A server that closes first (its FIN acknowledged by the time it closes

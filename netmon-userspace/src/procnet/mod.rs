@@ -9,23 +9,24 @@
 //!
 //! A socket whose local port has a listener (TCP LISTEN, or an unconnected
 //! UDP socket) is inbound; any other socket with a remote address is
-//! outbound. Each poll reports only connections that were not in the
+//! outbound (`known.rs` says for how long a listener that has gone still
+//! counts). Each poll reports only connections that were not in the
 //! previous poll, so a long-lived connection is counted once.
 //!
 //! [`ProcCollector`] (`collector.rs`) is proc mode built on them, with the
 //! order its reads must keep.
 mod collector;
 mod diag;
+mod known;
 mod text;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs::File,
     io::{self, Read as _},
     net::Ipv4Addr,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -38,10 +39,8 @@ pub use self::{
 };
 use netmon_common::tcp_state::{CLOSE, LISTEN, TIME_WAIT};
 
+use self::known::Listeners;
 use crate::peer::{Connection, Direction, Source};
-
-/// How long a port counts as listening after its listener was last seen.
-const LISTENER_MEMORY: Duration = Duration::from_secs(60);
 
 /// What `--socket-tables` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,9 +131,7 @@ enum Tables {
 pub struct Scanner {
     tables: Tables,
     rows: Vec<(Proto, Row)>,
-    /// Ports with a listener, and when one was last seen: an accepted
-    /// connection outlives a listener that closes, and is still inbound.
-    listening: HashMap<(Proto, u16), Instant>,
+    listeners: Listeners,
     seen: HashSet<u128>,
     previous: HashSet<u128>,
     /// Destroy notifications were lost: the next poll reads TIME_WAIT
@@ -193,7 +190,7 @@ impl Scanner {
         Self {
             tables,
             rows: Vec::new(),
-            listening: HashMap::new(),
+            listeners: Listeners::default(),
             seen: HashSet::new(),
             previous: HashSet::new(),
             recover: false,
@@ -256,11 +253,9 @@ impl Scanner {
     /// there.
     pub fn scan(&mut self, mut sink: impl FnMut(&Connection, Liveness)) -> io::Result<()> {
         self.rows.clear();
-        let now = Instant::now();
-        self.listening
-            .retain(|_, seen| now.duration_since(*seen) < LISTENER_MEMORY);
+        self.listeners.next_poll();
         let recover = std::mem::take(&mut self.recover);
-        self.read_tables(recover, now)?;
+        self.read_tables(recover)?;
         std::mem::swap(&mut self.previous, &mut self.seen);
         self.seen.clear();
         let announced = self.announced();
@@ -278,7 +273,7 @@ impl Scanner {
                 !self.previous.contains(&key)
             };
             if new {
-                let conn = connection(&self.listening, proto, &row, peer);
+                let conn = connection(&self.listeners, proto, &row, peer);
                 sink(&conn, liveness(proto, &row, recover));
             }
         }
@@ -312,12 +307,11 @@ impl Scanner {
         rows: &[(Proto, Row)],
         sink: &mut impl FnMut(&Connection, Liveness),
     ) -> io::Result<()> {
-        let now = Instant::now();
         for (proto, row) in rows {
             // A listener closing (or a socket that never connected): its
             // connections, destroyed before or after it, are inbound.
             if row.remote == Some(Ipv4Addr::UNSPECIFIED) && row.local_port != 0 {
-                self.listening.insert((*proto, row.local_port), now);
+                self.listeners.saw(*proto, row.local_port);
             }
         }
         let mut refreshed = false;
@@ -331,11 +325,11 @@ impl Scanner {
             }
             // A listener opened since the last poll: look (once per batch,
             // it is cheap) before calling its connection outbound.
-            if !refreshed && !self.listening.contains_key(&(proto, row.local_port)) {
+            if !refreshed && !self.listeners.has(proto, row.local_port) {
                 refreshed = true;
                 self.refresh_listeners()?;
             }
-            let conn = connection(&self.listening, proto, &row, peer);
+            let conn = connection(&self.listeners, proto, &row, peer);
             sink(&conn, Liveness::Closed);
         }
         Ok(())
@@ -348,16 +342,15 @@ impl Scanner {
         let Tables::Netlink { dumper, .. } = &mut self.tables else {
             return Ok(());
         };
-        let now = Instant::now();
         for (proto, v6, _) in TABLES {
             let states = match proto {
                 Proto::Tcp => 1 << LISTEN,
                 Proto::Udp => 1 << CLOSE,
             };
-            let listening = &mut self.listening;
+            let listeners = &mut self.listeners;
             tolerate_missing(dumper.dump(proto, v6, states, |row| {
                 if listens(proto, &row) {
-                    listening.insert((proto, row.local_port), now);
+                    listeners.saw(proto, row.local_port);
                 }
             }))?;
         }
@@ -366,11 +359,11 @@ impl Scanner {
 
     /// Fills `rows` with the sockets that are not listeners, and notes the
     /// listeners.
-    fn read_tables(&mut self, time_wait_too: bool, now: Instant) -> io::Result<()> {
-        let (rows, listening) = (&mut self.rows, &mut self.listening);
+    fn read_tables(&mut self, time_wait_too: bool) -> io::Result<()> {
+        let (rows, listeners) = (&mut self.rows, &mut self.listeners);
         let mut take = |proto, row: Row| {
             if listens(proto, &row) {
-                listening.insert((proto, row.local_port), now);
+                listeners.saw(proto, row.local_port);
             } else {
                 rows.push((proto, row));
             }
@@ -433,13 +426,8 @@ fn listens(proto: Proto, row: &Row) -> bool {
     }
 }
 
-fn connection(
-    listening: &HashMap<(Proto, u16), Instant>,
-    proto: Proto,
-    row: &Row,
-    peer: Ipv4Addr,
-) -> Connection {
-    let direction = if listening.contains_key(&(proto, row.local_port)) {
+fn connection(listeners: &Listeners, proto: Proto, row: &Row, peer: Ipv4Addr) -> Connection {
+    let direction = if listeners.has(proto, row.local_port) {
         Direction::Inbound
     } else {
         Direction::Outbound

@@ -70,10 +70,17 @@ fn a_connection_stays_inbound_after_its_listener_closes() {
         .map(|l| format!("{l}\n"))
         .collect();
     let late = without_listener.replace("0200007F:D431", "0600007F:D432");
-    std::fs::write(dir.path().join("tcp"), late).unwrap();
+    std::fs::write(dir.path().join("tcp"), &late).unwrap();
     assert_eq!(
         collect(&mut scanner),
         [(Ipv4Addr::new(127, 0, 0, 6), Direction::Inbound, 22, 0xd432)]
+    );
+    // A poll later, a connection from that port is a client's.
+    let later = late.replace("0600007F:D432", "0700007F:D433");
+    std::fs::write(dir.path().join("tcp"), later).unwrap();
+    assert_eq!(
+        collect(&mut scanner),
+        [(Ipv4Addr::new(127, 0, 0, 7), Direction::Outbound, 22, 0xd433)]
     );
 }
 

@@ -46,6 +46,7 @@ pub enum Block {
     Sighup,
     MaxPeers,
     // tests/proc_mode.rs
+    ProcListenerGone,
     ProcLateFin,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
