@@ -10,14 +10,17 @@
 //! Messages are read in place from one buffer; nothing is allocated per
 //! socket.
 use std::{
+    collections::HashSet,
     io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    time::Duration,
 };
 
+use log::debug;
 use netmon_common::tcp_state;
 
-use super::{Proto, Row};
+use super::{Proto, Row, markers::Markers};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -92,11 +95,14 @@ impl Dumper {
 pub struct Destroyed {
     fd: OwnedFd,
     buf: Box<[u8]>,
+    /// See [`Destroyed::close_markers`].
+    markers: Markers,
 }
 
 impl Destroyed {
-    /// Subscribes to TCP and UDP over IPv4 and IPv6. Non-blocking: read it
-    /// when it is readable.
+    /// Subscribes to TCP and UDP over IPv4 and IPv6, in this thread's
+    /// network namespace, where the markers are made too. Non-blocking:
+    /// read it when it is readable.
     pub fn subscribe() -> io::Result<Self> {
         let fd = netlink_socket(libc::SOCK_NONBLOCK)?;
         // Bound, for a port id of its own: the kernel skips a listener
@@ -110,10 +116,39 @@ impl Destroyed {
         if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, NOTIFY_RCVBUF).is_err() {
             let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, NOTIFY_RCVBUF);
         }
+        let markers = Markers::new().unwrap_or_else(|err| {
+            debug!("no markers to end notifications with: {err}");
+            Markers::default()
+        });
         Ok(Self {
             fd,
             buf: vec![0; DUMP_BUF].into_boxed_slice(),
+            markers,
         })
+    }
+
+    /// Closes the markers (`markers.rs`) and returns their cookies,
+    /// whose notifications are to be waited for.
+    pub fn close_markers(&mut self) -> HashSet<u64> {
+        std::mem::take(&mut self.markers).close()
+    }
+
+    /// Waits until notifications are waiting, or `timeout` has passed.
+    pub fn wait(&self, timeout: Duration) -> io::Result<()> {
+        let mut pollfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, for the length given.
+        if unsafe { libc::poll(&mut pollfd, 1, ms) } < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Calls `sink` for every notification waiting, with the socket's
@@ -180,14 +215,16 @@ pub fn poll_states(time_wait: bool) -> u32 {
 }
 
 fn netlink_socket(flags: i32) -> io::Result<OwnedFd> {
+    socket(
+        libc::AF_NETLINK,
+        libc::SOCK_DGRAM | flags,
+        libc::NETLINK_SOCK_DIAG,
+    )
+}
+
+pub(super) fn socket(domain: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned from here on.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | flags,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

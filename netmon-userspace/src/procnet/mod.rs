@@ -18,6 +18,7 @@
 mod collector;
 mod diag;
 mod known;
+mod markers;
 mod text;
 
 use std::{
@@ -27,6 +28,7 @@ use std::{
     net::Ipv4Addr,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -212,7 +214,8 @@ impl Scanner {
     /// Subscribes to the sockets the kernel destroys in the tables'
     /// namespace; from then on polls leave TIME_WAIT sockets out (those in
     /// FIN_WAIT2 too), since each stands for a socket announced as it was
-    /// destroyed. Feed what the result reads to [`Scanner::destroyed`].
+    /// destroyed. Feed what the result reads to [`Scanner::destroyed`],
+    /// and at the end to [`Scanner::settle`].
     pub fn subscribe(&mut self) -> io::Result<Destroyed> {
         let Tables::Netlink {
             netns, time_wait, ..
@@ -287,15 +290,57 @@ impl Scanner {
         destroyed: &mut Destroyed,
         mut sink: impl FnMut(&Connection, Liveness),
     ) -> io::Result<()> {
+        self.read_destroyed(destroyed, &mut HashSet::new(), &mut sink)
+    }
+
+    /// At the end, after the last poll: closes `destroyed`'s markers and
+    /// reads notifications as [`Scanner::destroyed`] does until every
+    /// marker's has come, or `patience` has passed. The kernel announces
+    /// sockets some time after they leave the tables; once the markers'
+    /// notifications have come, so have those of every socket destroyed
+    /// before them. Returns whether they all came.
+    pub fn settle(
+        &mut self,
+        destroyed: &mut Destroyed,
+        patience: Duration,
+        mut sink: impl FnMut(&Connection, Liveness),
+    ) -> io::Result<bool> {
+        let mut markers = destroyed.close_markers();
+        let deadline = Instant::now() + patience;
+        loop {
+            self.read_destroyed(destroyed, &mut markers, &mut sink)?;
+            if markers.is_empty() {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            destroyed.wait(left)?;
+        }
+    }
+
+    /// Reads the notifications waiting, leaves out (and crosses off)
+    /// `markers`, and announces the rest.
+    fn read_destroyed(
+        &mut self,
+        destroyed: &mut Destroyed,
+        markers: &mut HashSet<u64>,
+        sink: &mut impl FnMut(&Connection, Liveness),
+    ) -> io::Result<()> {
         let mut rows = std::mem::take(&mut self.rows);
         rows.clear();
-        let drained = destroyed.drain(|proto, row| rows.push((proto, row)));
+        let drained = destroyed.drain(|proto, row| {
+            if !row.cookie.is_some_and(|cookie| markers.remove(&cookie)) {
+                rows.push((proto, row));
+            }
+        });
         let result = drained.and_then(|overflowed| {
             if overflowed {
                 self.overflows += 1;
                 self.recover = true;
             }
-            self.announce(&rows, &mut sink)
+            self.announce(&rows, sink)
         });
         self.rows = rows;
         result
