@@ -1,7 +1,7 @@
 //! proc mode against what real clients and servers do: a client that
-//! connects from a port a listener has just left, and clients that close
-//! long after their server. Each connection must be recorded once, in its
-//! own direction. proc mode needs no root, so these run in plain
+//! connects from a port a listener has just left, clients that close long
+//! after their server, a client that holds a connection its server reset.
+//! Each connection must be recorded once, in its own direction. proc mode needs no root, so these run in plain
 //! `cargo test`.
 use std::{
     net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener},
@@ -140,6 +140,42 @@ fn a_connection_whose_client_closes_late_is_counted_once() {
     expect_peers(
         &peers,
         &addrs(20),
+        "one inbound connection",
+        counted(0, 1, &[], &[port]),
+    );
+}
+
+/// A connection reset by its server leaves the tables at once, but the
+/// kernel announces the client's socket only when the client closes it,
+/// which a connection pool may do much later. Seen open by polls, then
+/// announced polls later, it is still one connection.
+#[test]
+fn a_connection_announced_long_after_it_was_reset_is_counted_once() {
+    let net = Block::ProcHeldAfterReset;
+    let extra = ["--poll-interval", "100"];
+    let (peers, port) = in_proc_mode(&extra, || {
+        let listener = TcpListener::bind((net.addr(0, 1), 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = connect_from(net.addr(1, 1), SocketAddrV4::new(net.addr(0, 1), port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        thread::sleep(Duration::from_millis(500));
+        socket2::SockRef::from(&server)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(server);
+        thread::sleep(Duration::from_millis(500));
+        drop(client);
+        port
+    });
+    expect_peers(
+        &peers,
+        &[net.addr(0, 1)],
+        "one outbound connection",
+        counted(1, 0, &[port], &[]),
+    );
+    expect_peers(
+        &peers,
+        &[net.addr(1, 1)],
         "one inbound connection",
         counted(0, 1, &[], &[port]),
     );

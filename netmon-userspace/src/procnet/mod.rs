@@ -41,7 +41,7 @@ pub use self::{
 };
 use netmon_common::tcp_state::{CLOSE, LISTEN, TIME_WAIT};
 
-use self::known::Listeners;
+use self::known::{Listeners, Reported};
 use crate::peer::{Connection, Direction, Source};
 
 /// What `--socket-tables` asks for.
@@ -134,8 +134,7 @@ pub struct Scanner {
     tables: Tables,
     rows: Vec<(Proto, Row)>,
     listeners: Listeners,
-    seen: HashSet<u128>,
-    previous: HashSet<u128>,
+    reported: Reported,
     /// Destroy notifications were lost: the next poll reads TIME_WAIT
     /// sockets too, to recover the peers of the lost ones.
     recover: bool,
@@ -193,8 +192,7 @@ impl Scanner {
             tables,
             rows: Vec::new(),
             listeners: Listeners::default(),
-            seen: HashSet::new(),
-            previous: HashSet::new(),
+            reported: Reported::default(),
             recover: false,
             overflows: 0,
         }
@@ -259,8 +257,7 @@ impl Scanner {
         self.listeners.next_poll();
         let recover = std::mem::take(&mut self.recover);
         self.read_tables(recover)?;
-        std::mem::swap(&mut self.previous, &mut self.seen);
-        self.seen.clear();
+        self.reported.next_poll();
         let announced = self.announced();
         for &(proto, row) in &self.rows {
             let Some(peer) = row.peer() else {
@@ -270,16 +267,16 @@ impl Scanner {
             // Read only to recover what lost notifications said: its socket
             // was announced, or its announcement lost.
             let new = if announced && row.timewait {
-                !self.seen.contains(&key) && !self.previous.contains(&key)
+                !self.reported.knows(key)
             } else {
-                self.seen.insert(key);
-                !self.previous.contains(&key)
+                self.reported.saw(key)
             };
             if new {
                 let conn = connection(&self.listeners, proto, &row, peer);
                 sink(&conn, liveness(proto, &row, recover));
             }
         }
+        self.reported.end_poll(announced, Instant::now());
         Ok(())
     }
 
@@ -361,13 +358,16 @@ impl Scanner {
         }
         let mut refreshed = false;
         for &(proto, row) in rows {
-            let Some(peer) = row.peer() else {
-                continue;
-            };
-            let key = key(proto, &row, peer);
-            if self.seen.contains(&key) || self.previous.contains(&key) {
+            let peer = row.peer();
+            // Asked even without a peer: a socket that lost it (a UDP
+            // socket disconnected) may still wait for its announcement.
+            let key = key(proto, &row, peer.unwrap_or(Ipv4Addr::UNSPECIFIED));
+            if self.reported.destroyed(key) {
                 continue;
             }
+            let Some(peer) = peer else {
+                continue;
+            };
             // A listener opened since the last poll: look (once per batch,
             // it is cheap) before calling its connection outbound.
             if !refreshed && !self.listeners.has(proto, row.local_port) {

@@ -156,9 +156,10 @@ fn announced(scanner: &mut Scanner, rows: &[(Proto, Row)]) -> Vec<(Ipv4Addr, Dir
 fn a_destroyed_socket_a_poll_saw_is_not_counted_again() {
     let (_dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
     let seen = destroyed(7, 40000, [10, 0, 0, 1]);
+    scanner.reported.next_poll();
     scanner
-        .seen
-        .insert(key(seen.0, &seen.1, Ipv4Addr::new(10, 0, 0, 1)));
+        .reported
+        .saw(key(seen.0, &seen.1, Ipv4Addr::new(10, 0, 0, 1)));
     let unseen = destroyed(8, 40001, [10, 0, 0, 2]);
     assert_eq!(
         announced(&mut scanner, &[seen, unseen]),
