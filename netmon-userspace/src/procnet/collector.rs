@@ -9,7 +9,10 @@
 //!   counted twice;
 //! - after notifications were lost, the next poll also reads TIME_WAIT
 //!   sockets ([`Scanner`] keeps track), uncounted, and the next checkpoint
-//!   says so.
+//!   says so;
+//! - at the end, the last poll is followed by the notifications of every
+//!   socket destroyed before it, which the kernel sends some time after
+//!   the socket has left the tables ([`Scanner::settle`]).
 //!
 //! Connections go to a `record(connection, connections, now)` callback:
 //! the connections it counts, and the time it was read at (Unix seconds,
@@ -20,8 +23,12 @@ use std::{
     time::Duration,
 };
 
+/// How long the end waits for the kernel's last notifications: they
+/// normally take milliseconds.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(2);
+
 use anyhow::Context as _;
-use log::{info, warn};
+use log::{debug, info, warn};
 use tokio::{
     io::unix::AsyncFd,
     time::{Interval, MissedTickBehavior, interval},
@@ -115,11 +122,13 @@ impl ProcCollector {
         }
     }
 
-    /// A last poll before the final checkpoint.
+    /// A last poll before the final checkpoint, and the notifications of
+    /// what closed before it.
     pub fn finish(&mut self, record: &mut impl FnMut(&Connection, u64, u64)) {
         if let Err(err) = self.poll(record) {
             warn!("final poll of {}: {err}", self.proc_net.display());
         }
+        self.settle(record);
         self.warn_if_overflowed();
     }
 
@@ -131,6 +140,31 @@ impl ProcCollector {
         let now = UnixTime::now().secs();
         self.scanner
             .scan(|conn, liveness| record(conn, counts(liveness), now))
+    }
+
+    /// Counts each socket destroyed before now that no poll saw, waiting
+    /// for the kernel to have sent them all.
+    fn settle(&mut self, record: &mut impl FnMut(&Connection, u64, u64)) {
+        let Some(destroyed) = &mut self.destroyed else {
+            return;
+        };
+        let now = store::unix_now();
+        let started = std::time::Instant::now();
+        let settled =
+            self.scanner
+                .settle(destroyed.get_mut(), SETTLE_PATIENCE, |conn, liveness| {
+                    record(conn, counts(liveness), now);
+                });
+        match settled {
+            Ok(true) => debug!(
+                "the kernel's last notifications came in {:?}",
+                started.elapsed()
+            ),
+            Ok(false) => warn!(
+                "the kernel had not sent every notification of a socket closed before the last poll after {SETTLE_PATIENCE:?}: some connections may be missing"
+            ),
+            Err(err) => warn!("reading the last sock_diag notifications: {err}"),
+        }
     }
 
     /// Counts each destroyed socket that no poll saw.

@@ -10,14 +10,17 @@
 //! Messages are read in place from one buffer; nothing is allocated per
 //! socket.
 use std::{
+    collections::HashSet,
     io,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    time::Duration,
 };
 
+use log::debug;
 use netmon_common::tcp_state;
 
-use super::{Proto, Row};
+use super::{Proto, Row, markers::Markers};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -32,6 +35,9 @@ const REQ_LEN: usize = 56;
 const MSG_LEN: usize = 52;
 /// The whole `struct inet_diag_msg`; attributes follow it.
 const MSG_FULL_LEN: usize = 72;
+/// `idiag_timer` of a TIME_WAIT socket, whatever state it stands in: no
+/// full socket reports it.
+const TIMER_TIME_WAIT: u8 = 3;
 /// A dump answers in messages of at most 32 KiB (the kernel's cap).
 const DUMP_BUF: usize = 32 * 1024;
 /// Receive buffer asked for the notifications (the kernel doubles it):
@@ -89,11 +95,14 @@ impl Dumper {
 pub struct Destroyed {
     fd: OwnedFd,
     buf: Box<[u8]>,
+    /// See [`Destroyed::close_markers`].
+    markers: Markers,
 }
 
 impl Destroyed {
-    /// Subscribes to TCP and UDP over IPv4 and IPv6. Non-blocking: read it
-    /// when it is readable.
+    /// Subscribes to TCP and UDP over IPv4 and IPv6, in this thread's
+    /// network namespace, where the markers are made too. Non-blocking:
+    /// read it when it is readable.
     pub fn subscribe() -> io::Result<Self> {
         let fd = netlink_socket(libc::SOCK_NONBLOCK)?;
         // Bound, for a port id of its own: the kernel skips a listener
@@ -107,10 +116,39 @@ impl Destroyed {
         if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, NOTIFY_RCVBUF).is_err() {
             let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, NOTIFY_RCVBUF);
         }
+        let markers = Markers::new().unwrap_or_else(|err| {
+            debug!("no markers to end notifications with: {err}");
+            Markers::default()
+        });
         Ok(Self {
             fd,
             buf: vec![0; DUMP_BUF].into_boxed_slice(),
+            markers,
         })
+    }
+
+    /// Closes the markers (`markers.rs`) and returns their cookies,
+    /// whose notifications are to be waited for.
+    pub fn close_markers(&mut self) -> HashSet<u64> {
+        std::mem::take(&mut self.markers).close()
+    }
+
+    /// Waits until notifications are waiting, or `timeout` has passed.
+    pub fn wait(&self, timeout: Duration) -> io::Result<()> {
+        let mut pollfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, for the length given.
+        if unsafe { libc::poll(&mut pollfd, 1, ms) } < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Calls `sink` for every notification waiting, with the socket's
@@ -177,14 +215,16 @@ pub fn poll_states(time_wait: bool) -> u32 {
 }
 
 fn netlink_socket(flags: i32) -> io::Result<OwnedFd> {
+    socket(
+        libc::AF_NETLINK,
+        libc::SOCK_DGRAM | flags,
+        libc::NETLINK_SOCK_DIAG,
+    )
+}
+
+pub(super) fn socket(domain: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned from here on.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | flags,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -345,6 +385,7 @@ fn parse_socket(msg: &[u8]) -> Option<Row> {
         remote_port: u16::from_be_bytes([msg[6], msg[7]]),
         state: i32::from(msg[1]),
         cookie: Some(cookie),
+        timewait: msg[2] == TIMER_TIME_WAIT,
     })
 }
 
@@ -426,8 +467,19 @@ mod tests {
                 remote_port: 443,
                 state: 1,
                 cookie: Some(1 << 32 | 7),
+                timewait: false,
             }
         );
+    }
+
+    #[test]
+    fn a_time_wait_socket_says_so_whatever_state_it_stands_in() {
+        const FIN_WAIT2: i32 = 5;
+        let mut msg = message(libc::AF_INET, v4([127, 0, 0, 1]), v4([10, 1, 2, 3]), &[]);
+        msg[1] = FIN_WAIT2 as u8;
+        msg[2] = TIMER_TIME_WAIT;
+        let row = parse_socket(&msg).unwrap();
+        assert_eq!((row.state, row.timewait), (FIN_WAIT2, true));
     }
 
     #[test]

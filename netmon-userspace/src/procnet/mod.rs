@@ -9,17 +9,20 @@
 //!
 //! A socket whose local port has a listener (TCP LISTEN, or an unconnected
 //! UDP socket) is inbound; any other socket with a remote address is
-//! outbound. Each poll reports only connections that were not in the
+//! outbound (`known.rs` says for how long a listener that has gone still
+//! counts). Each poll reports only connections that were not in the
 //! previous poll, so a long-lived connection is counted once.
 //!
 //! [`ProcCollector`] (`collector.rs`) is proc mode built on them, with the
 //! order its reads must keep.
 mod collector;
 mod diag;
+mod known;
+mod markers;
 mod text;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs::File,
     io::{self, Read as _},
     net::Ipv4Addr,
@@ -38,10 +41,8 @@ pub use self::{
 };
 use netmon_common::tcp_state::{CLOSE, LISTEN, TIME_WAIT};
 
+use self::known::{Listeners, Reported};
 use crate::peer::{Connection, Direction, Source};
-
-/// How long a port counts as listening after its listener was last seen.
-const LISTENER_MEMORY: Duration = Duration::from_secs(60);
 
 /// What `--socket-tables` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +98,11 @@ pub struct Row {
     /// The kernel's unique id of the socket, where the table gives it
     /// (netlink does, the text does not).
     pub cookie: Option<u64>,
+    /// A TIME_WAIT socket: what the kernel keeps of a TCP connection
+    /// whose socket it has destroyed, in TIME_WAIT or in FIN_WAIT2. Its
+    /// cookie is the socket's only if a dump had asked for that one
+    /// before. Netlink tells; the text does not.
+    pub timewait: bool,
 }
 
 impl Row {
@@ -127,11 +133,8 @@ enum Tables {
 pub struct Scanner {
     tables: Tables,
     rows: Vec<(Proto, Row)>,
-    /// Ports with a listener, and when one was last seen: an accepted
-    /// connection outlives a listener that closes, and is still inbound.
-    listening: HashMap<(Proto, u16), Instant>,
-    seen: HashSet<u128>,
-    previous: HashSet<u128>,
+    listeners: Listeners,
+    reported: Reported,
     /// Destroy notifications were lost: the next poll reads TIME_WAIT
     /// sockets too, to recover the peers of the lost ones.
     recover: bool,
@@ -188,9 +191,8 @@ impl Scanner {
         Self {
             tables,
             rows: Vec::new(),
-            listening: HashMap::new(),
-            seen: HashSet::new(),
-            previous: HashSet::new(),
+            listeners: Listeners::default(),
+            reported: Reported::default(),
             recover: false,
             overflows: 0,
         }
@@ -208,9 +210,10 @@ impl Scanner {
     }
 
     /// Subscribes to the sockets the kernel destroys in the tables'
-    /// namespace; from then on polls leave TIME_WAIT sockets out, since
-    /// each was announced as it closed. Feed what the result reads to
-    /// [`Scanner::destroyed`].
+    /// namespace; from then on polls leave TIME_WAIT sockets out (those in
+    /// FIN_WAIT2 too), since each stands for a socket announced as it was
+    /// destroyed. Feed what the result reads to [`Scanner::destroyed`],
+    /// and at the end to [`Scanner::settle`].
     pub fn subscribe(&mut self) -> io::Result<Destroyed> {
         let Tables::Netlink {
             netns, time_wait, ..
@@ -226,6 +229,18 @@ impl Scanner {
         Ok(destroyed)
     }
 
+    /// Whether the kernel announces the sockets it destroys (polls then
+    /// leave TIME_WAIT sockets out).
+    fn announced(&self) -> bool {
+        matches!(
+            self.tables,
+            Tables::Netlink {
+                time_wait: false,
+                ..
+            }
+        )
+    }
+
     /// How many times destroy notifications were lost since the last call.
     pub fn take_overflows(&mut self) -> u64 {
         std::mem::take(&mut self.overflows)
@@ -239,30 +254,29 @@ impl Scanner {
     /// there.
     pub fn scan(&mut self, mut sink: impl FnMut(&Connection, Liveness)) -> io::Result<()> {
         self.rows.clear();
-        let now = Instant::now();
-        self.listening
-            .retain(|_, seen| now.duration_since(*seen) < LISTENER_MEMORY);
+        self.listeners.next_poll();
         let recover = std::mem::take(&mut self.recover);
-        self.read_tables(recover, now)?;
-        std::mem::swap(&mut self.previous, &mut self.seen);
-        self.seen.clear();
+        self.read_tables(recover)?;
+        self.reported.next_poll();
+        let announced = self.announced();
         for &(proto, row) in &self.rows {
             let Some(peer) = row.peer() else {
                 continue;
             };
             let key = key(proto, &row, peer);
-            self.seen.insert(key);
-            if self.previous.contains(&key) {
-                continue;
-            }
-            let liveness = match (proto, row.state) {
-                (Proto::Tcp, TIME_WAIT) if recover => Liveness::Recovered,
-                (Proto::Tcp, TIME_WAIT | CLOSE) => Liveness::Closed,
-                _ => Liveness::Open,
+            // Read only to recover what lost notifications said: its socket
+            // was announced, or its announcement lost.
+            let new = if announced && row.timewait {
+                !self.reported.knows(key)
+            } else {
+                self.reported.saw(key)
             };
-            let conn = connection(&self.listening, proto, &row, peer);
-            sink(&conn, liveness);
+            if new {
+                let conn = connection(&self.listeners, proto, &row, peer);
+                sink(&conn, liveness(proto, &row, recover));
+            }
         }
+        self.reported.end_poll(announced, Instant::now());
         Ok(())
     }
 
@@ -273,15 +287,57 @@ impl Scanner {
         destroyed: &mut Destroyed,
         mut sink: impl FnMut(&Connection, Liveness),
     ) -> io::Result<()> {
+        self.read_destroyed(destroyed, &mut HashSet::new(), &mut sink)
+    }
+
+    /// At the end, after the last poll: closes `destroyed`'s markers and
+    /// reads notifications as [`Scanner::destroyed`] does until every
+    /// marker's has come, or `patience` has passed. The kernel announces
+    /// sockets some time after they leave the tables; once the markers'
+    /// notifications have come, so have those of every socket destroyed
+    /// before them. Returns whether they all came.
+    pub fn settle(
+        &mut self,
+        destroyed: &mut Destroyed,
+        patience: Duration,
+        mut sink: impl FnMut(&Connection, Liveness),
+    ) -> io::Result<bool> {
+        let mut markers = destroyed.close_markers();
+        let deadline = Instant::now() + patience;
+        loop {
+            self.read_destroyed(destroyed, &mut markers, &mut sink)?;
+            if markers.is_empty() {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            destroyed.wait(left)?;
+        }
+    }
+
+    /// Reads the notifications waiting, leaves out (and crosses off)
+    /// `markers`, and announces the rest.
+    fn read_destroyed(
+        &mut self,
+        destroyed: &mut Destroyed,
+        markers: &mut HashSet<u64>,
+        sink: &mut impl FnMut(&Connection, Liveness),
+    ) -> io::Result<()> {
         let mut rows = std::mem::take(&mut self.rows);
         rows.clear();
-        let drained = destroyed.drain(|proto, row| rows.push((proto, row)));
+        let drained = destroyed.drain(|proto, row| {
+            if !row.cookie.is_some_and(|cookie| markers.remove(&cookie)) {
+                rows.push((proto, row));
+            }
+        });
         let result = drained.and_then(|overflowed| {
             if overflowed {
                 self.overflows += 1;
                 self.recover = true;
             }
-            self.announce(&rows, &mut sink)
+            self.announce(&rows, sink)
         });
         self.rows = rows;
         result
@@ -293,30 +349,32 @@ impl Scanner {
         rows: &[(Proto, Row)],
         sink: &mut impl FnMut(&Connection, Liveness),
     ) -> io::Result<()> {
-        let now = Instant::now();
         for (proto, row) in rows {
             // A listener closing (or a socket that never connected): its
             // connections, destroyed before or after it, are inbound.
             if row.remote == Some(Ipv4Addr::UNSPECIFIED) && row.local_port != 0 {
-                self.listening.insert((*proto, row.local_port), now);
+                self.listeners.saw(*proto, row.local_port);
             }
         }
         let mut refreshed = false;
         for &(proto, row) in rows {
-            let Some(peer) = row.peer() else {
-                continue;
-            };
-            let key = key(proto, &row, peer);
-            if self.seen.contains(&key) || self.previous.contains(&key) {
+            let peer = row.peer();
+            // Asked even without a peer: a socket that lost it (a UDP
+            // socket disconnected) may still wait for its announcement.
+            let key = key(proto, &row, peer.unwrap_or(Ipv4Addr::UNSPECIFIED));
+            if self.reported.destroyed(key) {
                 continue;
             }
+            let Some(peer) = peer else {
+                continue;
+            };
             // A listener opened since the last poll: look (once per batch,
             // it is cheap) before calling its connection outbound.
-            if !refreshed && !self.listening.contains_key(&(proto, row.local_port)) {
+            if !refreshed && !self.listeners.has(proto, row.local_port) {
                 refreshed = true;
                 self.refresh_listeners()?;
             }
-            let conn = connection(&self.listening, proto, &row, peer);
+            let conn = connection(&self.listeners, proto, &row, peer);
             sink(&conn, Liveness::Closed);
         }
         Ok(())
@@ -329,16 +387,15 @@ impl Scanner {
         let Tables::Netlink { dumper, .. } = &mut self.tables else {
             return Ok(());
         };
-        let now = Instant::now();
         for (proto, v6, _) in TABLES {
             let states = match proto {
                 Proto::Tcp => 1 << LISTEN,
                 Proto::Udp => 1 << CLOSE,
             };
-            let listening = &mut self.listening;
+            let listeners = &mut self.listeners;
             tolerate_missing(dumper.dump(proto, v6, states, |row| {
                 if listens(proto, &row) {
-                    listening.insert((proto, row.local_port), now);
+                    listeners.saw(proto, row.local_port);
                 }
             }))?;
         }
@@ -347,11 +404,11 @@ impl Scanner {
 
     /// Fills `rows` with the sockets that are not listeners, and notes the
     /// listeners.
-    fn read_tables(&mut self, time_wait_too: bool, now: Instant) -> io::Result<()> {
-        let (rows, listening) = (&mut self.rows, &mut self.listening);
+    fn read_tables(&mut self, time_wait_too: bool) -> io::Result<()> {
+        let (rows, listeners) = (&mut self.rows, &mut self.listeners);
         let mut take = |proto, row: Row| {
             if listens(proto, &row) {
-                listening.insert((proto, row.local_port), now);
+                listeners.saw(proto, row.local_port);
             } else {
                 rows.push((proto, row));
             }
@@ -369,7 +426,15 @@ impl Scanner {
             Tables::Netlink {
                 dumper, time_wait, ..
             } => {
-                let states = diag::poll_states(*time_wait || time_wait_too);
+                let time_wait = *time_wait || time_wait_too;
+                let states = diag::poll_states(time_wait);
+                // The state a TIME_WAIT socket is dumped in is the one it
+                // stands in, FIN_WAIT2 included: left out here.
+                let mut take = |proto, row: Row| {
+                    if time_wait || !row.timewait {
+                        take(proto, row);
+                    }
+                };
                 for (proto, v6, _) in TABLES {
                     let dumped = dumper.dump(proto, v6, states, |row| take(proto, row));
                     if (proto, v6) == (Proto::Tcp, false) {
@@ -384,6 +449,20 @@ impl Scanner {
     }
 }
 
+/// What a poll's sighting of `row` says of its connection: a TIME_WAIT
+/// socket (whatever state it stands in) is a connection closed, one read
+/// to recover lost notifications brings no count.
+fn liveness(proto: Proto, row: &Row, recover: bool) -> Liveness {
+    let time_wait = row.timewait || (proto, row.state) == (Proto::Tcp, TIME_WAIT);
+    if time_wait && recover {
+        Liveness::Recovered
+    } else if time_wait || (proto, row.state) == (Proto::Tcp, CLOSE) {
+        Liveness::Closed
+    } else {
+        Liveness::Open
+    }
+}
+
 /// A socket that waits for connections rather than being one.
 fn listens(proto: Proto, row: &Row) -> bool {
     match proto {
@@ -392,13 +471,8 @@ fn listens(proto: Proto, row: &Row) -> bool {
     }
 }
 
-fn connection(
-    listening: &HashMap<(Proto, u16), Instant>,
-    proto: Proto,
-    row: &Row,
-    peer: Ipv4Addr,
-) -> Connection {
-    let direction = if listening.contains_key(&(proto, row.local_port)) {
+fn connection(listeners: &Listeners, proto: Proto, row: &Row, peer: Ipv4Addr) -> Connection {
+    let direction = if listeners.has(proto, row.local_port) {
         Direction::Inbound
     } else {
         Direction::Outbound

@@ -70,11 +70,43 @@ fn a_connection_stays_inbound_after_its_listener_closes() {
         .map(|l| format!("{l}\n"))
         .collect();
     let late = without_listener.replace("0200007F:D431", "0600007F:D432");
-    std::fs::write(dir.path().join("tcp"), late).unwrap();
+    std::fs::write(dir.path().join("tcp"), &late).unwrap();
     assert_eq!(
         collect(&mut scanner),
         [(Ipv4Addr::new(127, 0, 0, 6), Direction::Inbound, 22, 0xd432)]
     );
+    // A poll later, a connection from that port is a client's.
+    let later = late.replace("0600007F:D432", "0700007F:D433");
+    std::fs::write(dir.path().join("tcp"), later).unwrap();
+    assert_eq!(
+        collect(&mut scanner),
+        [(Ipv4Addr::new(127, 0, 0, 7), Direction::Outbound, 22, 0xd433)]
+    );
+}
+
+#[test]
+fn a_time_wait_socket_is_a_connection_closed() {
+    let tcp = |state, timewait| Row {
+        local: None,
+        local_port: 1,
+        remote: None,
+        remote_port: 2,
+        state,
+        cookie: None,
+        timewait,
+    };
+    const FIN_WAIT2: i32 = 5;
+    let cases = [
+        (tcp(FIN_WAIT2, false), false, Liveness::Open),
+        (tcp(FIN_WAIT2, true), false, Liveness::Closed),
+        (tcp(FIN_WAIT2, true), true, Liveness::Recovered),
+        (tcp(TIME_WAIT, false), false, Liveness::Closed),
+        (tcp(TIME_WAIT, false), true, Liveness::Recovered),
+        (tcp(CLOSE, false), true, Liveness::Closed),
+    ];
+    for (row, recover, wanted) in cases {
+        assert_eq!(liveness(Proto::Tcp, &row, recover), wanted, "{row:?}");
+    }
 }
 
 #[test]
@@ -104,6 +136,7 @@ fn destroyed(cookie: u64, local_port: u16, remote: [u8; 4]) -> (Proto, Row) {
         remote_port: 0,
         state: CLOSE,
         cookie: Some(cookie),
+        timewait: false,
     };
     (Proto::Tcp, row)
 }
@@ -123,9 +156,10 @@ fn announced(scanner: &mut Scanner, rows: &[(Proto, Row)]) -> Vec<(Ipv4Addr, Dir
 fn a_destroyed_socket_a_poll_saw_is_not_counted_again() {
     let (_dir, mut scanner) = scan_dir(&[("tcp", TCP)]);
     let seen = destroyed(7, 40000, [10, 0, 0, 1]);
+    scanner.reported.next_poll();
     scanner
-        .seen
-        .insert(key(seen.0, &seen.1, Ipv4Addr::new(10, 0, 0, 1)));
+        .reported
+        .saw(key(seen.0, &seen.1, Ipv4Addr::new(10, 0, 0, 1)));
     let unseen = destroyed(8, 40001, [10, 0, 0, 2]);
     assert_eq!(
         announced(&mut scanner, &[seen, unseen]),

@@ -30,6 +30,7 @@ pub(super) fn parse_row(line: &[u8], v6: bool) -> Option<Row> {
         remote_port,
         state,
         cookie: None,
+        timewait: false,
     })
 }
 

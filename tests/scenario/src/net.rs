@@ -45,6 +45,10 @@ pub enum Block {
     Capabilities,
     Sighup,
     MaxPeers,
+    // tests/proc_mode.rs
+    ProcListenerGone,
+    ProcLateFin,
+    ProcHeldAfterReset,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,
