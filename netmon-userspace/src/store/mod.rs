@@ -15,7 +15,8 @@
 //! - `schema`: the checkpoint's fields, defined once;
 //! - `writer`, `reader`: writing and reading netmon's own layout fast;
 //! - `fallback`: serde, for any other valid file and for address lists;
-//! - `atomic`: replacing the file safely, and cleaning up around it;
+//! - `target`: the written file, reached through its directory's descriptor:
+//!   replacing it atomically, and cleaning up around it;
 //! - `output`, `lockfile`: opening `netmon run`'s output: one writer, the
 //!   file's checks, the corrupt-file policy and the initial load.
 use std::{
@@ -27,23 +28,23 @@ use std::{
 
 #[cfg(test)]
 mod agreement;
-mod atomic;
 mod fallback;
 mod lockfile;
 mod output;
 mod reader;
 mod schema;
 mod set;
+mod target;
 mod writer;
 
 use anyhow::{Context as _, bail};
 
-pub use atomic::{backup_corrupt, remove_stale_temp_files, write_atomically};
 pub use fallback::parse_with_serde;
 pub use lockfile::Lock;
-pub use output::{OnCorrupt, open_output};
+pub use output::{OnCorrupt, Output, open_output};
 pub use schema::{FORMAT_VERSION, PeerRecord};
 pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
+pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
 pub use writer::{to_json, write_checkpoint, write_json};
 
@@ -108,20 +109,28 @@ pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
         path: path.to_owned(),
         source,
     };
-    let corrupt = |source| LoadError::Corrupt {
+    match File::open(path) {
+        Ok(file) => load_file(file, path).map(Some),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(read_error(err)),
+    }
+}
+
+/// Reads an open checkpoint or address list; `path` names it in errors.
+pub(super) fn load_file(mut file: File, path: &Path) -> Result<(Snapshot, FileFormat), LoadError> {
+    let read_error = |source| LoadError::Read {
         path: path.to_owned(),
         source,
     };
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(read_error(err)),
+    let corrupt = |source| LoadError::Corrupt {
+        path: path.to_owned(),
+        source,
     };
     let metadata = file.metadata().map_err(read_error)?;
     // Most files are netmon's own: streamed through the fast reader.
     if let Some(checkpoint) = reader::checkpoint(&file, metadata.len()).map_err(read_error)? {
         let snapshot = snapshot_of(checkpoint).map_err(corrupt)?;
-        return Ok(Some((snapshot, FileFormat::Checkpoint)));
+        return Ok((snapshot, FileFormat::Checkpoint));
     }
     io::Seek::rewind(&mut file).map_err(read_error)?;
     let bytes = read_whole(&mut file, metadata.len()).map_err(read_error)?;
@@ -130,7 +139,7 @@ pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or_else(|| UnixTime::now().secs(), |d| d.as_secs());
-    parse_with_serde(&bytes, mtime).map(Some).map_err(corrupt)
+    parse_with_serde(&bytes, mtime).map_err(corrupt)
 }
 
 /// The whole file, read into memory backed by huge pages where the kernel

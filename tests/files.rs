@@ -1,0 +1,150 @@
+//! Files someone else controls: outputs that are devices, fifos or
+//! symlinked directories, planted temp and lock files, inputs of any size,
+//! and a merge onto a running collector's file. The real binary, in proc
+//! mode (no eBPF needed); device nodes are made with mknod in a temp
+//! directory, so those cases need root and are skipped without it.
+use std::{
+    ffi::CString,
+    fs::{self, File},
+    io::Write as _,
+    os::unix::{ffi::OsStrExt as _, fs::symlink, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use netmon_scenario::harness::Netmon;
+
+const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
+
+/// How long a refusal may take: it is a hang detector.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Address space a report may use: far below the sizes these inputs claim,
+/// so a reservation proportional to a file's size fails the test rather
+/// than the machine.
+const MEMORY_LIMIT: u64 = 1 << 30;
+
+/// Runs netmon with `args` under [`MEMORY_LIMIT`]; its exit status (`None`
+/// if it hung and was killed) and stderr.
+fn netmon(args: &[&Path]) -> (Option<ExitStatus>, String) {
+    let stderr = tempfile::tempfile().unwrap();
+    let mut command = Command::new(NETMON);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.try_clone().unwrap());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: MEMORY_LIMIT,
+                rlim_max: MEMORY_LIMIT,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > TIMEOUT {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let log = fs::read(stderr_path(&stderr)).unwrap();
+    (status, String::from_utf8_lossy(&log).into_owned())
+}
+
+fn stderr_path(file: &File) -> PathBuf {
+    use std::os::fd::AsRawFd as _;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+fn p(text: &str) -> &Path {
+    Path::new(text)
+}
+
+/// Asserts netmon exited 1 promptly, saying `needle`.
+fn assert_refused(what: &str, (status, log): (Option<ExitStatus>, String), needle: &str) {
+    let status = status.unwrap_or_else(|| panic!("{what}: hung\n{log}"));
+    assert_eq!(status.code(), Some(1), "{what}: {status}\n{log}");
+    assert!(log.contains(needle), "{what}: no {needle:?} in\n{log}");
+    assert_eq!(log.lines().count(), 1, "{what}: one line\n{log}");
+}
+
+fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn a_fifo_at_the_output_does_not_hang_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("peers.json");
+    mkfifo(&output);
+    let (status, log) = netmon(&[p("run"), p("--mode"), p("proc"), p("--output"), &output]);
+    assert_refused("run onto a fifo", (status, log), "fifo");
+}
+
+#[test]
+fn a_planted_temp_file_blocks_no_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("peers.json");
+    let netmon = Netmon::ready(NETMON, &output, "proc");
+    // The name a checkpoint of this pid used to take.
+    fs::write(
+        dir.path().join(format!(".peers.json.tmp-{}", netmon.pid())),
+        b"",
+    )
+    .unwrap();
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "the final checkpoint is written:\n{log}");
+}
+
+#[test]
+fn a_planted_lock_file_is_neither_read_whole_nor_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("peers.json");
+    let lock = dir.path().join(".peers.json.lock");
+    let mut file = File::create(&lock).unwrap();
+    file.write_all(b"\x1b[2J\x1b[31mforged\n").unwrap();
+    // Within the memory limit, so that reading it whole would succeed.
+    file.set_len(64 << 20).unwrap();
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor we own; held until `file` drops.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let (status, log) = netmon(&[p("run"), p("--mode"), p("proc"), p("--output"), &output]);
+    assert!(!log.contains('\x1b'), "escape codes printed: {log:?}");
+    assert_refused(
+        "run onto a held lock",
+        (status, log),
+        "another process holds",
+    );
+}
+
+#[test]
+fn a_symlinked_output_directory_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    symlink(&real, &link).unwrap();
+    let netmon = Netmon::ready(NETMON, &link.join("peers.json"), "proc");
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!("{} is a symlink; writing in", link.display())),
+        "{log}"
+    );
+    assert!(real.join("peers.json").is_file());
+}
