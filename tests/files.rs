@@ -7,7 +7,11 @@ use std::{
     ffi::CString,
     fs::{self, File},
     io::Write as _,
-    os::unix::{ffi::OsStrExt as _, fs::symlink, process::CommandExt as _},
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{FileTypeExt as _, symlink},
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     thread,
@@ -87,6 +91,27 @@ fn mkfifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
+/// A character device `major:minor` at `path`, or `false` without root.
+fn mknod(path: &Path, major: u32, minor: u32) -> bool {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let dev = libc::makedev(major, minor);
+    // SAFETY: mknod with a NUL-terminated path.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) } == 0;
+    if !made {
+        eprintln!("skipping the device node case: mknod needs root");
+    }
+    made
+}
+
+fn is_char_device(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+const CHECKPOINT: &str = r#"{"version":1,"host":"a","updated":"2026-01-01T00:00:00Z","peers":[
+{"ip":"10.0.0.1","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","outbound":1,"inbound":0,"remote_ports":[443],"local_ports":[],"processes":[]}
+]}
+"#;
+
 #[test]
 fn a_fifo_at_the_output_does_not_hang_start_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,4 +172,56 @@ fn a_symlinked_output_directory_is_said() {
         "{log}"
     );
     assert!(real.join("peers.json").is_file());
+}
+
+/// Neither `run` (even with `--on-corrupt backup`) nor `merge` replaces or
+/// moves aside an output that is not a regular file.
+#[test]
+fn outputs_that_are_not_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.json");
+    fs::write(&input, CHECKPOINT).unwrap();
+    let fifo = dir.path().join("fifo.json");
+    mkfifo(&fifo);
+    let device = dir.path().join("null.json");
+    let mut outputs = vec![fifo.clone()];
+    if mknod(&device, 1, 3) {
+        outputs.push(device.clone());
+    }
+    for output in &outputs {
+        let what = output.display().to_string();
+        assert_refused(
+            &format!("merge --output {what}"),
+            netmon(&[p("merge"), &input, p("--output"), output]),
+            "not a regular file",
+        );
+        let run = [
+            p("run"),
+            p("--mode"),
+            p("proc"),
+            p("--on-corrupt"),
+            p("backup"),
+            p("--output"),
+            output,
+        ];
+        assert_refused(
+            &format!("run --output {what}"),
+            netmon(&run),
+            "not a regular file",
+        );
+    }
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    if outputs.len() > 1 {
+        assert!(is_char_device(&device), "the device node stays");
+    }
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with(".") || !name.ends_with(".lock"))
+        .collect();
+    assert_eq!(
+        names.len(),
+        outputs.len() + 1,
+        "nothing moved aside: {names:?}"
+    );
 }

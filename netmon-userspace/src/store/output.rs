@@ -34,7 +34,7 @@ pub struct Output {
 /// with its lock, held until it is dropped, and the peers to continue from.
 pub fn open_output(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<(Output, Snapshot)> {
     let target = Target::open(path, true)?;
-    target.refuse_symlink()?;
+    target.refuse_unsafe()?;
     let lock = lockfile::acquire(&target)?;
     target.remove_stale_temp_files();
     let snapshot = load_existing(&target, on_corrupt)?;

@@ -11,7 +11,10 @@ use std::{
     io::{self, BufWriter, Write as _},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::{ffi::OsStrExt as _, fs::DirBuilderExt as _},
+        unix::{
+            ffi::OsStrExt as _,
+            fs::{DirBuilderExt as _, MetadataExt as _},
+        },
     },
     path::{Path, PathBuf},
 };
@@ -83,16 +86,22 @@ impl Target {
         &self.path
     }
 
-    /// A symlink at the output path is someone trying to make root write
-    /// elsewhere; netmon neither reads through it nor replaces it blindly.
-    pub fn refuse_symlink(&self) -> anyhow::Result<()> {
-        if self.entry_kind()?.is_some_and(|kind| kind == libc::S_IFLNK) {
-            bail!(
+    /// Refuses an output that exists and is not a regular file. A symlink
+    /// is someone trying to make root write elsewhere; a device, fifo or
+    /// directory is not netmon's to replace or move aside.
+    pub fn refuse_unsafe(&self) -> anyhow::Result<()> {
+        match self.entry_kind()? {
+            Some(libc::S_IFLNK) => bail!(
                 "--output {} is a symlink; refusing to follow it (remove it or point --output at a regular file)",
                 self.path.display()
-            );
+            ),
+            Some(kind) if kind != libc::S_IFREG => bail!(
+                "--output {} is a {}, not a regular file; refusing to replace it",
+                self.path.display(),
+                mode_name(kind)
+            ),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The type bits of what is at the target now, `None` if nothing.
@@ -154,6 +163,17 @@ impl Target {
                 .into_inner()
                 .map_err(io::IntoInnerError::into_error)?;
             file.sync_all()?;
+            // Planted since start-up: a symlink is replaced, never
+            // followed, but a device node or fifo stays.
+            match self.entry_kind().map_err(io::Error::other)? {
+                Some(kind) if kind != libc::S_IFREG && kind != libc::S_IFLNK => {
+                    return Err(io::Error::other(format!(
+                        "it is now a {}, not a regular file; refusing to replace it",
+                        mode_name(kind)
+                    )));
+                }
+                _ => {}
+            }
             self.rename(&tmp, &self.name)?;
             // SAFETY: fsync of a descriptor we own.
             cvt(unsafe { libc::fsync(self.dir.as_raw_fd()) }).map(drop)
@@ -247,11 +267,11 @@ impl Target {
     fn open_at(&self, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
         let fd = open_raw(Some(&self.dir), name, flags | libc::O_NOFOLLOW, mode)?;
         let file = File::from(fd);
-        let kind = file.metadata()?.file_type();
-        if !kind.is_file() {
+        let kind = file.metadata()?.mode() & libc::S_IFMT;
+        if kind != libc::S_IFREG {
             return Err(io::Error::other(format!(
                 "not a regular file (a {})",
-                kind_name(kind)
+                mode_name(kind)
             )));
         }
         Ok(file)
@@ -327,23 +347,16 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// What kind of file `kind` is, in words.
-pub(super) fn kind_name(kind: fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt as _;
-    if kind.is_dir() {
-        "directory"
-    } else if kind.is_symlink() {
-        "symlink"
-    } else if kind.is_fifo() {
-        "fifo"
-    } else if kind.is_char_device() {
-        "character device"
-    } else if kind.is_block_device() {
-        "block device"
-    } else if kind.is_socket() {
-        "socket"
-    } else {
-        "regular file"
+/// What kind of file the type bits `kind` (of `st_mode`) say, in words.
+fn mode_name(kind: libc::mode_t) -> &'static str {
+    match kind {
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symlink",
+        libc::S_IFIFO => "fifo",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFSOCK => "socket",
+        _ => "regular file",
     }
 }
 
