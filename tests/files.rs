@@ -225,3 +225,49 @@ fn outputs_that_are_not_regular_files_are_refused() {
         "nothing moved aside: {names:?}"
     );
 }
+
+/// Sizes are claimed, not content: sparse files, a fifo and a device are
+/// refused before memory or time is spent on what they say they hold.
+#[test]
+fn inputs_are_read_no_further_than_their_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = |name: &str, head: &str, len: u64| {
+        let path = dir.path().join(name);
+        let mut file = File::create(&path).unwrap();
+        file.write_all(head.as_bytes()).unwrap();
+        file.set_len(len).unwrap();
+        path
+    };
+    let header = r#"{"version":1,"host":"h","updated":"2026-01-01T00:00:00Z","peers":["#;
+    let inputs = [
+        sparse("zeros-100g.json", "", 100 << 30),
+        sparse("zeros-4g.json", "", 4 << 30),
+        sparse("list-4g.json", "[", 4 << 30),
+        sparse("checkpoint-100g.json", header, 100 << 30),
+    ];
+    for input in &inputs {
+        let started = Instant::now();
+        assert_refused(
+            &input.display().to_string(),
+            netmon(&[p("list"), input]),
+            &input.display().to_string(),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}: rejected in {:?}",
+            input.display(),
+            started.elapsed()
+        );
+    }
+    let fifo = dir.path().join("fifo.json");
+    mkfifo(&fifo);
+    assert_refused("a fifo", netmon(&[p("list"), &fifo]), "not a regular file");
+    let zero = dir.path().join("zero.json");
+    if mknod(&zero, 1, 5) {
+        assert_refused(
+            "a zero device",
+            netmon(&[p("stats"), &zero]),
+            "not a regular file",
+        );
+    }
+}

@@ -348,7 +348,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// What kind of file the type bits `kind` (of `st_mode`) say, in words.
-fn mode_name(kind: libc::mode_t) -> &'static str {
+pub(super) fn mode_name(kind: libc::mode_t) -> &'static str {
     match kind {
         libc::S_IFDIR => "directory",
         libc::S_IFLNK => "symlink",
