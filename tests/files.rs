@@ -271,3 +271,28 @@ fn inputs_are_read_no_further_than_their_content() {
         );
     }
 }
+
+#[test]
+fn merge_onto_a_running_collectors_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("peers.json");
+    let a = dir.path().join("a.json");
+    fs::write(&a, CHECKPOINT).unwrap();
+    let b = dir.path().join("b.json");
+    fs::write(&b, CHECKPOINT.replace("10.0.0.1", "10.0.0.2")).unwrap();
+    let collector = Netmon::ready(NETMON, &output, "proc");
+    let before = fs::read_to_string(&output).unwrap();
+    let (status, log) = netmon(&[p("merge"), &a, &b, p("--output"), &output]);
+    assert_eq!(
+        fs::read_to_string(&output).unwrap(),
+        before,
+        "the file is untouched"
+    );
+    assert_refused(
+        "merge onto a collector's file",
+        (status, log.clone()),
+        &format!("pid {}", collector.pid()),
+    );
+    assert!(log.contains(".peers.json.lock"), "{log}");
+    assert!(collector.stop().0.success());
+}

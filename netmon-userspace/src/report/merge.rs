@@ -20,9 +20,13 @@ pub struct MergeRequest {
 
 /// Reads every input before writing anything, so an unreadable one leaves
 /// OUT as it was; the write itself is atomic like a checkpoint's.
+///
+/// OUT's lock is held throughout: a collector writing OUT would drop the
+/// merged peers at its next checkpoint, so a merge onto its file fails.
 pub fn merge(request: &MergeRequest) -> anyhow::Result<()> {
     let target = Target::open(&request.output, false)?;
     target.refuse_unsafe()?;
+    let _lock = target.lock()?;
     let (merged, sources) = Sources::read(&request.files)?;
     let snapshot = Snapshot {
         // One mode names how all the data was collected; several do not.

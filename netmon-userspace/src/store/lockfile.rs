@@ -30,6 +30,14 @@ pub fn lock_path(output: &Path) -> PathBuf {
     output.with_file_name(format!(".{name}.lock"))
 }
 
+impl Target {
+    /// Takes the file's lock, as `netmon run` does for its whole run, or
+    /// fails naming the pid that holds it.
+    pub fn lock(&self) -> anyhow::Result<Lock> {
+        acquire(self)
+    }
+}
+
 /// Takes the lock for `target`, or fails naming the pid that holds it.
 pub fn acquire(target: &Target) -> anyhow::Result<Lock> {
     let output = target.path();
