@@ -1,5 +1,5 @@
 //! Checkpointing: writing the set to `--output`, with the events lost.
-use std::{path::PathBuf, time::Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 
@@ -8,7 +8,7 @@ use crate::{store, time::UnixTime};
 
 /// Where checkpoints go, and what they say besides the peers.
 pub struct Checkpointer {
-    output: PathBuf,
+    output: store::Output,
     host: String,
     /// Lost events recorded by earlier runs on this file.
     lost_before: u64,
@@ -19,7 +19,7 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn new(output: PathBuf, host: String, lost_before: u64) -> Self {
+    pub fn new(output: store::Output, host: String, lost_before: u64) -> Self {
         Self {
             output,
             host,
@@ -40,8 +40,12 @@ impl Checkpointer {
         self.lost_written = lost;
         let snapshot = recorder.snapshot_with_lost_events(self.lost_before + lost);
         let started = Instant::now();
-        let written =
-            store::write_checkpoint(&self.output, snapshot, &self.host, UnixTime::now().secs());
+        let written = store::write_checkpoint(
+            &self.output.target,
+            snapshot,
+            &self.host,
+            UnixTime::now().secs(),
+        );
         recorder
             .observers()
             .checkpointed(written.is_ok(), started.elapsed(), lost);
@@ -63,7 +67,10 @@ impl Checkpointer {
         match self.checkpoint(recorder, lost, level) {
             Ok(()) => {
                 if self.last_error.take().is_some() {
-                    info!("checkpoint to {} works again", self.output.display());
+                    info!(
+                        "checkpoint to {} works again",
+                        self.output.target.path().display()
+                    );
                 }
             }
             Err(err) => {

@@ -53,15 +53,15 @@ pub struct RunConfig {
 
 pub fn run(config: &RunConfig) -> anyhow::Result<()> {
     raise_memlock_limit();
-    // Held until exit: one writer per file.
-    let (_lock, snapshot) = store::open_output(&config.output, config.on_corrupt)?;
+    // Held until exit, with its lock: one writer per file.
+    let (output, snapshot) = store::open_output(&config.output, config.on_corrupt)?;
     // Single-threaded on purpose: capabilities are per thread, and dropping
     // them after start-up must cover every thread netmon has.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(collect(config, snapshot))
+    runtime.block_on(collect(config, output, snapshot))
 }
 
 /// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; later ones use
@@ -80,7 +80,11 @@ fn raise_memlock_limit() {
     }
 }
 
-async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
+async fn collect(
+    config: &RunConfig,
+    output: store::Output,
+    snapshot: Snapshot,
+) -> anyhow::Result<()> {
     // Before anything announces readiness: a SIGTERM that arrives early
     // must still end in a checkpoint, not in the default action.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -96,7 +100,7 @@ async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
     info!("mode: {mode}");
     let host = hostname();
     let observers = Observers::start(bound, mode, &snapshot.peers, config.follow, &host)?;
-    let mut checkpointer = Checkpointer::new(config.output.clone(), host, snapshot.lost_events);
+    let mut checkpointer = Checkpointer::new(output, host, snapshot.lost_events);
     let snapshot = Snapshot {
         mode: Some(mode.to_string()),
         ..snapshot

@@ -1,12 +1,12 @@
 //! `netmon merge`: several files (from several hosts, or old poller
 //! lists) into one checkpoint.
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use log::info;
 
 use super::Sources;
 use crate::{
-    store::{self, Snapshot},
+    store::{self, Snapshot, Target},
     time::UnixTime,
 };
 
@@ -20,7 +20,13 @@ pub struct MergeRequest {
 
 /// Reads every input before writing anything, so an unreadable one leaves
 /// OUT as it was; the write itself is atomic like a checkpoint's.
+///
+/// OUT's lock is held throughout: a collector writing OUT would drop the
+/// merged peers at its next checkpoint, so a merge onto its file fails.
 pub fn merge(request: &MergeRequest) -> anyhow::Result<()> {
+    let target = Target::open(&request.output, false)?;
+    target.refuse_unsafe()?;
+    let _lock = target.lock()?;
     let (merged, sources) = Sources::read(&request.files)?;
     let snapshot = Snapshot {
         // One mode names how all the data was collected; several do not.
@@ -35,7 +41,7 @@ pub fn merge(request: &MergeRequest) -> anyhow::Result<()> {
         &merged_host(&sources.hosts),
         UnixTime::now().secs(),
     )?;
-    store::write_atomically(&request.output, &bytes)?;
+    target.write_atomically_with(|out| out.write_all(&bytes))?;
     info!(
         "{}: {} peers from {} files",
         request.output.display(),

@@ -6,13 +6,15 @@
 //! it so the second one can say who is in the way. The lock goes away with
 //! the process, however it ends, so a crash never leaves a stale lock.
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Read as _, Seek as _, Write as _},
-    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
+
+use super::Target;
 
 /// Held for as long as netmon writes the file.
 #[derive(Debug)]
@@ -28,30 +30,25 @@ pub fn lock_path(output: &Path) -> PathBuf {
     output.with_file_name(format!(".{name}.lock"))
 }
 
-/// Takes the lock for `output`, or fails naming the pid that holds it.
-pub fn acquire(output: &Path) -> anyhow::Result<Lock> {
+impl Target {
+    /// Takes the file's lock, as `netmon run` does for its whole run, or
+    /// fails naming the pid that holds it.
+    pub fn lock(&self) -> anyhow::Result<Lock> {
+        acquire(self)
+    }
+}
+
+/// Takes the lock for `target`, or fails naming the pid that holds it.
+pub fn acquire(target: &Target) -> anyhow::Result<Lock> {
+    let output = target.path();
     let path = lock_path(output);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    let mut file = target.open_lock_file()?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                "another process".to_owned()
-            } else {
-                format!("pid {holder}")
-            };
+            let who = holder(&mut file)
+                .map_or_else(|| "another process".to_owned(), |pid| format!("pid {pid}"));
             bail!(
                 "{} is already being written by another netmon ({who} holds {})",
                 output.display(),
@@ -65,6 +62,14 @@ pub fn acquire(output: &Path) -> anyhow::Result<Lock> {
         .and_then(|()| writeln!(file, "{}", std::process::id()))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Lock { _file: file })
+}
+
+/// The pid in a held lock file. Anyone who can write the directory can
+/// fill the file: only a few bytes are read, and only a number is said.
+fn holder(file: &mut File) -> Option<u32> {
+    let mut bytes = Vec::with_capacity(16);
+    file.take(16).read_to_end(&mut bytes).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -83,15 +88,34 @@ mod tests {
     fn a_second_lock_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("peers.json");
-        let held = acquire(&output).unwrap();
+        let target = Target::open(&output, false).unwrap();
+        let held = acquire(&target).unwrap();
         // flock locks belong to the open file description: a second open in
         // the same process conflicts just as another process would.
-        let err = acquire(&output).unwrap_err().to_string();
+        let err = acquire(&target).unwrap_err().to_string();
         assert!(
             err.contains(&format!("pid {}", std::process::id())),
             "{err}"
         );
         drop(held);
-        acquire(&output).unwrap();
+        acquire(&target).unwrap();
+    }
+
+    /// A planted lock file is neither read whole nor printed.
+    #[test]
+    fn a_huge_or_hostile_lock_file_is_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("peers.json");
+        let lock = lock_path(&output);
+        let mut content = b"\x1b[2J12".to_vec();
+        content.resize(64 << 20, b'9');
+        std::fs::write(&lock, &content).unwrap();
+        let held = std::fs::File::open(&lock).unwrap();
+        // SAFETY: flock on an fd we own.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let target = Target::open(&output, false).unwrap();
+        let err = acquire(&target).unwrap_err().to_string();
+        assert!(err.contains("(another process holds"), "{err}");
+        assert!(!err.contains('\x1b') && err.len() < 300, "{err}");
     }
 }

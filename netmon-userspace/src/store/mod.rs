@@ -15,35 +15,37 @@
 //! - `schema`: the checkpoint's fields, defined once;
 //! - `writer`, `reader`: writing and reading netmon's own layout fast;
 //! - `fallback`: serde, for any other valid file and for address lists;
-//! - `atomic`: replacing the file safely, and cleaning up around it;
+//! - `target`: the written file, reached through its directory's descriptor:
+//!   replacing it atomically, and cleaning up around it;
 //! - `output`, `lockfile`: opening `netmon run`'s output: one writer, the
 //!   file's checks, the corrupt-file policy and the initial load.
 use std::{
-    fs::File,
-    io,
+    fs::{File, OpenOptions},
+    io::{self, Read as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::UNIX_EPOCH,
 };
 
 #[cfg(test)]
 mod agreement;
-mod atomic;
 mod fallback;
 mod lockfile;
 mod output;
 mod reader;
 mod schema;
 mod set;
+mod target;
 mod writer;
 
 use anyhow::{Context as _, bail};
 
-pub use atomic::{backup_corrupt, remove_stale_temp_files, write_atomically};
 pub use fallback::parse_with_serde;
 pub use lockfile::Lock;
-pub use output::{OnCorrupt, open_output};
+pub use output::{OnCorrupt, Output, open_output};
 pub use schema::{FORMAT_VERSION, PeerRecord};
 pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
+pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
 pub use writer::{to_json, write_checkpoint, write_json};
 
@@ -108,29 +110,56 @@ pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
         path: path.to_owned(),
         source,
     };
+    // Without O_NONBLOCK, opening a fifo would wait for a writer; it is
+    // refused as soon as it is open.
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path);
+    match opened {
+        Ok(file) => load_file(file, path).map(Some),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(read_error(err)),
+    }
+}
+
+/// Reads an open checkpoint or address list; `path` names it in errors.
+pub(super) fn load_file(mut file: File, path: &Path) -> Result<(Snapshot, FileFormat), LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let corrupt = |source| LoadError::Corrupt {
         path: path.to_owned(),
         source,
     };
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(read_error(err)),
-    };
     let metadata = file.metadata().map_err(read_error)?;
+    let kind = metadata.mode() & libc::S_IFMT;
+    if kind != libc::S_IFREG {
+        return Err(read_error(io::Error::other(format!(
+            "not a regular file (a {})",
+            target::mode_name(kind)
+        ))));
+    }
     // Most files are netmon's own: streamed through the fast reader.
     if let Some(checkpoint) = reader::checkpoint(&file, metadata.len()).map_err(read_error)? {
         let snapshot = snapshot_of(checkpoint).map_err(corrupt)?;
-        return Ok(Some((snapshot, FileFormat::Checkpoint)));
+        return Ok((snapshot, FileFormat::Checkpoint));
     }
     io::Seek::rewind(&mut file).map_err(read_error)?;
-    let bytes = read_whole(&mut file, metadata.len()).map_err(read_error)?;
+    let bytes = read_whole(&mut file, metadata.len()).map_err(|err| {
+        if err.kind() == io::ErrorKind::InvalidData {
+            corrupt(err.into())
+        } else {
+            read_error(err)
+        }
+    })?;
     let mtime = metadata
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or_else(|| UnixTime::now().secs(), |d| d.as_secs());
-    parse_with_serde(&bytes, mtime).map(Some).map_err(corrupt)
+    parse_with_serde(&bytes, mtime).map_err(corrupt)
 }
 
 /// The whole file, read into memory backed by huge pages where the kernel
@@ -138,15 +167,34 @@ pub fn load(path: &Path) -> Result<Option<(Snapshot, FileFormat)>, LoadError> {
 /// distributions): faulting a large checkpoint in 4 KiB pages took a good
 /// part of the time of loading it.
 ///
+/// Reading stops at the first NUL byte, which no JSON text holds: a sparse
+/// file claims any size, and its holes read as zeros. For the same reason
+/// the size sizes the buffer only up to a bound.
+///
 /// (Mapping the file instead would save the copy, but a file truncated by
 /// someone else while mapped kills the reader with SIGBUS.)
 fn read_whole(file: &mut File, len: u64) -> io::Result<Vec<u8>> {
-    // One byte more than the size, so read_to_end sees the end of the file
-    // without growing the buffer.
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).saturating_add(1));
-    advise_huge_pages(bytes.spare_capacity_mut());
-    io::Read::read_to_end(file, &mut bytes)?;
-    Ok(bytes)
+    const MAX_RESERVED: u64 = 256 << 20;
+    let mut bytes = Vec::new();
+    // One byte more than the size, so the last read sees the end of the
+    // file without growing the buffer.
+    let reserved = len.saturating_add(1).min(MAX_RESERVED) as usize;
+    if bytes.try_reserve_exact(reserved).is_ok() {
+        advise_huge_pages(bytes.spare_capacity_mut());
+    }
+    loop {
+        let start = bytes.len();
+        if io::Read::take(&mut *file, reader::CHUNK as u64).read_to_end(&mut bytes)? == 0 {
+            return Ok(bytes);
+        }
+        if bytes[start..].contains(&0) {
+            let at = start + bytes[start..].iter().position(|&b| b == 0).unwrap_or(0);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a NUL byte at offset {at}, which no JSON text holds"),
+            ));
+        }
+    }
 }
 
 /// Asks for huge pages under the 2 MiB-aligned part of `buffer`; a hint

@@ -5,20 +5,13 @@
 //! lock file is made in it, and the lock is held before temp files are
 //! removed (so none belongs to a live writer) and before the file is read
 //! (so no other netmon rewrites it meanwhile).
-use std::{
-    fs::{self, DirBuilder},
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::Path,
-    time::Instant,
-};
+use std::{path::Path, time::Instant};
 
-use anyhow::{Context as _, bail};
 use log::{info, warn};
 
 use super::{
-    FileFormat, LoadError, Snapshot, backup_corrupt, load,
+    FileFormat, LoadError, Snapshot, Target, load_file,
     lockfile::{self, Lock},
-    remove_stale_temp_files,
 };
 
 /// What to do when the output holds something unreadable as peers.
@@ -30,62 +23,40 @@ pub enum OnCorrupt {
     Backup,
 }
 
-/// Makes `path` ready for checkpoints and reads what it holds: the lock,
-/// held until it is dropped, and the peers to continue from.
-pub fn open_output(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<(Lock, Snapshot)> {
-    refuse_symlink(path)?;
-    create_parent_dir(path)?;
-    warn_if_others_can_write(path);
-    let lock = lockfile::acquire(path)?;
-    remove_stale_temp_files(path);
-    let snapshot = load_existing(path, on_corrupt)?;
-    Ok((lock, snapshot))
+/// The output `netmon run` writes, held for the whole run.
+#[derive(Debug)]
+pub struct Output {
+    pub target: Target,
+    _lock: Lock,
 }
 
-/// A symlink at the output path is someone trying to make root write
-/// elsewhere; netmon neither reads through it nor replaces it blindly.
-fn refuse_symlink(path: &Path) -> anyhow::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => bail!(
-            "--output {} is a symlink; refusing to follow it (remove it or point --output at a regular file)",
-            path.display()
-        ),
-        _ => Ok(()),
-    }
+/// Makes `path` ready for checkpoints and reads what it holds: the target
+/// with its lock, held until it is dropped, and the peers to continue from.
+pub fn open_output(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<(Output, Snapshot)> {
+    let target = Target::open(path, true)?;
+    target.refuse_unsafe()?;
+    let lock = lockfile::acquire(&target)?;
+    target.remove_stale_temp_files();
+    let snapshot = load_existing(&target, on_corrupt)?;
+    Ok((
+        Output {
+            target,
+            _lock: lock,
+        },
+        snapshot,
+    ))
 }
 
-fn create_parent_dir(path: &Path) -> anyhow::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .with_context(|| format!("cannot create directory {} for --output", dir.display())),
-        _ => Ok(()),
-    }
-}
-
-/// Anyone who can write the directory can swap the checkpoint file.
-fn warn_if_others_can_write(path: &Path) {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if let Ok(meta) = fs::metadata(dir)
-        && meta.permissions().mode() & 0o002 != 0
-    {
-        warn!(
-            "{} is writable by every user: anyone can replace the checkpoint; use a directory only root can write",
-            dir.display()
-        );
-    }
-}
-
-fn load_existing(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<Snapshot> {
+fn load_existing(target: &Target, on_corrupt: OnCorrupt) -> anyhow::Result<Snapshot> {
+    let path = target.path();
     let started = Instant::now();
-    let loaded = match load(path) {
+    let file = target.open_existing().map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let loaded = match file.map(|file| load_file(file, path)).transpose() {
         Err(LoadError::Corrupt { .. }) if on_corrupt == OnCorrupt::Backup => {
-            let backup = backup_corrupt(path)?;
+            let backup = target.backup_corrupt()?;
             warn!(
                 "{}: corrupt; moved it to {} and starting fresh",
                 path.display(),

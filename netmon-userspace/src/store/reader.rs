@@ -272,9 +272,14 @@ impl<R: io::Read> Cursor<R> {
     }
 
     pub(super) fn peers(&mut self) -> Option<Vec<(Ipv4Addr, PeerRecord)>> {
-        let expected = usize::try_from(self.size_hint / BYTES_PER_PEER).unwrap_or(0);
-        let mut peers = Vec::with_capacity(expected);
-        advise_huge_pages(peers.spare_capacity_mut());
+        // The size is what the file claims (a sparse file claims anything):
+        // at most this many peers are reserved ahead of the content.
+        const MAX_RESERVED: u64 = 1 << 20;
+        let expected = (self.size_hint / BYTES_PER_PEER).min(MAX_RESERVED) as usize;
+        let mut peers = Vec::new();
+        if peers.try_reserve_exact(expected).is_ok() {
+            advise_huge_pages(peers.spare_capacity_mut());
+        }
         self.array(|cursor| {
             peers.push(cursor.peer()?);
             Some(())

@@ -6,9 +6,9 @@
 //! assembled in a reused buffer from [`super::schema`]'s field list:
 //! numbers by hand, times from a small cache (peers seen in the same second
 //! share one), strings escaped only where they can need it (process names).
-use std::{io, net::Ipv4Addr, path::Path};
+use std::{io, net::Ipv4Addr};
 
-use super::{CappedSet, InlineItem, PeerRecord, Snapshot, atomic, schema};
+use super::{CappedSet, InlineItem, PeerRecord, Snapshot, Target, schema};
 use crate::{peer::Comm, time::UnixTime};
 
 /// Writes a snapshot as a version 1 checkpoint: the header, then one peer
@@ -35,15 +35,15 @@ pub fn to_json(snapshot: &Snapshot, host: &str, now: u64) -> anyhow::Result<Vec<
     Ok(bytes)
 }
 
-/// Writes a checkpoint to `path` atomically, streaming it to disk rather
+/// Writes a checkpoint to `target` atomically, streaming it to disk rather
 /// than building it in memory first.
 pub fn write_checkpoint(
-    path: &Path,
+    target: &Target,
     snapshot: &Snapshot,
     host: &str,
     now: u64,
 ) -> anyhow::Result<()> {
-    atomic::write_atomically_with(path, |out| write_json(out, snapshot, host, now))
+    target.write_atomically_with(|out| write_json(out, snapshot, host, now))
 }
 
 /// Builds one peer's JSON object at a time; the [`schema::Codec`]s write
