@@ -112,7 +112,10 @@ fn per_class(peers: &[Peer<'_>], detail: Detail) -> Owned {
 fn top_peers(peers: &[Peer<'_>], top: usize) -> Owned {
     let mut ranked: Vec<_> = peers
         .iter()
-        .map(|peer| (peer.record.outbound + peer.record.inbound, peer))
+        .map(|peer| {
+            let record = &peer.record;
+            (record.outbound.saturating_add(record.inbound), peer)
+        })
         .collect();
     // Most connections first; ties in address order (the sort is stable).
     ranked.sort_by_key(|&(connections, _)| std::cmp::Reverse(connections));
