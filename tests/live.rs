@@ -3,15 +3,19 @@
 //! root (`cargo xtask test` runs them one at a time), proc mode otherwise.
 use std::{
     collections::BTreeMap,
+    fs,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Command, Stdio},
+    thread,
+    time::Duration,
 };
 
 use netmon_scenario::{
     harness::{Netmon, chosen_mode, eventually, one_at_a_time, scrape},
-    net::{Block, metrics_addr},
+    net::{Block, closed_port, metrics_addr},
     workload::{Workload, workload},
 };
 use serde_json::Value;
@@ -221,4 +225,120 @@ fn a_bad_metrics_address_stops_netmon_with_one_line_naming_the_flag() {
         !output.exists(),
         "nothing is written before the flags are known good"
     );
+}
+
+/// The hard limit on open files.
+fn nofile_hard() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: the pointer is to a live rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    limit.rlim_max
+}
+
+/// Sets the soft and hard limits on open files.
+fn set_nofile(soft: u64, hard: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: the pointer is to a live rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A connection to `addr` that sends nothing, started without waiting:
+/// connections beyond netmon's accept queue would block a plain connect.
+fn held_connection(addr: SocketAddr) -> socket2::Socket {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(err) => panic!("connect to {addr}: {err}"),
+    }
+    socket
+}
+
+fn open_files(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Far more clients than netmon has file descriptors, connected to
+/// /metrics and sending nothing: netmon serves a few at a time, so
+/// checkpoints, the final one included, still get the descriptors they
+/// need.
+#[test]
+fn held_metrics_connections_leave_checkpoints_their_descriptors() {
+    const NETMON_FILES: u64 = 256;
+    let _turn = one_at_a_time();
+    // This test holds the connections: it needs more files than netmon.
+    let hard = nofile_hard();
+    let held = 1_100.min(hard.saturating_sub(64) as usize);
+    assert!(
+        held as u64 > 2 * NETMON_FILES,
+        "the hard limit on open files ({hard}) is too low for this test"
+    );
+    set_nofile(held as u64 + 64, hard).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("peers.json");
+    let addr = SocketAddr::from((Block::MetricsFlood.addr(0, 1), closed_port()));
+    let mut command = Netmon::command(NETMON, &output, "proc", &["--metrics", &addr.to_string()]);
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| set_nofile(NETMON_FILES, NETMON_FILES));
+    }
+    let netmon = Netmon::spawn(command);
+    netmon.wait_ready().unwrap();
+    let before = open_files(netmon.pid());
+
+    let clients: Vec<_> = (0..held).map(|_| held_connection(addr)).collect();
+    // Time to accept all of them, if nothing stopped it.
+    thread::sleep(Duration::from_secs(1));
+    let during = open_files(netmon.pid());
+    assert!(
+        during <= before + 40,
+        "{during} files open with {} held connections, {before} before",
+        clients.len()
+    );
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+    eventually(
+        "a checkpoint while the connections are held",
+        || {
+            let log = netmon.log();
+            log.lines()
+                .skip_while(|l| !l.contains("SIGHUP"))
+                .any(|l| l.contains("checkpoint:"))
+                .then_some(())
+        },
+        || netmon.log(),
+    );
+    // Once they go, scrapes are answered again; then SIGTERM while as
+    // many are held again.
+    drop(clients);
+    scrape(&addr.to_string(), None);
+    let clients: Vec<_> = (0..held).map(|_| held_connection(addr)).collect();
+    thread::sleep(Duration::from_secs(1));
+    let (status, log) = netmon.stop();
+    drop(clients);
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+    let after_sighup = log.lines().skip_while(|l| !l.contains("SIGHUP"));
+    assert_eq!(
+        after_sighup.filter(|l| l.contains("checkpoint:")).count(),
+        2,
+        "SIGHUP's checkpoint and the final one:\n{log}"
+    );
+    assert!(output.exists(), "{log}");
 }

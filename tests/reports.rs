@@ -321,6 +321,45 @@ fn stats_counts_classes_and_tops() {
     }
 }
 
+/// Counts at u64::MAX stay there when more is added: merging them, or
+/// adding a peer's two directions, must not wrap round to a small number.
+#[test]
+fn counts_saturate_at_the_maximum() {
+    let dir = TempDir::new().unwrap();
+    let now = now();
+    let full = |name: &str, lost: u64, outbound: u64, inbound: u64| {
+        let path = write_checkpoint(
+            dir.path(),
+            name,
+            name,
+            &[Peer("9.9.9.9", outbound, inbound, now, "curl")],
+        );
+        let mut file: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        file["lost_events"] = lost.into();
+        fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        path
+    };
+    let a = full("a", u64::MAX, u64::MAX, u64::MAX);
+    let b = full("b", 1, 1, 1);
+    let max = u64::MAX.to_string();
+
+    let text = stdout_of(&["stats", arg(&a), arg(&b)]);
+    let first = text.lines().next().unwrap();
+    assert!(first.ends_with(&format!("(lost events: {max})")), "{text}");
+    let top = format!("9.9.9.9  public  in+out  {max}");
+    assert!(text.lines().any(|l| l == top), "no {top:?} in\n{text}");
+    // One file is enough to overflow the sum of the two directions.
+    let text = stdout_of(&["stats", arg(&a)]);
+    assert!(text.lines().any(|l| l == top), "no {top:?} in\n{text}");
+
+    let out = dir.path().join("all.json");
+    stdout_of(&["merge", arg(&a), arg(&b), "--output", arg(&out)]);
+    let merged: Value = serde_json::from_slice(&fs::read(&out).unwrap()).unwrap();
+    assert_eq!(merged["lost_events"], u64::MAX, "{merged}");
+    assert_eq!(merged["peers"][0]["outbound"], u64::MAX, "{merged}");
+    assert_eq!(merged["peers"][0]["inbound"], u64::MAX, "{merged}");
+}
+
 /// `netmon list | head -1` must end quietly and successfully.
 #[test]
 fn a_reader_that_goes_away_is_not_an_error() {

@@ -73,7 +73,9 @@ fn write_line(out: &mut impl io::Write, format: LineFormat, s: &Sighting<'_>) ->
             let port = s
                 .port
                 .map_or_else(|| "-".to_owned(), |port| port.to_string());
-            let process = s.process.map_or_else(|| "-".to_owned(), |p| p.to_string());
+            let process = s
+                .process
+                .map_or_else(|| "-".to_owned(), |p| p.escaped().to_string());
             writeln!(
                 out,
                 "{} {:<3} {:<15} {:<13} {:>5} {process}",
@@ -121,5 +123,18 @@ mod tests {
             line(LineFormat::Text, None),
             "2026-11-28T16:00:33Z out 10.0.0.7        private        5432 -\n"
         );
+    }
+
+    /// Any process can name itself: a name must not forge a line, nor
+    /// reach the terminal as an escape sequence.
+    #[test]
+    fn text_lines_escape_control_characters_in_process_names() {
+        let text = line(LineFormat::Text, Comm::from_name("a\n1.2.3.4 out"));
+        assert_eq!(
+            text,
+            "2026-11-28T16:00:33Z out 10.0.0.7        private        5432 a\\n1.2.3.4 out\n"
+        );
+        let text = line(LineFormat::Text, Comm::from_name("\u{1b}[2J"));
+        assert!(text.ends_with(" \\u{1b}[2J\n"), "{text:?}");
     }
 }

@@ -13,12 +13,14 @@
 //! - [`store`]: the peer set and its checkpoint file;
 //! - [`time`]: times as netmon records and writes them;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
+//! - [`escape`]: text from outside (process names, hosts) made safe to print;
 //! - [`cli`]: the command line, converted into the plain types above; no
 //!   other module knows clap.
 pub mod classify;
 pub mod cli;
 pub mod collect;
 pub mod ebpf;
+pub mod escape;
 pub mod follow;
 pub mod metrics;
 pub mod mode;

@@ -12,6 +12,8 @@ use netmon_common::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::escape::Escaped;
+
 /// Who opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,6 +129,11 @@ impl Comm {
     pub fn as_bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         &self.0[..len]
+    }
+
+    /// The name to print: a process can put anything in it.
+    pub fn escaped(&self) -> Escaped<'_> {
+        Escaped::new(String::from_utf8_lossy(self.as_bytes()))
     }
 }
 

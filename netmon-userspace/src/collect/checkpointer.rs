@@ -38,7 +38,7 @@ impl Checkpointer {
         level: log::Level,
     ) -> anyhow::Result<()> {
         self.lost_written = lost;
-        let snapshot = recorder.snapshot_with_lost_events(self.lost_before + lost);
+        let snapshot = recorder.snapshot_with_lost_events(self.lost_before.saturating_add(lost));
         let started = Instant::now();
         let written = store::write_checkpoint(
             &self.output.target,

@@ -188,7 +188,7 @@ impl Events {
                 for buffer in buffers.iter_mut() {
                     buffer.get_mut().for_each(|event| match event {
                         PerfEvent::Sample { head, tail } => take(head, tail),
-                        PerfEvent::Lost { count } => *lost += count,
+                        PerfEvent::Lost { count } => *lost = lost.saturating_add(count),
                     });
                 }
             }

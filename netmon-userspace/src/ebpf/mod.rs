@@ -424,7 +424,10 @@ impl EbpfCollector {
             .lost
             .get(&0, 0)
             .context("cannot read the lost-event counters")?;
-        Ok(per_cpu.iter().sum::<u64>() + self.events.transport_lost())
+        let lost = per_cpu
+            .iter()
+            .fold(0, |sum, &n| u64::saturating_add(sum, n));
+        Ok(lost.saturating_add(self.events.transport_lost()))
     }
 }
 

@@ -4,6 +4,12 @@
 //! A web framework would bring threads (capabilities are per thread, and
 //! netmon drops them on the one it has) and far more code than answering
 //! one path needs.
+//!
+//! The endpoint may face anyone (the DaemonSet binds 0.0.0.0): it holds at
+//! most [`MAX_CLIENTS`] connections, so that clients that connect and send
+//! nothing cannot take the file descriptors a checkpoint needs, and gives
+//! each a few seconds. Connections beyond the cap wait in the kernel's
+//! accept queue, where they cost netmon no descriptor.
 use std::{
     io,
     net::{SocketAddr, TcpListener},
@@ -17,14 +23,20 @@ use prometheus_client::registry::Registry;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    task::JoinSet,
 };
 
 use super::{Format, encode};
 
 /// The longest request head read: a scrape's is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
+/// Connections served at once. Prometheus scrapes with one at a time.
+const MAX_CLIENTS: usize = 32;
+/// How long a client may take to send its request head: a scraper sends
+/// it at once, a slow one only holds a place another could use.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one client may take to send its request and read the answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `--metrics` socket, bound but not yet served.
 pub struct Endpoint {
@@ -50,10 +62,16 @@ impl Endpoint {
             .with_context(|| format!("--metrics {addr}"))?;
         log::info!("metrics at http://{addr}/metrics");
         tokio::spawn(async move {
+            let mut clients = JoinSet::new();
             loop {
+                // Full: accept nothing (taking no descriptor) until one ends.
+                while clients.len() >= MAX_CLIENTS {
+                    clients.join_next().await;
+                }
+                while clients.try_join_next().is_some() {}
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        tokio::spawn(answer(stream, peer, Arc::clone(&registry)));
+                        clients.spawn(answer(stream, peer, Arc::clone(&registry)));
                     }
                     // Out of descriptors, say: wait rather than spin.
                     Err(err) => {
@@ -77,7 +95,9 @@ async fn answer(mut stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>
 
 /// Reads one request and writes its response.
 async fn exchange(stream: &mut TcpStream, registry: &Registry) -> io::Result<()> {
-    let head = read_head(stream).await?;
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(stream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request head in time"))??;
     let response = respond(&head, registry);
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await

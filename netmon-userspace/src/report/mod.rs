@@ -77,7 +77,7 @@ impl Sources {
             sources.files.push((path.clone(), format));
             sources.hosts.extend(snapshot.host);
             sources.modes.extend(snapshot.mode);
-            merged.lost_events += snapshot.lost_events;
+            merged.lost_events = merged.lost_events.saturating_add(snapshot.lost_events);
             merged.peers.merge(snapshot.peers);
         }
         sources.hosts.sort_unstable();

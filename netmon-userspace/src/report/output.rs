@@ -277,16 +277,10 @@ fn push_list<T: InlineItem + Ord + Copy>(
     }
 }
 
-/// A process name, with control characters escaped: any process can
-/// name itself, and a name must not be able to forge a line.
+/// A process name, escaped: a name must not be able to forge a line.
 fn push_comm(out: &mut String, comm: Comm) {
-    for c in String::from_utf8_lossy(comm.as_bytes()).chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}", comm.escaped());
 }
 
 struct PeerTable<'a> {

@@ -5,7 +5,7 @@ use super::{
     Detail, Filter, Inputs, Peer,
     table::{self, Align, Column, Owned},
 };
-use crate::{classify::Class, peer::Comm, time::UnixTime};
+use crate::{classify::Class, escape::Escaped, peer::Comm, time::UnixTime};
 
 /// What `netmon stats` counts.
 #[derive(Clone, Debug)]
@@ -57,7 +57,10 @@ fn names(inputs: &Inputs) -> String {
     };
     match inputs.sources.hosts.as_slice() {
         [] => files,
-        hosts => format!("{files}, host {}", hosts.join(", ")),
+        hosts => {
+            let hosts: Vec<_> = hosts.iter().map(|h| Escaped::new(h).to_string()).collect();
+            format!("{files}, host {}", hosts.join(", "))
+        }
     }
 }
 
@@ -109,7 +112,10 @@ fn per_class(peers: &[Peer<'_>], detail: Detail) -> Owned {
 fn top_peers(peers: &[Peer<'_>], top: usize) -> Owned {
     let mut ranked: Vec<_> = peers
         .iter()
-        .map(|peer| (peer.record.outbound + peer.record.inbound, peer))
+        .map(|peer| {
+            let record = &peer.record;
+            (record.outbound.saturating_add(record.inbound), peer)
+        })
         .collect();
     // Most connections first; ties in address order (the sort is stable).
     ranked.sort_by_key(|&(connections, _)| std::cmp::Reverse(connections));
@@ -179,7 +185,7 @@ impl Label for u16 {
 
 impl Label for Comm {
     fn label(&self) -> String {
-        self.to_string().escape_default().to_string()
+        self.escaped().to_string()
     }
 }
 
@@ -225,5 +231,33 @@ mod tests {
             );
         }
         assert!(!text.contains("8.8.8.8"), "top 2 only:\n{text}");
+    }
+
+    /// Whoever writes a checkpoint picks its host and process names:
+    /// printed raw, they would forge lines or rewrite the terminal.
+    #[test]
+    fn hosts_and_processes_are_printed_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.json");
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&checkpoint(&[("10.0.0.1", 1, 0, 100)])).unwrap();
+        file["host"] = "h\n1 peers from 9 files\u{1b}[2J".into();
+        file["peers"][0]["processes"] = serde_json::json!(["a\n1.2.3.4"]);
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let request = StatsRequest {
+            files: vec![path],
+            filter: Filter::default(),
+            top: 2,
+        };
+        let mut out = Vec::new();
+        stats(&request, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        let first = text.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "1 peers from 1 file, host h\\n1 peers from 9 files\\u{1b}[2J (lost events: 0)"
+        );
+        assert!(text.lines().any(|l| l == "a\\n1.2.3.4      1"), "{text}");
     }
 }

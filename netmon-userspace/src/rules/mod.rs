@@ -6,17 +6,16 @@
 //! twice (it replaces what it loaded before, and only that) and changes no
 //! traffic until the admin hooks it in: the policy stays theirs.
 mod aggregate;
+mod name;
 
 use std::{
-    fmt,
     io::{self, Write},
     path::PathBuf,
-    str::FromStr,
 };
 
 use anyhow::ensure;
 
-pub use self::aggregate::aggregate;
+pub use self::{aggregate::aggregate, name::RuleName};
 use crate::{
     classify::Cidr,
     peer::Direction,
@@ -43,41 +42,6 @@ impl RuleFormat {
             Self::Ipset => "netmon_peers",
             Self::Iptables => "NETMON-PEERS",
         }
-    }
-}
-
-/// A set or chain name that nft, ipset and iptables all accept: a letter,
-/// then letters, digits, `_` or `-`, short enough for iptables' chains
-/// (28) and for ipset's (31) with the `-new` of the set swapped in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuleName(String);
-
-impl RuleName {
-    const MAX_LEN: usize = 27;
-}
-
-impl FromStr for RuleName {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        let mut chars = name.chars();
-        let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            && name.len() <= Self::MAX_LEN;
-        if valid {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(format!(
-                "{name:?} is not a usable name: a letter, then at most {} letters, digits, '_' or '-'",
-                Self::MAX_LEN - 1
-            ))
-        }
-    }
-}
-
-impl fmt::Display for RuleName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -217,7 +181,7 @@ impl Ruleset {
             name: request
                 .name
                 .clone()
-                .unwrap_or_else(|| RuleName(request.format.default_name().to_owned())),
+                .unwrap_or_else(|| RuleName::default_of(request.format)),
             about,
         }
     }
@@ -356,29 +320,6 @@ impl Ruleset {
 mod tests {
     use super::{aggregate::tests::range, *};
 
-    #[test]
-    fn names_are_checked() {
-        for good in [
-            "peers_v4",
-            "NETMON-PEERS",
-            "a",
-            "abcdefghijklmnopqrstuvwxyz0",
-        ] {
-            assert!(good.parse::<RuleName>().is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "1abc",
-            "-x",
-            "has space",
-            "semi;colon",
-            "abcdefghijklmnopqrstuvwxyz01",
-            "naïve",
-        ] {
-            assert!(bad.parse::<RuleName>().is_err(), "{bad}");
-        }
-    }
-
     fn script(format: RuleFormat, direction: Option<Direction>) -> String {
         let ruleset = Ruleset {
             blocks: aggregate(
@@ -387,7 +328,7 @@ mod tests {
                     .chain(["198.51.100.7".parse().unwrap()]),
             ),
             sides: Side::of(direction),
-            name: RuleName(format.default_name().to_owned()),
+            name: RuleName::default_of(format),
             about: vec!["about".to_owned()],
         };
         let mut out = Vec::new();

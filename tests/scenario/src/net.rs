@@ -36,6 +36,7 @@ pub enum Block {
     Metrics,
     MetricsDropped,
     Follow,
+    MetricsFlood,
     // tests/container.rs
     OwnNetns,
     ProcNet,
