@@ -21,6 +21,9 @@ use netmon_scenario::{
 };
 use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
 
+#[path = "packaging/unit.rs"]
+mod unit;
+
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
 
 fn run(command: &mut Command) -> Output {
@@ -140,25 +143,10 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     assert!(complaints.trim().is_empty(), "{complaints}");
 }
 
-/// `CapabilityBoundingSet=CAP_BPF CAP_PERFMON` as setpriv's
-/// `-all,+bpf,+perfmon`.
-fn bounding_set_for_setpriv(unit: &str) -> String {
-    let caps = unit
-        .lines()
-        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit limits its capabilities");
-    let mut set = String::from("-all");
-    for cap in caps.split_whitespace() {
-        let name = cap.strip_prefix("CAP_").expect("CAP_ names");
-        set.push_str(&format!(",+{}", name.to_lowercase()));
-    }
-    set
-}
-
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
 fn systemd_units_capabilities_are_enough_to_attach() {
-    let set = bounding_set_for_setpriv(&unit_for_test());
+    let set = unit::bounding_set_for_setpriv(&unit_for_test());
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("setpriv");
     command
@@ -174,6 +162,34 @@ fn systemd_units_capabilities_are_enough_to_attach() {
         "with {set} netmon should attach eBPF programs, not fall back to {mode}:\n{log}"
     );
     assert!(log.contains("dropped all capabilities"), "{log}");
+}
+
+/// Starts `netmon run ARGS --output OUTPUT` under the unit's restrictions
+/// (see the `unit` module) and waits until it is ready.
+fn netmon_under_unit(args: &[&str], output: &Path) -> Netmon {
+    let mut command = unit::command(&unit_for_test());
+    command.args(["--", NETMON, "run"]).args(args);
+    command.arg("--output").arg(output);
+    let netmon = Netmon::spawn(command);
+    if let Err(err) = netmon.wait_ready() {
+        panic!("netmon {args:?} under the unit's settings {err}");
+    }
+    netmon
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn systemd_units_address_families_leave_the_socket_tables_on_netlink() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["proc", "auto"] {
+        let netmon = netmon_under_unit(&["--mode", mode], &dir.path().join("peers.json"));
+        let (status, log) = netmon.stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("socket tables: netlink sock_diag"),
+            "--mode {mode}: RestrictAddressFamilies= must leave sock_diag to netmon:\n{log}"
+        );
+    }
 }
 
 /// Every document of a YAML file, as JSON values.
