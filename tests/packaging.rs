@@ -16,7 +16,8 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use netmon_scenario::{
-    harness::{Netmon, chosen_mode, scrape},
+    confine,
+    harness::{Netmon, chosen_mode, eventually, scrape},
     net::metrics_addr,
 };
 use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
@@ -189,6 +190,27 @@ fn systemd_units_address_families_leave_the_socket_tables_on_netlink() {
             log.contains("socket tables: netlink sock_diag"),
             "--mode {mode}: RestrictAddressFamilies= must leave sock_diag to netmon:\n{log}"
         );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn under_the_systemd_units_settings_netmon_ends_up_confined() {
+    for mode in ["auto", "proc"] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("data/peers.json");
+        let netmon = netmon_under_unit(&["--mode", mode], &output);
+        confine::assert_confined(&netmon, &output);
+        // SAFETY: plain kill(2) on netmon, which this test started.
+        unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+        // A checkpoint (temp file and rename) still works once confined.
+        eventually(
+            "the SIGHUP checkpoint",
+            || (netmon.log().matches("checkpoint: ").count() >= 2).then_some(()),
+            || netmon.log(),
+        );
+        let (status, log) = netmon.stop();
+        assert!(status.success(), "{log}");
     }
 }
 
