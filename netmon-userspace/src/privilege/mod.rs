@@ -45,6 +45,13 @@ pub struct Confined {
 /// Capabilities and Landlock domains are per thread: call this before any
 /// other thread exists (netmon runs a single-threaded runtime).
 pub fn confine(writable: &Path) -> io::Result<Confined> {
+    // A thread started earlier would keep everything dropped here.
+    let threads = fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "{threads} threads: only the calling one would be confined"
+        )));
+    }
     // First and unconditionally: Landlock needs it, and nothing may skip it.
     // SAFETY: plain prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
