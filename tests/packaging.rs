@@ -16,10 +16,14 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use netmon_scenario::{
-    harness::{Netmon, chosen_mode, scrape},
+    confine,
+    harness::{Netmon, chosen_mode, eventually, scrape},
     net::metrics_addr,
 };
 use serde::{Deserialize as _, Serialize, de::DeserializeOwned};
+
+#[path = "packaging/unit.rs"]
+mod unit;
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
 
@@ -140,25 +144,10 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     assert!(complaints.trim().is_empty(), "{complaints}");
 }
 
-/// `CapabilityBoundingSet=CAP_BPF CAP_PERFMON` as setpriv's
-/// `-all,+bpf,+perfmon`.
-fn bounding_set_for_setpriv(unit: &str) -> String {
-    let caps = unit
-        .lines()
-        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit limits its capabilities");
-    let mut set = String::from("-all");
-    for cap in caps.split_whitespace() {
-        let name = cap.strip_prefix("CAP_").expect("CAP_ names");
-        set.push_str(&format!(",+{}", name.to_lowercase()));
-    }
-    set
-}
-
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
 fn systemd_units_capabilities_are_enough_to_attach() {
-    let set = bounding_set_for_setpriv(&unit_for_test());
+    let set = unit::bounding_set_for_setpriv(&unit_for_test());
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("setpriv");
     command
@@ -174,6 +163,55 @@ fn systemd_units_capabilities_are_enough_to_attach() {
         "with {set} netmon should attach eBPF programs, not fall back to {mode}:\n{log}"
     );
     assert!(log.contains("dropped all capabilities"), "{log}");
+}
+
+/// Starts `netmon run ARGS --output OUTPUT` under the unit's restrictions
+/// (see the `unit` module) and waits until it is ready.
+fn netmon_under_unit(args: &[&str], output: &Path) -> Netmon {
+    let mut command = unit::command(&unit_for_test());
+    command.args(["--", NETMON, "run"]).args(args);
+    command.arg("--output").arg(output);
+    let netmon = Netmon::spawn(command);
+    if let Err(err) = netmon.wait_ready() {
+        panic!("netmon {args:?} under the unit's settings {err}");
+    }
+    netmon
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn systemd_units_address_families_leave_the_socket_tables_on_netlink() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["proc", "auto"] {
+        let netmon = netmon_under_unit(&["--mode", mode], &dir.path().join("peers.json"));
+        let (status, log) = netmon.stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("socket tables: netlink sock_diag"),
+            "--mode {mode}: RestrictAddressFamilies= must leave sock_diag to netmon:\n{log}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn under_the_systemd_units_settings_netmon_ends_up_confined() {
+    for mode in ["auto", "proc"] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("data/peers.json");
+        let netmon = netmon_under_unit(&["--mode", mode], &output);
+        confine::assert_confined(&netmon, &output);
+        // SAFETY: plain kill(2) on netmon, which this test started.
+        unsafe { libc::kill(netmon.pid() as i32, libc::SIGHUP) };
+        // A checkpoint (temp file and rename) still works once confined.
+        eventually(
+            "the SIGHUP checkpoint",
+            || (netmon.log().matches("checkpoint: ").count() >= 2).then_some(()),
+            || netmon.log(),
+        );
+        let (status, log) = netmon.stop();
+        assert!(status.success(), "{log}");
+    }
 }
 
 /// Every document of a YAML file, as JSON values.

@@ -19,6 +19,7 @@ use std::{
 };
 
 use netmon_scenario::{
+    confine,
     files::temp_output,
     harness::{Netmon, eventually},
     net::Block,
@@ -269,27 +270,18 @@ fn a_symlink_at_the_output_path_is_never_followed() {
     );
 }
 
-fn cap_eff(pid: u32) -> String {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
-fn capabilities_are_dropped_once_attached_and_collection_goes_on() {
+fn once_attached_netmon_is_confined_and_collection_goes_on() {
+    for mode in ["auto", "proc"] {
+        confined_run(mode);
+    }
+}
+
+fn confined_run(mode: &str) {
     let (_dir, path) = temp_output();
-    let netmon = Netmon::ready(NETMON, &path, "auto");
-    assert_eq!(
-        cap_eff(netmon.pid()),
-        "0000000000000000",
-        "{}",
-        netmon.log()
-    );
+    let netmon = Netmon::ready(NETMON, &path, mode);
+    confine::assert_confined(&netmon, &path);
     let dests = connect_many(Block::Capabilities, 1, 3);
     let (status, log) = netmon.stop();
     assert!(status.success(), "{log}");

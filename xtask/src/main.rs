@@ -110,7 +110,8 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// the firewall tools the generated rules are loaded into, for the
 /// shipped files `systemd-analyze` (which runs man(1) to check the unit's
 /// Documentation=), setpriv and strace to check its capabilities and
-/// system call filter, and promtool (Debian ships it only with the
+/// system call filter, gdb to make a running netmon try a write its
+/// Landlock domain forbids, and promtool (Debian ships it only with the
 /// Prometheus server) to check `--metrics`.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
@@ -121,6 +122,7 @@ const TEST_PACKAGES: &[&str] = &[
     "man-db",
     "util-linux",
     "strace",
+    "gdb",
     "prometheus",
 ];
 

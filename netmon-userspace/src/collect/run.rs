@@ -3,7 +3,12 @@
 //! One tokio task on one thread does everything: the collector, the
 //! checkpoint timer and the signals are branches of one `select!`, so the
 //! peer set needs no locking.
-use std::{fs, io, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fs, io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use log::{debug, info, warn};
@@ -111,7 +116,7 @@ async fn collect(
     // stop netmon now, not after a day of collecting.
     let lost = collector.settle(&mut recorder);
     checkpointer.checkpoint(&mut recorder, lost, log::Level::Info)?;
-    drop_capabilities(mode);
+    confine(&config.output, mode)?;
     info!(
         "ready: collecting in {mode} mode, {} peers, writing {}",
         recorder.snapshot().peers.len(),
@@ -154,25 +159,42 @@ async fn collect(
     Ok(())
 }
 
-/// Everything privileged (attaching, opening files) is done: from here on
-/// netmon runs with no capabilities.
-fn drop_capabilities(mode: AttachMode) {
-    match privilege::effective() {
-        Ok(0) if mode == AttachMode::Proc => {
-            info!("running without capabilities: proc mode needs none");
-            return;
-        }
-        Ok(0) => return,
-        _ => {}
+/// Everything privileged (attaching, opening files, binding the metrics
+/// socket) is done: from here on netmon runs with no capabilities, and
+/// writes only in the output's directory where the kernel has Landlock.
+fn confine(output: &Path, mode: AttachMode) -> anyhow::Result<()> {
+    if mode == AttachMode::Proc && privilege::effective().is_ok_and(|caps| caps == 0) {
+        info!("running without capabilities: proc mode needs none");
     }
-    match privilege::drop_all() {
-        Ok(()) => {
-            info!("dropped all capabilities: attached programs and open files are all it needs now")
-        }
-        Err(err) => {
-            warn!("could not drop capabilities ({err}); running with the ones it started with")
-        }
+    let dir = match output.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let confined = privilege::confine(dir)
+        .context("cannot drop capabilities and set no_new_privs after attaching")?;
+    let bounding = if confined.bounding_emptied {
+        "bounding set included"
+    } else {
+        "bounding set kept: no CAP_SETPCAP to empty it"
+    };
+    info!("dropped all capabilities ({bounding}) and set no_new_privs");
+    match confined.landlock {
+        Ok(abi) => info!(
+            "Landlock (ABI {abi}): writes only in {}; {}",
+            dir.display(),
+            privilege::landlock_also(abi)
+        ),
+        Err(privilege::Unconfined::Unsupported(err)) => warn!(
+            "writes are not confined to {}: Landlock is unavailable ({err}); \
+             no capabilities and no_new_privs still hold",
+            dir.display()
+        ),
+        Err(privilege::Unconfined::Failed(err)) => warn!(
+            "writes are not confined to {}: Landlock refused the rules ({err})",
+            dir.display()
+        ),
     }
+    Ok(())
 }
 
 fn hostname() -> String {

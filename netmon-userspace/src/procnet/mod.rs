@@ -32,7 +32,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use log::info;
+use log::warn;
 
 pub use self::{
     collector::{Arrived, ProcCollector, startup_scan},
@@ -164,8 +164,12 @@ impl Scanner {
                 )
             }),
             TablesRequest::Auto => Self::netlink(dir).or_else(|err| {
-                info!(
-                    "socket tables: reading the text of {}: netlink: {err:#}",
+                // A warning, not a note: the text has no destroy
+                // notifications, so proc mode misses what opens and closes
+                // between polls (a unit without AF_NETLINK does this).
+                warn!(
+                    "socket tables: netlink unavailable ({err:#}); falling back to the text of {}, \
+                     which has no destroy notifications",
                     dir.display()
                 );
                 Ok(Self::text(dir))

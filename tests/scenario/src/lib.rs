@@ -8,6 +8,7 @@
 //! mode that passes here and there has passed the same workload.
 pub mod case;
 pub mod check;
+pub mod confine;
 pub mod files;
 pub mod harness;
 pub mod isolate;
