@@ -125,6 +125,7 @@ async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
                 let lost = collector.settle(&mut recorder);
                 checkpointer.warn_if_lost(lost);
                 recorder.warn_if_dropped();
+                recorder.observers_mut().warn_if_follow_dropped();
                 checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug);
             }
             _ = sighup.recv() => {
@@ -139,6 +140,7 @@ async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
 
     let lost = collector.finish(&mut recorder);
     recorder.warn_if_dropped();
+    recorder.observers_mut().warn_if_follow_dropped();
     checkpointer
         .checkpoint(&mut recorder, lost, log::Level::Info)
         .context("final checkpoint failed; the previous checkpoint is intact")?;

@@ -36,12 +36,14 @@ pub enum Block {
     Metrics,
     MetricsDropped,
     Follow,
+    FollowStalled,
     // tests/container.rs
     OwnNetns,
     ProcNet,
     // tests/reliability.rs
     KillNine,
     FullDisk,
+    FullDiskAtStart,
     Capabilities,
     Sighup,
     MaxPeers,
