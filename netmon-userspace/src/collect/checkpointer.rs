@@ -1,14 +1,22 @@
 //! Checkpointing: writing the set to `--output`, with the events lost.
 use std::{path::PathBuf, time::Instant};
 
+use anyhow::Context as _;
 use log::{info, warn};
 
 use super::recorder::Recorder;
-use crate::{store, time::UnixTime};
+use crate::{
+    store::{self, Lock},
+    time::UnixTime,
+};
 
 /// Where checkpoints go, and what they say besides the peers.
 pub struct Checkpointer {
     output: PathBuf,
+    /// The output's lock: one writer per file. `None` until a disk that was
+    /// full or read-only at start-up lets it be taken; no checkpoint is
+    /// written without it.
+    lock: Option<Lock>,
     host: String,
     /// Lost events recorded by earlier runs on this file.
     lost_before: u64,
@@ -19,9 +27,10 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn new(output: PathBuf, host: String, lost_before: u64) -> Self {
+    pub fn new(output: PathBuf, lock: Option<Lock>, host: String, lost_before: u64) -> Self {
         Self {
             output,
+            lock,
             host,
             lost_before,
             lost_written: 0,
@@ -37,6 +46,11 @@ impl Checkpointer {
         lost: u64,
         level: log::Level,
     ) -> anyhow::Result<()> {
+        if self.lock.is_none() {
+            let lock = store::take_lock(&self.output)
+                .context("no checkpoint is written without the output's lock")?;
+            self.lock = Some(lock);
+        }
         self.lost_written = lost;
         let snapshot = recorder.snapshot_with_lost_events(self.lost_before + lost);
         let started = Instant::now();
@@ -57,23 +71,48 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// The checkpoint at start-up: like [`Checkpointer::checkpoint_or_warn`]
+    /// if the disk is full or read-only, otherwise any failure stops netmon.
+    pub fn first_checkpoint(&mut self, recorder: &mut Recorder, lost: u64) -> anyhow::Result<()> {
+        match self.checkpoint(recorder, lost, log::Level::Info) {
+            Err(err) if store::disk_unwritable(&err) => {
+                self.warn_once(&err);
+                Ok(())
+            }
+            written => written,
+        }
+    }
+
     /// A periodic checkpoint: failures are logged (once per distinct error)
-    /// and retried at the next one, while collection goes on in memory.
-    pub fn checkpoint_or_warn(&mut self, recorder: &mut Recorder, lost: u64, level: log::Level) {
+    /// and retried at the next one, while collection goes on in memory. The
+    /// lock, if it is still to be taken, is the exception: held by another
+    /// netmon, or refused for a reason other than the disk, it stops netmon
+    /// as it would have at start-up.
+    pub fn checkpoint_or_warn(
+        &mut self,
+        recorder: &mut Recorder,
+        lost: u64,
+        level: log::Level,
+    ) -> anyhow::Result<()> {
         match self.checkpoint(recorder, lost, level) {
             Ok(()) => {
                 if self.last_error.take().is_some() {
                     info!("checkpoint to {} works again", self.output.display());
                 }
             }
-            Err(err) => {
-                let text = format!("{err:#}");
-                if self.last_error.as_ref() != Some(&text) {
-                    warn!("{text}; keeping peers in memory and retrying at the next checkpoint");
-                }
-                self.last_error = Some(text);
-            }
+            Err(err) if self.lock.is_none() && !store::disk_unwritable(&err) => return Err(err),
+            Err(err) => self.warn_once(&err),
         }
+        Ok(())
+    }
+
+    /// Logs a checkpoint failure unless it is the same as the last one.
+    fn warn_once(&mut self, err: &anyhow::Error) {
+        let text = format!("{err:#}");
+        if self.last_error.as_ref() != Some(&text) {
+            warn!("{text}; keeping peers in memory and retrying at the next checkpoint");
+        }
+        self.last_error = Some(text);
     }
 
     /// Says how many events were lost since the last checkpoint, if any;

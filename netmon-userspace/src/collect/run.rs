@@ -23,7 +23,7 @@ use crate::{
     observe::{Bound, Observers},
     privilege,
     procnet::TablesRequest,
-    store::{self, OnCorrupt, Snapshot},
+    store::{self, Lock, OnCorrupt, Snapshot},
 };
 
 /// What `netmon run` is asked to do.
@@ -53,15 +53,15 @@ pub struct RunConfig {
 
 pub fn run(config: &RunConfig) -> anyhow::Result<()> {
     raise_memlock_limit();
-    // Held until exit: one writer per file.
-    let (_lock, snapshot) = store::open_output(&config.output, config.on_corrupt)?;
+    // Held until exit by the checkpointer: one writer per file.
+    let (lock, snapshot) = store::open_output(&config.output, config.on_corrupt)?;
     // Single-threaded on purpose: capabilities are per thread, and dropping
     // them after start-up must cover every thread netmon has.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(collect(config, snapshot))
+    runtime.block_on(collect(config, lock, snapshot))
 }
 
 /// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; later ones use
@@ -80,7 +80,7 @@ fn raise_memlock_limit() {
     }
 }
 
-async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
+async fn collect(config: &RunConfig, lock: Option<Lock>, snapshot: Snapshot) -> anyhow::Result<()> {
     // Before anything announces readiness: a SIGTERM that arrives early
     // must still end in a checkpoint, not in the default action.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -96,17 +96,19 @@ async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
     info!("mode: {mode}");
     let host = hostname();
     let observers = Observers::start(bound, mode, &snapshot.peers, config.follow, &host)?;
-    let mut checkpointer = Checkpointer::new(config.output.clone(), host, snapshot.lost_events);
+    let mut checkpointer =
+        Checkpointer::new(config.output.clone(), lock, host, snapshot.lost_events);
     let snapshot = Snapshot {
         mode: Some(mode.to_string()),
         ..snapshot
     };
     let mut recorder = Recorder::new(snapshot, config.max_peers, observers);
     let mut collector = Collector::start(attached, config, &mut recorder)?;
-    // The first checkpoint is not allowed to fail: a bad --output should
-    // stop netmon now, not after a day of collecting.
+    // The first checkpoint may fail only as later ones may, on a disk that
+    // is full or read-only: a bad --output should stop netmon now, not
+    // after a day of collecting.
     let lost = collector.settle(&mut recorder);
-    checkpointer.checkpoint(&mut recorder, lost, log::Level::Info)?;
+    checkpointer.first_checkpoint(&mut recorder, lost)?;
     drop_capabilities(mode);
     info!(
         "ready: collecting in {mode} mode, {} peers, writing {}",
@@ -126,12 +128,12 @@ async fn collect(config: &RunConfig, snapshot: Snapshot) -> anyhow::Result<()> {
                 checkpointer.warn_if_lost(lost);
                 recorder.warn_if_dropped();
                 recorder.observers_mut().warn_if_follow_dropped();
-                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug);
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug)?;
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: checkpoint");
                 let lost = collector.settle(&mut recorder);
-                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Info);
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Info)?;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

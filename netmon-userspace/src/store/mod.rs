@@ -40,7 +40,7 @@ use anyhow::{Context as _, bail};
 
 pub use atomic::{backup_corrupt, remove_stale_temp_files, write_atomically};
 pub use fallback::parse_with_serde;
-pub use lockfile::Lock;
+pub use lockfile::{Lock, acquire as take_lock};
 pub use output::{OnCorrupt, open_output};
 pub use schema::{FORMAT_VERSION, PeerRecord};
 pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
@@ -48,6 +48,22 @@ pub(crate) use writer::decimal;
 pub use writer::{to_json, write_checkpoint, write_json};
 
 use crate::time::UnixTime;
+
+/// Whether `err` says the disk cannot take a write now (full, over quota,
+/// read-only) rather than that the output is wrong: `netmon run` waits for
+/// such a disk in memory, at start-up as mid-run.
+pub fn disk_unwritable(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(is_disk_unwritable)
+}
+
+fn is_disk_unwritable(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS)
+    )
+}
 
 /// Everything a checkpoint file holds.
 #[derive(Debug, Default)]

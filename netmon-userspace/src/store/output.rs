@@ -32,12 +32,20 @@ pub enum OnCorrupt {
 
 /// Makes `path` ready for checkpoints and reads what it holds: the lock,
 /// held until it is dropped, and the peers to continue from.
-pub fn open_output(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<(Lock, Snapshot)> {
+///
+/// A disk too full or read-only to make the lock file on leaves the lock
+/// to be taken later (`None`), by the checkpoint that first can.
+pub fn open_output(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<(Option<Lock>, Snapshot)> {
     refuse_symlink(path)?;
     create_parent_dir(path)?;
     warn_if_others_can_write(path);
-    let lock = lockfile::acquire(path)?;
-    remove_stale_temp_files(path);
+    let lock = match lockfile::acquire(path) {
+        Err(err) if super::disk_unwritable(&err) => None,
+        lock => Some(lock?),
+    };
+    if lock.is_some() {
+        remove_stale_temp_files(path);
+    }
     let snapshot = load_existing(path, on_corrupt)?;
     Ok((lock, snapshot))
 }

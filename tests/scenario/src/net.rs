@@ -44,6 +44,7 @@ pub enum Block {
     KillNine,
     FullDisk,
     FullDiskAtStart,
+    ReadOnlyAtStart,
     Capabilities,
     Sighup,
     MaxPeers,
