@@ -4,19 +4,19 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write as _,
-    net::{Ipv4Addr, SocketAddr},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::unix::process::CommandExt as _,
     path::Path,
     process::{Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use netmon_scenario::{
     harness::{Netmon, chosen_mode, eventually, one_at_a_time, scrape},
     net::{Block, closed_port, metrics_addr},
-    workload::{Workload, workload},
+    workload::{Workload, connect_from, workload},
 };
 use serde_json::Value;
 
@@ -341,4 +341,103 @@ fn held_metrics_connections_leave_checkpoints_their_descriptors() {
         "SIGHUP's checkpoint and the final one:\n{log}"
     );
     assert!(output.exists(), "{log}");
+}
+
+/// `GET /metrics`, giving up after a few seconds: the body, or `None` if
+/// netmon did not answer in time.
+fn scrape_within(addr: &str) -> Option<String> {
+    let patience = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr.parse().unwrap(), patience).ok()?;
+    stream.set_read_timeout(Some(patience)).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// The file's `updated`.
+fn updated(path: &Path) -> String {
+    let file: Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    file["updated"].as_str().unwrap().to_owned()
+}
+
+/// Whether `pid` has exited (a zombie until its parent waits for it).
+fn exited(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = stat.rsplit_once(')').unwrap().1.trim_start();
+    state.starts_with('Z')
+}
+
+#[test]
+fn a_follow_reader_that_never_reads_stalls_nothing() {
+    let _turn = one_at_a_time();
+    let block = Block::FollowStalled;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("peers.json");
+    let addr = format!("{}:{}", block.addr(0, 1), closed_port());
+    // The read end stays open and unread for the whole test.
+    let (_unread, stdout) = std::io::pipe().unwrap();
+    let command = Netmon::command(
+        NETMON,
+        &path,
+        "auto",
+        &["--follow", "--json", "--interval", "1", "--metrics", &addr],
+    );
+    let netmon = Netmon::spawn_with_stdout(command, stdout.into());
+    netmon.wait_ready().unwrap();
+
+    // Two lines per connection (its source inbound, its destination
+    // outbound), far more than a pipe's 64 KiB and netmon's queue hold.
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for c in 1..=40 {
+        for d in 1..=100 {
+            let dest = SocketAddrV4::new(block.addr(c, 128 + d), port);
+            let client = connect_from(block.addr(c, d), dest).unwrap();
+            // RST, so that thousands of connections leave no TIME_WAIT.
+            client.set_linger(Some(Duration::ZERO)).unwrap();
+            let accepted = listener.accept().unwrap();
+            drop((client, accepted));
+        }
+    }
+
+    let after_storm = updated(&path);
+    eventually(
+        "a checkpoint after the storm",
+        || (updated(&path) > after_storm).then_some(()),
+        || netmon.log(),
+    );
+    let body = eventually(
+        "an answer from /metrics counting dropped --follow lines",
+        || {
+            let body = scrape_within(&addr)?;
+            let dropped = sample(&body, "netmon_follow_dropped_lines_total")?;
+            (dropped > 0.0).then_some(body)
+        },
+        || netmon.log(),
+    );
+    eventually(
+        "the dropped lines said in the log",
+        || {
+            netmon
+                .log()
+                .contains("--follow: the reader is not keeping up")
+                .then_some(())
+        },
+        || format!("{}\n{body}", netmon.log()),
+    );
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(netmon.pid() as i32, libc::SIGTERM) };
+    let stopping = Instant::now();
+    while !exited(netmon.pid()) {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(2),
+            "SIGTERM not honoured within 2 s:\n{}",
+            netmon.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (status, log) = netmon.wait();
+    assert!(status.success(), "{log}");
 }

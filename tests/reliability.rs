@@ -192,6 +192,92 @@ fn a_full_disk_keeps_the_old_file_and_loses_nothing_once_space_returns() {
     );
 }
 
+/// The peers of the file at `path` once it holds all of `expected`.
+fn eventually_holds(path: &Path, expected: &[Ipv4Addr], netmon: &Netmon) {
+    eventually(
+        "a checkpoint with the peers made while the disk could not be written",
+        || {
+            let text = fs::read_to_string(path).ok()?;
+            let file: Value = serde_json::from_str(&text).ok()?;
+            let held: Vec<&str> = file["peers"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["ip"].as_str())
+                .collect();
+            expected
+                .iter()
+                .all(|ip| held.contains(&ip.to_string().as_str()))
+                .then_some(())
+        },
+        || netmon.log(),
+    );
+}
+
+/// Starts netmon in proc mode on `path`, on a disk that cannot be written
+/// yet: it must get ready all the same and say why once.
+fn start_on_unwritable_disk(path: &Path, error: &str) -> Netmon {
+    let netmon = Netmon::start(NETMON, path, "proc", &["--interval", "1"]);
+    netmon.wait_ready().unwrap();
+    eventually(
+        "a warning that the checkpoint cannot be written",
+        || netmon.log().contains(error).then_some(()),
+        || netmon.log(),
+    );
+    netmon
+}
+
+fn stop_having_said_once(netmon: Netmon, error: &str) {
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches(error).count(),
+        1,
+        "said once, not at every checkpoint:\n{log}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn a_disk_full_at_start_up_is_waited_for_in_memory() {
+    let tmpfs = Tmpfs::new("64k");
+    let filler = tmpfs.0.path().join("filler");
+    let _ = fs::write(&filler, vec![0u8; 256 * 1024]);
+    let path = tmpfs.0.path().join("peers.json");
+    let netmon = start_on_unwritable_disk(&path, "No space left on device");
+    let during = connect_many(Block::FullDiskAtStart, 1, 5);
+    fs::remove_file(&filler).unwrap();
+    eventually_holds(&path, &during, &netmon);
+    stop_having_said_once(netmon, "No space left on device");
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn a_disk_read_only_at_start_up_is_waited_for_without_writing_unlocked() {
+    let tmpfs = Tmpfs::new("64k");
+    let remount = |how: &str| {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(tmpfs.0.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {how}");
+    };
+    remount("ro");
+    let path = tmpfs.0.path().join("peers.json");
+    // Not even the lock file can be made: the lock is taken once it can.
+    let netmon = start_on_unwritable_disk(&path, "Read-only file system");
+    assert!(
+        netmon.log().contains("without the output's lock"),
+        "{}",
+        netmon.log()
+    );
+    let during = connect_many(Block::ReadOnlyAtStart, 1, 5);
+    remount("rw");
+    eventually_holds(&path, &during, &netmon);
+    assert!(tmpfs.0.path().join(".peers.json.lock").exists());
+    stop_having_said_once(netmon, "Read-only file system");
+}
+
 #[test]
 fn a_second_instance_on_the_same_file_names_the_first() {
     let (_dir, path) = temp_output();

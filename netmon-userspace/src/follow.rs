@@ -2,14 +2,19 @@
 //! in a direction, so an admin can watch the access map grow and a log
 //! shipper can carry every host's new peers to one place (`--json`).
 //!
-//! Lines are written as they happen, straight to stdout: a reader that
-//! stops reading stalls collection until the kernel's buffer overflows,
-//! which shows in `lost_events`. Logs go to stderr, so stdout carries only
-//! these lines.
+//! Lines go through a bounded queue to a thread of their own that writes
+//! them to stdout, so a reader that stops reading stalls only that thread,
+//! never collection: lines that find the queue full are dropped and
+//! counted. Logs go to stderr, so stdout carries only these lines.
 use std::{
     io::{self, Write as _},
     net::Ipv4Addr,
+    sync::mpsc::{self, Receiver, SyncSender, TrySendError},
+    thread,
+    time::Duration,
 };
+
+use log::warn;
 
 use serde::{Serialize, Serializer};
 
@@ -44,22 +49,132 @@ fn direction<S: Serializer>(direction: &Direction, serializer: S) -> Result<S::O
     serializer.serialize_str(direction.as_str())
 }
 
-/// Writes sightings to stdout in one format.
+/// Lines waiting for a slow reader, at most: about half a MiB of JSON,
+/// enough for a burst such as the start-up scan of a busy host.
+const QUEUE_LINES: usize = 4096;
+
+/// How long the exit waits for queued lines to reach a reader: not
+/// forever, since a reader that stopped reading never takes them.
+const EXIT_PATIENCE: Duration = Duration::from_millis(500);
+
+/// Writes sightings to stdout in one format, through the writer thread.
 pub struct Follow {
     format: LineFormat,
+    queue: Option<SyncSender<Vec<u8>>>,
+    /// The queue's other end, until the writer thread takes it.
+    lines: Option<Receiver<Vec<u8>>>,
+    /// Told by the writer thread when it ends.
+    done: Option<Receiver<()>>,
+    /// Lines dropped because the queue was full: in this run, and when
+    /// last said.
+    dropped: u64,
+    dropped_said: u64,
+}
+
+/// What became of a line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The queue was full: the reader is not keeping up.
+    Dropped,
+    /// stdout cannot be written (the writer thread said why and ended).
+    Closed,
 }
 
 impl Follow {
+    /// Lines queue from now on; none is written before [`Follow::start`].
     pub fn new(format: LineFormat) -> Self {
-        Self { format }
+        let (queue, lines) = mpsc::sync_channel(QUEUE_LINES);
+        Self {
+            format,
+            queue: Some(queue),
+            lines: Some(lines),
+            done: None,
+            dropped: 0,
+            dropped_said: 0,
+        }
     }
 
-    /// Writes one line and flushes it, so that it is seen at once even
-    /// through a pipe.
-    pub fn write(&self, sighting: &Sighting<'_>) -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        write_line(&mut out, self.format, sighting)?;
-        out.flush()
+    /// Starts the writer thread. Called once netmon is confined: a thread
+    /// inherits the confinement of the one that starts it, and one started
+    /// earlier would keep every privilege.
+    pub fn start(&mut self) -> io::Result<()> {
+        let Some(lines) = self.lines.take() else {
+            return Ok(());
+        };
+        let (finished, done) = mpsc::channel();
+        thread::Builder::new()
+            .name("netmon-follow".into())
+            .spawn(move || {
+                write_lines(&lines);
+                let _ = finished.send(());
+            })?;
+        self.done = Some(done);
+        Ok(())
+    }
+
+    /// Queues one line for stdout without ever waiting for the reader.
+    pub fn write(&mut self, sighting: &Sighting<'_>) -> Sent {
+        let Some(queue) = &self.queue else {
+            return Sent::Closed;
+        };
+        let mut line = Vec::with_capacity(160);
+        // Writing into memory fails only if serializing does, which it
+        // cannot for these types.
+        let _ = write_line(&mut line, self.format, sighting);
+        match queue.try_send(line) {
+            Ok(()) => Sent::Queued,
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                Sent::Dropped
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.queue = None;
+                Sent::Closed
+            }
+        }
+    }
+
+    /// Says how many lines were dropped since it last said, if any.
+    pub fn warn_if_dropped(&mut self) {
+        if self.dropped > self.dropped_said {
+            warn!(
+                "--follow: the reader is not keeping up; {} lines dropped since the last checkpoint ({} in this run)",
+                self.dropped - self.dropped_said,
+                self.dropped
+            );
+            self.dropped_said = self.dropped;
+        }
+    }
+}
+
+impl Drop for Follow {
+    /// Gives the queued lines a moment to reach the reader, then lets the
+    /// process exit whether or not they did.
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(done) = &self.done {
+            let _ = done.recv_timeout(EXIT_PATIENCE);
+        }
+    }
+}
+
+/// The writer thread: each line as it comes, flushed whenever the queue is
+/// empty, so a line is seen at once even through a pipe.
+fn write_lines(lines: &Receiver<Vec<u8>>) {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut next = lines.recv().ok();
+    while let Some(line) = next {
+        let mut written = out.write_all(&line);
+        next = lines.try_recv().ok();
+        if next.is_none() {
+            written = written.and_then(|()| out.flush());
+            next = written.is_ok().then(|| lines.recv().ok()).flatten();
+        }
+        if let Err(err) = written {
+            warn!("--follow: cannot write to stdout ({err}); no more lines");
+            return;
+        }
     }
 }
 

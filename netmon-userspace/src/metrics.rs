@@ -45,6 +45,7 @@ pub struct Metrics {
     connections: [Counter; 2],
     lost_events: Counter,
     dropped_peers: Counter,
+    follow_dropped_lines: Counter,
     checkpoints: Counter,
     checkpoint_errors: Counter,
     checkpoint_duration: Histogram,
@@ -163,6 +164,12 @@ impl Metrics {
             "Observations of new peers not kept because the set held --max-peers",
             dropped_peers.clone(),
         );
+        let follow_dropped_lines = Counter::default();
+        registry.register(
+            "follow_dropped_lines",
+            "--follow lines not written because the reader of stdout did not keep up",
+            follow_dropped_lines.clone(),
+        );
         let checkpoints = Counter::default();
         registry.register("checkpoints", "Checkpoints written", checkpoints.clone());
         let checkpoint_errors = Counter::default();
@@ -199,6 +206,7 @@ impl Metrics {
             peer_gauges: Default::default(),
             lost_events,
             dropped_peers,
+            follow_dropped_lines,
             checkpoints,
             checkpoint_errors,
             checkpoint_duration,
@@ -237,6 +245,11 @@ impl Metrics {
     /// A new peer not kept: the set is full (`--max-peers`).
     pub fn dropped(&self) {
         self.dropped_peers.inc();
+    }
+
+    /// A `--follow` line dropped: its reader is not keeping up.
+    pub fn follow_dropped(&self) {
+        self.follow_dropped_lines.inc();
     }
 
     /// A peer of `class` now seen in `after`, and before in `before`

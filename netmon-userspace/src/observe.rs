@@ -6,11 +6,11 @@
 //! [`Observers`] and nothing else, so it stays about collecting.
 use std::{net::SocketAddr, time::Duration};
 
-use log::warn;
+use anyhow::Context as _;
 
 use crate::{
     classify::Class,
-    follow::{Follow, LineFormat, Sighting},
+    follow::{Follow, LineFormat, Sent, Sighting},
     metrics::{Endpoint, Metrics},
     mode::AttachMode,
     peer::{Connection, Direction, Directions},
@@ -48,9 +48,10 @@ impl Observers {
         if let Some(endpoint) = bound.0 {
             endpoint.serve(metrics.registry())?;
         }
+        let follow = follow.map(Follow::new);
         Ok(Self {
             metrics,
-            follow: follow.map(Follow::new),
+            follow,
             host: host.to_owned(),
         })
     }
@@ -71,7 +72,7 @@ impl Observers {
         }
         let class = Class::of(conn.peer);
         self.metrics.peer_moved(class, before, after);
-        let Some(follow) = &self.follow else {
+        let Some(follow) = &mut self.follow else {
             return;
         };
         let port = match conn.direction {
@@ -87,9 +88,28 @@ impl Observers {
             port: (port != 0).then_some(port),
             process: conn.process,
         };
-        if let Err(err) = follow.write(&sighting) {
-            warn!("--follow: cannot write to stdout ({err}); no more lines");
-            self.follow = None;
+        match follow.write(&sighting) {
+            Sent::Queued => {}
+            Sent::Dropped => self.metrics.follow_dropped(),
+            Sent::Closed => self.follow = None,
+        }
+    }
+
+    /// Starts writing `--follow` lines, queued until now; called once
+    /// netmon is confined, since the writer is a thread of its own.
+    pub fn start_follow(&mut self) -> anyhow::Result<()> {
+        match &mut self.follow {
+            Some(follow) => follow
+                .start()
+                .context("--follow: cannot start the thread that writes its lines"),
+            None => Ok(()),
+        }
+    }
+
+    /// Says how many `--follow` lines the reader missed since it last said.
+    pub fn warn_if_follow_dropped(&mut self) {
+        if let Some(follow) = &mut self.follow {
+            follow.warn_if_dropped();
         }
     }
 

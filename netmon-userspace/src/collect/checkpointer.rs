@@ -1,6 +1,7 @@
 //! Checkpointing: writing the set to `--output`, with the events lost.
 use std::time::Instant;
 
+use anyhow::Context as _;
 use log::{info, warn};
 
 use super::recorder::Recorder;
@@ -37,6 +38,9 @@ impl Checkpointer {
         lost: u64,
         level: log::Level,
     ) -> anyhow::Result<()> {
+        self.output
+            .lock()
+            .context("no checkpoint is written without the output's lock")?;
         self.lost_written = lost;
         let snapshot = recorder.snapshot_with_lost_events(self.lost_before.saturating_add(lost));
         let started = Instant::now();
@@ -61,9 +65,29 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// The checkpoint at start-up: like [`Checkpointer::checkpoint_or_warn`]
+    /// if the disk is full or read-only, otherwise any failure stops netmon.
+    pub fn first_checkpoint(&mut self, recorder: &mut Recorder, lost: u64) -> anyhow::Result<()> {
+        match self.checkpoint(recorder, lost, log::Level::Info) {
+            Err(err) if store::disk_unwritable(&err) => {
+                self.warn_once(&err);
+                Ok(())
+            }
+            written => written,
+        }
+    }
+
     /// A periodic checkpoint: failures are logged (once per distinct error)
-    /// and retried at the next one, while collection goes on in memory.
-    pub fn checkpoint_or_warn(&mut self, recorder: &mut Recorder, lost: u64, level: log::Level) {
+    /// and retried at the next one, while collection goes on in memory. The
+    /// lock, if it is still to be taken, is the exception: held by another
+    /// netmon, or refused for a reason other than the disk, it stops netmon
+    /// as it would have at start-up.
+    pub fn checkpoint_or_warn(
+        &mut self,
+        recorder: &mut Recorder,
+        lost: u64,
+        level: log::Level,
+    ) -> anyhow::Result<()> {
         match self.checkpoint(recorder, lost, level) {
             Ok(()) => {
                 if self.last_error.take().is_some() {
@@ -73,14 +97,19 @@ impl Checkpointer {
                     );
                 }
             }
-            Err(err) => {
-                let text = format!("{err:#}");
-                if self.last_error.as_ref() != Some(&text) {
-                    warn!("{text}; keeping peers in memory and retrying at the next checkpoint");
-                }
-                self.last_error = Some(text);
-            }
+            Err(err) if !self.output.locked() && !store::disk_unwritable(&err) => return Err(err),
+            Err(err) => self.warn_once(&err),
         }
+        Ok(())
+    }
+
+    /// Logs a checkpoint failure unless it is the same as the last one.
+    fn warn_once(&mut self, err: &anyhow::Error) {
+        let text = format!("{err:#}");
+        if self.last_error.as_ref() != Some(&text) {
+            warn!("{text}; keeping peers in memory and retrying at the next checkpoint");
+        }
+        self.last_error = Some(text);
     }
 
     /// Says how many events were lost since the last checkpoint, if any;

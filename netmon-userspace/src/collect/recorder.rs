@@ -81,4 +81,8 @@ impl Recorder {
     pub(super) fn observers(&self) -> &Observers {
         &self.observers
     }
+
+    pub(super) fn observers_mut(&mut self) -> &mut Observers {
+        &mut self.observers
+    }
 }

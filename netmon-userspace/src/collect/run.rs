@@ -112,11 +112,13 @@ async fn collect(
     };
     let mut recorder = Recorder::new(snapshot, config.max_peers, observers);
     let mut collector = Collector::start(attached, config, &mut recorder)?;
-    // The first checkpoint is not allowed to fail: a bad --output should
-    // stop netmon now, not after a day of collecting.
+    // The first checkpoint may fail only as later ones may, on a disk that
+    // is full or read-only: a bad --output should stop netmon now, not
+    // after a day of collecting.
     let lost = collector.settle(&mut recorder);
-    checkpointer.checkpoint(&mut recorder, lost, log::Level::Info)?;
+    checkpointer.first_checkpoint(&mut recorder, lost)?;
     confine(&config.output, mode)?;
+    recorder.observers_mut().start_follow()?;
     info!(
         "ready: collecting in {mode} mode, {} peers, writing {}",
         recorder.snapshot().peers.len(),
@@ -134,12 +136,13 @@ async fn collect(
                 let lost = collector.settle(&mut recorder);
                 checkpointer.warn_if_lost(lost);
                 recorder.warn_if_dropped();
-                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug);
+                recorder.observers_mut().warn_if_follow_dropped();
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug)?;
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: checkpoint");
                 let lost = collector.settle(&mut recorder);
-                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Info);
+                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Info)?;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -148,6 +151,7 @@ async fn collect(
 
     let lost = collector.finish(&mut recorder);
     recorder.warn_if_dropped();
+    recorder.observers_mut().warn_if_follow_dropped();
     checkpointer
         .checkpoint(&mut recorder, lost, log::Level::Info)
         .context("final checkpoint failed; the previous checkpoint is intact")?;

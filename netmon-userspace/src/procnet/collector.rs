@@ -148,7 +148,7 @@ impl ProcCollector {
         let Some(destroyed) = &mut self.destroyed else {
             return;
         };
-        let now = store::unix_now();
+        let now = UnixTime::now().secs();
         let started = std::time::Instant::now();
         let settled =
             self.scanner

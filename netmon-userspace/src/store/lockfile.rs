@@ -57,11 +57,18 @@ pub fn acquire(target: &Target) -> anyhow::Result<Lock> {
         }
         return Err(err).with_context(|| format!("cannot lock {}", path.display()));
     }
-    file.set_len(0)
+    let pid = file
+        .set_len(0)
         .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{}", std::process::id()))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(Lock { _file: file })
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    match pid {
+        // The pid only names the holder to a second netmon: a disk too
+        // full for it must not cost the lock itself.
+        Err(err) if !super::is_disk_unwritable(&err) => {
+            Err(err).with_context(|| format!("cannot write {}", path.display()))
+        }
+        _ => Ok(Lock { _file: file }),
+    }
 }
 
 /// The pid in a held lock file. Anyone who can write the directory can

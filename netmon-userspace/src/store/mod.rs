@@ -51,6 +51,22 @@ pub use writer::{to_json, write_checkpoint, write_json};
 
 use crate::time::UnixTime;
 
+/// Whether `err` says the disk cannot take a write now (full, over quota,
+/// read-only) rather than that the output is wrong: `netmon run` waits for
+/// such a disk in memory, at start-up as mid-run.
+pub fn disk_unwritable(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(is_disk_unwritable)
+}
+
+fn is_disk_unwritable(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS)
+    )
+}
+
 /// Everything a checkpoint file holds.
 #[derive(Debug, Default)]
 pub struct Snapshot {

@@ -27,24 +27,43 @@ pub enum OnCorrupt {
 #[derive(Debug)]
 pub struct Output {
     pub target: Target,
-    _lock: Lock,
+    /// One writer per file. `None` until a disk that was full or read-only
+    /// at start-up lets it be taken; no checkpoint is written without it.
+    lock: Option<Lock>,
+}
+
+impl Output {
+    /// Takes the lock if it is not held yet; checkpoints call it first.
+    pub fn lock(&mut self) -> anyhow::Result<()> {
+        if self.lock.is_none() {
+            self.lock = Some(lockfile::acquire(&self.target)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the lock is held.
+    pub fn locked(&self) -> bool {
+        self.lock.is_some()
+    }
 }
 
 /// Makes `path` ready for checkpoints and reads what it holds: the target
 /// with its lock, held until it is dropped, and the peers to continue from.
+///
+/// A disk too full or read-only to make the lock file on leaves the lock
+/// to be taken later, by the checkpoint that first can.
 pub fn open_output(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<(Output, Snapshot)> {
     let target = Target::open(path, true)?;
     target.refuse_unsafe()?;
-    let lock = lockfile::acquire(&target)?;
-    target.remove_stale_temp_files();
+    let lock = match lockfile::acquire(&target) {
+        Err(err) if super::disk_unwritable(&err) => None,
+        lock => Some(lock?),
+    };
+    if lock.is_some() {
+        target.remove_stale_temp_files();
+    }
     let snapshot = load_existing(&target, on_corrupt)?;
-    Ok((
-        Output {
-            target,
-            _lock: lock,
-        },
-        snapshot,
-    ))
+    Ok((Output { target, lock }, snapshot))
 }
 
 fn load_existing(target: &Target, on_corrupt: OnCorrupt) -> anyhow::Result<Snapshot> {

@@ -69,9 +69,15 @@ impl Netmon {
     }
 
     /// Starts `command`, collecting its stderr and stdout line by line.
-    pub fn spawn(mut command: Command) -> Self {
+    pub fn spawn(command: Command) -> Self {
+        Self::spawn_with_stdout(command, Stdio::piped())
+    }
+
+    /// Starts `command` with `stdout` as its stdout, collected only if it
+    /// is a pipe made here ([`Stdio::piped`]); stderr is collected always.
+    pub fn spawn_with_stdout(mut command: Command, stdout: Stdio) -> Self {
         let mut child = command
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start netmon");
@@ -81,7 +87,10 @@ impl Netmon {
                 let _ = tx.send(());
             }
         });
-        let out = collect(child.stdout.take().unwrap(), |_| {});
+        let out = child
+            .stdout
+            .take()
+            .map_or_else(Lines::default, |stdout| collect(stdout, |_| {}));
         Self {
             child,
             log,

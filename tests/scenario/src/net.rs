@@ -37,12 +37,15 @@ pub enum Block {
     MetricsDropped,
     Follow,
     MetricsFlood,
+    FollowStalled,
     // tests/container.rs
     OwnNetns,
     ProcNet,
     // tests/reliability.rs
     KillNine,
     FullDisk,
+    FullDiskAtStart,
+    ReadOnlyAtStart,
     Capabilities,
     Sighup,
     MaxPeers,
