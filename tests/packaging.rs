@@ -397,7 +397,13 @@ fn syscalls_of_a_run(mode: &str) -> BTreeSet<String> {
         .lines()
         .filter_map(|line| {
             let call = line.split_once(' ')?.1.trim_start();
-            let (name, _) = call.split_once('(')?;
+            // With --follow's writer thread, strace splits a call that
+            // another thread's interrupts: `accept4(... <unfinished ...>`,
+            // then `<... accept4 resumed>...`.
+            let name = match call.strip_prefix("<... ") {
+                Some(resumed) => resumed.split_once(' ')?.0,
+                None => call.split_once('(')?.0,
+            };
             Some(name.to_owned())
         })
         .collect()
