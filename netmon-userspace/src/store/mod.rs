@@ -260,19 +260,8 @@ impl std::error::Error for LoadError {}
 mod tests {
     use std::net::Ipv4Addr;
 
-    use super::*;
-    use crate::peer::{Comm, Connection, Direction, Source};
-
-    fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
-        Connection {
-            peer: Ipv4Addr::from(peer),
-            remote_port: 443,
-            local_port: 22,
-            direction,
-            process: Comm::from_name(process),
-            source: Source::Tracepoint,
-        }
-    }
+    use super::{set::tests::conn, *};
+    use crate::peer::Direction;
 
     #[test]
     fn checkpoint_round_trips_sorted_numerically() {

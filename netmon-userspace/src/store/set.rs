@@ -251,11 +251,12 @@ impl PeerSet {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::peer::Source;
 
-    fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
+    /// A connection with fixed ports, for the store's tests.
+    pub(in crate::store) fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
         Connection {
             peer: Ipv4Addr::from(peer),
             remote_port: 443,
