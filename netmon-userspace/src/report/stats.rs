@@ -194,19 +194,11 @@ mod tests {
     use super::*;
     use crate::report::tests::checkpoint;
 
-    #[test]
-    fn counts_and_tops() {
+    /// `netmon stats --top 2` of a file holding `bytes`.
+    fn stats_of(bytes: &[u8]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peers.json");
-        std::fs::write(
-            &path,
-            checkpoint(&[
-                ("10.0.0.1", 5, 0, 100),
-                ("10.0.0.2", 0, 9, 100),
-                ("8.8.8.8", 1, 1, 100),
-            ]),
-        )
-        .unwrap();
+        std::fs::write(&path, bytes).unwrap();
         let request = StatsRequest {
             files: vec![path],
             filter: Filter::default(),
@@ -214,7 +206,16 @@ mod tests {
         };
         let mut out = Vec::new();
         stats(&request, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn counts_and_tops() {
+        let text = stats_of(&checkpoint(&[
+            ("10.0.0.1", 5, 0, 100),
+            ("10.0.0.2", 0, 9, 100),
+            ("8.8.8.8", 1, 1, 100),
+        ]));
         for line in [
             "3 peers from 1 file, host h1 (lost events: 0)",
             "private      2   1    1",
@@ -237,21 +238,11 @@ mod tests {
     /// printed raw, they would forge lines or rewrite the terminal.
     #[test]
     fn hosts_and_processes_are_printed_escaped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("peers.json");
         let mut file: serde_json::Value =
             serde_json::from_slice(&checkpoint(&[("10.0.0.1", 1, 0, 100)])).unwrap();
         file["host"] = "h\n1 peers from 9 files\u{1b}[2J".into();
         file["peers"][0]["processes"] = serde_json::json!(["a\n1.2.3.4"]);
-        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
-        let request = StatsRequest {
-            files: vec![path],
-            filter: Filter::default(),
-            top: 2,
-        };
-        let mut out = Vec::new();
-        stats(&request, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = stats_of(&serde_json::to_vec(&file).unwrap());
         assert!(!text.contains('\u{1b}'), "{text:?}");
         let first = text.lines().next().unwrap();
         assert_eq!(
