@@ -19,8 +19,7 @@ use std::{
 use netmon_scenario::{
     case::Setting,
     check::{
-        Peers, Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, peers_of,
-        read_checkpoint, read_peers,
+        Peers, Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, read_peers,
     },
     files::temp_output,
     harness::{self, chosen_mode, one_at_a_time, skip_reasons},
@@ -393,91 +392,6 @@ fn listen(ip: Ipv4Addr) -> (TcpListener, SocketAddrV4) {
     let listener = TcpListener::bind((ip, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     (listener, SocketAddrV4::new(ip, port))
-}
-
-/// Counts survive the kernel's dedup exactly: a key seen once (sent alone,
-/// never in the dedup map), one seen twice (the second starts a series),
-/// and one seen hundreds of times within the window (most counted only in
-/// the map, picked up by the harvest at exit).
-#[test]
-#[ignore = "needs root: run cargo xtask test"]
-fn connection_counts_are_exact_through_the_kernels_dedup() {
-    let (listener, dest) = listen(Block::DedupCounts.addr(0, 1));
-    let (_dir, path) = temp_output();
-    let netmon = Netmon::ready(&path, "auto");
-    let sources = [
-        (Block::DedupCounts.addr(1, 1), 1),
-        (Block::DedupCounts.addr(1, 2), 2),
-        (Block::DedupCounts.addr(1, 3), 300),
-    ];
-    for (source, times) in sources {
-        for _ in 0..times {
-            let client = connect_from(source, dest).unwrap();
-            drop((listener.accept().unwrap(), client));
-        }
-    }
-    let (status, log) = netmon.stop();
-    assert!(status.success(), "{log}");
-    let peers = read_peers(&path);
-    let count = |ip: Ipv4Addr, direction: &str| peers.get(&ip).map(|peer| peer[direction].clone());
-    let expected: Vec<_> = sources
-        .iter()
-        .map(|&(source, times)| (source, Some(times.into())))
-        .chain([(*dest.ip(), Some(303.into()))])
-        .collect();
-    let actual: Vec<_> = sources
-        .iter()
-        .map(|&(source, _)| (source, count(source, "inbound")))
-        .chain([(*dest.ip(), count(*dest.ip(), "outbound"))])
-        .collect();
-    assert_eq!(
-        actual, expected,
-        "inbound per source, outbound to the listener:\n{log}"
-    );
-}
-
-/// Events that do not fit in the ring buffer lose no peer and no count:
-/// with netmon stopped and the smallest ring, most first sightings are
-/// lost, and the kernel's dedup map carries them to the harvest.
-#[test]
-#[ignore = "needs root: run cargo xtask test"]
-fn peers_whose_events_are_lost_still_reach_the_file() {
-    let (listener, dest) = listen(Block::LostEvents.addr(255, 1));
-    let (_dir, path) = temp_output();
-    let netmon = Netmon::start(&path, "auto", &["--ring-buffer", "4"]);
-    netmon.wait_ready().unwrap();
-    let signal = |name: &str| {
-        let status = Command::new("kill")
-            .args([name, &netmon.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {name}");
-    };
-    signal("-STOP");
-    let sources: Vec<_> = (1..=200).map(|i| Block::LostEvents.addr(0, i)).collect();
-    for &source in &sources {
-        let client = connect_from(source, dest).unwrap();
-        drop((listener.accept().unwrap(), client));
-    }
-    signal("-CONT");
-    let (status, log) = netmon.stop();
-    assert!(status.success(), "{log}");
-    let file = read_checkpoint(&path);
-    assert!(
-        file["lost_events"].as_u64() > Some(0),
-        "a 4 KiB ring held 400 events?\n{log}"
-    );
-    let peers = peers_of(&file);
-    let missing: Vec<_> = sources
-        .iter()
-        .filter(|source| peers.get(source).map(|p| p["inbound"].clone()) != Some(1.into()))
-        .collect();
-    assert_eq!(
-        missing,
-        Vec::<&Ipv4Addr>::new(),
-        "sources without exactly one inbound:\n{log}"
-    );
-    assert_eq!(peers[dest.ip()]["outbound"], 200, "{log}");
 }
 
 #[test]

@@ -50,7 +50,10 @@ pub struct PeerEvent {
     pub direction: u8,
     /// One of the `SOURCE_*` constants.
     pub source: u8,
-    pub _pad: [u8; 2],
+    /// The `DEDUP` generation the connection was counted in (see
+    /// [`DedupKey::generation`]).
+    pub generation: u8,
+    pub _pad: u8,
     /// `comm` of the current task, NUL padded; all zero when `pid` is 0.
     pub comm: [u8; COMM_LEN],
     /// The dedup series this event belongs to: when its `DEDUP` entry was
@@ -67,7 +70,7 @@ pub const SERIES_NONE: u64 = 0;
 
 /// What makes connections repeats of each other for in-kernel dedup.
 ///
-/// 12 bytes, no implicit padding.
+/// 16 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DedupKey {
@@ -78,6 +81,13 @@ pub struct DedupKey {
     pub direction: u8,
     pub source: u8,
     pub pid: u32,
+    /// Which of the two generations of `DEDUP` the key counts in: the
+    /// programs count in the one `GENERATION` names, and userspace empties
+    /// the other, which no program has written for a whole harvest (see
+    /// the userspace `ebpf::dedup`). Entries are never evicted, so none
+    /// takes counts with it.
+    pub generation: u8,
+    pub _pad: [u8; 3],
 }
 
 impl DedupKey {
@@ -95,6 +105,8 @@ impl DedupKey {
             direction: event.direction,
             source: event.source,
             pid: event.pid,
+            generation: event.generation,
+            _pad: [0; 3],
         }
     }
 }
@@ -105,9 +117,10 @@ impl DedupKey {
 /// count exactly by remembering, per key and series, the last total it
 /// accounted for: every event and every harvest of the map adds the
 /// difference. Nothing is ever reset, so there is no race to lose counts
-/// in. An entry the LRU evicts starts a new series when the key returns.
+/// in. When userspace empties a generation, the key's next connection
+/// starts a new series in the other one.
 ///
-/// 24 bytes.
+/// 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DedupValue {
@@ -117,6 +130,10 @@ pub struct DedupValue {
     pub last_sent: u64,
     /// Connections in this series.
     pub total: u64,
+    /// `comm` of the task that started the series (as
+    /// [`PeerEvent::comm`]), so a harvest that finds a connection whose
+    /// event was lost still names its process.
+    pub comm: [u8; COMM_LEN],
 }
 
 #[cfg(feature = "user")]
@@ -136,8 +153,13 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` with one slot: events that did not fit in `EVENTS`.
     pub const LOST: &str = "LOST";
-    /// `LruHashMap<DedupKey, DedupValue>`: recent connection keys.
+    /// `HashMap<DedupKey, DedupValue>`: connection keys and their counts.
     pub const DEDUP: &str = "DEDUP";
+    /// `Array<u32>` with one slot: the generation programs count in.
+    pub const GENERATION: &str = "GENERATION";
+    /// `PerCpuArray<u64>` with one slot: connections that fit neither in
+    /// `EVENTS` nor in `DEDUP`, so no count of them reached userspace.
+    pub const UNCOUNTED: &str = "UNCOUNTED";
 }
 
 /// Socket-state numbers of `include/net/tcp_states.h`.
@@ -163,7 +185,7 @@ mod tests {
     #[test]
     fn abi_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<PeerEvent>(), 48);
-        assert_eq!(core::mem::size_of::<DedupKey>(), 12);
-        assert_eq!(core::mem::size_of::<DedupValue>(), 24);
+        assert_eq!(core::mem::size_of::<DedupKey>(), 16);
+        assert_eq!(core::mem::size_of::<DedupValue>(), 40);
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use netmon_common::{DedupKey, DedupValue, PeerEvent, SERIES_NONE};
 
-use crate::maps::{DEDUP, EVENTS, config};
+use crate::maps::{DEDUP, EVENTS, GENERATION, UNCOUNTED, config};
 #[cfg(not(feature = "perf"))]
 use crate::maps::{LOST, SEEN, SEEN_SLOTS};
 
@@ -22,39 +22,77 @@ use crate::maps::{LOST, SEEN, SEEN_SLOTS};
 const BPF_NOEXIST: u64 = 1;
 
 /// Counts the connection and sends the event unless its key already sent
-/// one within the window. The comm is only read for events that are sent.
+/// one within the window. The comm is only read for events that are sent
+/// and for series that start.
 ///
 /// A key's first sighting (on this CPU) is sent as a connection of its own
 /// and kept out of `DEDUP`: in a storm of new peers, inserting into the
-/// LRU map was most of a program run's cost, and a key seen once has
-/// nothing to deduplicate. Its second sighting starts a series in the
-/// map. Should the event not fit in the ring buffer, the key goes into the
-/// map after all, so the next harvest still finds the peer.
+/// map was most of a program run's cost, and a key seen once has nothing
+/// to deduplicate. Its second sighting starts a series in the map. Should
+/// an event not fit in the ring buffer, its connection is in the map all
+/// the same, so the next harvest still finds the peer; should the map be
+/// full too, the connection is counted in `UNCOUNTED`, never dropped
+/// silently.
 pub fn send<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
+    event.generation = generation();
     let key = DedupKey::of(&event);
     // SEEN first: a key it has not seen is not worth a lookup in DEDUP
     // either (should it have a series there after all, its slot in SEEN
     // having been taken by another key, this connection counts alone
     // instead: counted once either way).
-    let first = first_sighting(&key);
-    let send = if first {
+    if first_sighting(&key) {
         event.series = SERIES_NONE;
         event.total = 1;
-        true
-    } else {
-        match DEDUP.get_ptr_mut(key) {
-            Some(entry) => repeat(entry, &mut event),
-            None => start_series(&key, &mut event),
+        read_comm(&mut event);
+        if !output(ctx, &event) && keep(&key, &mut event).is_none() {
+            uncounted();
         }
-    };
-    if !send {
         return;
     }
-    if event.pid != 0 {
+    let send = match DEDUP.get_ptr_mut(key) {
+        Some(entry) => repeat(entry, &mut event),
+        None => {
+            read_comm(&mut event);
+            match keep(&key, &mut event) {
+                Some(send) => send,
+                None => {
+                    // The map is full: the connection counts alone.
+                    event.series = SERIES_NONE;
+                    event.total = 1;
+                    if !output(ctx, &event) {
+                        uncounted();
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    if send {
+        read_comm(&mut event);
+        // Should it not fit, its count is in the map for the harvest.
+        output(ctx, &event);
+    }
+}
+
+/// Fills in the event's comm, once, when it has a process.
+#[inline(always)]
+fn read_comm(event: &mut PeerEvent) {
+    if event.pid != 0 && event.comm[0] == 0 {
         event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
     }
-    if !output(ctx, &event) && first {
-        start_series(&key, &mut event);
+}
+
+/// The generation of `DEDUP` to count in.
+#[inline(always)]
+fn generation() -> u8 {
+    GENERATION.get(0).map_or(0, |generation| *generation as u8)
+}
+
+/// Counts a connection that reached userspace in no other way.
+fn uncounted() {
+    if let Some(uncounted) = UNCOUNTED.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot; programs do not migrate while running.
+        unsafe { *uncounted += 1 };
     }
 }
 
@@ -104,25 +142,26 @@ fn key_hash(key: &DedupKey) -> u64 {
     hash ^ hash >> 32
 }
 
-/// Starts the key's series in `DEDUP`; returns whether to send an event,
-/// with `series` and `total` filled in. If another CPU started the series
-/// first, the connection counts in that one.
-fn start_series(key: &DedupKey, event: &mut PeerEvent) -> bool {
+/// Keeps the connection in `DEDUP`: starts the key's series, or, if
+/// another CPU started it first, counts in that one. Returns whether to
+/// send an event (with `series` and `total` filled in), or `None` if the
+/// map is full and the connection is not kept.
+fn keep(key: &DedupKey, event: &mut PeerEvent) -> Option<bool> {
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let fresh = DedupValue {
         series: now,
         last_sent: now,
         total: 1,
+        comm: event.comm,
     };
-    if DEDUP.insert(key, fresh, BPF_NOEXIST).is_err()
-        && let Some(entry) = DEDUP.get_ptr_mut(key)
-    {
-        return repeat(entry, event);
+    if DEDUP.insert(key, fresh, BPF_NOEXIST).is_ok() {
+        event.series = now;
+        event.total = 1;
+        return Some(true);
     }
-    event.series = now;
-    event.total = 1;
-    true
+    let entry = DEDUP.get_ptr_mut(key)?;
+    Some(repeat(entry, event))
 }
 
 /// Adds one to the series of `entry`; returns whether to send an event,

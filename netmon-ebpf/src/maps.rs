@@ -6,7 +6,7 @@ use aya_ebpf::maps::PerfEventArray;
 use aya_ebpf::maps::RingBuf;
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 #[cfg(feature = "perf")]
 use netmon_common::PeerEvent;
@@ -22,15 +22,24 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static EVENTS: PerfEventArray<PeerEvent> = PerfEventArray::new(0);
 
-/// Recent connection keys and their counts: repeats within the window
-/// send no event (see `netmon_common::DedupValue`).
+/// Connection keys and their counts: repeats within the window send no
+/// event (see `netmon_common::DedupValue`), and a connection whose event
+/// did not fit in `EVENTS` is kept here for the next harvest.
 ///
-/// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list, so inserting a
-/// key (a second sighting, see `count::send`) takes no lock shared with
-/// the other CPUs.
+/// A plain hash map, not an LRU one: an LRU evicts entries, and their
+/// counts and kept connections with them. Userspace empties it instead,
+/// one generation at a time (see `netmon_common::DedupKey::generation`).
+/// When it is full, a connection is sent as one of its own.
 #[map]
-pub static DEDUP: LruHashMap<DedupKey, DedupValue> =
-    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+pub static DEDUP: HashMap<DedupKey, DedupValue> = HashMap::with_max_entries(65536, 0);
+
+/// The generation of `DEDUP` programs count in; set by userspace.
+#[map]
+pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Connections that fit neither in `EVENTS` nor in `DEDUP`, per CPU.
+#[map]
+pub static UNCOUNTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Fingerprints of the keys each CPU has seen lately, direct-mapped: a
 /// key's first sighting is sent without a `DEDUP` entry (see
@@ -52,9 +61,6 @@ pub const SEEN_SLOTS: usize = 1024;
 /// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// `BPF_F_NO_COMMON_LRU`, a map flag of LRU hash maps.
-const BPF_F_NO_COMMON_LRU: u32 = 2;
 
 /// Set whole by userspace at load time (`netmon_common::config::SYMBOL`).
 /// Read only through [`config`].

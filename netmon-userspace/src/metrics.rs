@@ -25,6 +25,7 @@ use prometheus_client::{
 pub use self::http::Endpoint;
 use crate::{
     classify::Class,
+    collect::Losses,
     mode::AttachMode,
     peer::{Direction, Directions, Source},
     store::PeerSet,
@@ -44,6 +45,7 @@ pub struct Metrics {
     /// `netmon_connections_total`, by [`direction_index`].
     connections: [Counter; 2],
     lost_events: Counter,
+    uncounted_connections: Counter,
     dropped_peers: Counter,
     follow_dropped_lines: Counter,
     checkpoints: Counter,
@@ -155,8 +157,16 @@ impl Metrics {
         let lost_events = Counter::default();
         registry.register(
             "lost_events",
-            "Events the kernel could not hand over because the buffer was full",
+            "Events the kernel could not hand over because the buffer was full \
+             (their connections were still counted through the dedup map)",
             lost_events.clone(),
+        );
+        let uncounted_connections = Counter::default();
+        registry.register(
+            "uncounted_connections",
+            "Connections the kernel could neither hand over nor keep (buffer and dedup map \
+             both full): their peers may be missing",
+            uncounted_connections.clone(),
         );
         let dropped_peers = Counter::default();
         registry.register(
@@ -205,6 +215,7 @@ impl Metrics {
             peers: peers_family,
             peer_gauges: Default::default(),
             lost_events,
+            uncounted_connections,
             dropped_peers,
             follow_dropped_lines,
             checkpoints,
@@ -273,15 +284,20 @@ impl Metrics {
 
     /// A checkpoint attempt that took `took`; `lost` is the events lost in
     /// this run so far.
-    pub fn checkpointed(&self, ok: bool, took: Duration, lost: u64) {
+    pub fn checkpointed(&self, ok: bool, took: Duration, lost: Losses) {
         self.checkpoint_duration.observe(took.as_secs_f64());
         if ok {
             self.checkpoints.inc();
         } else {
             self.checkpoint_errors.inc();
         }
-        if let Some(more) = lost.checked_sub(self.lost_events.get()) {
-            self.lost_events.inc_by(more);
+        for (counter, total) in [
+            (&self.lost_events, lost.events),
+            (&self.uncounted_connections, lost.connections),
+        ] {
+            if let Some(more) = total.checked_sub(counter.get()) {
+                counter.inc_by(more);
+            }
         }
     }
 }
@@ -377,12 +393,17 @@ mod tests {
     #[test]
     fn classic_format_names_counters_and_infos_as_their_samples() {
         let metrics = Metrics::new(AttachMode::Tracepoint, &PeerSet::default());
-        metrics.checkpointed(true, Duration::from_millis(3), 2);
+        let lost = Losses {
+            events: 2,
+            connections: 5,
+        };
+        metrics.checkpointed(true, Duration::from_millis(3), lost);
         let classic = encode(&metrics.registry, Format::Classic);
         for expected in [
             "# HELP netmon_build_info The netmon binary serving these metrics.\n# TYPE netmon_build_info gauge\nnetmon_build_info{version=\"",
             "# HELP netmon_checkpoints_total Checkpoints written.\n# TYPE netmon_checkpoints_total counter\nnetmon_checkpoints_total 1\n",
             "# TYPE netmon_lost_events_total counter\nnetmon_lost_events_total 2\n",
+            "# TYPE netmon_uncounted_connections_total counter\nnetmon_uncounted_connections_total 5\n",
             "# TYPE netmon_checkpoint_duration_seconds histogram\nnetmon_checkpoint_duration_seconds_sum 0.003\n",
             "netmon_events_total{mode=\"tracepoint\",source=\"socket_table\"} 0\n",
         ] {

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::{
     classify::Class,
+    collect::Losses,
     follow::{Follow, LineFormat, Sent, Sighting},
     metrics::{Endpoint, Metrics},
     mode::AttachMode,
@@ -118,8 +119,8 @@ impl Observers {
         self.metrics.dropped();
     }
 
-    /// A checkpoint attempt; `lost` counts the events lost in this run.
-    pub fn checkpointed(&self, ok: bool, took: Duration, lost: u64) {
+    /// A checkpoint attempt; `lost` counts this run's losses.
+    pub fn checkpointed(&self, ok: bool, took: Duration, lost: Losses) {
         self.metrics.checkpointed(ok, took, lost);
     }
 }

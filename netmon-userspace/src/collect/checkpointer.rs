@@ -1,48 +1,48 @@
-//! Checkpointing: writing the set to `--output`, with the events lost.
+//! Checkpointing: writing the set to `--output`, with what was lost.
 use std::time::Instant;
 
 use anyhow::Context as _;
 use log::{info, warn};
 
-use super::recorder::Recorder;
+use super::{Losses, recorder::Recorder};
 use crate::{store, time::UnixTime};
 
 /// Where checkpoints go, and what they say besides the peers.
 pub struct Checkpointer {
     output: store::Output,
     host: String,
-    /// Lost events recorded by earlier runs on this file.
-    lost_before: u64,
-    /// Lost events in this run, as of the last checkpoint.
-    lost_written: u64,
+    /// Losses recorded by earlier runs on this file.
+    lost_before: Losses,
+    /// Losses in this run, as of the last checkpoint.
+    lost_written: Losses,
     /// The last checkpoint error, so a persistent one is logged once.
     last_error: Option<String>,
 }
 
 impl Checkpointer {
-    pub fn new(output: store::Output, host: String, lost_before: u64) -> Self {
+    pub fn new(output: store::Output, host: String, lost_before: Losses) -> Self {
         Self {
             output,
             host,
             lost_before,
-            lost_written: 0,
+            lost_written: Losses::default(),
             last_error: None,
         }
     }
 
-    /// Writes a checkpoint of `recorder`'s set, `lost` counting the events
-    /// lost in this run, and logs how long it took, at `level`.
+    /// Writes a checkpoint of `recorder`'s set, with `lost` in this run,
+    /// and logs how long it took, at `level`.
     pub fn checkpoint(
         &mut self,
         recorder: &mut Recorder,
-        lost: u64,
+        lost: Losses,
         level: log::Level,
     ) -> anyhow::Result<()> {
         self.output
             .lock()
             .context("no checkpoint is written without the output's lock")?;
         self.lost_written = lost;
-        let snapshot = recorder.snapshot_with_lost_events(self.lost_before.saturating_add(lost));
+        let snapshot = recorder.snapshot_with_losses(self.lost_before.saturating_add(lost));
         let started = Instant::now();
         let written = store::write_checkpoint(
             &self.output.target,
@@ -67,7 +67,11 @@ impl Checkpointer {
 
     /// The checkpoint at start-up: like [`Checkpointer::checkpoint_or_warn`]
     /// if the disk is full or read-only, otherwise any failure stops netmon.
-    pub fn first_checkpoint(&mut self, recorder: &mut Recorder, lost: u64) -> anyhow::Result<()> {
+    pub fn first_checkpoint(
+        &mut self,
+        recorder: &mut Recorder,
+        lost: Losses,
+    ) -> anyhow::Result<()> {
         match self.checkpoint(recorder, lost, log::Level::Info) {
             Err(err) if store::disk_unwritable(&err) => {
                 self.warn_once(&err);
@@ -85,7 +89,7 @@ impl Checkpointer {
     pub fn checkpoint_or_warn(
         &mut self,
         recorder: &mut Recorder,
-        lost: u64,
+        lost: Losses,
         level: log::Level,
     ) -> anyhow::Result<()> {
         match self.checkpoint(recorder, lost, level) {
@@ -112,13 +116,23 @@ impl Checkpointer {
         self.last_error = Some(text);
     }
 
-    /// Says how many events were lost since the last checkpoint, if any;
-    /// `lost` counts those lost in this run.
-    pub fn warn_if_lost(&self, lost: u64) {
-        if lost > self.lost_written {
+    /// Says what was lost since the last checkpoint, if anything; `lost`
+    /// counts this run's losses.
+    pub fn warn_if_lost(&self, lost: Losses) {
+        if lost.events > self.lost_written.events {
             warn!(
-                "{} events lost since the last checkpoint (ring buffer full); {lost} in this run",
-                lost - self.lost_written
+                "{} events lost since the last checkpoint (ring buffer full; their connections \
+                 were still counted through the kernel's dedup map); {} in this run",
+                lost.events - self.lost_written.events,
+                lost.events
+            );
+        }
+        if lost.connections > self.lost_written.connections {
+            warn!(
+                "{} connections neither sent nor kept since the last checkpoint (ring buffer and \
+                 dedup map both full): their peers may be missing; {} in this run",
+                lost.connections - self.lost_written.connections,
+                lost.connections
             );
         }
     }

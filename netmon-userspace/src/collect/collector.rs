@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use log::warn;
 
-use super::{RunConfig, ladder::Attached, recorder::Recorder};
+use super::{Losses, RunConfig, ladder::Attached, recorder::Recorder};
 use crate::{
     ebpf::EbpfCollector,
     procnet::{self, ProcCollector, Scanner},
@@ -72,11 +72,11 @@ impl Collector {
 
     /// Brings the set up to date before a checkpoint: every waiting event
     /// and every connection only the kernel's dedup map has counted so far.
-    /// Returns the events lost in this run (none in proc mode, whose polls
-    /// are up to date when they return).
-    pub fn settle(&mut self, recorder: &mut Recorder) -> u64 {
+    /// Returns what this run lost (nothing in proc mode, whose polls are
+    /// up to date when they return).
+    pub fn settle(&mut self, recorder: &mut Recorder) -> Losses {
         let Self::Ebpf(ebpf) = self else {
-            return 0;
+            return Losses::default();
         };
         drain(ebpf, recorder);
         let now = UnixTime::now().secs();
@@ -84,10 +84,16 @@ impl Collector {
         {
             warn!("{err:#}");
         }
-        ebpf.lost_events().unwrap_or_else(|err| {
-            warn!("{err:#}");
-            0
-        })
+        let read = |count: anyhow::Result<u64>| {
+            count.unwrap_or_else(|err| {
+                warn!("{err:#}");
+                0
+            })
+        };
+        Losses {
+            events: read(ebpf.lost_events()),
+            connections: read(ebpf.uncounted()),
+        }
     }
 
     /// Says what proc mode lost since the last call: the events eBPF loses
@@ -99,7 +105,7 @@ impl Collector {
     }
 
     /// Settles for the final checkpoint, after a last poll in proc mode.
-    pub fn finish(&mut self, recorder: &mut Recorder) -> u64 {
+    pub fn finish(&mut self, recorder: &mut Recorder) -> Losses {
         if let Self::Proc(proc) = self {
             proc.finish(&mut |conn, connections, now| recorder.record(conn, connections, now));
         }

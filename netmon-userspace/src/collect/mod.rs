@@ -12,12 +12,14 @@
 mod checkpointer;
 mod collector;
 pub mod ladder;
+mod losses;
 mod recorder;
 mod run;
 
 pub use self::{
     checkpointer::Checkpointer,
     collector::{Arrived, Collector},
+    losses::Losses,
     recorder::Recorder,
     run::{RunConfig, run},
 };

@@ -1,6 +1,7 @@
 //! Recording: the peer set, its limit, and who hears of each connection.
 use log::{debug, warn};
 
+use super::Losses;
 use crate::{
     observe::Observers,
     peer::Connection,
@@ -72,9 +73,10 @@ impl Recorder {
         &self.snapshot
     }
 
-    /// The set as a checkpoint writes it, with `lost_events` filled in.
-    pub(super) fn snapshot_with_lost_events(&mut self, lost_events: u64) -> &Snapshot {
-        self.snapshot.lost_events = lost_events;
+    /// The set as a checkpoint writes it, with the losses filled in.
+    pub(super) fn snapshot_with_losses(&mut self, losses: Losses) -> &Snapshot {
+        self.snapshot.lost_events = losses.events;
+        self.snapshot.uncounted_connections = losses.connections;
         &self.snapshot
     }
 

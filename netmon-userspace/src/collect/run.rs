@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use super::{
-    Checkpointer, Collector, Recorder,
+    Checkpointer, Collector, Losses, Recorder,
     ladder::{self, Env},
 };
 use crate::{
@@ -105,7 +105,11 @@ async fn collect(
     info!("mode: {mode}");
     let host = hostname();
     let observers = Observers::start(bound, mode, &snapshot.peers, config.follow, &host)?;
-    let mut checkpointer = Checkpointer::new(output, host, snapshot.lost_events);
+    let lost_before = Losses {
+        events: snapshot.lost_events,
+        connections: snapshot.uncounted_connections,
+    };
+    let mut checkpointer = Checkpointer::new(output, host, lost_before);
     let snapshot = Snapshot {
         mode: Some(mode.to_string()),
         ..snapshot
@@ -150,6 +154,7 @@ async fn collect(
     }
 
     let lost = collector.finish(&mut recorder);
+    checkpointer.warn_if_lost(lost);
     recorder.warn_if_dropped();
     recorder.observers_mut().warn_if_follow_dropped();
     checkpointer

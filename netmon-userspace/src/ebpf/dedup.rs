@@ -2,116 +2,173 @@
 //!
 //! Busy servers talk to the same few peers millions of times. The programs
 //! send one event per connection key ([`DedupKey`]: peer, direction, port,
-//! pid, hook) per window and count every connection in `DEDUP`, whose
-//! `total` per series only ever grows. Userspace remembers, per key, the
-//! series and the total it has accounted for; an event or a harvest of the
-//! map adds the difference. Nothing is ever reset, so counts are exact
-//! whatever the interleaving, and a peer whose event was lost (ring buffer
-//! full) is still found at the next harvest. An event in no series (a
-//! key's first sighting, which the kernel keeps out of the map) counts by
-//! itself.
-use std::collections::{HashMap, hash_map::Entry};
+//! pid, hook, generation) per window and count every connection in
+//! `DEDUP`, whose `total` per series only ever grows. Userspace remembers,
+//! per key, the series and the total it has accounted for; an event or a
+//! harvest of the map adds the difference. An event in no series (a key's
+//! first sighting, which the kernel keeps out of the map) counts by itself.
+//!
+//! The map never evicts: a connection whose event did not fit in the ring
+//! buffer waits there, with its process name, until a harvest finds it.
+//! It is emptied in two generations instead. Programs count in the one
+//! `GENERATION` names; each harvest reads the whole map, then empties the
+//! other generation, which no program has chosen since the harvest before
+//! (at least a second ago: a program run takes microseconds and is
+//! not preempted), and points the programs at it. So nothing is deleted
+//! while a program may still add to it, and no count is lost.
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use netmon_common::{DIRECTION_OUTBOUND, DedupKey, DedupValue, PeerEvent, SERIES_NONE};
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+};
+use netmon_common::{DIRECTION_OUTBOUND, DedupKey, DedupValue, PeerEvent, SERIES_NONE, maps};
 
-/// Harvests a key may go unseen before its series is forgotten. Map
-/// iteration can skip keys while the kernel evicts others; forgetting a
-/// live series would count it again, so one miss is tolerated.
-const MISSES_BEFORE_FORGETTING: u32 = 2;
+/// How long a generation goes unchosen before a harvest empties it.
+const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Series {
     id: u64,
     accounted: u64,
-    /// The harvest that last saw it (or an event since).
-    seen: u32,
 }
 
-/// Per-key accounting of the kernel's dedup series.
-#[derive(Debug, Default)]
-pub struct Counter {
+/// The kernel's dedup map and what userspace has accounted for in it.
+pub struct Dedup {
+    map: BpfHashMap<MapData, DedupKey, DedupValue>,
+    generation: Array<MapData, u32>,
+    uncounted: PerCpuArray<MapData, u64>,
+    /// The generation programs count in.
+    current: u8,
+    /// When programs last switched generation.
+    switched: Instant,
     series: HashMap<DedupKey, Series>,
-    harvest: u32,
 }
 
-impl Counter {
+impl Dedup {
+    /// Takes the maps out of the loaded object; programs start counting in
+    /// generation 0.
+    pub fn open(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+        };
+        Ok(Self {
+            map: BpfHashMap::try_from(take(maps::DEDUP)?)?,
+            generation: Array::try_from(take(maps::GENERATION)?)?,
+            uncounted: PerCpuArray::try_from(take(maps::UNCOUNTED)?)?,
+            current: 0,
+            switched: Instant::now(),
+            series: HashMap::new(),
+        })
+    }
+
     /// Connections `event` adds to its peer's count.
     pub fn on_event(&mut self, event: &PeerEvent) -> u64 {
         if event.series == SERIES_NONE {
             return event.total;
         }
-        self.advance(DedupKey::of(event), event.series, event.total)
+        advance(
+            &mut self.series,
+            DedupKey::of(event),
+            event.series,
+            event.total,
+        )
     }
 
-    /// Walks the kernel's map and calls `sink` with every key that has
-    /// connections not yet accounted for, and how many.
-    pub fn harvest(
-        &mut self,
-        map: &BpfHashMap<MapData, DedupKey, DedupValue>,
-        mut sink: impl FnMut(&DedupKey, u64),
-    ) -> anyhow::Result<()> {
-        self.harvest = self.harvest.wrapping_add(1);
-        let mut seen = 0usize;
-        for entry in map.iter() {
+    /// Walks the kernel's map and calls `sink` with an event standing for
+    /// every key that has connections not yet accounted for, and how many;
+    /// then empties the generation programs no longer count in, if it is
+    /// old enough, and switches them to it.
+    pub fn harvest(&mut self, mut sink: impl FnMut(&PeerEvent, u64)) -> anyhow::Result<()> {
+        let retiring = self.current ^ 1;
+        let retire = self.switched.elapsed() >= RETIRE_AFTER;
+        let mut retired = Vec::new();
+        for entry in self.map.iter() {
             let (key, value) = entry.context("cannot read the dedup map")?;
-            seen += 1;
-            let new = self.advance(key, value.series, value.total);
+            let new = advance(&mut self.series, key, value.series, value.total);
             if new > 0 {
-                sink(&key, new);
+                sink(&event_of(&key, &value), new);
+            }
+            if retire && key.generation == retiring {
+                retired.push(key);
             }
         }
-        let now = self.harvest;
-        self.series
-            .retain(|_, series| now.wrapping_sub(series.seen) < MISSES_BEFORE_FORGETTING);
+        if !retire {
+            return Ok(());
+        }
+        for key in &retired {
+            match self.map.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("cannot empty the dedup map"),
+            }
+            self.series.remove(key);
+        }
+        self.generation
+            .set(0, u32::from(retiring), 0)
+            .context("cannot switch the dedup map's generation")?;
+        self.current = retiring;
+        self.switched = Instant::now();
         log::debug!(
-            "dedup: {seen} keys in the kernel map, {} tracked",
+            "dedup: emptied generation {retiring} ({} keys); {} keys tracked",
+            retired.len(),
             self.series.len()
         );
         Ok(())
     }
 
-    /// Accounts for `total` connections of `series` under `key`; returns
-    /// how many were not accounted for yet.
-    fn advance(&mut self, key: DedupKey, series: u64, total: u64) -> u64 {
-        let seen = self.harvest;
-        match self.series.entry(key) {
-            Entry::Vacant(slot) => {
-                slot.insert(Series {
+    /// Connections the programs could neither send nor keep in the map
+    /// (ring buffer and map both full), since they were loaded.
+    pub fn uncounted(&self) -> anyhow::Result<u64> {
+        let per_cpu = self
+            .uncounted
+            .get(&0, 0)
+            .context("cannot read the uncounted-connection counters")?;
+        Ok(per_cpu
+            .iter()
+            .fold(0, |sum, &n| u64::saturating_add(sum, n)))
+    }
+}
+
+/// Accounts for `total` connections of `series` under `key`; returns how
+/// many were not accounted for yet.
+fn advance(known: &mut HashMap<DedupKey, Series>, key: DedupKey, series: u64, total: u64) -> u64 {
+    match known.entry(key) {
+        Entry::Vacant(slot) => {
+            slot.insert(Series {
+                id: series,
+                accounted: total,
+            });
+            total
+        }
+        Entry::Occupied(mut slot) => {
+            let known = slot.get_mut();
+            if series > known.id {
+                // The generation was emptied and the key came back.
+                *known = Series {
                     id: series,
                     accounted: total,
-                    seen,
-                });
+                };
                 total
-            }
-            Entry::Occupied(mut slot) => {
-                let known = slot.get_mut();
-                known.seen = seen;
-                if series > known.id {
-                    // The LRU evicted the old series and the key came back.
-                    *known = Series {
-                        id: series,
-                        accounted: total,
-                        seen,
-                    };
-                    total
-                } else if series < known.id {
-                    // A late event of a series already replaced.
-                    0
-                } else {
-                    let new = total.saturating_sub(known.accounted);
-                    known.accounted = known.accounted.max(total);
-                    new
-                }
+            } else if series < known.id {
+                // A late event of a series already replaced.
+                0
+            } else {
+                let new = total.saturating_sub(known.accounted);
+                known.accounted = known.accounted.max(total);
+                new
             }
         }
     }
 }
 
-/// An event standing for `key`'s connections, for a harvest to report
-/// (no process name: the map does not keep one).
-pub fn event_of(key: &DedupKey) -> PeerEvent {
+/// An event standing for `key`'s connections, for a harvest to report,
+/// named after the process that started the series.
+fn event_of(key: &DedupKey, value: &DedupValue) -> PeerEvent {
     let (remote_port, local_port) = if key.direction == DIRECTION_OUTBOUND {
         (key.port, 0)
     } else {
@@ -124,6 +181,8 @@ pub fn event_of(key: &DedupKey) -> PeerEvent {
         pid: key.pid,
         direction: key.direction,
         source: key.source,
+        generation: key.generation,
+        comm: if key.pid == 0 { [0; _] } else { value.comm },
         ..PeerEvent::default()
     }
 }
@@ -144,33 +203,54 @@ mod tests {
         }
     }
 
+    /// What `Dedup::on_event` does, without the kernel's maps.
+    fn on_event(known: &mut HashMap<DedupKey, Series>, event: &PeerEvent) -> u64 {
+        if event.series == SERIES_NONE {
+            return event.total;
+        }
+        advance(known, DedupKey::of(event), event.series, event.total)
+    }
+
     #[test]
     fn counts_are_the_differences_of_totals() {
-        let mut counter = Counter::default();
-        assert_eq!(counter.on_event(&event(10, 1)), 1);
+        let known = &mut HashMap::new();
+        assert_eq!(on_event(known, &event(10, 1)), 1);
         // Repeats suppressed in the kernel show up in the next event's total.
-        assert_eq!(counter.on_event(&event(10, 7)), 6);
+        assert_eq!(on_event(known, &event(10, 7)), 6);
         // Events from two CPUs can arrive out of order.
-        assert_eq!(counter.on_event(&event(10, 5)), 0);
-        assert_eq!(counter.on_event(&event(10, 9)), 2);
+        assert_eq!(on_event(known, &event(10, 5)), 0);
+        assert_eq!(on_event(known, &event(10, 9)), 2);
     }
 
     #[test]
     fn an_event_in_no_series_counts_alone() {
-        let mut counter = Counter::default();
-        assert_eq!(counter.on_event(&event(10, 3)), 3);
-        assert_eq!(counter.on_event(&event(SERIES_NONE, 1)), 1);
-        assert_eq!(counter.on_event(&event(SERIES_NONE, 1)), 1);
+        let known = &mut HashMap::new();
+        assert_eq!(on_event(known, &event(10, 3)), 3);
+        assert_eq!(on_event(known, &event(SERIES_NONE, 1)), 1);
+        assert_eq!(on_event(known, &event(SERIES_NONE, 1)), 1);
         // ... and leaves the key's series alone.
-        assert_eq!(counter.on_event(&event(10, 4)), 1);
+        assert_eq!(on_event(known, &event(10, 4)), 1);
     }
 
     #[test]
     fn a_new_series_counts_from_its_start_and_late_events_of_the_old_none() {
-        let mut counter = Counter::default();
-        assert_eq!(counter.on_event(&event(10, 4)), 4);
-        assert_eq!(counter.on_event(&event(20, 1)), 1);
-        assert_eq!(counter.on_event(&event(10, 6)), 0);
-        assert_eq!(counter.on_event(&event(20, 3)), 2);
+        let known = &mut HashMap::new();
+        assert_eq!(on_event(known, &event(10, 4)), 4);
+        assert_eq!(on_event(known, &event(20, 1)), 1);
+        assert_eq!(on_event(known, &event(10, 6)), 0);
+        assert_eq!(on_event(known, &event(20, 3)), 2);
+    }
+
+    #[test]
+    fn generations_are_counted_apart() {
+        let known = &mut HashMap::new();
+        let other = PeerEvent {
+            generation: 1,
+            ..event(20, 2)
+        };
+        assert_eq!(on_event(known, &event(10, 4)), 4);
+        assert_eq!(on_event(known, &other), 2);
+        // The older generation's series is still counted, not replaced.
+        assert_eq!(on_event(known, &event(10, 5)), 1);
     }
 }

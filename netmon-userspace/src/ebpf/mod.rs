@@ -15,11 +15,11 @@ use std::{fmt, io, path::PathBuf};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
     programs::{KProbe, RawTracePoint, TracePoint},
 };
 use netmon_common::{
-    Config, DedupKey, DedupValue, PeerEvent,
+    Config, PeerEvent,
     config::{self, SockOffsets, TracepointOffsets},
     maps,
 };
@@ -298,8 +298,7 @@ pub struct EbpfCollector {
     pub accept_is_attribution_only: bool,
     pub events: Events,
     lost: PerCpuArray<MapData, u64>,
-    dedup: BpfHashMap<MapData, DedupKey, DedupValue>,
-    counter: dedup::Counter,
+    dedup: dedup::Dedup,
     /// Forwards the programs' log lines; must live as long as they do.
     pub logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     _ebpf: Ebpf,
@@ -369,16 +368,13 @@ impl EbpfCollector {
                 None
             }
         };
-        let dedup = ebpf
-            .take_map(maps::DEDUP)
-            .ok_or_else(|| anyhow!("the eBPF object has no map {}", maps::DEDUP))?;
+        let dedup = dedup::Dedup::open(&mut ebpf)?;
         Ok(Self {
             mode,
             accept_is_attribution_only,
             events,
             lost,
-            dedup: BpfHashMap::try_from(dedup)?,
-            counter: dedup::Counter::default(),
+            dedup,
             logger,
             _ebpf: ebpf,
         })
@@ -389,12 +385,12 @@ impl EbpfCollector {
     pub fn drain(&mut self, mut sink: impl FnMut(&Connection, u64)) -> usize {
         let Self {
             events,
-            counter,
+            dedup,
             accept_is_attribution_only,
             ..
         } = self;
         events.drain(|event| {
-            let connections = counter.on_event(event);
+            let connections = dedup.on_event(event);
             deliver(event, connections, *accept_is_attribution_only, &mut sink);
         })
     }
@@ -404,18 +400,17 @@ impl EbpfCollector {
     pub fn harvest(&mut self, mut sink: impl FnMut(&Connection, u64)) -> anyhow::Result<()> {
         let Self {
             dedup,
-            counter,
             accept_is_attribution_only,
             ..
         } = self;
-        counter.harvest(dedup, |key, connections| {
-            deliver(
-                &dedup::event_of(key),
-                connections,
-                *accept_is_attribution_only,
-                &mut sink,
-            );
+        dedup.harvest(|event, connections| {
+            deliver(event, connections, *accept_is_attribution_only, &mut sink);
         })
+    }
+
+    /// Connections the programs could neither send nor keep for a harvest.
+    pub fn uncounted(&self) -> anyhow::Result<u64> {
+        self.dedup.uncounted()
     }
 
     /// Events the programs could not deliver since they were loaded.

@@ -78,6 +78,9 @@ impl Sources {
             sources.hosts.extend(snapshot.host);
             sources.modes.extend(snapshot.mode);
             merged.lost_events = merged.lost_events.saturating_add(snapshot.lost_events);
+            merged.uncounted_connections = merged
+                .uncounted_connections
+                .saturating_add(snapshot.uncounted_connections);
             merged.peers.merge(snapshot.peers);
         }
         sources.hosts.sort_unstable();

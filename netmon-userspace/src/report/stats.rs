@@ -22,13 +22,20 @@ pub fn stats(request: &StatsRequest, out: &mut impl Write) -> anyhow::Result<()>
     let peers = request.filter.select(&inputs, UnixTime::now().secs());
     let detail = inputs.detail();
     let top = request.top;
-    writeln!(
+    write!(
         out,
-        "{} peers from {} (lost events: {})",
+        "{} peers from {} (lost events: {}",
         peers.len(),
         names(&inputs),
         inputs.snapshot.lost_events
     )?;
+    match inputs.snapshot.uncounted_connections {
+        0 => writeln!(out, ")")?,
+        uncounted => writeln!(
+            out,
+            "; {uncounted} connections uncounted, so peers may be missing)"
+        )?,
+    }
     let mut sections = vec![("BY CLASS", per_class(&peers, detail))];
     if detail == Detail::Recorded {
         let ports = count(&peers, |peer| peer.record.local_ports.iter().copied());

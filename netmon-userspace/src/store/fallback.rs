@@ -56,6 +56,7 @@ fn parse_checkpoint(bytes: &[u8]) -> anyhow::Result<Snapshot> {
         host: Some(file.host),
         mode: file.mode,
         lost_events: file.lost_events,
+        uncounted_connections: file.uncounted_connections,
         peers: file.peers.0,
     })
 }

@@ -73,8 +73,13 @@ pub struct Snapshot {
     pub host: Option<String>,
     /// The attach mode that collected the data, when netmon wrote the file.
     pub mode: Option<String>,
-    /// Events the kernel side could not deliver, over all runs on this file.
+    /// Events the kernel side could not deliver, over all runs on this
+    /// file; their connections were still counted through the kernel's map.
     pub lost_events: u64,
+    /// Connections the kernel side could neither deliver nor keep (ring
+    /// buffer and dedup map both full), over all runs on this file: their
+    /// peers may be missing.
+    pub uncounted_connections: u64,
     pub peers: PeerSet,
 }
 
@@ -103,6 +108,7 @@ fn snapshot_of(checkpoint: schema::Checkpoint) -> anyhow::Result<Snapshot> {
         host: Some(checkpoint.host),
         mode: checkpoint.mode,
         lost_events: checkpoint.lost_events,
+        uncounted_connections: checkpoint.uncounted_connections,
         peers: PeerSet::from_records(checkpoint.peers),
     })
 }
@@ -268,6 +274,7 @@ mod tests {
         let mut snapshot = Snapshot {
             mode: Some("tracepoint".into()),
             lost_events: 3,
+            uncounted_connections: 4,
             ..Snapshot::default()
         };
         for peer in [[10, 0, 0, 10], [9, 0, 0, 1], [10, 0, 0, 9]] {
@@ -285,6 +292,7 @@ mod tests {
         let (back, format) = parse(&bytes, 0).unwrap();
         assert_eq!(format, FileFormat::Checkpoint);
         assert_eq!(back.lost_events, 3);
+        assert_eq!(back.uncounted_connections, 4);
         assert_eq!(back.mode.as_deref(), Some("tracepoint"));
         assert!(back.peers.iter().eq(snapshot.peers.iter()));
     }
@@ -362,7 +370,7 @@ mod tests {
             .record(&conn([9, 1, 2, 3], Direction::Inbound, ""), 2, 0);
         let bytes = to_json(&snapshot, "web-\"1\"", 1_795_881_640).unwrap();
         let expected = concat!(
-            r#"{"version":1,"host":"web-\"1\"","updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"peers":["#,
+            r#"{"version":1,"host":"web-\"1\"","updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"uncounted_connections":0,"peers":["#,
             "\n",
             r#"{"ip":"9.1.2.3","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":0,"inbound":2,"remote_ports":[],"local_ports":[22],"processes":[]}"#,
             ",\n",
@@ -375,7 +383,7 @@ mod tests {
         let bytes = to_json(&snapshot, "h", 0).unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            "{\"version\":1,\"host\":\"h\",\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"peers\":[\n]}\n"
+            "{\"version\":1,\"host\":\"h\",\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"uncounted_connections\":0,\"peers\":[\n]}\n"
         );
     }
 }

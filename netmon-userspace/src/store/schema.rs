@@ -4,7 +4,7 @@
 //! line, in address order:
 //!
 //! ```text
-//! {"version":1,"host":"web-1","updated":"2026-11-28T16:00:33Z","mode":"tracepoint","lost_events":0,"peers":[
+//! {"version":1,"host":"web-1","updated":"2026-11-28T16:00:33Z","mode":"tracepoint","lost_events":0,"uncounted_connections":0,"peers":[
 //! {"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":0,"remote_ports":[5432],"local_ports":[],"processes":["api-server"]}
 //! ]}
 //! ```
@@ -277,6 +277,7 @@ const HEADER_KEYS: &[&[u8]] = &[
     b"updated",
     b"mode",
     b"lost_events",
+    b"uncounted_connections",
     b"peers",
 ];
 
@@ -299,6 +300,8 @@ pub(super) fn write_header(
     }
     out.write_all(b",\"lost_events\":")?;
     serde_json::to_writer(&mut *out, &snapshot.lost_events)?;
+    out.write_all(b",\"uncounted_connections\":")?;
+    serde_json::to_writer(&mut *out, &snapshot.uncounted_connections)?;
     out.write_all(b",\"peers\":[")
 }
 
@@ -309,6 +312,7 @@ pub(super) struct Checkpoint {
     pub host: String,
     pub mode: Option<String>,
     pub lost_events: u64,
+    pub uncounted_connections: u64,
     pub peers: Vec<(Ipv4Addr, PeerRecord)>,
 }
 
@@ -316,7 +320,8 @@ pub(super) struct Checkpoint {
 /// a plain string and is not kept.
 pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Checkpoint> {
     let mut fields = Fields::default();
-    let (mut version, mut host, mut mode, mut lost_events, mut peers) = (None, None, None, 0, None);
+    let (mut version, mut host, mut mode, mut peers) = (None, None, None, None);
+    let (mut lost_events, mut uncounted_connections) = (0, 0);
     cursor.object(HEADER_KEYS, |cursor, key| {
         match fields.once(key)? {
             0 => version = Some(cursor.u64()?),
@@ -326,6 +331,7 @@ pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Che
             }
             3 => mode = cursor.nullable(|cursor| cursor.string().map(str::to_owned))?,
             4 => lost_events = cursor.u64()?,
+            5 => uncounted_connections = cursor.u64()?,
             _ => peers = Some(cursor.peers()?),
         }
         Some(())
@@ -336,6 +342,7 @@ pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Che
         host: host?,
         mode,
         lost_events,
+        uncounted_connections,
         peers: peers?,
     })
 }
@@ -351,5 +358,7 @@ pub(super) struct CheckpointIn {
     pub mode: Option<String>,
     #[serde(default)]
     pub lost_events: u64,
+    #[serde(default)]
+    pub uncounted_connections: u64,
     pub peers: PeersIn,
 }

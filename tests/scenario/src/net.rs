@@ -30,8 +30,12 @@ pub enum Block {
     AfterRestart,
     StartupScan,
     AcceptBlocked,
+    // tests/dedup.rs
     DedupCounts,
     LostEvents,
+    DedupStopped,
+    DedupFull,
+    LostProcess,
     // tests/live.rs
     Metrics,
     MetricsDropped,
