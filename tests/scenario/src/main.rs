@@ -65,6 +65,16 @@ fn main() -> ExitCode {
 }
 
 fn run(binary: &Path, case: &Case, net: Net) -> Row {
+    if case.workload == Workload::Mptcp
+        && let Some(why) = mptcp::unavailable()
+    {
+        // No MPTCP socket can exist to be miscounted.
+        return Row {
+            ok: true,
+            note: format!("skipped: {why}"),
+            ..unfinished(case)
+        };
+    }
     let output = output_path(case);
     let mut command = Netmon::command(binary, &output, case.mode, case.extra);
     isolate::apply(case.setting, &mut command);

@@ -123,13 +123,14 @@ fn loopback_up() -> io::Result<()> {
         *to = *from as libc::c_char;
     }
     let fd = socket.as_raw_fd();
-    // SAFETY: both ioctls read and write the ifreq passed, which outlives them.
+    // SAFETY: both ioctls read and write the ifreq passed, which outlives
+    // them. (`as _`: the request is a c_ulong in glibc, a c_int in musl.)
     unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) != 0 {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut request) != 0 {
             return Err(io::Error::last_os_error());
         }
         request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) != 0 {
+        if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &request) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
