@@ -15,7 +15,7 @@ pub const DEDUP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Everything the programs are told at load time.
 ///
-/// 64 bytes, no implicit padding.
+/// 72 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -27,6 +27,7 @@ pub struct Config {
     /// the kprobe on `tcp_connect` already does, so each connection is
     /// reported once.
     pub tracepoint_outbound: u32,
+    pub _pad: u32,
     /// Repeats of a key within this many ns send no event; 0 sends every one.
     pub dedup_window_ns: u64,
 }
@@ -37,11 +38,12 @@ impl Config {
         sock: SockOffsets::DEFAULT,
         tracepoint: TracepointOffsets::UNKNOWN,
         tracepoint_outbound: 1,
+        _pad: 0,
         dedup_window_ns: DEDUP_WINDOW_NS,
     };
 }
 
-/// Byte offsets of the `struct sock_common` members the programs read.
+/// Byte offsets of the `struct sock` members the programs read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOffsets {
@@ -50,6 +52,11 @@ pub struct SockOffsets {
     pub dport: u32,
     pub num: u32,
     pub v6_daddr: u32,
+    /// `sk_protocol`, where it is a whole `u16` (Linux 5.6+); 0 where it
+    /// is a bitfield or unknown. MPTCP came with the whole field, and its
+    /// sockets are the only ones besides TCP's that pass through SYN_SENT
+    /// on today's kernels, so without it there is nothing to tell apart.
+    pub protocol: u32,
 }
 
 impl SockOffsets {
@@ -61,8 +68,14 @@ impl SockOffsets {
         dport: default_offsets::SK_DPORT,
         num: default_offsets::SK_NUM,
         v6_daddr: default_offsets::SK_V6_DADDR,
+        // Outside sock_common, it moves with the kernel's configuration.
+        protocol: PROTOCOL_UNKNOWN,
     };
 }
+
+/// [`SockOffsets::protocol`] when there is no whole `sk_protocol` to read
+/// (offset 0 is `skc_daddr`, never `sk_protocol`).
+pub const PROTOCOL_UNKNOWN: u32 = 0;
 
 impl Default for SockOffsets {
     fn default() -> Self {
@@ -115,8 +128,8 @@ mod tests {
 
     #[test]
     fn config_has_no_padding() {
-        assert_eq!(size_of::<SockOffsets>(), 20);
+        assert_eq!(size_of::<SockOffsets>(), 24);
         assert_eq!(size_of::<TracepointOffsets>(), 32);
-        assert_eq!(size_of::<Config>(), 64);
+        assert_eq!(size_of::<Config>(), 72);
     }
 }

@@ -143,7 +143,7 @@ mod pod {
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupValue {}
-    // SAFETY: u32s and a u64 at offset 56, so no padding either.
+    // SAFETY: u32s and a u64 at offset 64, so no padding either.
     unsafe impl aya::Pod for super::Config {}
 }
 

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use netmon_common::{
     AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PeerEvent,
-    SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, tcp_state,
+    SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, config::PROTOCOL_UNKNOWN,
+    tcp_state,
 };
 
 use crate::{count::send, maps::config, sock};
@@ -95,8 +96,6 @@ pub fn inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
         return Ok(0);
     }
     let old: i32 = ctx.arg(1);
-    // Only TCP passes through SYN_SENT or SYN_RECV (SCTP, the other caller
-    // of inet_sk_set_state, never does), so no protocol check is needed.
     let (direction, pid) = match (old, new) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) if config(|c| &c.tracepoint_outbound) != 0 => {
             (DIRECTION_OUTBOUND, current_pid())
@@ -106,6 +105,13 @@ pub fn inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
         _ => return Ok(0),
     };
     let sk: *const u8 = ctx.arg(0);
+    // An MPTCP socket goes CLOSE -> SYN_SENT itself, before it has a peer,
+    // beside its TCP subflow that makes the connection (DCCP, before 6.16,
+    // used the same state numbers): only TCP's sockets are connections.
+    let protocol_at = config(|c| &c.sock.protocol);
+    if protocol_at != PROTOCOL_UNKNOWN && sock::read_sock::<u16>(sk, protocol_at)? != IPPROTO_TCP {
+        return Ok(0);
+    }
     send_sock_peer(ctx, sk, direction, SOURCE_TRACEPOINT, pid)
 }
 

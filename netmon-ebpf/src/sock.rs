@@ -74,7 +74,8 @@ impl SockHead {
     }
 }
 
-fn read_sock<T>(sk: *const u8, offset: u32) -> Result<T, i32> {
+/// The `T` at `offset` in `sk`.
+pub fn read_sock<T>(sk: *const u8, offset: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel copes with any address; a bad one only
     // makes it fail.
     unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast()) }

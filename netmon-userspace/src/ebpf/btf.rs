@@ -1,4 +1,4 @@
-//! `struct sock_common` member offsets from the kernel's BTF.
+//! `struct sock` member offsets from the kernel's BTF.
 //!
 //! The kprobes read the connection's addresses straight out of `struct
 //! sock`. Rather than compile one object per kernel (or depend on CO-RE),
@@ -8,7 +8,7 @@
 use std::{collections::HashMap, fs, io, path::Path};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use netmon_common::config::{SockOffsets, default_offsets};
+use netmon_common::config::{PROTOCOL_UNKNOWN, SockOffsets, default_offsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -73,12 +73,20 @@ struct Member {
     type_id: u32,
     /// Bit offset within the enclosing struct or union.
     bit_offset: u32,
+    /// Non-zero for a bitfield whose struct says so (`kind_flag`); older
+    /// BTF says it with an INT type of fewer bits than its size instead.
+    bitfield_size: u32,
 }
 
 #[derive(Debug)]
 struct Type {
     name_off: u32,
     kind: u32,
+    /// Size in bytes for INT, STRUCT, UNION and ENUM; the type referred
+    /// to for PTR, TYPEDEF and the qualifiers.
+    size_or_type: u32,
+    /// The bits an INT holds (its encoding's low byte); 0 for other kinds.
+    int_bits: u32,
     /// Members of a struct or union; empty for other kinds.
     members: Vec<Member>,
 }
@@ -115,12 +123,17 @@ impl<'a> Btf<'a> {
         let mut at = hdr_len + type_off;
         let end = at + type_len;
         while at < end {
-            let (name_off, info) = (u32_at(at)?, u32_at(at + 4)?);
+            let (name_off, info, size_or_type) = (u32_at(at)?, u32_at(at + 4)?, u32_at(at + 8)?);
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
             at += 12;
             let mut members = Vec::new();
+            let int_bits = if kind == KIND_INT {
+                u32_at(at)? & 0xff
+            } else {
+                0
+            };
             let trailing = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
@@ -138,6 +151,7 @@ impl<'a> Btf<'a> {
                             } else {
                                 offset
                             },
+                            bitfield_size: if kind_flag { offset >> 24 } else { 0 },
                         });
                     }
                     vlen * 12
@@ -150,6 +164,8 @@ impl<'a> Btf<'a> {
             types.push(Type {
                 name_off,
                 kind,
+                size_or_type,
+                int_bits,
                 members,
             });
         }
@@ -170,6 +186,22 @@ impl<'a> Btf<'a> {
             .iter()
             .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
             .ok_or_else(|| anyhow!("no struct {name} in BTF"))
+    }
+
+    /// The INT that `id` names, through typedefs and qualifiers.
+    fn int(&self, mut id: u32) -> Option<&Type> {
+        // A bound, not a depth any kernel's BTF comes near.
+        for _ in 0..16 {
+            let ty = self.by_id(id)?;
+            match ty.kind {
+                KIND_INT => return Some(ty),
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = ty.size_or_type;
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Every named member reachable from `ty`, through anonymous structs and
@@ -208,7 +240,27 @@ impl<'a> Btf<'a> {
             // Kernels without IPv6 have no v6 address; no socket can then be
             // AF_INET6 and the program never reads it.
             v6_daddr: get("skc_v6_daddr").unwrap_or(default_offsets::SK_V6_DADDR),
+            protocol: self.whole_u16("sock", "sk_protocol")?,
         })
+    }
+
+    /// The byte offset of `member` of `struct name` if it is a whole
+    /// 16-bit integer, else [`PROTOCOL_UNKNOWN`]: before Linux 5.6,
+    /// `sk_protocol` is 8 bits of a bitfield word.
+    fn whole_u16(&self, name: &str, member: &str) -> anyhow::Result<u32> {
+        let ty = self.struct_named(name)?;
+        let found = ty
+            .members
+            .iter()
+            .find(|m| self.name(m.name_off) == member.as_bytes());
+        let whole = found.filter(|m| {
+            m.bitfield_size == 0
+                && m.bit_offset % 16 == 0
+                && self
+                    .int(m.type_id)
+                    .is_some_and(|int| int.size_or_type == 2 && int.int_bits == 16)
+        });
+        Ok(whole.map_or(PROTOCOL_UNKNOWN, |m| m.bit_offset / 8))
     }
 }
 
@@ -225,7 +277,19 @@ mod tests {
         }
         let (offsets, origin) = sock_offsets(path);
         assert_eq!(origin, OffsetsOrigin::Btf);
-        assert_eq!(offsets, SockOffsets::default());
+        // sk_protocol lies past sock_common, where the layout moves.
+        let protocol = offsets.protocol;
+        assert_eq!(
+            SockOffsets {
+                protocol: PROTOCOL_UNKNOWN,
+                ..offsets
+            },
+            SockOffsets::default()
+        );
+        // MPTCP came with the whole field, in 5.6.
+        if Path::new("/proc/sys/net/mptcp").exists() {
+            assert_ne!(protocol, PROTOCOL_UNKNOWN, "sk_protocol is a whole u16");
+        }
     }
 
     #[test]
@@ -234,6 +298,97 @@ mod tests {
         assert_eq!(offsets, SockOffsets::default());
         assert!(
             matches!(origin, OffsetsOrigin::Default(why) if why.contains("CONFIG_DEBUG_INFO_BTF"))
+        );
+    }
+
+    /// Type ids in [`sock_btf`]'s blob, for `sk_protocol`.
+    const U16: u32 = 2;
+    const U32: u32 = 3;
+    /// An INT of 8 bits in 4 bytes: how BTF before `kind_flag` spells a
+    /// bitfield of 8 bits.
+    const BITS_8: u32 = 4;
+
+    /// BTF of a `struct sock` whose `sk_protocol` has type `type_id` at
+    /// `bit_offset`, a bitfield of `bitfield_size` bits if that is not 0.
+    fn sock_btf(type_id: u32, bit_offset: u32, bitfield_size: u32) -> Vec<u8> {
+        let names = [
+            "u16",
+            "short",
+            "int",
+            "sock_common",
+            "skc_daddr",
+            "skc_dport",
+            "skc_num",
+            "skc_family",
+            "sock",
+            "__sk_common",
+            "sk_protocol",
+        ];
+        let mut strings = vec![0];
+        let mut offsets = HashMap::new();
+        for name in names {
+            offsets.insert(name, strings.len() as u32);
+            strings.extend(name.bytes().chain([0]));
+        }
+        let name = |name: &str| offsets[name];
+        let int = |name_off: u32, size: u32, bits: u32| [name_off, KIND_INT << 24, size, bits];
+        let mut types: Vec<u32> = Vec::new();
+        types.extend(int(name("short"), 2, 16)); // 1
+        types.extend([name("u16"), KIND_TYPEDEF << 24, 1]); // 2: U16
+        types.extend(int(name("int"), 4, 32)); // 3: U32
+        types.extend(int(name("int"), 4, 8)); // 4: BITS_8
+        types.extend([name("sock_common"), KIND_STRUCT << 24 | 4, 136]); // 5
+        for (member, type_id, bits) in [
+            ("skc_daddr", U32, 0),
+            ("skc_dport", 1, 96),
+            ("skc_num", 1, 112),
+            ("skc_family", 1, 128),
+        ] {
+            types.extend([name(member), type_id, bits]);
+        }
+        let kind_flag = u32::from(bitfield_size != 0) << 31;
+        types.extend([name("sock"), kind_flag | KIND_STRUCT << 24 | 2, 1024]); // 6
+        types.extend([name("__sk_common"), 5, 0]);
+        types.extend([
+            name("sk_protocol"),
+            type_id,
+            bitfield_size << 24 | bit_offset,
+        ]);
+        let types: Vec<u8> = types.iter().flat_map(|word| word.to_le_bytes()).collect();
+        let header = [
+            u32::from(BTF_MAGIC) | 1 << 16,
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ];
+        let mut blob: Vec<u8> = header.iter().flat_map(|word| word.to_le_bytes()).collect();
+        blob.extend(types);
+        blob.extend(strings);
+        blob
+    }
+
+    fn protocol_offset(blob: &[u8]) -> u32 {
+        Btf::parse(blob).unwrap().sock_offsets().unwrap().protocol
+    }
+
+    #[test]
+    fn sk_protocol_is_read_only_where_it_is_a_whole_u16() {
+        assert_eq!(protocol_offset(&sock_btf(U16, 516 * 8, 0)), 516);
+        // Before 5.6, `unsigned int ... sk_protocol:8` in a word of flags,
+        // 8 bits in: a u16 read there would take in sk_type's low byte.
+        assert_eq!(
+            protocol_offset(&sock_btf(U32, 512 * 8 + 8, 8)),
+            PROTOCOL_UNKNOWN
+        );
+        assert_eq!(
+            protocol_offset(&sock_btf(BITS_8, 512 * 8 + 8, 0)),
+            PROTOCOL_UNKNOWN
+        );
+        assert_eq!(
+            protocol_offset(&sock_btf(U32, 512 * 8, 0)),
+            PROTOCOL_UNKNOWN
         );
     }
 

@@ -176,6 +176,7 @@ pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result
         // Without the format the tracepoint cannot attach; zeros keep it inert.
         tracepoint: env.state_format.as_ref().copied().unwrap_or_default(),
         tracepoint_outbound: u32::from(tracepoint_outbound),
+        _pad: 0,
         dedup_window_ns: config::DEDUP_WINDOW_NS,
     };
     let mut loader = EbpfLoader::new();

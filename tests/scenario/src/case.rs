@@ -48,6 +48,8 @@ pub enum Workload {
     /// Closed before proc mode's first poll: only the kernel's
     /// notifications of destroyed sockets can show them.
     ClosedBeforePolls,
+    /// MPTCP connections instead ([`crate::mptcp`]), closed at once.
+    Mptcp,
 }
 
 impl Case {
@@ -77,6 +79,14 @@ impl Case {
             expect_log: &["socket tables: netlink sock_diag, with destroy notifications"],
             workload: Workload::ClosedBeforePolls,
             ..Self::plain(name, "proc", "proc")
+        }
+    }
+
+    /// `--mode mode` over MPTCP connections, which it must count as TCP's.
+    pub const fn mptcp(name: &'static str, mode: &'static str) -> Self {
+        Self {
+            workload: Workload::Mptcp,
+            ..Self::plain(name, mode, mode)
         }
     }
 
@@ -129,4 +139,8 @@ pub const VM_CASES: &[Case] = &[
         .in_setting(Setting::NoBtf, &["using default struct sock offsets"]),
     // Perf buffers, as kernels before 5.8 (no ring buffer) need them.
     Case::plain("kprobe-perf", "kprobe", "kprobe").with_extra(&["--transport", "perf"]),
+    // MPTCP sockets pass through the tracepoint beside their TCP subflows.
+    Case::mptcp("mptcp-kprobe", "kprobe"),
+    Case::mptcp("mptcp-raw-tp", "raw-tracepoint"),
+    Case::mptcp("mptcp-tp", "tracepoint"),
 ];

@@ -177,7 +177,9 @@ impl Sees {
 pub struct Verdict {
     pub outbound: Vec<Tally>,
     pub inbound: Vec<Tally>,
-    /// Refused sources never connected, so they must not be peers.
+    /// Addresses that made no connection, so they must not be peers:
+    /// refused sources, or what a hook read from a socket that is no
+    /// connection.
     pub phantom: Vec<Ipv4Addr>,
 }
 
@@ -274,10 +276,7 @@ impl Verdict {
             })
             .collect();
         if !self.phantom.is_empty() {
-            problems.push(format!(
-                "refused sources never connected, yet recorded: {:?}",
-                self.phantom
-            ));
+            problems.push(format!("never connected, yet recorded: {:?}", self.phantom));
         }
         problems
     }
@@ -288,7 +287,7 @@ impl Verdict {
         self.tallies().for_each(Tally::assert_met);
         assert!(
             self.phantom.is_empty(),
-            "refused sources never connected, yet recorded: {:?}",
+            "never connected, yet recorded: {:?}",
             self.phantom
         );
     }

@@ -12,6 +12,7 @@ pub mod confine;
 pub mod files;
 pub mod harness;
 pub mod isolate;
+pub mod mptcp;
 pub mod net;
 pub mod result;
 pub mod workload;

@@ -18,7 +18,7 @@ use netmon_scenario::{
     case::{Case, Workload},
     check::{Sees, check_workload, read_peers},
     harness::{Netmon, chosen_mode},
-    isolate,
+    isolate, mptcp,
     net::Net,
     result::Row,
     workload::{workload, workload_held_open},
@@ -27,6 +27,9 @@ use netmon_scenario::{
 /// Connections per case: enough that a hook which misses some shows it,
 /// few enough for an emulated CPU.
 const CONNECTIONS: u8 = 20;
+
+/// Sources of the MPTCP workload, making 1, 2, ... connections each.
+const MPTCP_SOURCES: u8 = 3;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -62,6 +65,16 @@ fn main() -> ExitCode {
 }
 
 fn run(binary: &Path, case: &Case, net: Net) -> Row {
+    if case.workload == Workload::Mptcp
+        && let Some(why) = mptcp::unavailable()
+    {
+        // No MPTCP socket can exist to be miscounted.
+        return Row {
+            ok: true,
+            note: format!("skipped: {why}"),
+            ..unfinished(case)
+        };
+    }
     let output = output_path(case);
     let mut command = Netmon::command(binary, &output, case.mode, case.extra);
     isolate::apply(case.setting, &mut command);
@@ -75,16 +88,24 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
         return row;
     }
     let work = match case.workload {
-        Workload::HeldOpen => workload_held_open(net, CONNECTIONS),
-        Workload::Closed | Workload::ClosedBeforePolls => workload(net, CONNECTIONS),
+        Workload::HeldOpen => Work::Tcp(workload_held_open(net, CONNECTIONS)),
+        Workload::Closed | Workload::ClosedBeforePolls => Work::Tcp(workload(net, CONNECTIONS)),
+        Workload::Mptcp => Work::Mptcp(
+            mptcp::workload(net, MPTCP_SOURCES)
+                .unwrap_or_else(|err| panic!("MPTCP connections: {err}")),
+        ),
     };
     let (status, log) = netmon.stop();
     let chosen = chosen_mode(&log).unwrap_or("-").to_owned();
     let sees = match case.workload {
         Workload::ClosedBeforePolls => Sees::proc_notified(),
-        Workload::Closed | Workload::HeldOpen => Sees::mode(&chosen),
+        Workload::Closed | Workload::HeldOpen | Workload::Mptcp => Sees::mode(&chosen),
     };
-    let verdict = check_workload(&read_peers(&output), &work, sees);
+    let peers = read_peers(&output);
+    let verdict = match &work {
+        Work::Tcp(work) => check_workload(&peers, work, sees),
+        Work::Mptcp(work) => mptcp::check(&peers, work, sees.outbound_process),
+    };
     drop(work);
 
     let mut problems = verdict.problems();
@@ -118,6 +139,12 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
     row.outbound = Some(verdict.outbound_count());
     row.inbound = Some(verdict.inbound_count());
     row
+}
+
+/// What a case's workload did.
+enum Work {
+    Tcp(netmon_scenario::workload::Workload),
+    Mptcp(mptcp::MptcpWorkload),
 }
 
 /// The row of a case that has not passed (yet).

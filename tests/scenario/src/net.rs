@@ -57,6 +57,10 @@ pub enum Block {
     ProcListenerGone,
     ProcLateFin,
     ProcHeldAfterReset,
+    // tests/mptcp.rs
+    MptcpTracepoint,
+    MptcpRawTracepoint,
+    MptcpKprobe,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,
@@ -87,6 +91,11 @@ impl Net {
     /// 127.N.`c`.`d`.
     pub const fn addr(self, c: u8, d: u8) -> Ipv4Addr {
         Ipv4Addr::new(127, self.0, c, d)
+    }
+
+    /// Whether `ip` is in 127.N.0.0/16.
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        ip.octets()[..2] == [127, self.0]
     }
 }
 
