@@ -322,7 +322,9 @@ fn a_restart_keeps_every_peer_of_the_first_run() {
     let two = workload(Block::AfterRestart, 5);
     let (status, log) = second.stop();
     assert!(status.success(), "{log}");
-    assert!(log.contains("continuing from"), "{log}");
+    // Attached before the file is read, however long reading it takes.
+    let attached = log.find("] mode: ").unwrap_or(usize::MAX);
+    assert!(attached < log.find("continuing from").unwrap(), "{log}");
     let peers = read_peers(&path);
     for work in [&one, &two] {
         expect_peers(

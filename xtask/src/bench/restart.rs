@@ -182,9 +182,16 @@ fn measure(bench: &Bench, source: &Path, handover: Handover) -> anyhow::Result<G
         }
         if let Some(b) = &b
             && b_attached.is_none()
-            && b.log().contains("] mode: ")
         {
-            b_attached = Some(attached_before.unwrap_or_else(Instant::now));
+            let log = b.log();
+            if log.contains("] mode: ") {
+                b_attached = Some(attached_before.unwrap_or_else(Instant::now));
+            } else if exited(b.pid())? {
+                bail!(
+                    "B exited before attaching: {}",
+                    log.lines().last().unwrap_or_default()
+                );
+            }
         }
         thread::sleep(POLL);
     }
