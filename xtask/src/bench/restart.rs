@@ -226,6 +226,10 @@ fn measure(bench: &Bench, source: &Path, handover: Handover) -> anyhow::Result<G
 fn wait_for(netmon: &Netmon, marker: &str) -> anyhow::Result<Instant> {
     let started = Instant::now();
     while !netmon.log().contains(marker) {
+        if exited(netmon.pid())? {
+            let log = netmon.log();
+            bail!("netmon exited: {}", log.lines().last().unwrap_or_default());
+        }
         if started.elapsed() > READY_TIMEOUT {
             bail!("no {marker:?} in netmon's log:\n{}", netmon.log());
         }
