@@ -286,9 +286,7 @@ fn a_second_instance_on_the_same_file_names_the_first() {
     let (status, log) = Netmon::start(NETMON, &path, "auto", &["--lock-wait", "1"]).wait();
     assert_eq!(status.code(), Some(1), "{log}");
     let pid = format!("pid {}", first.pid());
-    let waited = log
-        .lines()
-        .filter(|line| line.contains("waiting up to 1 s"));
+    let waited = log.lines().filter(|line| line.contains("waiting up to 1s"));
     assert_eq!(
         waited.filter(|line| line.contains(&pid)).count(),
         1,
@@ -296,7 +294,7 @@ fn a_second_instance_on_the_same_file_names_the_first() {
     );
     let last = log.lines().last().unwrap_or_default();
     assert!(
-        last.contains(&pid) && last.contains("after waiting 1 s"),
+        last.contains(&pid) && last.contains("after waiting 1s"),
         "{log}"
     );
     assert!(!log.contains("ready:"), "{log}");

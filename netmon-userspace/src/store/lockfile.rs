@@ -71,7 +71,7 @@ pub fn acquire_waiting(target: &Target, patience: Duration) -> anyhow::Result<Lo
             let waited = if patience.is_zero() {
                 String::new()
             } else {
-                format!(" after waiting {} s", patience.as_secs())
+                format!(" after waiting {}", humantime::format_duration(patience))
             };
             bail!(
                 "{} is already being written by another netmon ({} holds {}){waited}",
@@ -82,10 +82,10 @@ pub fn acquire_waiting(target: &Target, patience: Duration) -> anyhow::Result<Lo
         }
         if !said {
             info!(
-                "{} is held by {}, a netmon that may be ending: waiting up to {} s for it to let go",
+                "{} is held by {}, a netmon that may be ending: waiting up to {} for it to let go",
                 path.display(),
                 who(),
-                patience.as_secs()
+                humantime::format_duration(patience)
             );
             said = true;
         }
@@ -140,6 +140,29 @@ mod tests {
         );
         drop(held);
         acquire(&target).unwrap();
+    }
+
+    /// A restarted netmon's successor waits for the lock, and takes it
+    /// once it is let go; one never let go is refused, naming the holder.
+    #[test]
+    fn a_held_lock_is_waited_for_then_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(&dir.path().join("peers.json"), false).unwrap();
+        let held = acquire(&target).unwrap();
+        let err = acquire_waiting(&target, Duration::from_millis(50))
+            .unwrap_err()
+            .to_string();
+        let pid = format!("pid {}", std::process::id());
+        assert!(
+            err.contains(&pid) && err.contains("after waiting 50ms"),
+            "{err}"
+        );
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        acquire_waiting(&target, Duration::from_secs(30)).unwrap();
+        letting_go.join().unwrap();
     }
 
     /// A planted lock file is neither read whole nor printed.
