@@ -301,6 +301,30 @@ fn a_second_instance_on_the_same_file_names_the_first() {
     assert!(first.stop().0.success());
 }
 
+/// SIGTERM while netmon waits for another's lock ends it at once, having
+/// written nothing, rather than at the end of --lock-wait.
+#[test]
+fn sigterm_while_waiting_for_the_lock_stops_at_once() {
+    let (_dir, path) = temp_output();
+    let first = Netmon::ready(NETMON, &path, "auto");
+    let written = fs::read(&path).unwrap();
+    let second = Netmon::start(NETMON, &path, "auto", &["--lock-wait", "3600"]);
+    eventually(
+        "the second netmon to wait for the lock, or to give up",
+        || {
+            let log = second.log();
+            (log.contains("waiting up to") || log.contains("already being written")).then_some(())
+        },
+        || second.log(),
+    );
+    let (status, log) = second.stop();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("SIGTERM before --output was loaded"), "{log}");
+    assert_eq!(fs::read(&path).unwrap(), written, "{log}");
+    assert!(first.stop().0.success());
+}
+
 /// A successor started before its predecessor is stopped attaches, waits
 /// for the lock while it collects, then loads the predecessor's final
 /// checkpoint: of a stream of connections that runs across the handover,

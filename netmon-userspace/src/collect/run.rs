@@ -107,8 +107,14 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
     // file (which a netmon being restarted may still be writing) is in.
     let mut backlog = Backlog::default();
     let mut collector = Collector::start(attached, config, &mut backlog)?;
+    let stop = async {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
     let (output, snapshot) =
-        startup::load_while_collecting(target, config, &mut collector, &mut backlog).await?;
+        startup::load_while_collecting(target, config, &mut collector, &mut backlog, stop).await?;
     let host = hostname();
     let observers = Observers::start(bound, mode, &snapshot.peers, config.follow, &host)?;
     let mut checkpointer = Checkpointer::new(output, host, snapshot.lost_events);

@@ -6,9 +6,9 @@
 //! What is collected meanwhile waits in a [`Backlog`], replayed into the
 //! [`Recorder`] once the file is in: metrics and `--follow` then see each
 //! connection against the file's peers, as they would have in order.
-use std::{io, os::unix::net::UnixStream as StdUnixStream, thread, time::Instant};
+use std::{io, os::unix::net::UnixStream as StdUnixStream, pin::pin, thread, time::Instant};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use log::info;
 use tokio::net::UnixStream;
 
@@ -50,7 +50,8 @@ impl Backlog {
 
 /// Locks and loads `target` on a thread of its own, waiting for another
 /// netmon's lock up to `--lock-wait` (one being restarted holds it while
-/// it writes its final checkpoint), while `collector` fills `backlog`.
+/// it writes its final checkpoint), while `collector` fills `backlog`;
+/// `stop` (SIGTERM, SIGINT) ends the wait with an error.
 ///
 /// The thread is joined before this returns, so no thread outlives it
 /// with the capabilities that confinement drops later.
@@ -59,8 +60,10 @@ pub async fn load_while_collecting(
     config: &RunConfig,
     collector: &mut Collector,
     backlog: &mut Backlog,
+    stop: impl Future<Output = &'static str>,
 ) -> anyhow::Result<(Output, Snapshot)> {
     let started = Instant::now();
+    let mut stop = pin!(stop);
     // The thread's end of the pair closes when it returns, however it
     // returns: the loop waits for that instead of polling.
     let (done, done_tx) = StdUnixStream::pair().context("cannot make a socket pair")?;
@@ -90,6 +93,12 @@ pub async fn load_while_collecting(
                     _ => break,
                 }
             }
+            // Nothing can be written before the file is in, and the wait
+            // for a lock may be long: exit at once, the lock (if taken)
+            // going with the process.
+            signal = &mut stop => bail!(
+                "{signal} before --output was loaded (waiting for its lock, or reading it): nothing written"
+            ),
         }
     }
     let loaded = loading
