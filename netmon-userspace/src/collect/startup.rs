@@ -18,8 +18,8 @@ use crate::{
     store::{self, Output, Snapshot, Target},
 };
 
-/// Connections the backlog takes before the loop stops reading events
-/// (about 15 MB of them); past it, events wait in the ring buffer and the
+/// Connections the backlog takes (under 50 bytes each) before the loop
+/// stops reading events; past it, events wait in the ring buffer and the
 /// kernel's dedup map, as they do while a checkpoint is written.
 const BACKLOG_CAP: usize = 1 << 18;
 
@@ -53,8 +53,9 @@ impl Backlog {
 /// it writes its final checkpoint), while `collector` fills `backlog`;
 /// `stop` (SIGTERM, SIGINT) ends the wait with an error.
 ///
-/// The thread is joined before this returns, so no thread outlives it
-/// with the capabilities that confinement drops later.
+/// The thread is joined before this returns the file, so no thread
+/// outlives it with the capabilities that confinement drops later (on an
+/// error netmon exits, the thread with it).
 pub async fn load_while_collecting(
     target: Target,
     config: &RunConfig,
