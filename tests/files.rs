@@ -148,11 +148,26 @@ fn a_planted_lock_file_is_neither_read_whole_nor_echoed() {
     use std::os::fd::AsRawFd as _;
     // SAFETY: flock on a descriptor we own; held until `file` drops.
     assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let (status, log) = netmon(&[p("run"), p("--mode"), p("proc"), p("--output"), &output]);
+    let (status, log) = netmon(&[
+        p("run"),
+        p("--mode"),
+        p("proc"),
+        p("--lock-wait"),
+        p("0"),
+        p("--output"),
+        &output,
+    ]);
     assert!(!log.contains('\x1b'), "escape codes printed: {log:?}");
+    // The lock is taken after attaching: what netmon logged about that
+    // comes before the one line of error.
+    let error = log
+        .lines()
+        .filter(|line| !line.starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert_refused(
         "run onto a held lock",
-        (status, log),
+        (status, error),
         "another process holds",
     );
 }

@@ -131,6 +131,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_peers: u64,
 
+    /// Seconds to wait for another netmon's lock on --output: one being
+    /// restarted holds it while it writes its final checkpoint, and this
+    /// one collects meanwhile. Still held after that, it is refused as a
+    /// second collector on the same file.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub lock_wait: u64,
+
     /// The socket tables read by proc mode and the start-up scan: those of
     /// netmon's network namespace by default. In a container that shares
     /// the host's pid namespace, /proc/1/net holds the host's.
@@ -170,6 +177,7 @@ impl From<RunArgs> for RunConfig {
             ring_bytes: args.ring_buffer * 1024,
             on_corrupt: args.on_corrupt,
             max_peers: usize::try_from(args.max_peers).unwrap_or(usize::MAX),
+            lock_wait: Duration::from_secs(args.lock_wait),
             proc_net: args.proc_net,
             socket_tables: args.socket_tables,
             metrics: args.metrics,

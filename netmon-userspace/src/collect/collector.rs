@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use log::warn;
 
-use super::{Losses, RunConfig, ladder::Attached, recorder::Recorder};
+use super::{Losses, RunConfig, ladder::Attached, recorder::Record};
 use crate::{
     ebpf::EbpfCollector,
     procnet::{self, ProcCollector, Scanner},
@@ -31,7 +31,7 @@ impl Collector {
     pub fn start(
         attached: Attached,
         config: &RunConfig,
-        recorder: &mut Recorder,
+        recorder: &mut impl Record,
     ) -> anyhow::Result<Self> {
         let mut scanner = Scanner::open(&config.proc_net, config.socket_tables)?;
         let record = &mut |conn: &_, connections, now| recorder.record(conn, connections, now);
@@ -57,7 +57,7 @@ impl Collector {
     }
 
     /// Folds what arrived into `recorder`.
-    pub fn fold(&mut self, arrived: Arrived, recorder: &mut Recorder) {
+    pub fn fold(&mut self, arrived: Arrived, recorder: &mut impl Record) {
         match (self, arrived) {
             (Self::Ebpf(ebpf), _) => drain(ebpf, recorder),
             (Self::Proc(proc), Arrived::Proc(arrived)) => {
@@ -74,7 +74,7 @@ impl Collector {
     /// and every connection only the kernel's dedup map has counted so far.
     /// Returns what this run lost (nothing in proc mode, whose polls are
     /// up to date when they return).
-    pub fn settle(&mut self, recorder: &mut Recorder) -> Losses {
+    pub fn settle(&mut self, recorder: &mut impl Record) -> Losses {
         let Self::Ebpf(ebpf) = self else {
             return Losses::default();
         };
@@ -105,7 +105,7 @@ impl Collector {
     }
 
     /// Settles for the final checkpoint, after a last poll in proc mode.
-    pub fn finish(&mut self, recorder: &mut Recorder) -> Losses {
+    pub fn finish(&mut self, recorder: &mut impl Record) -> Losses {
         if let Self::Proc(proc) = self {
             proc.finish(&mut |conn, connections, now| recorder.record(conn, connections, now));
         }
@@ -136,7 +136,7 @@ async fn ebpf_ready(ebpf: &mut EbpfCollector) -> anyhow::Result<()> {
 }
 
 /// Folds every waiting event into the set.
-fn drain(ebpf: &mut EbpfCollector, recorder: &mut Recorder) {
+fn drain(ebpf: &mut EbpfCollector, recorder: &mut impl Record) {
     let now = UnixTime::now().secs();
     let malformed = ebpf.drain(|conn, connections| recorder.record(conn, connections, now));
     if malformed > 0 {

@@ -8,6 +8,8 @@
 //!   observers;
 //! - `checkpointer.rs`: the [`Checkpointer`], which writes the set to
 //!   `--output` (made ready by [`crate::store::open_output`]);
+//! - `startup.rs`: locking and loading the output after attaching, while
+//!   what arrives waits in a backlog;
 //! - `run.rs`: the loop that ties them together, [`run`].
 mod checkpointer;
 mod collector;
@@ -15,6 +17,7 @@ pub mod ladder;
 mod losses;
 mod recorder;
 mod run;
+mod startup;
 
 pub use self::{
     checkpointer::Checkpointer,

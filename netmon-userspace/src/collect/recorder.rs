@@ -8,6 +8,19 @@ use crate::{
     store::{PeerRecord, Snapshot},
 };
 
+/// Where a [`super::Collector`] puts each connection: the [`Recorder`],
+/// or while the file is still being loaded, the start-up backlog.
+pub trait Record {
+    /// Folds `connections` connections of `conn`, seen at `now`, in.
+    fn record(&mut self, conn: &Connection, connections: u64, now: u64);
+}
+
+impl Record for Recorder {
+    fn record(&mut self, conn: &Connection, connections: u64, now: u64) {
+        Recorder::record(self, conn, connections, now);
+    }
+}
+
 /// The peer set being collected into.
 pub struct Recorder {
     snapshot: Snapshot,

@@ -20,6 +20,7 @@ use tokio::{
 use super::{
     Checkpointer, Collector, Losses, Recorder,
     ladder::{self, Env},
+    startup::{self, Backlog},
 };
 use crate::{
     ebpf::events::TransportRequest,
@@ -47,6 +48,8 @@ pub struct RunConfig {
     pub on_corrupt: OnCorrupt,
     /// Most peers to keep.
     pub max_peers: usize,
+    /// How long to wait for another netmon's lock on `output`.
+    pub lock_wait: Duration,
     /// The socket tables' directory, such as `/proc/net`.
     pub proc_net: PathBuf,
     pub socket_tables: TablesRequest,
@@ -58,15 +61,16 @@ pub struct RunConfig {
 
 pub fn run(config: &RunConfig) -> anyhow::Result<()> {
     raise_memlock_limit();
-    // Held until exit, with its lock: one writer per file.
-    let (output, snapshot) = store::open_output(&config.output, config.on_corrupt)?;
+    // The cheap checks, before attaching: a wrong --output stops netmon at
+    // once. Locking and loading it wait until the programs are attached.
+    let target = store::check_output(&config.output)?;
     // Single-threaded on purpose: capabilities are per thread, and dropping
     // them after start-up must cover every thread netmon has.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(collect(config, output, snapshot))
+    runtime.block_on(collect(config, target))
 }
 
 /// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; later ones use
@@ -85,11 +89,7 @@ fn raise_memlock_limit() {
     }
 }
 
-async fn collect(
-    config: &RunConfig,
-    output: store::Output,
-    snapshot: Snapshot,
-) -> anyhow::Result<()> {
+async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()> {
     // Before anything announces readiness: a SIGTERM that arrives early
     // must still end in a checkpoint, not in the default action.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -103,6 +103,18 @@ async fn collect(
     }
     let mode = attached.mode();
     info!("mode: {mode}");
+    // Attached: from here on connections are held, in a backlog until the
+    // file (which a netmon being restarted may still be writing) is in.
+    let mut backlog = Backlog::default();
+    let mut collector = Collector::start(attached, config, &mut backlog)?;
+    let stop = async {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
+    let (output, snapshot) =
+        startup::load_while_collecting(target, config, &mut collector, &mut backlog, stop).await?;
     let host = hostname();
     let observers = Observers::start(bound, mode, &snapshot.peers, config.follow, &host)?;
     let lost_before = Losses {
@@ -115,7 +127,7 @@ async fn collect(
         ..snapshot
     };
     let mut recorder = Recorder::new(snapshot, config.max_peers, observers);
-    let mut collector = Collector::start(attached, config, &mut recorder)?;
+    backlog.replay(&mut recorder);
     // The first checkpoint may fail only as later ones may, on a disk that
     // is full or read-only: a bad --output should stop netmon now, not
     // after a day of collecting.

@@ -7,14 +7,20 @@
 //! the process, however it ends, so a crash never leaves a stale lock.
 use std::{
     fs::File,
-    io::{self, Read as _, Seek as _, Write as _},
+    io::{self, Seek as _, Write as _},
     os::fd::AsRawFd as _,
+    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use log::info;
 
 use super::Target;
+
+/// Between attempts to take a held lock: short beside a final checkpoint.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// Held for as long as netmon writes the file.
 #[derive(Debug)]
@@ -40,22 +46,50 @@ impl Target {
 
 /// Takes the lock for `target`, or fails naming the pid that holds it.
 pub fn acquire(target: &Target) -> anyhow::Result<Lock> {
+    acquire_waiting(target, Duration::ZERO)
+}
+
+/// Takes the lock for `target`, waiting up to `patience` for its holder
+/// to let go (a netmon being restarted holds it while it writes its final
+/// checkpoint), and saying once whom it waits for; then fails naming it.
+pub fn acquire_waiting(target: &Target, patience: Duration) -> anyhow::Result<Lock> {
     let output = target.path();
     let path = lock_path(output);
     let mut file = target.open_lock_file()?;
+    let started = Instant::now();
+    let mut said = false;
     // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let who = holder(&mut file)
-                .map_or_else(|| "another process".to_owned(), |pid| format!("pid {pid}"));
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        }
+        let who = || {
+            holder(&file).map_or_else(|| "another process".to_owned(), |pid| format!("pid {pid}"))
+        };
+        if started.elapsed() >= patience {
+            let waited = if patience.is_zero() {
+                String::new()
+            } else {
+                format!(" after waiting {}", humantime::format_duration(patience))
+            };
             bail!(
-                "{} is already being written by another netmon ({who} holds {})",
+                "{} is already being written by another netmon ({} holds {}){waited}",
                 output.display(),
+                who(),
                 path.display()
             );
         }
-        return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        if !said {
+            info!(
+                "{} is held by {}, a netmon that may be ending: waiting up to {} for it to let go",
+                path.display(),
+                who(),
+                humantime::format_duration(patience)
+            );
+            said = true;
+        }
+        std::thread::sleep(LOCK_RETRY);
     }
     let pid = file
         .set_len(0)
@@ -73,10 +107,10 @@ pub fn acquire(target: &Target) -> anyhow::Result<Lock> {
 
 /// The pid in a held lock file. Anyone who can write the directory can
 /// fill the file: only a few bytes are read, and only a number is said.
-fn holder(file: &mut File) -> Option<u32> {
-    let mut bytes = Vec::with_capacity(16);
-    file.take(16).read_to_end(&mut bytes).ok()?;
-    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+fn holder(file: &File) -> Option<u32> {
+    let mut bytes = [0; 16];
+    let len = file.read_at(&mut bytes, 0).ok()?;
+    std::str::from_utf8(&bytes[..len]).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -106,6 +140,29 @@ mod tests {
         );
         drop(held);
         acquire(&target).unwrap();
+    }
+
+    /// A restarted netmon's successor waits for the lock, and takes it
+    /// once it is let go; one never let go is refused, naming the holder.
+    #[test]
+    fn a_held_lock_is_waited_for_then_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(&dir.path().join("peers.json"), false).unwrap();
+        let held = acquire(&target).unwrap();
+        let err = acquire_waiting(&target, Duration::from_millis(50))
+            .unwrap_err()
+            .to_string();
+        let pid = format!("pid {}", std::process::id());
+        assert!(
+            err.contains(&pid) && err.contains("after waiting 50ms"),
+            "{err}"
+        );
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        acquire_waiting(&target, Duration::from_secs(30)).unwrap();
+        letting_go.join().unwrap();
     }
 
     /// A planted lock file is neither read whole nor printed.

@@ -42,7 +42,7 @@ use anyhow::{Context as _, bail};
 
 pub use fallback::parse_with_serde;
 pub use lockfile::Lock;
-pub use output::{OnCorrupt, Output, open_output};
+pub use output::{OnCorrupt, Output, check_output, open_output};
 pub use schema::{FORMAT_VERSION, PeerRecord};
 pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
 pub use target::{Target, write_atomically};

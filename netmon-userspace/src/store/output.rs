@@ -1,11 +1,15 @@
-//! The file `netmon run` writes, made ready before anything is collected.
+//! The file `netmon run` writes: checked before attaching, locked and
+//! loaded after, while the first connections are already collected.
 //!
 //! Every check on it happens here, once, in this order: a symlink is
 //! refused before anything follows it, the directory exists before the
 //! lock file is made in it, and the lock is held before temp files are
 //! removed (so none belongs to a live writer) and before the file is read
 //! (so no other netmon rewrites it meanwhile).
-use std::{path::Path, time::Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use log::{info, warn};
 
@@ -47,15 +51,28 @@ impl Output {
     }
 }
 
-/// Makes `path` ready for checkpoints and reads what it holds: the target
-/// with its lock, held until it is dropped, and the peers to continue from.
+/// The checks on `path` that cost nothing, made before attaching so that a
+/// wrong `--output` stops netmon at once: its directory (created if
+/// missing) and what is at the path, refused if not a regular file.
+pub fn check_output(path: &Path) -> anyhow::Result<Target> {
+    let target = Target::open(path, true)?;
+    target.refuse_unsafe()?;
+    Ok(target)
+}
+
+/// Makes `target` ready for checkpoints and reads what it holds: the
+/// target with its lock, held until it is dropped, and the peers to
+/// continue from. A lock held by another netmon is waited for up to
+/// `patience`.
 ///
 /// A disk too full or read-only to make the lock file on leaves the lock
 /// to be taken later, by the checkpoint that first can.
-pub fn open_output(path: &Path, on_corrupt: OnCorrupt) -> anyhow::Result<(Output, Snapshot)> {
-    let target = Target::open(path, true)?;
-    target.refuse_unsafe()?;
-    let lock = match lockfile::acquire(&target) {
+pub fn open_output(
+    target: Target,
+    on_corrupt: OnCorrupt,
+    patience: Duration,
+) -> anyhow::Result<(Output, Snapshot)> {
+    let lock = match lockfile::acquire_waiting(&target, patience) {
         Err(err) if super::disk_unwritable(&err) => None,
         lock => Some(lock?),
     };

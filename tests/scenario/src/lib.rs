@@ -1,5 +1,6 @@
 //! What the integration tests and the kernel matrix share: the loopback
-//! workload and the addresses each test owns, the per-peer checks on a
+//! workload (and a stream of connections across a restart) and the
+//! addresses each test owns, the per-peer checks on a
 //! checkpoint, the harness that runs `netmon run`, the files the tests
 //! write, and the one-line result format of the matrix.
 //!
@@ -15,4 +16,5 @@ pub mod isolate;
 pub mod mptcp;
 pub mod net;
 pub mod result;
+pub mod stream;
 pub mod workload;

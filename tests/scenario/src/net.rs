@@ -61,6 +61,8 @@ pub enum Block {
     MptcpTracepoint,
     MptcpRawTracepoint,
     MptcpKprobe,
+    // tests/collector.rs, added later
+    Handover,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,

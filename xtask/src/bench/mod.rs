@@ -5,7 +5,8 @@
 //!
 //! It is a benchmark, not a test: a missed target is reported, not an
 //! error. Parts: capture and kernel cost (capture.rs), user cost
-//! (cost.rs) with stopping under load (shutdown.rs), scale (scale.rs). Each storm and each start-up runs in a
+//! (cost.rs) with stopping under load (shutdown.rs), scale (scale.rs), the
+//! restart gap (restart.rs). Each storm and each start-up runs in a
 //! network namespace of its own (netns.rs).
 mod bpf_stats;
 mod capture;
@@ -13,6 +14,7 @@ mod cost;
 mod netns;
 mod poller;
 mod procfs;
+mod restart;
 mod scale;
 mod shutdown;
 mod storm;
@@ -78,6 +80,9 @@ enum Part {
     User,
     /// Memory and times at 100k and 1M peers.
     Scale,
+    /// Connections missed while netmon restarts on a 1M-peer file, three
+    /// ways of starting the next one.
+    Restart,
 }
 
 /// What every part needs.
@@ -113,7 +118,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let busy_before = procfs::busy_percent(BUSY_SAMPLE)?;
     let mut table = Table::default();
-    for part in [Part::Capture, Part::User, Part::Scale] {
+    for part in [Part::Capture, Part::User, Part::Scale, Part::Restart] {
         if !args.parts.is_empty() && !args.parts.contains(&part) {
             continue;
         }
@@ -124,6 +129,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 shutdown::shutdown(&bench, &mut table);
             }
             Part::Scale => scale::scale(&bench, &mut table),
+            Part::Restart => restart::restart(&bench, &mut table),
         }
     }
     println!("\n{table}");

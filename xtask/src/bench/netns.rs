@@ -7,6 +7,7 @@
 //! only `lo`, so no storm can send a packet outside 127.0.0.0/8 either.
 use std::{
     fs::{self, File},
+    io,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::Path,
     process::Command,
@@ -59,6 +60,23 @@ impl Netns {
         let netns = Self { file, name };
         run_status(Command::new("ip").args(["-n", &netns.name, "link", "set", "lo", "up"]))?;
         Ok(netns)
+    }
+
+    /// What moves the thread that calls it into the namespace (a stream of
+    /// connections made by a thread of the bench's own).
+    pub fn joiner(&self) -> anyhow::Result<impl FnOnce() -> io::Result<()> + Send + 'static> {
+        let file = self
+            .file
+            .try_clone()
+            .context("cannot duplicate a namespace's descriptor")?;
+        Ok(move || {
+            // SAFETY: setns(2) of this thread on a descriptor it owns.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
     }
 
     /// Makes `command` run inside the namespace.

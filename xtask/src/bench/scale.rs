@@ -97,7 +97,7 @@ pub fn scale(bench: &Bench, table: &mut Table) {
 /// A checkpoint of `peers` peers, numerically sorted as netmon writes
 /// them: three in four outbound (one or two ports, one or two processes),
 /// one in four inbound to a local port, with counts that vary.
-fn write_checkpoint(path: &Path, peers: u32) -> anyhow::Result<()> {
+pub(super) fn write_checkpoint(path: &Path, peers: u32) -> anyhow::Result<()> {
     fs::create_dir_all(path.parent().context("no parent")?)?;
     let mut out = BufWriter::new(fs::File::create(path)?);
     write!(

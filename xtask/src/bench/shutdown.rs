@@ -79,7 +79,7 @@ fn stop_mid_storm(bench: &Bench) -> anyhow::Result<(Duration, usize)> {
 }
 
 /// Whether `pid` has exited (is a zombie, or gone).
-fn exited(pid: u32) -> anyhow::Result<bool> {
+pub(super) fn exited(pid: u32) -> anyhow::Result<bool> {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Ok(true);
     };
