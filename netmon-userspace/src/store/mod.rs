@@ -47,7 +47,7 @@ pub use schema::{FORMAT_VERSION, PeerRecord};
 pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
 pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
-pub use writer::{to_json, write_checkpoint, write_json};
+pub use writer::{Chunks, to_json, write_checkpoint, write_json};
 
 use crate::time::UnixTime;
 
