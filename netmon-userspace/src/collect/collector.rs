@@ -70,6 +70,15 @@ impl Collector {
         }
     }
 
+    /// Folds the events waiting, without waiting for any: between the
+    /// chunks of a checkpoint, so a large set's does not let the ring
+    /// buffer fill. Proc mode's polls wait in the kernel's queue meanwhile.
+    pub fn drain_waiting(&mut self, recorder: &mut Recorder) {
+        if let Self::Ebpf(ebpf) = self {
+            drain(ebpf, recorder);
+        }
+    }
+
     /// Brings the set up to date before a checkpoint: every waiting event
     /// and every connection only the kernel's dedup map has counted so far.
     /// Returns the events lost in this run (none in proc mode, whose polls

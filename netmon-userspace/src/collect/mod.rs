@@ -7,8 +7,10 @@
 //! - `recorder.rs`: the [`Recorder`], the peer set with its limit and
 //!   observers;
 //! - `checkpointer.rs`: the [`Checkpointer`], which writes the set to
-//!   `--output` (made ready by [`crate::store::open_output`]);
+//!   `--output` (made ready by [`crate::store::open_output`]), through
+//!   `background.rs`'s writer thread once netmon runs;
 //! - `run.rs`: the loop that ties them together, [`run`].
+mod background;
 mod checkpointer;
 mod collector;
 pub mod ladder;
@@ -16,7 +18,7 @@ mod recorder;
 mod run;
 
 pub use self::{
-    checkpointer::Checkpointer,
+    checkpointer::{Checkpointer, Step},
     collector::{Arrived, Collector},
     recorder::Recorder,
     run::{RunConfig, run},
