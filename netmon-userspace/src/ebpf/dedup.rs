@@ -12,8 +12,6 @@
 //! itself.
 use std::collections::{HashMap, hash_map::Entry};
 
-use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, MapData};
 use netmon_common::{DIRECTION_OUTBOUND, DedupKey, DedupValue, PeerEvent, SERIES_NONE};
 
 /// Harvests a key may go unseen before its series is forgotten. Map
@@ -45,17 +43,16 @@ impl Counter {
         self.advance(DedupKey::of(event), event.series, event.total)
     }
 
-    /// Walks the kernel's map and calls `sink` with every key that has
-    /// connections not yet accounted for, and how many.
+    /// Takes in the kernel map's `entries` and calls `sink` with every key
+    /// that has connections not yet accounted for, and how many.
     pub fn harvest(
         &mut self,
-        map: &BpfHashMap<MapData, DedupKey, DedupValue>,
+        entries: impl IntoIterator<Item = (DedupKey, DedupValue)>,
         mut sink: impl FnMut(&DedupKey, u64),
-    ) -> anyhow::Result<()> {
+    ) {
         self.harvest = self.harvest.wrapping_add(1);
         let mut seen = 0usize;
-        for entry in map.iter() {
-            let (key, value) = entry.context("cannot read the dedup map")?;
+        for (key, value) in entries {
             seen += 1;
             let new = self.advance(key, value.series, value.total);
             if new > 0 {
@@ -69,7 +66,6 @@ impl Counter {
             "dedup: {seen} keys in the kernel map, {} tracked",
             self.series.len()
         );
-        Ok(())
     }
 
     /// Accounts for `total` connections of `series` under `key`; returns

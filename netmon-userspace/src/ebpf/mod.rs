@@ -34,6 +34,10 @@ use crate::{
     peer::{Connection, Source},
 };
 
+/// Dedup map entries a harvest reads between two drains of the events:
+/// about a millisecond of system calls.
+const HARVEST_BATCH: usize = 1024;
+
 /// The eBPF objects built by `cargo xtask build`, embedded at compile time:
 /// the same programs, sending through a ring buffer or through perf buffers.
 /// Empty in a build without them (build.rs).
@@ -400,22 +404,43 @@ impl EbpfCollector {
     }
 
     /// Finds connections the dedup map counted that no event reported yet
-    /// (repeats inside the window, events lost to a full buffer).
+    /// (repeats inside the window, events lost to a full buffer), and hands
+    /// `sink` the events that arrive meanwhile: reading the map takes two
+    /// system calls an entry, long enough for a storm to fill the ring
+    /// buffer, so it is drained every [`HARVEST_BATCH`] entries.
     pub fn harvest(&mut self, mut sink: impl FnMut(&Connection, u64)) -> anyhow::Result<()> {
         let Self {
+            events,
             dedup,
             counter,
             accept_is_attribution_only,
             ..
         } = self;
-        counter.harvest(dedup, |key, connections| {
+        let mut entries = Vec::new();
+        let mut malformed = 0;
+        for entry in dedup.iter() {
+            entries.push(entry.context("cannot read the dedup map")?);
+            if entries.len() % HARVEST_BATCH == 0 {
+                // Counting is exact whatever the interleaving: an entry
+                // read before a newer event of its key adds nothing.
+                malformed += events.drain(|event| {
+                    let connections = counter.on_event(event);
+                    deliver(event, connections, *accept_is_attribution_only, &mut sink);
+                });
+            }
+        }
+        if malformed > 0 {
+            log::warn!("{malformed} records were not events: eBPF object and binary mismatch?");
+        }
+        counter.harvest(entries, |key, connections| {
             deliver(
                 &dedup::event_of(key),
                 connections,
                 *accept_is_attribution_only,
                 &mut sink,
             );
-        })
+        });
+        Ok(())
     }
 
     /// Events the programs could not deliver since they were loaded.
