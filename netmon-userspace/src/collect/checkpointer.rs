@@ -128,8 +128,8 @@ impl Checkpointer {
         }
     }
 
-    /// A checkpoint written at once, its failure judged as
-    /// [`Checkpointer::judge`] does.
+    /// A checkpoint written at once, a failure logged once and retried at
+    /// the next one (see `judge`).
     pub fn checkpoint_or_warn(
         &mut self,
         recorder: &mut Recorder,
@@ -219,8 +219,8 @@ impl Checkpointer {
 
     /// Takes in the writer thread's word on the checkpoint under way: logs
     /// it and counts it as [`Checkpointer::checkpoint`] does, and judges a
-    /// failure as [`Checkpointer::judge`] does. Gives the level of a
-    /// checkpoint asked for meanwhile, to begin now.
+    /// failure as [`Checkpointer::checkpoint_or_warn`] does. Gives the
+    /// level of a checkpoint asked for meanwhile, to begin now.
     pub fn finished(
         &mut self,
         written: anyhow::Result<()>,

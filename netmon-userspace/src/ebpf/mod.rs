@@ -407,7 +407,7 @@ impl EbpfCollector {
     /// (repeats inside the window, events lost to a full buffer), and hands
     /// `sink` the events that arrive meanwhile: reading the map takes two
     /// system calls an entry, long enough for a storm to fill the ring
-    /// buffer, so it is drained every [`HARVEST_BATCH`] entries.
+    /// buffer, so it is drained every `HARVEST_BATCH` entries.
     pub fn harvest(&mut self, mut sink: impl FnMut(&Connection, u64)) -> anyhow::Result<()> {
         let Self {
             events,
