@@ -45,13 +45,15 @@ impl Background {
                 target.path().display()
             )
         })?;
-        let (pieces, mut queue) = mpsc::channel(QUEUE_CHUNKS);
+        let (pieces, mut queue) = mpsc::channel::<Piece>(QUEUE_CHUNKS);
         let (report, written) = mpsc::unbounded_channel();
         let thread = thread::Builder::new()
             .name("netmon-checkpoint".into())
             .spawn(move || {
                 while let Some(first) = queue.blocking_recv() {
-                    let mut ended = false;
+                    // Set as pieces are written; a write that fails before
+                    // it reads `first` leaves it as `first` says.
+                    let mut ended = first.last;
                     let result = target.write_atomically_with(|out| {
                         write_pieces(first, &mut queue, out, &mut ended)
                     });
@@ -118,5 +120,62 @@ fn write_pieces(
         piece = queue
             .blocking_recv()
             .ok_or_else(|| io::Error::other("netmon stopped during the checkpoint"))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, time::Duration};
+
+    use super::*;
+
+    async fn send(background: &Background, bytes: &[u8], last: bool) {
+        let room = background.room().await.expect("the thread is running");
+        room.send(Piece {
+            bytes: bytes.to_vec(),
+            last,
+        });
+    }
+
+    /// Pieces make the file; one abandoned leaves no temp file; a write
+    /// that fails before its one piece is read reports at once, and the
+    /// next checkpoint is its own.
+    #[test]
+    fn the_thread_writes_abandons_and_reports_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let path = out.join("peers.json");
+        let target = Target::open(&path, false).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut background = Background::start(&target).unwrap();
+            send(&background, b"one ", false).await;
+            send(&background, b"two", true).await;
+            background.written().await.unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"one two");
+
+            // The temp file cannot be made in a directory that is gone.
+            fs::remove_dir_all(&out).unwrap();
+            for _ in 0..2 {
+                send(&background, b"x", true).await;
+                let written = tokio::time::timeout(Duration::from_secs(10), background.written());
+                assert!(written.await.expect("a report, not a hang").is_err());
+            }
+            background.stop();
+        });
+
+        let out = dir.path().join("again");
+        fs::create_dir(&out).unwrap();
+        let target = Target::open(&out.join("peers.json"), false).unwrap();
+        runtime.block_on(async {
+            let background = Background::start(&target).unwrap();
+            send(&background, b"half", false).await;
+            background.stop();
+        });
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
     }
 }
