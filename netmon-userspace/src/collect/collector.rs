@@ -70,12 +70,16 @@ impl Collector {
         }
     }
 
-    /// Folds the events waiting, without waiting for any: between the
-    /// chunks of a checkpoint, so a large set's does not let the ring
-    /// buffer fill. Proc mode's polls wait in the kernel's queue meanwhile.
+    /// Folds what is waiting, without waiting for more: between the chunks
+    /// of a checkpoint, so a large set's does not let the ring buffer (or
+    /// proc mode's notifications of destroyed sockets) fill. Proc mode's
+    /// polls wait for the next turn of the loop.
     pub fn drain_waiting(&mut self, recorder: &mut Recorder) {
-        if let Self::Ebpf(ebpf) = self {
-            drain(ebpf, recorder);
+        match self {
+            Self::Ebpf(ebpf) => drain(ebpf, recorder),
+            Self::Proc(proc) => proc.fold(procnet::Arrived::Notifications, &mut |conn, n, now| {
+                recorder.record(conn, n, now)
+            }),
         }
     }
 
