@@ -70,6 +70,19 @@ impl Collector {
         }
     }
 
+    /// Folds what is waiting, without waiting for more: between the chunks
+    /// of a checkpoint, so a large set's does not let the ring buffer (or
+    /// proc mode's notifications of destroyed sockets) fill. Proc mode's
+    /// polls wait for the next turn of the loop.
+    pub fn drain_waiting(&mut self, recorder: &mut impl Record) {
+        match self {
+            Self::Ebpf(ebpf) => drain(ebpf, recorder),
+            Self::Proc(proc) => proc.fold(procnet::Arrived::Notifications, &mut |conn, n, now| {
+                recorder.record(conn, n, now)
+            }),
+        }
+    }
+
     /// Brings the set up to date before a checkpoint: every waiting event
     /// and every connection only the kernel's dedup map has counted so far.
     /// Returns what this run lost (nothing in proc mode, whose polls are

@@ -7,10 +7,12 @@
 //! - `recorder.rs`: the [`Recorder`], the peer set with its limit and
 //!   observers;
 //! - `checkpointer.rs`: the [`Checkpointer`], which writes the set to
-//!   `--output` (made ready by [`crate::store::open_output`]);
+//!   `--output` (made ready by [`crate::store::open_output`]), through
+//!   `background.rs`'s writer thread once netmon runs;
 //! - `startup.rs`: locking and loading the output after attaching, while
 //!   what arrives waits in a backlog;
 //! - `run.rs`: the loop that ties them together, [`run`].
+mod background;
 mod checkpointer;
 mod collector;
 pub mod ladder;
@@ -20,7 +22,7 @@ mod run;
 mod startup;
 
 pub use self::{
-    checkpointer::Checkpointer,
+    checkpointer::{Checkpointer, Step},
     collector::{Arrived, Collector},
     losses::Losses,
     recorder::Recorder,

@@ -1,8 +1,9 @@
 //! `netmon run`: attach, fold connections into the peer set, checkpoint.
 //!
-//! One tokio task on one thread does everything: the collector, the
-//! checkpoint timer and the signals are branches of one `select!`, so the
-//! peer set needs no locking.
+//! One tokio task on one thread does everything with the set: the
+//! collector, the checkpoint timer, the chunks of a checkpoint under way and
+//! the signals are branches of one `select!`, so the peer set needs no
+//! locking. Only the checkpoint's bytes leave it, for the writer thread.
 use std::{
     fs, io,
     net::SocketAddr,
@@ -18,7 +19,7 @@ use tokio::{
 };
 
 use super::{
-    Checkpointer, Collector, Losses, Recorder,
+    Checkpointer, Collector, Losses, Recorder, Step,
     ladder::{self, Env},
     startup::{self, Backlog},
 };
@@ -135,6 +136,7 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
     checkpointer.first_checkpoint(&mut recorder, lost)?;
     confine(&config.output, mode)?;
     recorder.observers_mut().start_follow()?;
+    checkpointer.start_writer()?;
     info!(
         "ready: collecting in {mode} mode, {} peers, writing {}",
         recorder.snapshot().peers.len(),
@@ -145,26 +147,43 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
     checkpoints.set_missed_tick_behavior(MissedTickBehavior::Delay);
     checkpoints.tick().await;
     loop {
+        // In this order: what happens rarely first, so a storm of events
+        // cannot starve it; a checkpoint's chunks before the events, as
+        // the events waiting are drained after each chunk anyway.
         tokio::select! {
-            arrived = collector.ready() => collector.fold(arrived?, &mut recorder),
+            biased;
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                info!("SIGHUP: checkpoint");
+                let lost = collector.settle(&mut recorder);
+                checkpointer.begin(&mut recorder, lost, log::Level::Info)?;
+            }
             _ = checkpoints.tick() => {
                 collector.warn_if_overflowed();
                 let lost = collector.settle(&mut recorder);
                 checkpointer.warn_if_lost(lost);
                 recorder.warn_if_dropped();
                 recorder.observers_mut().warn_if_follow_dropped();
-                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Debug)?;
+                checkpointer.begin(&mut recorder, lost, log::Level::Debug)?;
             }
-            _ = sighup.recv() => {
-                info!("SIGHUP: checkpoint");
-                let lost = collector.settle(&mut recorder);
-                checkpointer.checkpoint_or_warn(&mut recorder, lost, log::Level::Info)?;
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            step = checkpointer.step(), if checkpointer.busy() => match step {
+                Step::Room(permit) => {
+                    checkpointer.send_chunk(permit, &recorder);
+                    collector.drain_waiting(&mut recorder);
+                }
+                Step::Written(written) => {
+                    if let Some(level) = checkpointer.finished(written, &recorder)? {
+                        let lost = collector.settle(&mut recorder);
+                        checkpointer.begin(&mut recorder, lost, level)?;
+                    }
+                }
+            },
+            arrived = collector.ready() => collector.fold(arrived?, &mut recorder),
         }
     }
 
+    checkpointer.stop_writer();
     let lost = collector.finish(&mut recorder);
     checkpointer.warn_if_lost(lost);
     recorder.warn_if_dropped();

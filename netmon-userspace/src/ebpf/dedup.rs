@@ -31,6 +31,10 @@ use netmon_common::{DIRECTION_OUTBOUND, DedupKey, DedupValue, PeerEvent, SERIES_
 /// How long a generation goes unchosen before a harvest empties it.
 const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
+/// Map entries a harvest reads between two drains of the events: about a
+/// millisecond of system calls.
+pub const HARVEST_BATCH: usize = 1024;
+
 #[derive(Debug)]
 struct Series {
     id: u64,
@@ -46,8 +50,13 @@ pub struct Dedup {
     current: u8,
     /// When programs last switched generation.
     switched: Instant,
-    series: HashMap<DedupKey, Series>,
+    accounts: Accounts,
 }
+
+/// Per key (generation included), the series last seen and the total
+/// accounted for in it.
+#[derive(Debug, Default)]
+pub struct Accounts(HashMap<DedupKey, Series>);
 
 impl Dedup {
     /// Takes the maps out of the loaded object; programs start counting in
@@ -63,39 +72,48 @@ impl Dedup {
             uncounted: PerCpuArray::try_from(take(maps::UNCOUNTED)?)?,
             current: 0,
             switched: Instant::now(),
-            series: HashMap::new(),
+            accounts: Accounts::default(),
         })
     }
 
-    /// Connections `event` adds to its peer's count.
-    pub fn on_event(&mut self, event: &PeerEvent) -> u64 {
-        if event.series == SERIES_NONE {
-            return event.total;
-        }
-        advance(
-            &mut self.series,
-            DedupKey::of(event),
-            event.series,
-            event.total,
-        )
+    /// What events are accounted through.
+    pub fn accounts(&mut self) -> &mut Accounts {
+        &mut self.accounts
     }
 
     /// Walks the kernel's map and calls `sink` with an event standing for
     /// every key that has connections not yet accounted for, and how many;
     /// then empties the generation programs no longer count in, if it is
     /// old enough, and switches them to it.
-    pub fn harvest(&mut self, mut sink: impl FnMut(&PeerEvent, u64)) -> anyhow::Result<()> {
+    ///
+    /// The walk takes two system calls an entry, long enough for a storm
+    /// to fill the ring buffer: `between` is called every
+    /// [`HARVEST_BATCH`] entries to drain it, accounting through the
+    /// [`Accounts`] it is given. Counting is exact whatever the
+    /// interleaving: an entry read before a newer event of its key adds
+    /// nothing.
+    pub fn harvest(
+        &mut self,
+        mut between: impl FnMut(&mut Accounts),
+        mut sink: impl FnMut(&PeerEvent, u64),
+    ) -> anyhow::Result<()> {
         let retiring = self.current ^ 1;
         let retire = self.switched.elapsed() >= RETIRE_AFTER;
-        let mut retired = Vec::new();
+        let mut entries = Vec::new();
         for entry in self.map.iter() {
-            let (key, value) = entry.context("cannot read the dedup map")?;
-            let new = advance(&mut self.series, key, value.series, value.total);
+            entries.push(entry.context("cannot read the dedup map")?);
+            if entries.len() % HARVEST_BATCH == 0 {
+                between(&mut self.accounts);
+            }
+        }
+        let mut retired = Vec::new();
+        for (key, value) in &entries {
+            let new = self.accounts.advance(*key, value.series, value.total);
             if new > 0 {
-                sink(&event_of(&key, &value), new);
+                sink(&event_of(key, value), new);
             }
             if retire && key.generation == retiring {
-                retired.push(key);
+                retired.push(*key);
             }
         }
         if !retire {
@@ -106,7 +124,7 @@ impl Dedup {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(err) => return Err(err).context("cannot empty the dedup map"),
             }
-            self.series.remove(key);
+            self.accounts.0.remove(key);
         }
         self.generation
             .set(0, u32::from(retiring), 0)
@@ -116,7 +134,7 @@ impl Dedup {
         log::debug!(
             "dedup: emptied generation {retiring} ({} keys); {} keys tracked",
             retired.len(),
-            self.series.len()
+            self.accounts.0.len()
         );
         Ok(())
     }
@@ -134,33 +152,43 @@ impl Dedup {
     }
 }
 
-/// Accounts for `total` connections of `series` under `key`; returns how
-/// many were not accounted for yet.
-fn advance(known: &mut HashMap<DedupKey, Series>, key: DedupKey, series: u64, total: u64) -> u64 {
-    match known.entry(key) {
-        Entry::Vacant(slot) => {
-            slot.insert(Series {
-                id: series,
-                accounted: total,
-            });
-            total
+impl Accounts {
+    /// Connections `event` adds to its peer's count.
+    pub fn on_event(&mut self, event: &PeerEvent) -> u64 {
+        if event.series == SERIES_NONE {
+            return event.total;
         }
-        Entry::Occupied(mut slot) => {
-            let known = slot.get_mut();
-            if series > known.id {
-                // The generation was emptied and the key came back.
-                *known = Series {
+        self.advance(DedupKey::of(event), event.series, event.total)
+    }
+
+    /// Accounts for `total` connections of `series` under `key`; returns
+    /// how many were not accounted for yet.
+    fn advance(&mut self, key: DedupKey, series: u64, total: u64) -> u64 {
+        match self.0.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(Series {
                     id: series,
                     accounted: total,
-                };
+                });
                 total
-            } else if series < known.id {
-                // A late event of a series already replaced.
-                0
-            } else {
-                let new = total.saturating_sub(known.accounted);
-                known.accounted = known.accounted.max(total);
-                new
+            }
+            Entry::Occupied(mut slot) => {
+                let known = slot.get_mut();
+                if series > known.id {
+                    // The generation was emptied and the key came back.
+                    *known = Series {
+                        id: series,
+                        accounted: total,
+                    };
+                    total
+                } else if series < known.id {
+                    // A late event of a series already replaced.
+                    0
+                } else {
+                    let new = total.saturating_sub(known.accounted);
+                    known.accounted = known.accounted.max(total);
+                    new
+                }
             }
         }
     }
@@ -203,17 +231,13 @@ mod tests {
         }
     }
 
-    /// What `Dedup::on_event` does, without the kernel's maps.
-    fn on_event(known: &mut HashMap<DedupKey, Series>, event: &PeerEvent) -> u64 {
-        if event.series == SERIES_NONE {
-            return event.total;
-        }
-        advance(known, DedupKey::of(event), event.series, event.total)
+    fn on_event(known: &mut Accounts, event: &PeerEvent) -> u64 {
+        known.on_event(event)
     }
 
     #[test]
     fn counts_are_the_differences_of_totals() {
-        let known = &mut HashMap::new();
+        let known = &mut Accounts::default();
         assert_eq!(on_event(known, &event(10, 1)), 1);
         // Repeats suppressed in the kernel show up in the next event's total.
         assert_eq!(on_event(known, &event(10, 7)), 6);
@@ -224,7 +248,7 @@ mod tests {
 
     #[test]
     fn an_event_in_no_series_counts_alone() {
-        let known = &mut HashMap::new();
+        let known = &mut Accounts::default();
         assert_eq!(on_event(known, &event(10, 3)), 3);
         assert_eq!(on_event(known, &event(SERIES_NONE, 1)), 1);
         assert_eq!(on_event(known, &event(SERIES_NONE, 1)), 1);
@@ -234,7 +258,7 @@ mod tests {
 
     #[test]
     fn a_new_series_counts_from_its_start_and_late_events_of_the_old_none() {
-        let known = &mut HashMap::new();
+        let known = &mut Accounts::default();
         assert_eq!(on_event(known, &event(10, 4)), 4);
         assert_eq!(on_event(known, &event(20, 1)), 1);
         assert_eq!(on_event(known, &event(10, 6)), 0);
@@ -243,7 +267,7 @@ mod tests {
 
     #[test]
     fn generations_are_counted_apart() {
-        let known = &mut HashMap::new();
+        let known = &mut Accounts::default();
         let other = PeerEvent {
             generation: 1,
             ..event(20, 2)

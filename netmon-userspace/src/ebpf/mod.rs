@@ -390,23 +390,45 @@ impl EbpfCollector {
             accept_is_attribution_only,
             ..
         } = self;
+        let accounts = dedup.accounts();
         events.drain(|event| {
-            let connections = dedup.on_event(event);
+            let connections = accounts.on_event(event);
             deliver(event, connections, *accept_is_attribution_only, &mut sink);
         })
     }
 
     /// Finds connections the dedup map counted that no event reported yet
-    /// (repeats inside the window, events lost to a full buffer).
+    /// (repeats inside the window, events lost to a full buffer), and hands
+    /// `sink` the events that arrive meanwhile: reading the map takes two
+    /// system calls an entry, long enough for a storm to fill the ring
+    /// buffer, so it is drained every `HARVEST_BATCH` entries.
     pub fn harvest(&mut self, mut sink: impl FnMut(&Connection, u64)) -> anyhow::Result<()> {
         let Self {
+            events,
             dedup,
             accept_is_attribution_only,
             ..
         } = self;
-        dedup.harvest(|event, connections| {
-            deliver(event, connections, *accept_is_attribution_only, &mut sink);
-        })
+        let attribution_only = *accept_is_attribution_only;
+        // Events drained meanwhile, and what the map adds, in that order.
+        let mut arrived = Vec::new();
+        let mut malformed = 0;
+        let mut found = Vec::new();
+        dedup.harvest(
+            |accounts| {
+                malformed += events.drain(|event| {
+                    arrived.push((*event, accounts.on_event(event)));
+                });
+            },
+            |event, connections| found.push((*event, connections)),
+        )?;
+        if malformed > 0 {
+            log::warn!("{malformed} records were not events: eBPF object and binary mismatch?");
+        }
+        for (event, connections) in arrived.iter().chain(&found) {
+            deliver(event, *connections, attribution_only, &mut sink);
+        }
+        Ok(())
     }
 
     /// Connections the programs could neither send nor keep for a harvest.

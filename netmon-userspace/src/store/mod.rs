@@ -47,7 +47,7 @@ pub use schema::{FORMAT_VERSION, PeerRecord};
 pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
 pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
-pub use writer::{to_json, write_checkpoint, write_json};
+pub use writer::{Chunks, to_json, write_checkpoint, write_json};
 
 use crate::time::UnixTime;
 
@@ -231,6 +231,33 @@ pub(super) fn advise_huge_pages<T>(buffer: &mut [T]) {
         // SAFETY: the range lies within `buffer`, which this process owns;
         // MADV_HUGEPAGE changes how it is backed, never its contents.
         unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// Takes back [`advise_huge_pages`] over every page of `vector`'s
+/// allocation, once it is filled. A vector that grows later must not fault
+/// its new pages in an advised range (with THP defrag at `madvise`, a fault
+/// there may compact memory on the spot, and a collector stalled there
+/// loses events), nor be copied whole on growth because the advice left its
+/// mapping in three pieces (mremap moves only one): growing the 1M-peer
+/// set's records did both, a stall of about half a second.
+pub(super) fn unadvise_huge_pages<T>(vector: &mut Vec<T>) {
+    const PAGE: usize = 4096;
+    let start = vector.as_mut_ptr() as usize;
+    let end = start + vector.capacity() * std::mem::size_of::<T>();
+    let (start, end) = (start / PAGE * PAGE, end.next_multiple_of(PAGE));
+    if end > start {
+        // SAFETY: the pages hold `vector`'s allocation (and, where it is
+        // not mapped on its own, neighbours on the heap, never huge
+        // pages anyway); MADV_NOHUGEPAGE changes how they are backed,
+        // never their contents.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_NOHUGEPAGE,
+            )
+        };
     }
 }
 

@@ -25,6 +25,7 @@ use std::{
 use super::{
     CappedSet, InlineItem, PeerRecord, advise_huge_pages,
     schema::{self, Checkpoint},
+    unadvise_huge_pages,
 };
 use crate::time::UnixTime;
 
@@ -284,6 +285,7 @@ impl<R: io::Read> Cursor<R> {
             peers.push(cursor.peer()?);
             Some(())
         })?;
+        unadvise_huge_pages(&mut peers);
         Some(peers)
     }
 

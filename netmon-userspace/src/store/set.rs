@@ -2,6 +2,7 @@
 use std::{
     collections::{BTreeMap, btree_map::Entry},
     net::Ipv4Addr,
+    ops::Bound,
 };
 
 use smallvec::SmallVec;
@@ -197,6 +198,19 @@ impl PeerSet {
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
         self.index
             .iter()
+            .map(|(addr, &at)| (*addr, &self.records[at as usize].1))
+    }
+
+    /// Peers in numeric address order after `after` (all of them for
+    /// `None`): a checkpoint written a chunk at a time resumes here, so the
+    /// set may change between chunks.
+    pub fn iter_after(
+        &self,
+        after: Option<Ipv4Addr>,
+    ) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.index
+            .range((from, Bound::Unbounded))
             .map(|(addr, &at)| (*addr, &self.records[at as usize].1))
     }
 

@@ -81,6 +81,16 @@ impl Target {
         Ok(target)
     }
 
+    /// The same target through a second descriptor of its directory, for
+    /// the thread that writes checkpoints.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            dir: self.dir.try_clone()?,
+            name: self.name.clone(),
+            path: self.path.clone(),
+        })
+    }
+
     /// The path as given, for messages.
     pub fn path(&self) -> &Path {
         &self.path

@@ -8,7 +8,7 @@
 //! share one), strings escaped only where they can need it (process names).
 use std::{io, net::Ipv4Addr};
 
-use super::{CappedSet, InlineItem, PeerRecord, Snapshot, Target, schema};
+use super::{CappedSet, InlineItem, PeerRecord, PeerSet, Snapshot, Target, schema};
 use crate::{peer::Comm, time::UnixTime};
 
 /// Writes a snapshot as a version 1 checkpoint: the header, then one peer
@@ -26,6 +26,54 @@ pub fn write_json(
         out.write_all(lines.peer(ip, record))?;
     }
     out.write_all(b"\n]}\n")
+}
+
+/// A checkpoint serialized a chunk at a time, for a caller that keeps
+/// collecting between chunks. Each chunk resumes after the last address
+/// written, so the set may change in between: a peer added behind the
+/// cursor lands in the next checkpoint, one ahead of it in this one.
+pub struct Chunks {
+    lines: LineWriter,
+    /// The last address written, `None` before the first.
+    after: Option<Ipv4Addr>,
+    written: usize,
+}
+
+impl Chunks {
+    /// Starts a checkpoint of `snapshot`, its header appended to `out`.
+    pub fn start(snapshot: &Snapshot, host: &str, now: u64, out: &mut Vec<u8>) -> io::Result<Self> {
+        schema::write_header(out, snapshot, host, now)?;
+        Ok(Self {
+            lines: LineWriter::new(),
+            after: None,
+            written: 0,
+        })
+    }
+
+    /// Appends the next peers of `peers` to `out`, one at least, until it
+    /// holds `bytes` or the set ends; true once the checkpoint is complete,
+    /// its closing bytes appended.
+    pub fn fill(&mut self, peers: &PeerSet, out: &mut Vec<u8>, bytes: usize) -> bool {
+        let mut rest = peers.iter_after(self.after);
+        loop {
+            let Some((ip, record)) = rest.next() else {
+                out.extend_from_slice(b"\n]}\n");
+                return true;
+            };
+            out.extend_from_slice(if self.written == 0 { b"\n" } else { b",\n" });
+            out.extend_from_slice(self.lines.peer(ip, record));
+            self.after = Some(ip);
+            self.written += 1;
+            if out.len() >= bytes {
+                return false;
+            }
+        }
+    }
+
+    /// How many peers the chunks so far held.
+    pub fn written(&self) -> usize {
+        self.written
+    }
 }
 
 /// A snapshot as a version 1 checkpoint, in memory.
@@ -196,6 +244,48 @@ impl TimeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{peer::Direction, store::set::tests::conn};
+
+    /// Chunks of any size make the bytes the writer makes at once, and a
+    /// peer added between chunks is in them only if it comes after the
+    /// last address written.
+    #[test]
+    fn chunks_are_the_checkpoint_and_resume_by_address() {
+        let mut snapshot = Snapshot::default();
+        for last in 1..=50 {
+            snapshot
+                .peers
+                .record(&conn([10, 0, 1, last], Direction::Outbound, "x"), 1, 0);
+        }
+        let whole = to_json(&snapshot, "h", 0).unwrap();
+        for bytes in [1, 300, 4096] {
+            let mut out = Vec::new();
+            let mut chunks = Chunks::start(&snapshot, "h", 0, &mut out).unwrap();
+            loop {
+                let limit = out.len() + bytes;
+                if chunks.fill(&snapshot.peers, &mut out, limit) {
+                    break;
+                }
+            }
+            assert_eq!(out, whole, "chunks of {bytes} bytes");
+            assert_eq!(chunks.written(), 50);
+        }
+        let mut out = Vec::new();
+        let mut chunks = Chunks::start(&snapshot, "h", 0, &mut out).unwrap();
+        assert!(!chunks.fill(&snapshot.peers, &mut out, 1));
+        for peer in [[10, 0, 0, 1], [10, 0, 2, 1]] {
+            snapshot
+                .peers
+                .record(&conn(peer, Direction::Inbound, "y"), 1, 0);
+        }
+        while !chunks.fill(&snapshot.peers, &mut out, usize::MAX) {}
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("\"10.0.0.1\""), "{text}");
+        assert!(text.contains("\"10.0.2.1\""), "{text}");
+        assert_eq!(chunks.written(), 51);
+        let (back, _) = crate::store::parse(text.as_bytes(), 0).unwrap();
+        assert_eq!(back.peers.len(), 51);
+    }
 
     #[test]
     fn a_line_is_the_json_serde_would_write() {

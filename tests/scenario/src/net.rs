@@ -53,6 +53,7 @@ pub enum Block {
     Capabilities,
     Sighup,
     MaxPeers,
+    CheckpointStorm,
     // tests/proc_mode.rs
     ProcListenerGone,
     ProcLateFin,

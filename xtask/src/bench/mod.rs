@@ -5,11 +5,13 @@
 //!
 //! It is a benchmark, not a test: a missed target is reported, not an
 //! error. Parts: capture and kernel cost (capture.rs), user cost
-//! (cost.rs) with stopping under load (shutdown.rs), scale (scale.rs), the
-//! restart gap (restart.rs). Each storm and each start-up runs in a
+//! (cost.rs) with stopping under load (shutdown.rs), scale (scale.rs)
+//! with a storm across the checkpoints of a large set (checkpoints.rs),
+//! the restart gap (restart.rs). Each storm and each start-up runs in a
 //! network namespace of its own (netns.rs).
 mod bpf_stats;
 mod capture;
+mod checkpoints;
 mod cost;
 mod netns;
 mod poller;
@@ -78,7 +80,8 @@ enum Part {
     /// netmon's and the poller's CPU on the same storms, and SIGTERM in
     /// the middle of one (3 storms).
     User,
-    /// Memory and times at 100k and 1M peers.
+    /// Memory and times at 100k and 1M peers, and a storm across the
+    /// checkpoints of 1M (1 storm).
     Scale,
     /// Connections missed while netmon restarts on a 1M-peer file, three
     /// ways of starting the next one.
@@ -128,7 +131,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 cost::user_cost(&bench, &mut table);
                 shutdown::shutdown(&bench, &mut table);
             }
-            Part::Scale => scale::scale(&bench, &mut table),
+            Part::Scale => {
+                scale::scale(&bench, &mut table);
+                checkpoints::checkpoints(&bench, &mut table);
+            }
             Part::Restart => restart::restart(&bench, &mut table),
         }
     }

@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use netmon_scenario::{
+    files::write_big_checkpoint,
     harness::{Netmon, READY_TIMEOUT},
     net::Block,
     stream::{Made, Stream},
@@ -27,7 +28,6 @@ use netmon_scenario::{
 use super::{
     Bench, EBPF_MODE,
     netns::Netns,
-    scale,
     shutdown::exited,
     table::{Table, thousands},
 };
@@ -64,8 +64,8 @@ impl Handover {
 
 pub fn restart(bench: &Bench, table: &mut Table) {
     let source = bench.dir.join("restart").join("source.json");
-    if let Err(err) = scale::write_checkpoint(&source, PEERS) {
-        table.failed("restart", &format!("{err:#}"));
+    if let Err(err) = write_big_checkpoint(&source, PEERS) {
+        table.failed("restart", &format!("cannot write the checkpoint: {err}"));
         return;
     }
     for handover in [Handover::AfterExit, Handover::AtSigterm, Handover::Before] {

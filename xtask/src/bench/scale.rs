@@ -1,11 +1,9 @@
 //! Scale: netmon started on a checkpoint of 100k and of 1M peers (written
-//! here, in the checkpoint format of docs/design.md), its memory once
+//! by the scenario crate, in the checkpoint format of docs/design.md), its memory once
 //! ready, how long it took to load the file and to write its first
 //! checkpoint, and `netmon list` on the 1M file.
 use std::{
-    fmt, fs,
-    io::{BufWriter, Write as _},
-    net::Ipv4Addr,
+    fmt,
     path::Path,
     process::{Command, Stdio},
     thread,
@@ -13,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use netmon_scenario::harness::READY_TIMEOUT;
+use netmon_scenario::{files::write_big_checkpoint, harness::READY_TIMEOUT};
 
 use super::{
     Bench,
@@ -32,7 +30,8 @@ const POLL: Duration = Duration::from_millis(2);
 pub fn scale(bench: &Bench, table: &mut Table) {
     for peers in SIZES {
         let path = bench.dir.join(format!("scale-{peers}")).join("peers.json");
-        let started = match write_checkpoint(&path, peers)
+        let started = match write_big_checkpoint(&path, peers)
+            .context("cannot write the checkpoint")
             .and_then(|()| Started::measure(bench, &path, peers))
         {
             Ok(started) => started,
@@ -92,37 +91,6 @@ pub fn scale(bench: &Bench, table: &mut Table) {
             Err(err) => table.failed("scale", &format!("netmon list: {err:#}")),
         }
     }
-}
-
-/// A checkpoint of `peers` peers, numerically sorted as netmon writes
-/// them: three in four outbound (one or two ports, one or two processes),
-/// one in four inbound to a local port, with counts that vary.
-pub(super) fn write_checkpoint(path: &Path, peers: u32) -> anyhow::Result<()> {
-    fs::create_dir_all(path.parent().context("no parent")?)?;
-    let mut out = BufWriter::new(fs::File::create(path)?);
-    write!(
-        out,
-        r#"{{"version":1,"host":"bench","updated":"2026-01-02T00:00:00Z","mode":"tracepoint","lost_events":0,"peers":["#
-    )?;
-    for i in 0..peers {
-        // Spread over 10.0.0.0/8 rather than packed, still ascending.
-        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + i * 7);
-        let (outbound, inbound, remote, local, processes) = match i % 4 {
-            0 => (0, 1 + i % 5, "", "22", ""),
-            1 => (1 + i % 9, 0, "443", "", r#""curl""#),
-            2 => (1 + i % 13, 0, "443,8443", "", r#""api-server""#),
-            _ => (1 + i % 3, 0, "5432", "", r#""api-server","psql""#),
-        };
-        // One peer a line, as netmon writes them.
-        let comma = if i == 0 { "\n" } else { ",\n" };
-        write!(
-            out,
-            r#"{comma}{{"ip":"{ip}","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-02T00:00:00Z","outbound":{outbound},"inbound":{inbound},"remote_ports":[{remote}],"local_ports":[{local}],"processes":[{processes}]}}"#
-        )?;
-    }
-    writeln!(out, "\n]}}")?;
-    out.flush()?;
-    Ok(())
 }
 
 /// netmon once it has loaded a big checkpoint and written its first one.

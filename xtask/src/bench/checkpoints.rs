@@ -1,0 +1,124 @@
+//! Checkpoints under a storm: netmon (raw-tracepoint mode, the default
+//! ring buffer) started on a 1M-peer file with `--interval 1`, and an
+//! all-new storm across its checkpoints. Writing a million peers takes
+//! long enough that a loop which stopped reading the ring buffer
+//! meanwhile lost events at every one.
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path, thread, time::Duration};
+
+use anyhow::{Context as _, bail};
+use netmon_scenario::{
+    check::{peers_of, read_checkpoint},
+    files::write_big_checkpoint,
+    harness::Netmon,
+};
+
+use super::{
+    Bench, EBPF_MODE, cost,
+    netns::Netns,
+    storm::{Outcome, Pattern, Storm},
+    table::{Table, percent, thousands},
+};
+
+/// The shutdown storm's block: the parts run one after another, and each
+/// netmon runs only during its own storm, so none sees another's peers.
+const BLOCK: u8 = cost::BLOCKS;
+const PEERS: u32 = 1_000_000;
+/// How often the file is looked at for a new checkpoint.
+const POLL: Duration = Duration::from_millis(20);
+
+pub fn checkpoints(bench: &Bench, table: &mut Table) {
+    let measured = match storm_across_checkpoints(bench) {
+        Ok(measured) => measured,
+        Err(err) => {
+            table.failed("scale", &format!("1M peers under a storm: {err:#}"));
+            return;
+        }
+    };
+    let Measured {
+        outcome,
+        lost,
+        held,
+        replaced,
+    } = measured;
+    let made = outcome.peers_made();
+    table.check(
+        "scale",
+        "1M peers, storm across checkpoints: lost events",
+        format!(
+            "{} ({} checkpoints during {:.1} s at {} conn/s)",
+            thousands(lost),
+            replaced,
+            outcome.secs,
+            thousands(outcome.rate() as u64)
+        ),
+        "0",
+        lost == 0,
+    );
+    table.check(
+        "scale",
+        "1M peers, storm across checkpoints: storm's peers held",
+        format!(
+            "{} / {} = {:.2}%",
+            thousands(held),
+            thousands(made),
+            percent(held, made)
+        ),
+        "100%",
+        held == made,
+    );
+}
+
+struct Measured {
+    outcome: Outcome,
+    /// The final file's `lost_events`.
+    lost: u64,
+    /// The storm's peers in the final file.
+    held: u64,
+    /// Checkpoints that replaced the file during the storm.
+    replaced: u32,
+}
+
+fn storm_across_checkpoints(bench: &Bench) -> anyhow::Result<Measured> {
+    eprintln!("xtask: bench: a storm across checkpoints of 1M peers");
+    let output = bench.dir.join("checkpoints").join("peers.json");
+    write_big_checkpoint(&output, PEERS).context("cannot write the checkpoint")?;
+    let netns = Netns::new("checkpoints")?;
+    let mut command = Netmon::command(&bench.netmon, &output, EBPF_MODE, &["--interval", "1"]);
+    netns.enter(&mut command);
+    let netmon = Netmon::spawn(command);
+    netmon
+        .wait_ready()
+        .map_err(|log| anyhow::anyhow!("netmon --mode {EBPF_MODE} {log}"))?;
+    let storm = Storm::prepare(&netns, BLOCK, Pattern::Distinct, bench.storm)?;
+    let storm = thread::spawn(move || storm.go());
+    let mut replaced = 0;
+    let mut last = inode(&output)?;
+    while !storm.is_finished() {
+        thread::sleep(POLL);
+        let now = inode(&output)?;
+        if now != last {
+            (last, replaced) = (now, replaced + 1);
+        }
+    }
+    let outcome = storm
+        .join()
+        .map_err(|_| anyhow::anyhow!("the storm thread panicked"))??;
+    let (status, log) = netmon.stop();
+    if !status.success() {
+        bail!("netmon exited with {status}:\n{log}");
+    }
+    let file = read_checkpoint(&output);
+    Ok(Measured {
+        lost: file["lost_events"].as_u64().unwrap_or(u64::MAX),
+        held: outcome.held(peers_of(&file).into_keys()),
+        outcome,
+        replaced,
+    })
+}
+
+/// Each checkpoint renames a new file into place.
+fn inode(path: &Path) -> anyhow::Result<u64> {
+    Ok(fs::metadata(path)
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .ino())
+}
