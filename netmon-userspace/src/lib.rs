@@ -11,6 +11,7 @@
 //! - [`ebpf`]: loading the programs, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
+//! - [`host`]: the host's own addresses, which each checkpoint records;
 //! - [`time`]: times as netmon records and writes them;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
 //! - [`escape`]: text from outside (process names, hosts) made safe to print;
@@ -22,6 +23,7 @@ pub mod collect;
 pub mod ebpf;
 pub mod escape;
 pub mod follow;
+pub mod host;
 pub mod metrics;
 pub mod mode;
 pub mod observe;

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use log::{info, warn};
 
 use super::{Losses, recorder::Recorder};
-use crate::{store, time::UnixTime};
+use crate::{host, store, time::UnixTime};
 
 /// Where checkpoints go, and what they say besides the peers.
 pub struct Checkpointer {
@@ -42,6 +42,12 @@ impl Checkpointer {
             .lock()
             .context("no checkpoint is written without the output's lock")?;
         self.lost_written = lost;
+        // Refreshed at each checkpoint: addresses come and go (DHCP, a
+        // VIP moving). On failure the last ones known stay.
+        match host::ipv4_addresses() {
+            Ok(addresses) => recorder.set_addresses(addresses),
+            Err(err) => log::debug!("cannot list this host's addresses: {err}"),
+        }
         let snapshot = recorder.snapshot_with_losses(self.lost_before.saturating_add(lost));
         let started = Instant::now();
         let written = store::write_checkpoint(

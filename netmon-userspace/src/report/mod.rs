@@ -77,12 +77,15 @@ impl Sources {
             sources.files.push((path.clone(), format));
             sources.hosts.extend(snapshot.host);
             sources.modes.extend(snapshot.mode);
+            merged.addresses.extend(snapshot.addresses);
             merged.lost_events = merged.lost_events.saturating_add(snapshot.lost_events);
             merged.uncounted_connections = merged
                 .uncounted_connections
                 .saturating_add(snapshot.uncounted_connections);
             merged.peers.merge(snapshot.peers);
         }
+        merged.addresses.sort_unstable();
+        merged.addresses.dedup();
         sources.hosts.sort_unstable();
         sources.hosts.dedup();
         sources.modes.sort_unstable();
