@@ -9,7 +9,7 @@ use clap::Parser as _;
 
 use netmon::{
     cli::{Cli, Command, generate},
-    collect, probe, report, rules,
+    collect, graph, probe, report, rules,
 };
 
 fn main() -> ExitCode {
@@ -42,6 +42,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             return Ok(changes.status());
         }
         Command::Stats(args) => to_stdout(|out| report::stats(&args.into(), out))?,
+        Command::Graph(args) => to_stdout(|out| graph::graph(&args.into(), out))?,
         Command::Rules(args) => to_stdout(|out| rules::rules(&args.into(), out))?,
         Command::Completions { shell } => {
             to_stdout(|out| Ok(generate::completions(shell, out)?))?;

@@ -16,6 +16,7 @@ use crate::{
     collect::RunConfig,
     ebpf::events::TransportRequest,
     follow::LineFormat,
+    graph::{GraphFormat, GraphRequest, Group},
     mode::ModeRequest,
     peer::Direction,
     procnet::TablesRequest,
@@ -58,6 +59,11 @@ pub enum Command {
     Diff(DiffArgs),
     /// Count peers per class and direction; top peers, ports, processes.
     Stats(StatsArgs),
+    /// The access map across hosts, one checkpoint per host: who connects
+    /// to whom, on which ports, as seen by the client, the server or both.
+    /// An edge between two monitored hosts that only one of them recorded
+    /// is flagged one-sided (NAT, a proxy, or a host not collecting).
+    Graph(GraphArgs),
     /// Print the peers as nftables, ipset or iptables rules, aggregated
     /// into the fewest CIDR blocks. Loading them filters nothing until you
     /// hook them in; review them first.
@@ -235,6 +241,41 @@ impl From<ListArgs> for ListRequest {
         Self {
             files: args.inputs.files,
             filter: args.filter.into(),
+            format: args.format,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// One checkpoint per host (netmon 0.2+, which records each host's own
+    /// addresses, so hosts' files can be joined).
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// How peers that are no monitored host become nodes.
+    #[arg(long, value_enum, default_value_t = Group::None)]
+    pub group: Group,
+
+    /// Only this host's edges: who reaches it on which ports, and what it
+    /// reaches.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+}
+
+impl From<GraphArgs> for GraphRequest {
+    fn from(args: GraphArgs) -> Self {
+        Self {
+            files: args.files,
+            filter: args.filter.into(),
+            group: args.group,
+            host: args.host,
             format: args.format,
         }
     }

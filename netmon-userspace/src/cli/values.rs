@@ -7,6 +7,7 @@ use clap::{ValueEnum, builder::PossibleValue};
 use crate::{
     classify::{Class, SPECIAL},
     ebpf::events::TransportRequest,
+    graph::{GraphFormat, Group},
     mode::ModeRequest,
     peer::Direction,
     procnet::TablesRequest,
@@ -40,6 +41,19 @@ value_enum!(Format {
     Json => "json": "One object per peer, with its class and recorded fields",
     Csv => "csv": "A header row, then one row per peer",
     Plain => "plain": "One address per line, for other tools",
+});
+
+value_enum!(GraphFormat {
+    Text => "text": "One edge a line; with --host, who reaches it and what it reaches",
+    Json => "json": "{\"nodes\": [...], \"edges\": [...]}, as docs/design.md describes",
+    Dot => "dot": "Graphviz: hosts as boxes, edges labelled with ports, one-sided edges dashed",
+    Csv => "csv": "A header row, then one edge a row",
+});
+
+value_enum!(Group {
+    None => "none": "One node per peer address",
+    Slash24 => "/24": "One node per /24 of peers that are no monitored host",
+    Class => "class": "One node per address class (private, public, ...)",
 });
 
 value_enum!(RuleFormat {

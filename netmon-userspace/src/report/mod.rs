@@ -7,7 +7,7 @@ mod diff;
 mod merge;
 mod output;
 mod stats;
-mod table;
+pub(crate) mod table;
 
 use std::{
     fmt,
@@ -196,6 +196,11 @@ impl Filter {
     /// Whether no filter was given, so every peer matches.
     pub fn is_empty(&self) -> bool {
         self.classes.is_empty() && self.direction.is_none() && self.since.is_none()
+    }
+
+    /// Whether `peer` matches; `now` (Unix seconds) anchors `since`.
+    pub fn matches(&self, peer: &Peer<'_>, now: u64) -> bool {
+        Selection::new(self, now).matches(peer)
     }
 
     /// The peers of `inputs` that match, in numeric order; `now` (Unix
