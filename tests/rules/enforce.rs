@@ -1,0 +1,1 @@
+//! Hooked-in rules against real connections (to come).
