@@ -65,8 +65,9 @@ pub enum Command {
     /// did: each peer's address to our ports it connected to (an input
     /// set and chain, matching source addresses), and our connections to
     /// its ports (an output set and chain, matching destinations), in the
-    /// fewest CIDR blocks per port. Loading them filters nothing until you
-    /// hook them in; review them first.
+    /// fewest CIDR blocks per port; --direction keeps one of the two,
+    /// --any-port allows addresses on every port. Loading them filters
+    /// nothing until you hook them in; review them first.
     Rules(RulesArgs),
     /// Print a shell completion script: `source <(netmon completions bash)`,
     /// or save it where the shell loads completions from.
@@ -306,6 +307,9 @@ pub struct DiffArgs {
     #[command(flatten)]
     pub selection: SelectionArgs,
 
+    /// How to print the accesses: one a row (text, csv), one an object in
+    /// "new" and "gone" (json), or one a line as `+in ADDRESS PORT/tcp`
+    /// (plain; `-` for gone, `any` for --any-port).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }

@@ -135,7 +135,7 @@ impl Changes {
     fn write(&self, out: &mut impl Write, format: Format) -> io::Result<()> {
         match format {
             Format::Text => {
-                table::write_text(out, &self.table(TEXT_COLUMNS))?;
+                table::write_text(out, &self.text_table())?;
                 let blocked = self.blocked();
                 writeln!(
                     out,
@@ -143,7 +143,7 @@ impl Changes {
                     self.rows.len() - blocked
                 )
             }
-            Format::Csv => table::write_csv(out, &self.table(CSV_COLUMNS)),
+            Format::Csv => table::write_csv(out, &self.csv_table()),
             Format::Plain => {
                 for row in &self.rows {
                     let service = row
@@ -163,46 +163,81 @@ impl Changes {
                         .map(JsonRow::from)
                         .collect()
                 };
-                let json =
-                    serde_json::json!({"new": side(Change::New), "gone": side(Change::Gone)});
+                let json = JsonDiff {
+                    new: side(Change::New),
+                    gone: side(Change::Gone),
+                };
                 serde_json::to_writer_pretty(&mut *out, &json)?;
                 writeln!(out)
             }
         }
     }
 
-    fn table(&self, columns: [&'static str; 5]) -> Owned {
-        let align = Align::Left;
-        let cells = self
-            .rows
-            .iter()
-            .map(|row| {
-                let last_seen = row
-                    .last_seen
-                    .map(|secs| UnixTime::from_secs(secs).to_string());
-                vec![
-                    row.change.as_str().to_owned(),
-                    row.access.direction.to_string(),
-                    row.access.to_string(),
-                    row.class.to_string(),
-                    last_seen.unwrap_or_default(),
-                ]
-            })
-            .collect();
-        Owned {
-            columns: columns
-                .into_iter()
-                .map(|header| Column { header, align })
-                .collect(),
-            cells,
-        }
+    /// For people: the access in rule terms, in one column.
+    fn text_table(&self) -> Owned {
+        let cells = self.rows.iter().map(|row| {
+            vec![
+                row.change.as_str().to_owned(),
+                row.access.direction.to_string(),
+                row.access.to_string(),
+                row.class.to_string(),
+                row.last_seen_text(),
+            ]
+        });
+        owned(
+            &["CHANGE", "DIR", "ACCESS", "CLASS", "LAST SEEN"],
+            cells.collect(),
+        )
+    }
+
+    /// For spreadsheets: each part of the access in a column of its own,
+    /// named as in JSON; protocol and port are empty for any port.
+    fn csv_table(&self) -> Owned {
+        let cells = self.rows.iter().map(|row| {
+            let service = row.access.service;
+            vec![
+                row.change.as_str().to_owned(),
+                row.access.direction.to_string(),
+                row.access.peer.to_string(),
+                row.class.to_string(),
+                service.map_or_else(String::new, |s| s.protocol.as_str().to_owned()),
+                service.map_or_else(String::new, |s| s.port.to_string()),
+                row.last_seen_text(),
+            ]
+        });
+        owned(
+            &[
+                "change",
+                "direction",
+                "ip",
+                "class",
+                "protocol",
+                "port",
+                "last_seen",
+            ],
+            cells.collect(),
+        )
     }
 }
 
-const TEXT_COLUMNS: [&str; 5] = ["CHANGE", "DIR", "ACCESS", "CLASS", "LAST SEEN"];
-const CSV_COLUMNS: [&str; 5] = ["change", "direction", "access", "class", "last_seen"];
+fn owned(headers: &[&'static str], cells: Vec<Vec<String>>) -> Owned {
+    let columns = headers
+        .iter()
+        .map(|&header| Column {
+            header,
+            align: Align::Left,
+        })
+        .collect();
+    Owned { columns, cells }
+}
 
 impl Row {
+    fn last_seen_text(&self) -> String {
+        self.last_seen
+            .map(|secs| UnixTime::from_secs(secs).to_string())
+            .unwrap_or_default()
+    }
+
     fn of(change: Change, access: Access, inputs: &Inputs) -> Self {
         let record = inputs.snapshot.peers.get(access.peer);
         Self {
@@ -214,6 +249,13 @@ impl Row {
                 .map(|record: &PeerRecord| record.last_seen),
         }
     }
+}
+
+/// The diff as JSON: new first, as in the other formats.
+#[derive(Serialize)]
+struct JsonDiff {
+    new: Vec<JsonRow>,
+    gone: Vec<JsonRow>,
 }
 
 /// A row as JSON: the access's parts, each in a field of its own.
