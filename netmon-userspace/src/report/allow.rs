@@ -190,7 +190,8 @@ pub fn accesses(
 pub struct Allowed {
     directions: &'static [Direction],
     accesses: BTreeSet<Access>,
-    /// Peers selected, before any was found to allow nothing.
+    /// Peers selected and not excluded, whether or not they allow
+    /// anything (a peer seen without a port does not).
     pub peers: usize,
 }
 
@@ -204,10 +205,11 @@ impl Allowed {
         selection.check_inputs(inputs)?;
         let exclusions = Exclusions::of(inputs);
         let directions = selection.directions();
-        let peers = selection.filter.select(inputs, now);
+        let mut peers = selection.filter.select(inputs, now);
+        peers.retain(|peer| !exclusions.excludes(peer.ip));
         let mut allowed = BTreeSet::new();
         let (mut capped, mut portless) = (0, 0);
-        for peer in peers.iter().filter(|peer| !exclusions.excludes(peer.ip)) {
+        for peer in &peers {
             for &direction in directions {
                 let before = allowed.len();
                 allowed.extend(accesses(peer, direction, selection.ports));
