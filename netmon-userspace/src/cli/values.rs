@@ -57,9 +57,12 @@ value_enum!(Group {
 });
 
 value_enum!(RuleFormat {
-    Nft => "nft": "An `nft -f` script: table inet netmon, interval set, unhooked chain",
-    Ipset => "ipset": "An `ipset restore` script: a hash:net set, swapped in atomically",
-    Iptables => "iptables": "An `iptables-restore --noflush` script: one chain of RETURN rules",
+    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set and an unhooked chain \
+        per direction",
+    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction (hash:net \
+        with --any-port), swapped in atomically",
+    Iptables => "iptables": "An `iptables-restore --noflush` script: a chain of RETURN rules per \
+        direction",
 });
 
 value_enum!(ModeRequest {
