@@ -9,6 +9,7 @@
 //! flagged as one-sided: NAT, a load balancer or proxy between them, or a
 //! host that was not collecting then.
 mod render;
+mod view;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -19,7 +20,7 @@ use std::{
 use anyhow::bail;
 use log::warn;
 
-pub use self::render::GraphFormat;
+pub use self::{render::GraphFormat, view::host_view};
 use crate::{
     classify::Class,
     peer::Direction,

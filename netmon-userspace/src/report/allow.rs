@@ -138,16 +138,19 @@ impl fmt::Display for RuleSelection {
 /// Loopback traffic never crosses a hook the runbook puts the chains
 /// behind (`iif lo accept` comes first). The host's own addresses belong
 /// here too: a host that connected to its own public address has it as
-/// an outbound peer. Version 1 checkpoints do not record them; once the
-/// file does, [`Exclusions::of`] is where they join.
+/// an outbound peer, and on its input chain every packet's destination is
+/// that address. Version 1 checkpoints do not record them.
 #[derive(Clone, Debug, Default)]
 pub struct Exclusions {
     own: BTreeSet<Ipv4Addr>,
 }
 
 impl Exclusions {
-    pub fn of(_inputs: &Inputs) -> Self {
-        Self::default()
+    /// The own addresses of every host whose file is among `inputs`.
+    pub fn of(inputs: &Inputs) -> Self {
+        Self {
+            own: inputs.snapshot.addresses.iter().copied().collect(),
+        }
     }
 
     pub fn excludes(&self, ip: Ipv4Addr) -> bool {
