@@ -19,7 +19,8 @@ use std::{
 use netmon_scenario::{
     case::Setting,
     check::{
-        Peers, Sees, Verdict, check_workload, expect_peers, has, inbound, outbound, read_peers,
+        Peers, Sees, Verdict, check_workload, expect_peers, has, inbound, outbound,
+        read_checkpoint, read_peers, tcp_port,
     },
     files::temp_output,
     harness::{self, chosen_mode, one_at_a_time, skip_reasons},
@@ -353,10 +354,10 @@ fn connections_open_before_start_are_recorded_by_the_startup_scan() {
     let peers = read_peers(&path);
     let port = dest.port();
     expect_peers(&peers, &[*dest.ip()], "recorded outbound, uncounted", |p| {
-        p["outbound"] == 0 && has(&p["remote_ports"], port.into())
+        p["outbound"] == 0 && has(&p["remote_ports"], tcp_port(port))
     });
     expect_peers(&peers, &[source], "recorded inbound, uncounted", |p| {
-        p["inbound"] == 0 && has(&p["local_ports"], port.into())
+        p["inbound"] == 0 && has(&p["local_ports"], tcp_port(port))
     });
 }
 
@@ -422,6 +423,43 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
         stdout.contains("socket tables: netlink sock_diag, with destroy notifications"),
         "{stdout}"
     );
+}
+
+/// Each checkpoint records the host's own IPv4 addresses, loopback's
+/// excepted, as `ip` lists them: what joins files from many hosts.
+#[test]
+fn a_checkpoint_records_the_hosts_own_addresses() {
+    let (_dir, path) = temp_output();
+    let netmon = Netmon::ready(&path, "proc");
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let listed = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    let mut expected: Vec<Ipv4Addr> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .filter(|addr: &Ipv4Addr| !addr.is_loopback())
+        .collect();
+    expected.sort_unstable();
+    expected.dedup();
+    let file = read_checkpoint(&path);
+    let recorded: Vec<Ipv4Addr> = file["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|addr| addr.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(recorded, expected, "{log}");
 }
 
 #[test]

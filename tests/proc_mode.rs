@@ -10,7 +10,7 @@ use std::{
 };
 
 use netmon_scenario::{
-    check::{Peers, expect_peers, read_peers},
+    check::{Peers, expect_peers, read_peers, tcp_ports},
     files::temp_output,
     harness::{Netmon, one_at_a_time},
     net::Block,
@@ -45,7 +45,12 @@ fn connect_from_port(local: SocketAddrV4, dest: SocketAddrV4) -> Socket {
 
 /// The peer's connections one way and the other, and its ports.
 fn counted(outbound: u64, inbound: u64, remote: &[u16], local: &[u16]) -> impl Fn(&Value) -> bool {
-    let wanted = (json!(outbound), json!(inbound), json!(remote), json!(local));
+    let wanted = (
+        json!(outbound),
+        json!(inbound),
+        tcp_ports(remote),
+        tcp_ports(local),
+    );
     move |peer| {
         (
             peer["outbound"].clone(),

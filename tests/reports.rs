@@ -258,10 +258,10 @@ fn bad_files_name_the_file_and_the_entry() {
          {\"ip\": \"10.0.0.1\", \"first_seen\": \"2024-01-01T00:00:00Z\",\n\
           \"last_seen\": \"not a time\", \"outbound\": 1, \"inbound\": 0}]}",
     );
-    let newer = write(dir.path(), "v2.json", r#"{"version": 2, "peers": {}}"#);
+    let newer = write(dir.path(), "v3.json", r#"{"version": 3, "peers": {}}"#);
     for (file, says) in [
         (&checkpoint, "line 3"),
-        (&newer, "version 2 is not supported"),
+        (&newer, "version 3 is not supported"),
         (&dir.path().join("missing.json"), "no such file"),
     ] {
         let output = netmon(&["list", arg(file)]);
@@ -288,23 +288,83 @@ fn diff_exit_status_says_whether_anything_is_new() {
     );
     let bad = write(dir.path(), "bad.json", "[");
 
-    let status = |new: &Path| netmon(&["diff", arg(&base), arg(new)]).status.code();
+    // Address lists record no ports: only rules by address compare them.
+    let status = |new: &Path| {
+        netmon(&["diff", "--any-port", arg(&base), arg(new)])
+            .status
+            .code()
+    };
     assert_eq!(status(&same), Some(0));
     assert_eq!(status(&fewer), Some(0));
     assert_eq!(status(&more), Some(1));
     assert_eq!(status(&bad), Some(2));
+    let output = netmon(&["diff", arg(&base), arg(&more)]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr_of(&output).contains("records no ports: use --any-port"),
+        "{}",
+        stderr_of(&output)
+    );
 
-    let output = netmon(&["diff", "--format", "plain", arg(&fewer), arg(&more)]);
+    let output = netmon(&[
+        "diff",
+        "--any-port",
+        "--format",
+        "plain",
+        arg(&fewer),
+        arg(&more),
+    ]);
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
-        "+8.8.8.8\n+10.0.0.2\n"
+        "+in 8.8.8.8 any\n+out 8.8.8.8 any\n+in 10.0.0.2 any\n+out 10.0.0.2 any\n"
     );
-    let text = String::from_utf8(netmon(&["diff", arg(&base), arg(&more)]).stdout).unwrap();
+    let output = netmon(&["diff", "--any-port", arg(&base), arg(&more)]);
+    let text = String::from_utf8(output.stdout).unwrap();
     assert!(
         text.lines()
-            .any(|l| l.starts_with("new     8.8.8.8  public")),
+            .any(|l| l.starts_with("new     in   8.8.8.8 -> any port  public")),
         "{text}"
     );
+}
+
+/// The README's rules are built with `--direction in --since 30d`: a peer
+/// BASE saw only outbound, or longer ago, is not in them, so NEW's inbound
+/// connections from it are what the rules would block.
+#[test]
+fn diff_checks_new_against_the_rules_base_gives() {
+    let dir = TempDir::new().unwrap();
+    let now = now();
+    let base = write_checkpoint(
+        dir.path(),
+        "base.json",
+        "db1",
+        &[
+            Peer("10.0.0.5", 2, 0, now, "psql"),
+            Peer("10.0.0.6", 0, 1, now - 40 * 86_400, "sshd"),
+            Peer("10.0.0.7", 0, 1, now, "sshd"),
+        ],
+    );
+    let new = write_checkpoint(
+        dir.path(),
+        "new.json",
+        "db1",
+        &[
+            Peer("10.0.0.5", 2, 1, now, "sshd"),
+            Peer("10.0.0.6", 0, 1, now, "sshd"),
+            Peer("10.0.0.7", 0, 1, now, "sshd"),
+        ],
+    );
+    let flags = ["--direction", "in", "--since", "30d", "--format", "plain"];
+    let output = netmon(&[&["diff"], &flags[..], &[arg(&base), arg(&new)]].concat());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "+in 10.0.0.5 22/tcp\n+in 10.0.0.6 22/tcp\n"
+    );
+    // Against itself, every flag's rules allow what they were built from.
+    let output = netmon(&[&["diff"], &flags[..], &[arg(&new), arg(&new)]].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(output.stdout.is_empty());
 }
 
 #[test]

@@ -1,10 +1,15 @@
 //! Integration tests of `netmon rules`: each format is loaded by the real
 //! tool (nft, ipset, iptables-restore) inside a network namespace the test
-//! creates and removes, read back, and compared with the peers.
+//! creates and removes, read back, and compared with the peers; then
+//! (`enforce.rs`) hooked in, with real connections across veth pairs
+//! between namespaces the test creates.
 //!
 //! They need root and the nftables, ipset and iptables packages; `cargo
 //! xtask test` installs those and runs them. Without them the tests fail
-//! saying so. They send no traffic: they only load and list rules.
+//! saying so. The loading tests send no traffic.
+#[path = "rules/enforce.rs"]
+mod enforce;
+
 use std::{
     collections::BTreeSet,
     fs,
@@ -82,13 +87,17 @@ impl Netns {
 
     /// Runs `tool` inside the namespace; its stdout, or a failed test.
     fn run(&self, tool: &str, args: &[&str]) -> String {
-        let output = Command::new(find("ip").unwrap())
+        check(&format!("{tool} {args:?}"), self.try_run(tool, args))
+    }
+
+    /// Runs `tool` inside the namespace, whatever comes of it.
+    fn try_run(&self, tool: &str, args: &[&str]) -> Output {
+        Command::new(find("ip").unwrap())
             .args(["netns", "exec", &self.name])
             .arg(find(tool).unwrap())
             .args(args)
             .output()
-            .unwrap();
-        check(&format!("{tool} {args:?}"), output)
+            .unwrap()
     }
 }
 
@@ -147,25 +156,57 @@ fn minimal(side: Side) -> Vec<&'static str> {
     let groups: &[&[&str]] = match side {
         Side::Source => &[INBOUND_ONLY, BOTH_WAYS],
         Side::Destination => &[OUTBOUND_ONLY, BOTH_WAYS],
-        Side::Either => &[INBOUND_ONLY, BOTH_WAYS, OUTBOUND_ONLY],
     };
     let mut blocks: Vec<_> = groups.concat();
     blocks.sort_by_key(|block| bounds(block));
     blocks
 }
 
-/// The cases: `--direction`, and the side of a packet it matches.
-const CASES: [(Option<&str>, Side); 3] = [
-    (Some("in"), Side::Source),
-    (Some("out"), Side::Destination),
-    (None, Side::Either),
+/// The port each direction's peers were seen on: inbound to our SSH,
+/// outbound to their HTTPS.
+const INBOUND_PORT: u16 = 22;
+const OUTBOUND_PORT: u16 = 443;
+
+/// The cases: `--direction`, and the chains it gives, each matching one
+/// side of a packet.
+const CASES: [(Option<&str>, &[Side]); 3] = [
+    (Some("in"), &[Side::Source]),
+    (Some("out"), &[Side::Destination]),
+    (None, &[Side::Source, Side::Destination]),
 ];
 
+/// Which address of a packet a chain matches: the source on input, the
+/// destination on output, never both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Source,
     Destination,
-    Either,
+}
+
+impl Side {
+    /// What the chain's and set's names end in, as nft and ipset, and as
+    /// iptables, name them.
+    fn suffix(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Source => ("_in", "-IN"),
+            Self::Destination => ("_out", "-OUT"),
+        }
+    }
+
+    /// The port its peers were seen on.
+    fn port(self) -> u16 {
+        match self {
+            Self::Source => INBOUND_PORT,
+            Self::Destination => OUTBOUND_PORT,
+        }
+    }
+}
+
+/// Whether a script allows pairs (the default) or addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ports {
+    Observed,
+    Any,
 }
 
 /// A checkpoint of [`peers`] in a temporary directory.
@@ -186,8 +227,11 @@ impl Fixture {
                     Seen::Out => (1, 0),
                     Seen::Both => (1, 1),
                 };
+                let ports = |count: u64, port: u16| if count > 0 { vec![port] } else { vec![] };
                 json!({"ip": ip, "first_seen": now, "last_seen": now,
-                       "outbound": outbound, "inbound": inbound})
+                       "outbound": outbound, "inbound": inbound,
+                       "remote_ports": ports(outbound, OUTBOUND_PORT),
+                       "local_ports": ports(inbound, INBOUND_PORT)})
             })
             .collect();
         let file = json!({"version": 1, "host": "test", "updated": now, "peers": peers});
@@ -197,21 +241,29 @@ impl Fixture {
     }
 
     /// `netmon rules` on the checkpoint, written to a file for the tool.
-    fn rules(&self, format: &str, direction: Option<&str>) -> PathBuf {
+    fn rules(&self, format: &str, direction: Option<&str>, ports: Ports) -> PathBuf {
         let mut args = vec!["rules", "--format", format];
         args.extend(direction.iter().flat_map(|d| ["--direction", d]));
+        if ports == Ports::Any {
+            args.push("--any-port");
+        }
         args.push(self.checkpoint.to_str().unwrap());
-        let output = Command::new(env!("CARGO_BIN_EXE_netmon"))
-            .args(&args)
-            .output()
-            .unwrap();
-        let script = self
-            .dir
-            .path()
-            .join(format!("{format}-{}", direction.unwrap_or("any")));
-        fs::write(&script, check(&format!("netmon {args:?}"), output)).unwrap();
+        let script = self.dir.path().join(format!(
+            "{format}-{}-{ports:?}",
+            direction.unwrap_or("both")
+        ));
+        fs::write(&script, netmon_rules(&args)).unwrap();
         script
     }
+}
+
+/// What `netmon ARGS` printed; a failed test if it failed.
+fn netmon_rules(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_netmon"))
+        .args(args)
+        .output()
+        .unwrap();
+    check(&format!("netmon {args:?}"), output)
 }
 
 /// The addresses a direction selects, straight from [`peers`].
@@ -221,7 +273,6 @@ fn expected_addresses(side: Side) -> BTreeSet<u32> {
         .filter(|(_, seen)| match side {
             Side::Source => *seen != Seen::Out,
             Side::Destination => *seen != Seen::In,
-            Side::Either => true,
         })
         .map(|(ip, _)| ip.to_bits())
         .collect()
@@ -267,15 +318,40 @@ fn assert_loaded(tool: &str, mut loaded: Vec<String>, side: Side) {
 }
 
 /// Runs `check` on the script `netmon rules --format FORMAT` writes for
-/// each case, in one namespace made ready by `setup`.
-fn each_case(format: &str, setup: impl FnOnce(&Netns), check: impl Fn(&Netns, &str, Side)) {
+/// each case, by pairs and by address, in one namespace made ready by
+/// `setup`.
+fn each_case(
+    format: &str,
+    setup: impl FnOnce(&Netns),
+    check: impl Fn(&Netns, &str, &[Side], Ports),
+) {
     let fixture = Fixture::new();
     let netns = Netns::new(format);
     setup(&netns);
-    for (direction, side) in CASES {
-        let script = fixture.rules(format, direction);
-        check(&netns, script.to_str().unwrap(), side);
+    for ports in [Ports::Observed, Ports::Any] {
+        for (direction, sides) in CASES {
+            let script = fixture.rules(format, direction, ports);
+            check(&netns, script.to_str().unwrap(), sides, ports);
+        }
     }
+}
+
+/// Loaded entries, each a block and, for pair rules, a TCP port: they
+/// must be the fewest blocks for `side`, each on its port.
+fn assert_entries(tool: &str, entries: Vec<(String, Option<u16>)>, side: Side, ports: Ports) {
+    let port = match ports {
+        Ports::Observed => Some(side.port()),
+        Ports::Any => None,
+    };
+    assert!(
+        entries.iter().all(|(_, p)| *p == port),
+        "{tool}: {side:?} entries not all on {port:?}: {entries:?}"
+    );
+    assert_loaded(
+        tool,
+        entries.into_iter().map(|(block, _)| block).collect(),
+        side,
+    );
 }
 
 #[test]
@@ -284,61 +360,89 @@ fn nft_loads_the_fewest_blocks_and_replaces_them_on_reapply() {
     each_case(
         "nft",
         |_| {},
-        |netns, script, side| {
+        |netns, script, sides, ports| {
+            // A set's type differs between pairs and addresses.
+            let _ = netns.try_run("nft", &["delete", "table", "inet", "netmon"]);
             netns.run("nft", &["-c", "-f", script]);
             // Twice: the second load must replace, not add to, the first.
             netns.run("nft", &["-f", script]);
             netns.run("nft", &["-f", script]);
-            let listed: Value = serde_json::from_str(
-                &netns.run("nft", &["-j", "list", "set", "inet", "netmon", "peers_v4"]),
-            )
-            .unwrap();
-            let set = listed["nftables"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find_map(|item| item.get("set"))
-                .expect("the set is listed");
-            let loaded = set["elem"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|elem| match elem {
-                    Value::String(addr) => addr.clone(),
-                    _ => format!(
-                        "{}/{}",
-                        elem["prefix"]["addr"].as_str().unwrap(),
-                        elem["prefix"]["len"]
-                    ),
-                })
-                .collect();
-            assert_loaded("nft", loaded, side);
-            let chain = netns.run(
-                "nft",
-                &["list", "chain", "inet", "netmon", "allow_peers_v4"],
-            );
-            let matches: Vec<_> = ["saddr", "daddr"]
-                .into_iter()
-                .filter(|field| chain.contains(&format!("ip {field} @peers_v4 return")))
-                .collect();
-            let expected = match side {
-                Side::Source => vec!["saddr"],
-                Side::Destination => vec!["daddr"],
-                Side::Either => vec!["saddr", "daddr"],
-            };
-            assert_eq!(matches, expected, "{chain}");
-            assert_eq!(
-                chain
-                    .lines()
-                    .filter(|l| l.trim().ends_with(" drop"))
-                    .count(),
-                1,
-                "{chain}"
-            );
+            for &side in sides {
+                let set = format!("peers_v4{}", side.suffix().0);
+                let listed: Value = serde_json::from_str(
+                    &netns.run("nft", &["-j", "list", "set", "inet", "netmon", &set]),
+                )
+                .unwrap();
+                let set_json = listed["nftables"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find_map(|item| item.get("set"))
+                    .expect("the set is listed");
+                let entries = set_json["elem"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|elem| nft_entry(elem, ports))
+                    .collect();
+                assert_entries("nft", entries, side, ports);
+                let chain = netns.run(
+                    "nft",
+                    &["list", "chain", "inet", "netmon", &format!("allow_{set}")],
+                );
+                let (field, other) = match side {
+                    Side::Source => ("saddr", "daddr"),
+                    Side::Destination => ("daddr", "saddr"),
+                };
+                let matched = match ports {
+                    Ports::Observed => {
+                        format!("ip {field} . meta l4proto . th dport @{set} return")
+                    }
+                    Ports::Any => format!("ip {field} @{set} return"),
+                };
+                assert!(chain.contains(&matched), "{chain}");
+                assert!(!chain.contains(other), "{chain}");
+                assert_eq!(
+                    chain
+                        .lines()
+                        .filter(|l| l.trim().ends_with(" drop"))
+                        .count(),
+                    1,
+                    "{chain}"
+                );
+            }
+            let ruleset = netns.run("nft", &["list", "ruleset"]);
             // Not hooked: loading filters nothing by itself.
-            assert!(!netns.run("nft", &["list", "ruleset"]).contains("hook"));
+            assert!(!ruleset.contains("hook"), "{ruleset}");
+            assert_eq!(
+                ruleset.matches("\tchain ").count(),
+                sides.len(),
+                "{ruleset}"
+            );
         },
     );
+}
+
+/// An element of nft's JSON listing as (block, port): a prefix or an
+/// address, alone or concatenated with a protocol and a port.
+fn nft_entry(elem: &Value, ports: Ports) -> (String, Option<u16>) {
+    let block = |value: &Value| match value {
+        Value::String(addr) => addr.clone(),
+        _ => format!(
+            "{}/{}",
+            value["prefix"]["addr"].as_str().unwrap(),
+            value["prefix"]["len"]
+        ),
+    };
+    match ports {
+        Ports::Any => (block(elem), None),
+        Ports::Observed => {
+            let parts = elem["concat"].as_array().expect("a concatenation");
+            assert_eq!(parts[1], "tcp", "{elem}");
+            let port = u16::try_from(parts[2].as_u64().unwrap()).unwrap();
+            (block(&parts[0]), Some(port))
+        }
+    }
 }
 
 #[test]
@@ -347,25 +451,40 @@ fn ipset_restores_the_fewest_blocks_and_swaps_on_reapply() {
     each_case(
         "ipset",
         |_| {},
-        |netns, script, side| {
+        |netns, script, sides, ports| {
+            // A set's type differs between pairs and addresses.
+            let _ = netns.try_run("ipset", &["destroy"]);
             netns.run("ipset", &["restore", "-f", script]);
             netns.run("ipset", &["restore", "-f", script]);
-            let listed = netns.run("ipset", &["list", "netmon_peers"]);
-            assert!(listed.contains("Type: hash:net"), "{listed}");
-            let members = listed
+            let mut names = Vec::new();
+            for &side in sides {
+                let set = format!("netmon_peers{}", side.suffix().0);
+                let listed = netns.run("ipset", &["list", &set]);
+                let kind = match ports {
+                    Ports::Observed => "Type: hash:net,port\n",
+                    Ports::Any => "Type: hash:net\n",
+                };
+                assert!(listed.contains(kind), "{listed}");
+                let entries = listed
+                    .lines()
+                    .skip_while(|line| *line != "Members:")
+                    .skip(1)
+                    .filter(|line| !line.is_empty())
+                    .map(|member| match member.split_once(",tcp:") {
+                        Some((block, port)) => (block.to_owned(), Some(port.parse().unwrap())),
+                        None => (member.to_owned(), None),
+                    })
+                    .collect();
+                assert_entries("ipset", entries, side, ports);
+                names.push(set);
+            }
+            let mut sets: Vec<_> = netns
+                .run("ipset", &["list", "-n"])
                 .lines()
-                .skip_while(|line| *line != "Members:")
-                .skip(1)
-                .filter(|line| !line.is_empty())
                 .map(str::to_owned)
                 .collect();
-            assert_loaded("ipset", members, side);
-            let sets = netns.run("ipset", &["list", "-n"]);
-            assert_eq!(
-                sets.trim(),
-                "netmon_peers",
-                "the swapped-out set is destroyed"
-            );
+            sets.sort();
+            assert_eq!(sets, names, "the swapped-out sets are destroyed");
         },
     );
 }
@@ -378,7 +497,7 @@ fn iptables_restores_the_fewest_blocks_and_keeps_other_rules() {
     let setup = |netns: &Netns| {
         netns.run("iptables", &admin_rule);
     };
-    each_case("iptables", setup, |netns, script, side| {
+    each_case("iptables", setup, |netns, script, sides, ports| {
         netns.run("iptables-restore", &["--test", "--noflush", script]);
         netns.run("iptables-restore", &["--noflush", script]);
         netns.run("iptables-restore", &["--noflush", script]);
@@ -387,32 +506,45 @@ fn iptables_restores_the_fewest_blocks_and_keeps_other_rules() {
             saved.contains("-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT"),
             "{saved}"
         );
-        let rules: Vec<_> = saved
-            .lines()
-            .filter_map(|line| line.strip_prefix("-A NETMON-PEERS "))
-            .collect();
-        assert_eq!(rules.last(), Some(&"-j DROP"), "{saved}");
-        let mut sources = Vec::new();
-        let mut destinations = Vec::new();
-        for rule in &rules[..rules.len() - 1] {
-            let words: Vec<_> = rule.split_whitespace().collect();
-            match words.as_slice() {
-                ["-s", block, "-j", "RETURN"] => sources.push(block.to_string()),
-                ["-d", block, "-j", "RETURN"] => destinations.push(block.to_string()),
-                _ => panic!("unexpected rule {rule:?} in\n{saved}"),
+        for &side in sides {
+            let chain = format!("NETMON-PEERS{}", side.suffix().1);
+            let mut rules: Vec<_> = saved
+                .lines()
+                .filter_map(|line| line.strip_prefix(&format!("-A {chain} ")))
+                .collect();
+            assert_eq!(rules.pop(), Some("-j DROP"), "{saved}");
+            if ports == Ports::Observed {
+                assert_eq!(rules.remove(0), "! -p tcp -j RETURN", "{saved}");
             }
+            let (option, other) = match side {
+                Side::Source => ("-s", "-d"),
+                Side::Destination => ("-d", "-s"),
+            };
+            let entries = rules
+                .iter()
+                .map(|rule| {
+                    let words: Vec<_> = rule.split_whitespace().collect();
+                    assert!(!words.contains(&other), "{rule}");
+                    match words.as_slice() {
+                        [o, block, "-j", "RETURN"] if *o == option => (block.to_string(), None),
+                        [
+                            o,
+                            block,
+                            "-p",
+                            "tcp",
+                            "-m",
+                            "tcp",
+                            "--dport",
+                            port,
+                            "-j",
+                            "RETURN",
+                        ] if *o == option => (block.to_string(), Some(port.parse().unwrap())),
+                        _ => panic!("unexpected rule {rule:?} in\n{saved}"),
+                    }
+                })
+                .collect();
+            assert_entries("iptables", entries, side, ports);
         }
-        match side {
-            Side::Source => assert!(destinations.is_empty(), "{saved}"),
-            Side::Destination => assert!(sources.is_empty(), "{saved}"),
-            Side::Either => assert_eq!(sources, destinations, "{saved}"),
-        }
-        let matched = if side == Side::Destination {
-            destinations
-        } else {
-            sources
-        };
-        assert_loaded("iptables", matched, side);
     });
 }
 

@@ -11,8 +11,10 @@
 //! - [`ebpf`]: loading the programs, event transports;
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
+//! - [`host`]: the host's own addresses, which each checkpoint records;
 //! - [`time`]: times as netmon records and writes them;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
+//! - [`graph`]: the access map, joining many hosts' files;
 //! - [`escape`]: text from outside (process names, hosts) made safe to print;
 //! - [`cli`]: the command line, converted into the plain types above; no
 //!   other module knows clap.
@@ -22,6 +24,8 @@ pub mod collect;
 pub mod ebpf;
 pub mod escape;
 pub mod follow;
+pub mod graph;
+pub mod host;
 pub mod metrics;
 pub mod mode;
 pub mod observe;

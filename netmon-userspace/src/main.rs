@@ -9,7 +9,7 @@ use clap::Parser as _;
 
 use netmon::{
     cli::{Cli, Command, generate},
-    collect, probe, report, rules,
+    collect, graph, probe, report, rules,
 };
 
 fn main() -> ExitCode {
@@ -36,12 +36,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::List(args) => to_stdout(|out| report::list(&args.into(), out))?,
         Command::Merge(args) => report::merge(&args.into())?,
         Command::Diff(args) => {
-            let sets = report::DiffSets::load(&args.base, &args.new)?;
-            let changes = sets.changes();
-            to_stdout(|out| Ok(changes.write(out, args.format)?))?;
-            return Ok(changes.status());
+            let mut status = ExitCode::SUCCESS;
+            to_stdout(|out| {
+                status = report::diff(&args.into(), out)?;
+                Ok(())
+            })?;
+            return Ok(status);
         }
         Command::Stats(args) => to_stdout(|out| report::stats(&args.into(), out))?,
+        Command::Graph(args) => to_stdout(|out| graph::graph(&args.into(), out))?,
         Command::Rules(args) => to_stdout(|out| rules::rules(&args.into(), out))?,
         Command::Completions { shell } => {
             to_stdout(|out| Ok(generate::completions(shell, out)?))?;

@@ -111,8 +111,9 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// shipped files `systemd-analyze` (which runs man(1) to check the unit's
 /// Documentation=), setpriv and strace to check its capabilities and
 /// system call filter, gdb to make a running netmon try a write its
-/// Landlock domain forbids, and promtool (Debian ships it only with the
-/// Prometheus server) to check `--metrics`.
+/// Landlock domain forbids, promtool (Debian ships it only with the
+/// Prometheus server) to check `--metrics`, and Graphviz's dot to render
+/// `netmon graph --format dot`.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -124,6 +125,7 @@ const TEST_PACKAGES: &[&str] = &[
     "strace",
     "gdb",
     "prometheus",
+    "graphviz",
 ];
 
 /// Seconds per fuzz target in `cargo xtask test`: enough to prove the

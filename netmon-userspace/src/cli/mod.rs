@@ -16,10 +16,13 @@ use crate::{
     collect::RunConfig,
     ebpf::events::TransportRequest,
     follow::LineFormat,
+    graph::{GraphFormat, GraphRequest, Group},
     mode::ModeRequest,
     peer::Direction,
     procnet::TablesRequest,
-    report::{Filter, Format, ListRequest, MergeRequest, StatsRequest},
+    report::{
+        DiffRequest, Filter, Format, ListRequest, MergeRequest, Ports, RuleSelection, StatsRequest,
+    },
     rules::{RuleFormat, RuleName, RulesRequest},
     store::OnCorrupt,
 };
@@ -52,15 +55,25 @@ pub enum Command {
     /// Combine several files (from several hosts, or old poller lists)
     /// into one checkpoint.
     Merge(MergeArgs),
-    /// Show peers NEW has that BASE lacks, and the reverse: what rules
-    /// built from BASE would now block. Exit status 0 when nothing is new,
-    /// 1 when something is, 2 on trouble.
+    /// The dry run of rules: what NEW has that rules built from BASE with
+    /// the same flags would block, (peer, port) by (peer, port), and what
+    /// they allow that NEW no longer shows. Exit status 0 when nothing is
+    /// new, 1 when something is, 2 on trouble.
     Diff(DiffArgs),
     /// Count peers per class and direction; top peers, ports, processes.
     Stats(StatsArgs),
-    /// Print the peers as nftables, ipset or iptables rules, aggregated
-    /// into the fewest CIDR blocks. Loading them filters nothing until you
-    /// hook them in; review them first.
+    /// The access map across hosts, one checkpoint per host: who connects
+    /// to whom, on which ports, as seen by the client, the server or both.
+    /// An edge between two monitored hosts that only one of them recorded
+    /// is flagged one-sided (NAT, a proxy, or a host not collecting).
+    Graph(GraphArgs),
+    /// Print nftables, ipset or iptables rules allowing what the peers
+    /// did: each peer's address to our ports it connected to (an input
+    /// set and chain, matching source addresses), and our connections to
+    /// its ports (an output set and chain, matching destinations), in the
+    /// fewest CIDR blocks per port; --direction keeps one of the two,
+    /// --any-port allows addresses on every port. Loading them filters
+    /// nothing until you hook them in; review them first.
     Rules(RulesArgs),
     /// Print a shell completion script: `source <(netmon completions bash)`,
     /// or save it where the shell loads completions from.
@@ -226,6 +239,31 @@ impl From<FilterArgs> for Filter {
     }
 }
 
+/// What rules allow: `rules`' and `diff`'s selection flags.
+#[derive(Debug, Args)]
+pub struct SelectionArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Allow each peer on any port and protocol, by address alone, rather
+    /// than only on the TCP ports it was seen on.
+    #[arg(long)]
+    pub any_port: bool,
+}
+
+impl From<SelectionArgs> for RuleSelection {
+    fn from(args: SelectionArgs) -> Self {
+        Self {
+            filter: args.filter.into(),
+            ports: if args.any_port {
+                Ports::Any
+            } else {
+                Ports::Observed
+            },
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
@@ -243,6 +281,41 @@ impl From<ListArgs> for ListRequest {
         Self {
             files: args.inputs.files,
             filter: args.filter.into(),
+            format: args.format,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// One checkpoint per host (netmon 0.2+, which records each host's own
+    /// addresses, so hosts' files can be joined).
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// How peers that are no monitored host become nodes.
+    #[arg(long, value_enum, default_value_t = Group::None)]
+    pub group: Group,
+
+    /// Only this host's edges: who reaches it on which ports, and what it
+    /// reaches.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+}
+
+impl From<GraphArgs> for GraphRequest {
+    fn from(args: GraphArgs) -> Self {
+        Self {
+            files: args.files,
+            filter: args.filter.into(),
+            group: args.group,
+            host: args.host,
             format: args.format,
         }
     }
@@ -271,14 +344,34 @@ impl From<MergeArgs> for MergeRequest {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The set the rules were built from.
+    /// The file the rules were built from.
     pub base: PathBuf,
 
-    /// The set observed since.
+    /// The file observed since.
     pub new: PathBuf,
 
+    /// The flags the rules were (or will be) built with; they select from
+    /// BASE only, and NEW is checked whole in the directions the rules
+    /// filter.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+
+    /// How to print the accesses: one a row (text, csv), one an object in
+    /// "new" and "gone" (json), or one a line as `+in ADDRESS PORT/tcp`
+    /// (plain; `-` for gone, `any` for --any-port).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+impl From<DiffArgs> for DiffRequest {
+    fn from(args: DiffArgs) -> Self {
+        Self {
+            base: args.base,
+            new: args.new,
+            selection: args.selection.into(),
+            format: args.format,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -310,25 +403,37 @@ pub struct RulesArgs {
     pub inputs: InputArgs,
 
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub selection: SelectionArgs,
 
     /// The tool the script is for.
     #[arg(long, value_enum)]
     pub format: RuleFormat,
 
-    /// The set (nft: peers_v4, ipset: netmon_peers) or chain (iptables:
-    /// NETMON-PEERS) to fill.
+    /// What the sets and chains are named after (nft: peers_v4, giving
+    /// sets peers_v4_in and peers_v4_out and chains allow_peers_v4_in and
+    /// allow_peers_v4_out; ipset: netmon_peers, giving netmon_peers_in and
+    /// netmon_peers_out; iptables: NETMON-PEERS, giving chains
+    /// NETMON-PEERS-IN and NETMON-PEERS-OUT).
     #[arg(long)]
     pub name: Option<RuleName>,
+
+    /// Build HOST's rules from every host's file (one each, as `netmon
+    /// graph` takes them): its own, and the connections other hosts
+    /// recorded with it, even while HOST was not collecting. A connection
+    /// only the other side recorded is allowed from each of that side's
+    /// own addresses, since its file does not say which one it used.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 }
 
 impl From<RulesArgs> for RulesRequest {
     fn from(args: RulesArgs) -> Self {
         Self {
             files: args.inputs.files,
-            filter: args.filter.into(),
+            selection: args.selection.into(),
             format: args.format,
             name: args.name,
+            host: args.host,
         }
     }
 }
@@ -374,14 +479,36 @@ mod tests {
         };
         let request = RulesRequest::from(args);
         assert_eq!(
-            request.filter,
-            Filter {
-                classes: vec![Class::Private],
-                direction: Some(Direction::Outbound),
-                since: Some(Duration::from_secs(12 * 3600)),
+            request.selection,
+            RuleSelection {
+                filter: Filter {
+                    classes: vec![Class::Private],
+                    direction: Some(Direction::Outbound),
+                    since: Some(Duration::from_secs(12 * 3600)),
+                },
+                ports: Ports::Observed,
             }
         );
         assert_eq!(request.files, [PathBuf::from("a.json")]);
         assert_eq!((request.format, request.name), (RuleFormat::Nft, None));
+    }
+
+    #[test]
+    fn diff_takes_the_rules_selection_flags() {
+        let cli = Cli::parse_from([
+            "netmon",
+            "diff",
+            "--direction=in",
+            "--any-port",
+            "base.json",
+            "new.json",
+        ]);
+        let Command::Diff(args) = cli.command else {
+            panic!("not diff: {:?}", cli.command);
+        };
+        let request = DiffRequest::from(args);
+        assert_eq!(request.selection.ports, Ports::Any);
+        assert_eq!(request.selection.filter.direction, Some(Direction::Inbound));
+        assert_eq!(request.new, PathBuf::from("new.json"));
     }
 }

@@ -7,6 +7,7 @@ use clap::{ValueEnum, builder::PossibleValue};
 use crate::{
     classify::{Class, SPECIAL},
     ebpf::events::TransportRequest,
+    graph::{GraphFormat, Group},
     mode::ModeRequest,
     peer::Direction,
     procnet::TablesRequest,
@@ -42,10 +43,26 @@ value_enum!(Format {
     Plain => "plain": "One address per line, for other tools",
 });
 
+value_enum!(GraphFormat {
+    Text => "text": "One edge a line; with --host, who reaches it and what it reaches",
+    Json => "json": "{\"nodes\": [...], \"edges\": [...]}, as docs/design.md describes",
+    Dot => "dot": "Graphviz: hosts as boxes, edges labelled with ports, one-sided edges dashed",
+    Csv => "csv": "A header row, then one edge a row",
+});
+
+value_enum!(Group {
+    None => "none": "One node per peer address",
+    Slash24 => "/24": "One node per /24 of peers that are no monitored host",
+    Class => "class": "One node per address class (private, public, ...)",
+});
+
 value_enum!(RuleFormat {
-    Nft => "nft": "An `nft -f` script: table inet netmon, interval set, unhooked chain",
-    Ipset => "ipset": "An `ipset restore` script: a hash:net set, swapped in atomically",
-    Iptables => "iptables": "An `iptables-restore --noflush` script: one chain of RETURN rules",
+    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set and an unhooked chain \
+        per direction",
+    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction (hash:net \
+        with --any-port), swapped in atomically",
+    Iptables => "iptables": "An `iptables-restore --noflush` script: a chain of RETURN rules per \
+        direction",
 });
 
 value_enum!(ModeRequest {

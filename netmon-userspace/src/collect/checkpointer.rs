@@ -18,7 +18,7 @@ use super::{
     background::{Background, CHUNK_BYTES, Piece},
     recorder::Recorder,
 };
-use crate::{store, time::UnixTime};
+use crate::{host, store, time::UnixTime};
 
 /// Where checkpoints go, and what they say besides the peers.
 pub struct Checkpointer {
@@ -94,6 +94,7 @@ impl Checkpointer {
             .lock()
             .context("no checkpoint is written without the output's lock")?;
         self.lost_written = lost;
+        refresh_addresses(recorder);
         let snapshot = recorder.snapshot_with_losses(self.lost_before.saturating_add(lost));
         let started = Instant::now();
         let written = store::write_checkpoint(
@@ -169,6 +170,7 @@ impl Checkpointer {
             return self.judge(Err(err));
         }
         self.lost_written = lost;
+        refresh_addresses(recorder);
         let lost_in_file = self.lost_before.saturating_add(lost);
         let snapshot = recorder.snapshot_with_losses(lost_in_file);
         let mut next = Vec::with_capacity(CHUNK_BYTES + 4096);
@@ -309,5 +311,14 @@ impl Checkpointer {
                 lost.connections
             );
         }
+    }
+}
+
+/// The host's own addresses, refreshed at each checkpoint: they come and
+/// go (DHCP, a VIP moving). On failure the last ones known stay.
+fn refresh_addresses(recorder: &mut Recorder) {
+    match host::ipv4_addresses() {
+        Ok(addresses) => recorder.set_addresses(addresses),
+        Err(err) => log::debug!("cannot list this host's addresses: {err}"),
     }
 }

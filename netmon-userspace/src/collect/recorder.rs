@@ -86,6 +86,11 @@ impl Recorder {
         &self.snapshot
     }
 
+    /// The host's own addresses as of now, for the checkpoints to come.
+    pub(super) fn set_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) {
+        self.snapshot.addresses = addresses;
+    }
+
     /// The set as a checkpoint writes it, with the losses filled in.
     pub(super) fn snapshot_with_losses(&mut self, losses: Losses) -> &Snapshot {
         self.snapshot.lost_events = losses.events;

@@ -3,11 +3,12 @@
 //! Every report starts the same way: [`Inputs::load`] reads and merges
 //! the files, and a [`Filter`] picks the peers, in numeric order, each
 //! with its [`Class`]. `netmon rules` starts the same way too.
+mod allow;
 mod diff;
 mod merge;
 mod output;
 mod stats;
-mod table;
+pub(crate) mod table;
 
 use std::{
     fmt,
@@ -21,7 +22,8 @@ use log::warn;
 
 use self::output::Listing;
 pub use self::{
-    diff::DiffSets,
+    allow::{Access, Allowed, Exclusions, Ports, Protocol, RuleSelection, Service, accesses},
+    diff::{DiffRequest, diff},
     merge::{MergeRequest, merge},
     stats::{StatsRequest, stats},
 };
@@ -77,12 +79,15 @@ impl Sources {
             sources.files.push((path.clone(), format));
             sources.hosts.extend(snapshot.host);
             sources.modes.extend(snapshot.mode);
+            merged.addresses.extend(snapshot.addresses);
             merged.lost_events = merged.lost_events.saturating_add(snapshot.lost_events);
             merged.uncounted_connections = merged
                 .uncounted_connections
                 .saturating_add(snapshot.uncounted_connections);
             merged.peers.merge(snapshot.peers);
         }
+        merged.addresses.sort_unstable();
+        merged.addresses.dedup();
         sources.hosts.sort_unstable();
         sources.hosts.dedup();
         sources.modes.sort_unstable();
@@ -195,6 +200,11 @@ impl Filter {
         self.classes.is_empty() && self.direction.is_none() && self.since.is_none()
     }
 
+    /// Whether `peer` matches; `now` (Unix seconds) anchors `since`.
+    pub fn matches(&self, peer: &Peer<'_>, now: u64) -> bool {
+        Selection::new(self, now).matches(peer)
+    }
+
     /// The peers of `inputs` that match, in numeric order; `now` (Unix
     /// seconds) anchors `since`.
     ///
@@ -286,7 +296,7 @@ pub fn list(request: &ListRequest, out: &mut impl std::io::Write) -> anyhow::Res
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::parse;
 
@@ -313,7 +323,31 @@ mod tests {
         .unwrap()
     }
 
-    pub(super) fn inputs(bytes: &[u8]) -> Inputs {
+    /// A checkpoint with one peer per `(ip, remote_ports, local_ports)`,
+    /// last seen at 1000.
+    pub(crate) fn checkpoint_with_ports(peers: &[(&str, &[u16], &[u16])]) -> Vec<u8> {
+        let peers: Vec<_> = peers
+            .iter()
+            .map(|(ip, remote, local)| {
+                serde_json::json!({
+                    "ip": ip,
+                    "first_seen": UnixTime::from_secs(500).to_string(),
+                    "last_seen": UnixTime::from_secs(1_000).to_string(),
+                    "outbound": remote.len(),
+                    "inbound": local.len(),
+                    "remote_ports": remote,
+                    "local_ports": local,
+                    "processes": [],
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "version": 1, "host": "h1", "updated": UnixTime::from_secs(0).to_string(), "peers": peers,
+        }))
+        .unwrap()
+    }
+
+    pub(crate) fn inputs(bytes: &[u8]) -> Inputs {
         let (snapshot, format) = parse(bytes, 1_000).unwrap();
         let sources = Sources {
             files: vec![("test.json".into(), format)],

@@ -21,72 +21,18 @@ use crate::{
     time::UnixTime,
 };
 
-/// Which side of a diff a peer is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// In NEW, not in BASE.
-    New,
-    /// In BASE, no longer in NEW.
-    Gone,
-}
-
-impl Change {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::New => "new",
-            Self::Gone => "gone",
-        }
-    }
-
-    /// The mark `plain` puts before the address, as `diff` would.
-    fn sign(self) -> char {
-        match self {
-            Self::New => '+',
-            Self::Gone => '-',
-        }
-    }
-}
-
-/// One printed line: a peer, and for a diff which side it is on.
-struct Row<'a> {
-    change: Option<Change>,
-    peer: Peer<'a>,
-}
-
-/// Peers ready to print: a list, or the two sides of a diff.
+/// Peers ready to print.
 pub struct Listing<'a> {
-    rows: Vec<Row<'a>>,
+    rows: Vec<Peer<'a>>,
     detail: Detail,
-    /// Whether rows carry a [`Change`]: a diff with nothing in it still
-    /// prints a diff's header and JSON shape.
-    diff: bool,
 }
 
 impl<'a> Listing<'a> {
     /// `netmon list`'s peers.
     pub fn peers(peers: &[Peer<'a>], detail: Detail) -> Self {
-        let rows = peers.iter().map(|&peer| Row { change: None, peer });
         Self {
-            rows: rows.collect(),
+            rows: peers.to_vec(),
             detail,
-            diff: false,
-        }
-    }
-
-    /// `netmon diff`'s peers: the new ones, then the gone ones.
-    pub fn changes(new: &[Peer<'a>], gone: &[Peer<'a>], detail: Detail) -> Self {
-        let rows = [(Change::New, new), (Change::Gone, gone)]
-            .into_iter()
-            .flat_map(|(change, peers)| {
-                peers.iter().map(move |&peer| Row {
-                    change: Some(change),
-                    peer,
-                })
-            });
-        Self {
-            rows: rows.collect(),
-            detail,
-            diff: true,
         }
     }
 
@@ -95,41 +41,28 @@ impl<'a> Listing<'a> {
             Format::Text => table::write_text(out, &PeerTable::new(self, Style::Text)),
             Format::Csv => table::write_csv(out, &PeerTable::new(self, Style::Csv)),
             Format::Plain => write_plain(out, &self.rows),
-            Format::Json if self.diff => {
-                out.write_all(b"{\"new\": ")?;
-                self.write_json_array(out, Some(Change::New))?;
-                out.write_all(b", \"gone\": ")?;
-                self.write_json_array(out, Some(Change::Gone))?;
-                out.write_all(b"}\n")
-            }
-            Format::Json => self.write_json_array(out, None),
+            Format::Json => self.write_json_array(out),
         }
     }
 
-    /// The rows marked `change` as a JSON array, one peer per line.
-    fn write_json_array(&self, out: &mut impl Write, change: Option<Change>) -> io::Result<()> {
-        let peers = self.rows.iter().filter(|row| row.change == change);
+    /// The peers as a JSON array, one peer per line.
+    fn write_json_array(&self, out: &mut impl Write) -> io::Result<()> {
         out.write_all(b"[")?;
         let mut empty = true;
-        for row in peers {
+        for peer in &self.rows {
             out.write_all(if empty { b"\n" } else { b",\n" })?;
-            serde_json::to_writer(&mut *out, &JsonPeer::new(&row.peer, self.detail))?;
+            serde_json::to_writer(&mut *out, &JsonPeer::new(peer, self.detail))?;
             empty = false;
         }
-        out.write_all(if empty { b"]" } else { b"\n]" })?;
-        if change.is_none() {
-            out.write_all(b"\n")?;
-        }
-        Ok(())
+        out.write_all(if empty { b"]\n" } else { b"\n]\n" })
     }
 }
 
-fn write_plain(out: &mut impl Write, rows: &[Row<'_>]) -> io::Result<()> {
+fn write_plain(out: &mut impl Write, rows: &[Peer<'_>]) -> io::Result<()> {
     let mut line = String::new();
-    for row in rows {
+    for peer in rows {
         line.clear();
-        line.extend(row.change.map(Change::sign));
-        push_ip(&mut line, row.peer.ip);
+        push_ip(&mut line, peer.ip);
         line.push('\n');
         out.write_all(line.as_bytes())?;
     }
@@ -146,7 +79,6 @@ enum Style {
 /// A column of the peer table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
-    Change,
     Address,
     Class,
     Direction,
@@ -162,8 +94,7 @@ enum Field {
 impl Field {
     /// The columns for `detail`; text leaves out first_seen to stay
     /// narrow.
-    fn all(detail: Detail, style: Style, changes: bool) -> Vec<Self> {
-        let change = changes.then_some(Self::Change);
+    fn all(detail: Detail, style: Style) -> Vec<Self> {
         let recorded = match (detail, style) {
             (Detail::AddressesOnly, _) => &[][..],
             (Detail::Recorded, Style::Text) => &[
@@ -186,16 +117,14 @@ impl Field {
                 Self::Processes,
             ],
         };
-        change
+        [Self::Address, Self::Class]
             .into_iter()
-            .chain([Self::Address, Self::Class])
             .chain(recorded.iter().copied())
             .collect()
     }
 
     fn column(self, style: Style) -> Column {
         let (text, csv) = match self {
-            Self::Change => ("CHANGE", "change"),
             Self::Address => ("ADDRESS", "ip"),
             Self::Class => ("CLASS", "class"),
             Self::Direction => ("DIR", "direction"),
@@ -220,12 +149,11 @@ impl Field {
         }
     }
 
-    fn write(self, row: &Row<'_>, out: &mut String) {
-        let record = row.peer.record;
+    fn write(self, peer: &Peer<'_>, out: &mut String) {
+        let record = peer.record;
         match self {
-            Self::Change => out.push_str(row.change.map_or("", Change::as_str)),
-            Self::Address => push_ip(out, row.peer.ip),
-            Self::Class => out.push_str(row.peer.class.as_str()),
+            Self::Address => push_ip(out, peer.ip),
+            Self::Class => out.push_str(peer.class.as_str()),
             Self::Direction => out.push_str(record.directions().as_str().unwrap_or("")),
             Self::Outbound => push_number(out, record.outbound),
             Self::Inbound => push_number(out, record.inbound),
@@ -284,14 +212,14 @@ fn push_comm(out: &mut String, comm: Comm) {
 }
 
 struct PeerTable<'a> {
-    rows: &'a [Row<'a>],
+    rows: &'a [Peer<'a>],
     fields: Vec<Field>,
     columns: Vec<Column>,
 }
 
 impl<'a> PeerTable<'a> {
     fn new(listing: &'a Listing<'a>, style: Style) -> Self {
-        let fields = Field::all(listing.detail, style, listing.diff);
+        let fields = Field::all(listing.detail, style);
         let columns = fields.iter().map(|field| field.column(style)).collect();
         Self {
             rows: &listing.rows,

@@ -12,13 +12,14 @@ use super::RuleFormat;
 
 /// A set or chain name that nft, ipset and iptables all accept: a letter,
 /// then letters, digits, `_` or `-`, short enough for iptables' chains
-/// (28) and for ipset's (31) with the `-new` of the set swapped in, and
-/// none of the words the tools reserve.
+/// (28) and for ipset's sets (31) with a direction's `_out` or `-OUT`
+/// after it and the `-new` of the set swapped in, and none of the words
+/// the tools reserve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleName(String);
 
 impl RuleName {
-    const MAX_LEN: usize = 27;
+    const MAX_LEN: usize = 23;
 
     /// The format's own name, used without `--name`.
     pub(super) fn default_of(format: RuleFormat) -> Self {
@@ -295,12 +296,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for good in [
-            "peers_v4",
-            "NETMON-PEERS",
-            "a",
-            "abcdefghijklmnopqrstuvwxyz0",
-        ] {
+        for good in ["peers_v4", "NETMON-PEERS", "a", "abcdefghijklmnopqrstuvw"] {
             assert!(good.parse::<RuleName>().is_ok(), "{good}");
         }
         for bad in [
@@ -309,7 +305,7 @@ mod tests {
             "-x",
             "has space",
             "semi;colon",
-            "abcdefghijklmnopqrstuvwxyz01",
+            "abcdefghijklmnopqrstuvwx",
             "naïve",
         ] {
             assert!(bad.parse::<RuleName>().is_err(), "{bad}");

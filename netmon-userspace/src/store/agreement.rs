@@ -40,6 +40,42 @@ fn file(peers: &str) -> String {
     )
 }
 
+/// [`PEER`] as version 2 writes it: ports with their protocol.
+const PEER_V2: &str = r#"{"ip":"10.0.0.1","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-02T00:00:00Z","outbound":3,"inbound":0,"remote_ports":["443/tcp","80/tcp"],"local_ports":[],"processes":["curl"]}"#;
+
+fn file_v2(peers: &str) -> String {
+    format!(
+        r#"{{"version":2,"host":"h","addresses":["10.0.0.9"],"updated":"2026-01-02T00:00:00Z","mode":"tracepoint","lost_events":2,"uncounted_connections":1,"peers":[{peers}]}}"#
+    )
+}
+
+#[test]
+fn both_versions_read_alike() {
+    agree(file_v2(PEER_V2).as_bytes(), Some(true));
+    let (v1, _) = parse(file(PEER).as_bytes(), 0).unwrap();
+    let (v2, _) = parse(file_v2(PEER_V2).as_bytes(), 0).unwrap();
+    assert!(v1.peers.iter().eq(v2.peers.iter()));
+    assert_eq!(v2.addresses, [std::net::Ipv4Addr::new(10, 0, 0, 9)]);
+    assert!(v1.addresses.is_empty());
+    // A version 2 file in any other layout goes to serde, which agrees.
+    let pretty = serde_json::to_string_pretty(
+        &serde_json::from_str::<serde_json::Value>(&file_v2(PEER_V2)).unwrap(),
+    )
+    .unwrap();
+    agree(pretty.as_bytes(), Some(true));
+}
+
+#[test]
+fn a_newer_version_is_named_in_the_error() {
+    let newer =
+        file_v2(&PEER_V2.replace("443/tcp", "443/sctp")).replace("\"version\":2", "\"version\":3");
+    let err = format!("{:#}", parse(newer.as_bytes(), 0).unwrap_err());
+    assert!(
+        err.contains("checkpoint version 3 is not supported") && err.contains("newer netmon"),
+        "{err}"
+    );
+}
+
 #[test]
 fn netmon_layout_takes_the_fast_path() {
     agree(file(PEER).as_bytes(), Some(true));
@@ -95,7 +131,13 @@ fn other_valid_forms_agree() {
 #[test]
 fn invalid_files_fail_on_both_paths() {
     for bad in [
-        file(PEER).replace("\"version\":1", "\"version\":2"),
+        file(PEER).replace("\"version\":1", "\"version\":3"),
+        file_v2(&PEER_V2.replace("443/tcp", "443/udp")),
+        file_v2(&PEER_V2.replace("443/tcp", "65536/tcp")),
+        file_v2(&PEER_V2.replace("443/tcp", "/tcp")),
+        file_v2(&PEER_V2.replace("443/tcp", "443")),
+        file_v2(&PEER_V2.replace("443/tcp", "-1/tcp")),
+        file_v2(PEER_V2).replace("[\"10.0.0.9\"]", "[\"10.0.0.256\"]"),
         file(&PEER.replace("10.0.0.1", "10.0.0.256")),
         file(&PEER.replace("10.0.0.1", "010.0.0.1")),
         file(&PEER.replace("443", "65536")),

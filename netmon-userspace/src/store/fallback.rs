@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{
     CappedSet, FileFormat, InlineItem, PeerRecord, PeerSet, Snapshot, check_version,
-    schema::{CheckpointIn, PeerIn},
+    schema::{self, CheckpointIn, PeerIn},
 };
 use crate::peer::Comm;
 
@@ -54,6 +54,7 @@ fn parse_checkpoint(bytes: &[u8]) -> anyhow::Result<Snapshot> {
     check_version(Some(file.version))?;
     Ok(Snapshot {
         host: Some(file.host),
+        addresses: file.addresses,
         mode: file.mode,
         lost_events: file.lost_events,
         uncounted_connections: file.uncounted_connections,
@@ -154,6 +155,48 @@ where
 
         let set = deserializer.deserialize_seq(Items::<I, T>(PhantomData))?;
         Ok(Self(set, PhantomData))
+    }
+}
+
+/// A port as either version writes it: a bare number (1) or
+/// `"PORT/tcp"` (2).
+pub(super) struct PortIn(u16);
+
+impl From<PortIn> for Option<u16> {
+    fn from(port: PortIn) -> Self {
+        Some(port.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Port;
+
+        impl serde::de::Visitor<'_> for Port {
+            type Value = PortIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port: a number, or \"PORT/tcp\"")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, port: u64) -> Result<PortIn, E> {
+                u16::try_from(port)
+                    .map(PortIn)
+                    .map_err(|_| E::custom(format!("port {port} is out of range")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PortIn, E> {
+                schema::parse_port(text.as_bytes())
+                    .map(PortIn)
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "port {text:?} is not PORT/tcp (this netmon knows no other protocol)"
+                        ))
+                    })
+            }
+        }
+
+        deserializer.deserialize_any(Port)
     }
 }
 

@@ -22,6 +22,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read as _},
+    net::Ipv4Addr,
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::UNIX_EPOCH,
@@ -43,7 +44,7 @@ use anyhow::{Context as _, bail};
 pub use fallback::parse_with_serde;
 pub use lockfile::Lock;
 pub use output::{OnCorrupt, Output, check_output, open_output};
-pub use schema::{FORMAT_VERSION, PeerRecord};
+pub use schema::{FORMAT_VERSION, MAX_ADDRESSES, OLDEST_VERSION, PeerRecord};
 pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
 pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
@@ -71,6 +72,11 @@ fn is_disk_unwritable(err: &io::Error) -> bool {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub host: Option<String>,
+    /// The host's own IPv4 addresses when the file was written (none
+    /// known for a version 1 file or an address list): what lets a set of
+    /// files from many hosts be joined, a peer that is another file's own
+    /// address being that host.
+    pub addresses: Vec<Ipv4Addr>,
     /// The attach mode that collected the data, when netmon wrote the file.
     pub mode: Option<String>,
     /// Events the kernel side could not deliver, over all runs on this
@@ -106,6 +112,7 @@ fn snapshot_of(checkpoint: schema::Checkpoint) -> anyhow::Result<Snapshot> {
     check_version(Some(checkpoint.version))?;
     Ok(Snapshot {
         host: Some(checkpoint.host),
+        addresses: checkpoint.addresses,
         mode: checkpoint.mode,
         lost_events: checkpoint.lost_events,
         uncounted_connections: checkpoint.uncounted_connections,
@@ -115,9 +122,10 @@ fn snapshot_of(checkpoint: schema::Checkpoint) -> anyhow::Result<Snapshot> {
 
 fn check_version(version: Option<u64>) -> anyhow::Result<()> {
     match version {
-        Some(v) if v == u64::from(FORMAT_VERSION) => Ok(()),
+        Some(v) if (u64::from(OLDEST_VERSION)..=u64::from(FORMAT_VERSION)).contains(&v) => Ok(()),
         Some(v) => bail!(
-            "checkpoint version {v} is not supported (this netmon reads version {FORMAT_VERSION})"
+            "checkpoint version {v} is not supported (this netmon reads versions \
+             {OLDEST_VERSION} to {FORMAT_VERSION}; a newer netmon wrote it?)"
         ),
         None => bail!("object without a \"version\" field"),
     }
@@ -380,6 +388,7 @@ mod tests {
         let mut snapshot = Snapshot {
             mode: Some("tracepoint".into()),
             lost_events: 7,
+            addresses: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(192, 168, 1, 5)],
             ..Snapshot::default()
         };
         snapshot.peers.record(
@@ -397,20 +406,21 @@ mod tests {
             .record(&conn([9, 1, 2, 3], Direction::Inbound, ""), 2, 0);
         let bytes = to_json(&snapshot, "web-\"1\"", 1_795_881_640).unwrap();
         let expected = concat!(
-            r#"{"version":1,"host":"web-\"1\"","updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"uncounted_connections":0,"peers":["#,
+            r#"{"version":2,"host":"web-\"1\"","addresses":["10.0.0.1","192.168.1.5"],"updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"uncounted_connections":0,"peers":["#,
             "\n",
-            r#"{"ip":"9.1.2.3","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":0,"inbound":2,"remote_ports":[],"local_ports":[22],"processes":[]}"#,
+            r#"{"ip":"9.1.2.3","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":0,"inbound":2,"remote_ports":[],"local_ports":["22/tcp"],"processes":[]}"#,
             ",\n",
-            r#"{"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":1,"remote_ports":[443],"local_ports":[22],"processes":["api\"1","sshd"]}"#,
+            r#"{"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":1,"remote_ports":["443/tcp"],"local_ports":["22/tcp"],"processes":["api\"1","sshd"]}"#,
             "\n]}\n",
         );
         assert_eq!(String::from_utf8(bytes).unwrap(), expected);
         snapshot.mode = None;
+        snapshot.addresses.clear();
         snapshot.peers = PeerSet::default();
         let bytes = to_json(&snapshot, "h", 0).unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            "{\"version\":1,\"host\":\"h\",\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"uncounted_connections\":0,\"peers\":[\n]}\n"
+            "{\"version\":2,\"host\":\"h\",\"addresses\":[],\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"uncounted_connections\":0,\"peers\":[\n]}\n"
         );
     }
 }

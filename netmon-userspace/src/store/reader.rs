@@ -24,7 +24,7 @@ use std::{
 
 use super::{
     CappedSet, InlineItem, PeerRecord, advise_huge_pages,
-    schema::{self, Checkpoint},
+    schema::{self, Checkpoint, MAX_ADDRESSES},
     unadvise_huge_pages,
 };
 use crate::time::UnixTime;
@@ -109,7 +109,7 @@ impl<R: io::Read> Cursor<R> {
     }
 
     /// Skips JSON whitespace, then returns the next byte.
-    fn peek(&mut self) -> Option<u8> {
+    pub(super) fn peek(&mut self) -> Option<u8> {
         self.fill();
         while let Some(&byte) = self.buffer.get(self.at) {
             if !matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
@@ -270,6 +270,17 @@ impl<R: io::Read> Cursor<R> {
             Some(())
         })?;
         Some(set)
+    }
+
+    /// A list of addresses (the header's own `addresses`), at most
+    /// [`MAX_ADDRESSES`] of them.
+    pub(super) fn addresses(&mut self) -> Option<Vec<Ipv4Addr>> {
+        let mut addresses = Vec::new();
+        self.array(|cursor| {
+            addresses.push(cursor.ip()?);
+            (addresses.len() <= MAX_ADDRESSES).then_some(())
+        })?;
+        Some(addresses)
     }
 
     pub(super) fn peers(&mut self) -> Option<Vec<(Ipv4Addr, PeerRecord)>> {

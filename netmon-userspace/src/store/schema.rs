@@ -4,8 +4,8 @@
 //! line, in address order:
 //!
 //! ```text
-//! {"version":1,"host":"web-1","updated":"2026-11-28T16:00:33Z","mode":"tracepoint","lost_events":0,"uncounted_connections":0,"peers":[
-//! {"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":0,"remote_ports":[5432],"local_ports":[],"processes":["api-server"]}
+//! {"version":2,"host":"web-1","addresses":["10.0.0.1"],"updated":"2026-11-28T16:00:33Z","mode":"tracepoint","lost_events":0,"uncounted_connections":0,"peers":[
+//! {"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":0,"remote_ports":["5432/tcp"],"local_ports":[],"processes":["api-server"]}
 //! ]}
 //! ```
 //!
@@ -25,14 +25,25 @@ use serde::Deserialize;
 
 use super::{
     CappedSet, Snapshot,
-    fallback::{CappedIn, PeersIn, ProcessName},
+    fallback::{CappedIn, PeersIn, PortIn, ProcessName},
     reader::{Cursor, Fields},
     writer::LineWriter,
 };
 use crate::{peer::Comm, time::UnixTime};
 
 /// The checkpoint format this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2 added the host's own `addresses` to the header, and wrote ports as
+/// `"PORT/PROTOCOL"` strings (1 wrote bare numbers, all TCP), so that a
+/// protocol besides TCP needs no new format. Version 1 files still load.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest checkpoint format this build reads.
+pub const OLDEST_VERSION: u32 = 1;
+
+/// Most own addresses the fast reader takes from a header (more go to
+/// serde), and the collector records.
+pub const MAX_ADDRESSES: usize = 4096;
 
 /// How one kind of field's value is written and read, on each path.
 pub(super) trait Codec {
@@ -93,21 +104,46 @@ impl Codec for Count {
     }
 }
 
-/// A list of port numbers.
+/// A list of TCP ports, written `"PORT/tcp"`; a bare number (version 1)
+/// is a TCP port too.
 pub(super) struct Ports;
+
+/// The protocol suffix of a port this build writes and reads.
+pub(super) const TCP_SUFFIX: &[u8] = b"/tcp";
 
 impl Codec for Ports {
     type Value = CappedSet<u16>;
-    type Serde = CappedIn<u16, u16>;
+    type Serde = CappedIn<PortIn, u16>;
 
     #[inline]
     fn write(value: &CappedSet<u16>, line: &mut LineWriter) {
-        line.list(value, |line, port| line.u64(u64::from(port)));
+        line.list(value, |line, port| {
+            line.raw(b"\"");
+            line.u64(u64::from(port));
+            line.raw(TCP_SUFFIX);
+            line.raw(b"\"");
+        });
     }
 
     fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<u16>> {
-        cursor.list(|cursor| u16::try_from(cursor.u64()?).ok().map(Some))
+        cursor.list(|cursor| {
+            if cursor.peek()? == b'"' {
+                parse_port(cursor.string()?.as_bytes()).map(Some)
+            } else {
+                u16::try_from(cursor.u64()?).ok().map(Some)
+            }
+        })
     }
+}
+
+/// A port as version 2 writes it, `"PORT/tcp"`; `None` for any other
+/// protocol (the serde fallback then names it).
+pub(super) fn parse_port(text: &[u8]) -> Option<u16> {
+    let digits = text.strip_suffix(TCP_SUFFIX)?;
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// A list of process names; an empty name is no process.
@@ -274,6 +310,7 @@ peer_fields! {
 const HEADER_KEYS: &[&[u8]] = &[
     b"version",
     b"host",
+    b"addresses",
     b"updated",
     b"mode",
     b"lost_events",
@@ -292,6 +329,8 @@ pub(super) fn write_header(
     serde_json::to_writer(&mut *out, &FORMAT_VERSION)?;
     out.write_all(b",\"host\":")?;
     serde_json::to_writer(&mut *out, host)?;
+    out.write_all(b",\"addresses\":")?;
+    serde_json::to_writer(&mut *out, &snapshot.addresses)?;
     out.write_all(b",\"updated\":")?;
     serde_json::to_writer(&mut *out, &UnixTime::from_secs(now))?;
     if let Some(mode) = &snapshot.mode {
@@ -310,6 +349,7 @@ pub(super) fn write_header(
 pub(super) struct Checkpoint {
     pub version: u64,
     pub host: String,
+    pub addresses: Vec<Ipv4Addr>,
     pub mode: Option<String>,
     pub lost_events: u64,
     pub uncounted_connections: u64,
@@ -321,17 +361,19 @@ pub(super) struct Checkpoint {
 pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Checkpoint> {
     let mut fields = Fields::default();
     let (mut version, mut host, mut mode, mut peers) = (None, None, None, None);
+    let mut addresses = Vec::new();
     let (mut lost_events, mut uncounted_connections) = (0, 0);
     cursor.object(HEADER_KEYS, |cursor, key| {
         match fields.once(key)? {
             0 => version = Some(cursor.u64()?),
             1 => host = Some(cursor.string()?.to_owned()),
-            2 => {
+            2 => addresses = cursor.addresses()?,
+            3 => {
                 cursor.string()?;
             }
-            3 => mode = cursor.nullable(|cursor| cursor.string().map(str::to_owned))?,
-            4 => lost_events = cursor.u64()?,
-            5 => uncounted_connections = cursor.u64()?,
+            4 => mode = cursor.nullable(|cursor| cursor.string().map(str::to_owned))?,
+            5 => lost_events = cursor.u64()?,
+            6 => uncounted_connections = cursor.u64()?,
             _ => peers = Some(cursor.peers()?),
         }
         Some(())
@@ -340,6 +382,7 @@ pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Che
     Some(Checkpoint {
         version: version?,
         host: host?,
+        addresses,
         mode,
         lost_events,
         uncounted_connections,
@@ -354,6 +397,8 @@ pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Che
 pub(super) struct CheckpointIn {
     pub version: u64,
     pub host: String,
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Addr>,
     #[serde(default)]
     pub mode: Option<String>,
     #[serde(default)]

@@ -312,7 +312,7 @@ mod tests {
                 "last_seen": "2023-11-14T22:14:21Z",
                 "outbound": 18_446_744_073_709_551_615u64,
                 "inbound": 0,
-                "remote_ports": [80, 443],
+                "remote_ports": ["80/tcp", "443/tcp"],
                 "local_ports": [],
                 "processes": ["a\u{1}b", "cu\"rl\\", "é"],
             })

@@ -19,7 +19,7 @@ pub fn read_peers(path: &Path) -> Peers {
 pub fn read_checkpoint(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let file: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(file["version"], 1, "{text}");
+    assert_eq!(file["version"], 2, "{text}");
     file
 }
 
@@ -31,6 +31,16 @@ pub fn peers_of(file: &Value) -> Peers {
         .iter()
         .map(|peer| (peer["ip"].as_str().unwrap().parse().unwrap(), peer.clone()))
         .collect()
+}
+
+/// A TCP port as a checkpoint writes it.
+pub fn tcp_port(port: u16) -> Value {
+    format!("{port}/tcp").into()
+}
+
+/// A list of TCP ports as a checkpoint writes it.
+pub fn tcp_ports(ports: &[u16]) -> Value {
+    ports.iter().map(|&port| tcp_port(port)).collect()
 }
 
 pub fn has(list: &Value, wanted: Value) -> bool {
@@ -62,7 +72,7 @@ pub fn expect_peers(peers: &Peers, addrs: &[Ipv4Addr], what: &str, check: impl F
 fn only(ports: &Value, port: u16) -> bool {
     ports
         .as_array()
-        .is_some_and(|ports| ports == &[Value::from(port)])
+        .is_some_and(|ports| ports == &[tcp_port(port)])
 }
 
 pub fn outbound(port: u16, process: bool) -> impl Fn(&Value) -> bool {

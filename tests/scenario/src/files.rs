@@ -45,15 +45,21 @@ pub fn write_big_checkpoint(path: &Path, peers: u32) -> io::Result<()> {
     let mut out = BufWriter::new(fs::File::create(path)?);
     write!(
         out,
-        r#"{{"version":1,"host":"bench","updated":"2026-01-02T00:00:00Z","mode":"tracepoint","lost_events":0,"peers":["#
+        r#"{{"version":2,"host":"bench","addresses":["192.0.2.1"],"updated":"2026-01-02T00:00:00Z","mode":"tracepoint","lost_events":0,"uncounted_connections":0,"peers":["#
     )?;
     for i in 0..peers {
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + i * 7);
         let (outbound, inbound, remote, local, processes) = match i % 4 {
-            0 => (0, 1 + i % 5, "", "22", ""),
-            1 => (1 + i % 9, 0, "443", "", r#""curl""#),
-            2 => (1 + i % 13, 0, "443,8443", "", r#""api-server""#),
-            _ => (1 + i % 3, 0, "5432", "", r#""api-server","psql""#),
+            0 => (0, 1 + i % 5, "", r#""22/tcp""#, ""),
+            1 => (1 + i % 9, 0, r#""443/tcp""#, "", r#""curl""#),
+            2 => (
+                1 + i % 13,
+                0,
+                r#""443/tcp","8443/tcp""#,
+                "",
+                r#""api-server""#,
+            ),
+            _ => (1 + i % 3, 0, r#""5432/tcp""#, "", r#""api-server","psql""#),
         };
         let comma = if i == 0 { "\n" } else { ",\n" };
         write!(

@@ -2,7 +2,8 @@
 //! workload (and a stream of connections across a restart) and the
 //! addresses each test owns, the per-peer checks on a
 //! checkpoint, the harness that runs `netmon run`, the files the tests
-//! write, and the one-line result format of the matrix.
+//! write, the network-namespace fleet of the access-map tests, and the
+//! one-line result format of the matrix.
 //!
 //! tests/collector.rs runs these on the host kernel; the `netmon-scenario`
 //! binary runs the same code inside each VM of `cargo xtask vm-test`, so a
@@ -11,6 +12,7 @@ pub mod case;
 pub mod check;
 pub mod confine;
 pub mod files;
+pub mod fleet;
 pub mod harness;
 pub mod isolate;
 pub mod mptcp;

@@ -1,0 +1,156 @@
+//! One host's view of the whole fleet: what `netmon rules --host` builds
+//! that host's rules from.
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use anyhow::bail;
+
+use super::View;
+use crate::store::{PeerRecord, Snapshot};
+
+/// `host`'s own file, plus every connection another file recorded with
+/// one of `host`'s addresses, turned around: web1's outbound connection
+/// to db1:5432 is db1's inbound connection from web1 on 5432, even if db1
+/// was not collecting then.
+///
+/// The other side's file does not say which of its addresses it used, so
+/// such a connection stands for each of that host's own addresses; where
+/// `host` recorded the connection itself, its own record names the one.
+pub fn host_view(views: &[View], host: &str) -> anyhow::Result<Snapshot> {
+    let mine: Vec<&View> = views.iter().filter(|view| view.host == host).collect();
+    if mine.is_empty() {
+        let known: Vec<&str> = views.iter().map(|view| view.host.as_str()).collect();
+        bail!(
+            "--host {host}: no file of that host (the files name {})",
+            known.join(", ")
+        );
+    }
+    let own: BTreeSet<Ipv4Addr> = mine
+        .iter()
+        .flat_map(|view| view.snapshot.addresses.iter().copied())
+        .collect();
+    if own.is_empty() {
+        bail!(
+            "--host {host}: its file records no addresses of its own (written by netmon before \
+             format 2): other hosts' connections to it cannot be told apart"
+        );
+    }
+    let mut snapshot = Snapshot {
+        host: Some(host.to_owned()),
+        addresses: own.iter().copied().collect(),
+        ..Snapshot::default()
+    };
+    for view in &mine {
+        for (ip, record) in view.snapshot.peers.iter() {
+            snapshot.peers.merge_record(ip, record.clone());
+        }
+    }
+    for view in views.iter().filter(|view| view.host != host) {
+        for (ip, record) in view.snapshot.peers.iter() {
+            if !own.contains(&ip) {
+                continue;
+            }
+            let turned = turned_around(record);
+            for &address in &view.snapshot.addresses {
+                snapshot.peers.merge_record(address, turned.clone());
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+/// The other side's record of the same connections.
+fn turned_around(record: &PeerRecord) -> PeerRecord {
+    PeerRecord {
+        outbound: record.inbound,
+        inbound: record.outbound,
+        remote_ports: record.local_ports.clone(),
+        local_ports: record.remote_ports.clone(),
+        // Processes are the other host's, not this one's.
+        processes: Default::default(),
+        ..record.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::parse;
+
+    fn view(host: &str, addresses: &str, peers: &str) -> View {
+        let text = format!(
+            r#"{{"version":2,"host":"{host}","addresses":[{addresses}],"updated":"2026-01-02T00:00:00Z","peers":[{peers}]}}"#
+        );
+        let (snapshot, _) = parse(text.as_bytes(), 0).unwrap();
+        View {
+            host: host.to_owned(),
+            snapshot,
+        }
+    }
+
+    fn peer(ip: &str, outbound: u64, inbound: u64, remote: &str, local: &str) -> String {
+        format!(
+            r#"{{"ip":"{ip}","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-02T00:00:00Z","outbound":{outbound},"inbound":{inbound},"remote_ports":[{remote}],"local_ports":[{local}],"processes":["p"]}}"#
+        )
+    }
+
+    #[test]
+    fn a_connection_only_the_client_recorded_is_the_servers_too() {
+        let views = [
+            // db1 saw web1 connect, and connected to web2's 8080 itself.
+            view(
+                "db1",
+                r#""10.0.0.2""#,
+                &peer("10.0.0.1", 0, 1, "", r#""5432/tcp""#),
+            ),
+            // web2 (two addresses) connected to db1 while db1 was not
+            // collecting, and saw db1 connect to its 8080.
+            view(
+                "web2",
+                r#""10.0.0.3","10.0.0.4""#,
+                &peer("10.0.0.2", 2, 1, r#""5432/tcp""#, r#""8080/tcp""#),
+            ),
+        ];
+        let db1 = host_view(&views, "db1").unwrap();
+        let peers: Vec<_> = db1
+            .peers
+            .iter()
+            .map(|(ip, r)| {
+                let ports =
+                    |set: &crate::store::CappedSet<u16>| set.iter().copied().collect::<Vec<_>>();
+                (
+                    ip.to_string(),
+                    r.outbound,
+                    r.inbound,
+                    ports(&r.remote_ports),
+                    ports(&r.local_ports),
+                )
+            })
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("10.0.0.1".to_owned(), 0, 1, vec![], vec![5432]),
+                ("10.0.0.3".to_owned(), 1, 2, vec![8080], vec![5432]),
+                ("10.0.0.4".to_owned(), 1, 2, vec![8080], vec![5432]),
+            ]
+        );
+        assert!(
+            db1.peers
+                .iter()
+                .all(|(ip, r)| ip.to_string() == "10.0.0.1" || r.processes.is_empty())
+        );
+        assert_eq!(db1.addresses, [Ipv4Addr::new(10, 0, 0, 2)]);
+    }
+
+    #[test]
+    fn an_unknown_host_or_one_without_addresses_is_refused() {
+        let views = [view("old", "", "")];
+        let unknown = host_view(&views, "db1").unwrap_err().to_string();
+        assert!(
+            unknown.contains("no file of that host") && unknown.contains("old"),
+            "{unknown}"
+        );
+        let old = host_view(&views, "old").unwrap_err().to_string();
+        assert!(old.contains("records no addresses"), "{old}");
+    }
+}

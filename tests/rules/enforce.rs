@@ -1,0 +1,445 @@
+//! Hooked-in rules against real connections.
+//!
+//! Two namespaces of the test's own joined by a veth pair: `host`, where
+//! `netmon run --mode proc` records real connections and where the rules
+//! it gives are then loaded and hooked, and `peers`, which holds a peer
+//! that connected (`SEEN`) and one that never did (`UNSEEN`). Every
+//! (peer, port) pair netmon recorded must still connect; the same peer on
+//! another port, and the other peer, must be dropped, and the drop counter
+//! of the chain's direction must move. The host also connected to its own
+//! address, which thus is a peer: no rule may let a stranger in for it.
+//!
+//! The rules are the host's from the whole fleet (`--host`): `peers` ran
+//! netmon too, before the host did, and recorded a connection of SEEN to
+//! the host's FLEET_SERVICE that only its own file holds; the host's rules
+//! must allow it all the same.
+use std::{
+    fs::File,
+    io,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use netmon_scenario::{
+    check::{read_peers, tcp_port},
+    harness::Netmon,
+};
+use socket2::{Domain, Socket, Type};
+use tempfile::TempDir;
+
+use super::{Netns, SBIN, check, netmon_rules};
+
+/// The host's address, and the peers'; a block no test on the host uses,
+/// and only ever inside these namespaces.
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const SEEN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const UNSEEN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+
+/// The host's service SEEN connected to, and one nobody used.
+const SERVICE: u16 = 5432;
+const UNUSED_SERVICE: u16 = 5433;
+/// The host's service SEEN connected to while only `peers` collected.
+const FLEET_SERVICE: u16 = 5435;
+/// The peers' service the host connected to, and one it never used.
+const REMOTE: u16 = 8443;
+const UNUSED_REMOTE: u16 = 8444;
+
+/// How long a connection that must succeed may take; it is a hang
+/// detector, over a veth pair it takes well under a millisecond.
+const CONNECTS: Duration = Duration::from_secs(10);
+/// How long a dropped SYN is waited for: the drop counter, not this
+/// timeout, is what shows it was dropped.
+const DROPPED: Duration = Duration::from_secs(1);
+
+/// The namespaces, their veth pair and addresses, ready before the first
+/// packet; deleting the namespaces deletes the pair.
+struct Topology {
+    host: Netns,
+    peers: Netns,
+}
+
+impl Topology {
+    fn new() -> Self {
+        let host = Netns::new("host");
+        let peers = Netns::new("peers");
+        host.run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "h0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "p0",
+                "netns",
+                &peers.name,
+            ],
+        );
+        for (netns, link, addrs) in [
+            (&host, "h0", &[HOST][..]),
+            (&peers, "p0", &[SEEN, UNSEEN][..]),
+        ] {
+            for addr in addrs {
+                netns.run("ip", &["addr", "add", &format!("{addr}/24"), "dev", link]);
+            }
+            netns.run("ip", &["link", "set", link, "up"]);
+            netns.run("ip", &["link", "set", "lo", "up"]);
+        }
+        Self { host, peers }
+    }
+}
+
+/// Runs `f` on a thread inside `netns`: sockets it makes stay there.
+fn inside<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{}", netns.name);
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = File::open(&path).unwrap();
+                // SAFETY: setns on an open namespace file; it changes only
+                // this thread, which ends with the scope.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+fn listen(netns: &Netns, port: u16) -> TcpListener {
+    inside(netns, || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap()
+    })
+}
+
+/// A connection from `netns`, from `from` if given, to `to:port`.
+fn connect(
+    netns: &Netns,
+    from: Option<Ipv4Addr>,
+    to: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    inside(netns, || {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        if let Some(from) = from {
+            socket.bind(&SocketAddr::from((from, 0)).into())?;
+        }
+        socket.connect_timeout(&SocketAddrV4::new(to, port).into(), timeout)?;
+        Ok(socket.into())
+    })
+}
+
+/// A firewall setup under test: how its rules are loaded, hooked, read and
+/// removed.
+#[derive(Clone, Copy, Debug)]
+enum Tool {
+    Nft,
+    /// ipset's sets, matched by the iptables rules its script suggests.
+    Ipset,
+    Iptables,
+}
+
+/// What must pass ahead of the jump with iptables, as docs/firewall.md
+/// says; nft's script comments list their own.
+const IPTABLES_BASICS: [&str; 6] = [
+    "iptables -A INPUT -i lo -j ACCEPT",
+    "iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    "iptables -A INPUT -p tcp --dport 22 -j ACCEPT",
+    "iptables -A OUTPUT -o lo -j ACCEPT",
+    "iptables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    "iptables -A OUTPUT -p tcp --sport 22 -j ACCEPT",
+];
+
+impl Tool {
+    fn format(self) -> &'static str {
+        match self {
+            Self::Nft => "nft",
+            Self::Ipset => "ipset",
+            Self::Iptables => "iptables",
+        }
+    }
+
+    /// Loads `script` and hooks it in, with the commands its comments give.
+    fn apply(self, netns: &Netns, script: &Path, text: &str) {
+        let script = script.to_str().unwrap();
+        let load: &[&str] = match self {
+            Self::Nft => &["nft", "-f", script],
+            Self::Ipset => &["ipset", "restore", "-f", script],
+            Self::Iptables => &["iptables-restore", "--noflush", script],
+        };
+        netns.run(load[0], &load[1..]);
+        let hooks = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("#   "))
+            .map(str::to_owned);
+        let basics = match self {
+            Self::Nft => &[][..],
+            Self::Ipset | Self::Iptables => &IPTABLES_BASICS[..],
+        };
+        for command in basics.iter().map(|c| (*c).to_owned()).chain(hooks) {
+            shell(netns, &command);
+        }
+    }
+
+    /// The packets the chain (or rule) of `direction` dropped so far.
+    fn dropped(self, netns: &Netns, direction: &str) -> u64 {
+        match self {
+            Self::Nft => {
+                let chain = format!("allow_peers_v4_{direction}");
+                let listed = netns.run("nft", &["list", "chain", "inet", "netmon", &chain]);
+                let counter = listed
+                    .split_once("counter packets ")
+                    .unwrap_or_else(|| panic!("no counter in {listed}"))
+                    .1;
+                counter.split(' ').next().unwrap().parse().unwrap()
+            }
+            Self::Ipset | Self::Iptables => {
+                let rule = match self {
+                    Self::Iptables => {
+                        format!("-A NETMON-PEERS-{} -j DROP", direction.to_uppercase())
+                    }
+                    _ => {
+                        let (hook, side) = if direction == "in" {
+                            ("INPUT", "src")
+                        } else {
+                            ("OUTPUT", "dst")
+                        };
+                        format!(
+                            "-A {hook} -p tcp -m set ! --match-set netmon_peers_{direction} {side},dst -j DROP"
+                        )
+                    }
+                };
+                let saved = netns.run("iptables-save", &["-c", "-t", "filter"]);
+                let line = saved
+                    .lines()
+                    .find(|line| line.ends_with(&rule))
+                    .unwrap_or_else(|| panic!("no {rule:?} in\n{saved}"));
+                let packets = line.trim_start_matches('[').split(':').next().unwrap();
+                packets.parse().unwrap()
+            }
+        }
+    }
+
+    /// Removes the rules and the hooks, as docs/firewall.md says.
+    fn undo(self, netns: &Netns) {
+        let commands: &[&str] = match self {
+            Self::Nft => &["nft delete table inet netmon"],
+            Self::Ipset => &[
+                "iptables -F INPUT",
+                "iptables -F OUTPUT",
+                "ipset destroy netmon_peers_in",
+                "ipset destroy netmon_peers_out",
+            ],
+            Self::Iptables => &[
+                "iptables -F INPUT",
+                "iptables -F OUTPUT",
+                "iptables -F NETMON-PEERS-IN",
+                "iptables -X NETMON-PEERS-IN",
+                "iptables -F NETMON-PEERS-OUT",
+                "iptables -X NETMON-PEERS-OUT",
+            ],
+        };
+        for command in commands {
+            shell(netns, command);
+        }
+    }
+}
+
+/// Runs a command line as an admin would type it, inside `netns`.
+fn shell(netns: &Netns, command: &str) {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let output = Command::new(super::find("ip").unwrap())
+        .args(["netns", "exec", &netns.name, "sh", "-c", command])
+        .env("PATH", format!("{}:{path}", SBIN.join(":")))
+        .output()
+        .unwrap();
+    check(command, output);
+}
+
+/// `netmon run --mode proc` in `netmon`'s namespace, under the host name
+/// `name` (a UTS namespace of its own), ready.
+fn collect(netns: &Netns, name: &str, checkpoint: &Path) -> Netmon {
+    let mut command = Command::new(super::find("ip").unwrap());
+    command
+        .args(["netns", "exec", &netns.name])
+        .args([
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            r#"hostname "$0" && exec "$@""#,
+            name,
+        ])
+        .arg(env!("CARGO_BIN_EXE_netmon"))
+        .args(["run", "--mode", "proc", "--output"])
+        .arg(checkpoint);
+    let netmon = Netmon::spawn(command);
+    netmon.wait_ready().unwrap();
+    netmon
+}
+
+/// First `peers` collects alone while SEEN connects to our FLEET_SERVICE
+/// (closed, client first, before the host's netmon starts: only `peers`'
+/// file has it). Then the host records its connections: SEEN to our
+/// SERVICE, we to SEEN's REMOTE, and we to our own address, held open
+/// until netmon has stopped, so its last poll sees them whatever its
+/// timing.
+fn record(topology: &Topology, dir: &Path, fleet: &TcpListener) {
+    let (host, peers) = (&topology.host, &topology.peers);
+    let netmon = collect(peers, "peers", &dir.join("peers.json"));
+    let client = connect(peers, Some(SEEN), HOST, FLEET_SERVICE, CONNECTS)
+        .expect("connections before any rule");
+    let (server, _) = fleet.accept().unwrap();
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    drop(client);
+    drop(server);
+
+    let netmon = collect(host, "host", &dir.join("host.json"));
+    let held = [
+        connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+        connect(host, None, SEEN, REMOTE, CONNECTS),
+        connect(host, None, HOST, SERVICE, CONNECTS),
+    ]
+    .map(|stream| stream.expect("connections before any rule"));
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    drop(held);
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
+    let topology = Topology::new();
+    let (host, peers) = (&topology.host, &topology.peers);
+    let fleet = listen(host, FLEET_SERVICE);
+    let _listeners = [
+        listen(host, SERVICE),
+        listen(host, UNUSED_SERVICE),
+        listen(peers, REMOTE),
+        listen(peers, UNUSED_REMOTE),
+    ];
+    let dir = TempDir::new().unwrap();
+    record(&topology, dir.path(), &fleet);
+    let files = [dir.path().join("host.json"), dir.path().join("peers.json")];
+    let recorded = read_peers(&files[0]);
+    let ports_of = |peer, field: &str| recorded[&peer][field].as_array().unwrap().clone();
+    for (peer, field, port) in [
+        (SEEN, "local_ports", SERVICE),
+        (SEEN, "remote_ports", REMOTE),
+        (HOST, "remote_ports", SERVICE),
+    ] {
+        assert!(
+            ports_of(peer, field).contains(&tcp_port(port)),
+            "netmon did not record {peer} {field} {port}: {recorded:?}"
+        );
+    }
+    assert!(
+        !ports_of(SEEN, "local_ports").contains(&tcp_port(FLEET_SERVICE)),
+        "the host's own file has the connection only peers' should: {recorded:?}"
+    );
+    let theirs = read_peers(&files[1]);
+    assert!(
+        theirs[&HOST]["remote_ports"]
+            .as_array()
+            .unwrap()
+            .contains(&tcp_port(FLEET_SERVICE)),
+        "peers' netmon did not record its connection to our FLEET_SERVICE: {theirs:?}"
+    );
+
+    for tool in [Tool::Nft, Tool::Ipset, Tool::Iptables] {
+        // The host's rules from both files, without --direction: both
+        // chains.
+        let [ours, theirs] = files.each_ref().map(|path| path.to_str().unwrap());
+        let format = tool.format();
+        let text = netmon_rules(&["rules", "--host", "host", "--format", format, ours, theirs]);
+        let script = dir.path().join(tool.format());
+        std::fs::write(&script, &text).unwrap();
+        tool.apply(host, &script, &text);
+
+        for (what, result) in [
+            (
+                "SEEN to our SERVICE",
+                connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+            ),
+            (
+                "we to SEEN's REMOTE",
+                connect(host, None, SEEN, REMOTE, CONNECTS),
+            ),
+            (
+                "SEEN to our FLEET_SERVICE, in peers' file only",
+                connect(peers, Some(SEEN), HOST, FLEET_SERVICE, CONNECTS),
+            ),
+        ] {
+            assert!(
+                result.is_ok(),
+                "{tool:?}: {what}, observed, must connect: {result:?}"
+            );
+        }
+        let blocked = [
+            (
+                "in",
+                "SEEN to a service it never used",
+                peers,
+                Some(SEEN),
+                HOST,
+                UNUSED_SERVICE,
+            ),
+            (
+                "in",
+                "UNSEEN to our SERVICE",
+                peers,
+                Some(UNSEEN),
+                HOST,
+                SERVICE,
+            ),
+            // Our own address is an (outbound) peer: before port rules,
+            // its `daddr` match on input let every stranger in.
+            (
+                "in",
+                "UNSEEN to our own address, a peer",
+                peers,
+                Some(UNSEEN),
+                HOST,
+                UNUSED_SERVICE,
+            ),
+            (
+                "out",
+                "we to a service of SEEN's never used",
+                host,
+                None,
+                SEEN,
+                UNUSED_REMOTE,
+            ),
+            ("out", "we to UNSEEN", host, None, UNSEEN, REMOTE),
+        ];
+        for (direction, what, netns, from, to, port) in blocked {
+            let before = tool.dropped(host, direction);
+            let result = connect(netns, from, to, port, DROPPED);
+            assert!(
+                result
+                    .as_ref()
+                    .is_err_and(|err| err.kind() == io::ErrorKind::TimedOut),
+                "{tool:?}: {what} must be dropped: {result:?}"
+            );
+            let after = tool.dropped(host, direction);
+            assert!(
+                after > before,
+                "{tool:?}: {what}: the {direction} drop counter stayed at {before}"
+            );
+        }
+        tool.undo(host);
+        assert!(
+            connect(peers, Some(UNSEEN), HOST, SERVICE, CONNECTS).is_ok(),
+            "{tool:?}: the undo must let everything through again"
+        );
+    }
+}
