@@ -367,6 +367,93 @@ fn diff_checks_new_against_the_rules_base_gives() {
     assert!(output.stdout.is_empty());
 }
 
+/// A format 2 checkpoint of `host` (own address `addr`) with one peer a
+/// `(ip, outbound, inbound, remote ports, local ports)`.
+fn fleet_file(dir: &Path, host: &str, addr: &str, peers: &[(&str, u64, u64, &str, &str)]) {
+    let time = rfc3339(now());
+    let peers: Vec<Value> = peers
+        .iter()
+        .map(|(ip, outbound, inbound, remote, local)| {
+            let ports = |list: &str| -> Vec<String> {
+                list.split_whitespace()
+                    .map(|port| format!("{port}/tcp"))
+                    .collect()
+            };
+            json!({"ip": ip, "first_seen": time, "last_seen": time, "outbound": outbound,
+                   "inbound": inbound, "remote_ports": ports(remote), "local_ports": ports(local),
+                   "processes": []})
+        })
+        .collect();
+    let file =
+        json!({"version": 2, "host": host, "addresses": [addr], "updated": time, "peers": peers});
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join(format!("{host}.json")), file.to_string()).unwrap();
+}
+
+/// `diff --host` diffs one host's rules as `rules --host` builds them from
+/// a fleet's files: a connection to db1 that only the client's file
+/// recorded is in db1's rules, and a new one is reported as blocked.
+#[test]
+fn diff_and_rules_for_one_host_read_the_whole_fleet() {
+    let dir = TempDir::new().unwrap();
+    let (base, new) = (dir.path().join("base"), dir.path().join("new"));
+    for side in [&base, &new] {
+        // db1 was not collecting: only web1's file has web1 -> db1:5432.
+        fleet_file(side, "db1", "10.0.0.2", &[]);
+        fleet_file(side, "web1", "10.0.0.1", &[("10.0.0.2", 3, 0, "5432", "")]);
+    }
+    fleet_file(
+        &new,
+        "web2",
+        "10.0.0.3",
+        &[("10.0.0.2", 1, 0, "5432 6379", "")],
+    );
+    let rules = stdout_of(&[
+        "rules",
+        "--host",
+        "db1",
+        "--direction",
+        "in",
+        "--format",
+        "nft",
+        arg(&base),
+    ]);
+    assert!(rules.contains("10.0.0.1/32 . tcp . 5432"), "{rules}");
+    let output = netmon(&[
+        "diff",
+        "--host",
+        "db1",
+        "--direction",
+        "in",
+        "--format",
+        "plain",
+        arg(&base),
+        arg(&new),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "+in 10.0.0.3 5432/tcp\n+in 10.0.0.3 6379/tcp\n"
+    );
+    let same = netmon(&[
+        "diff",
+        "--host",
+        "db1",
+        "--direction",
+        "in",
+        arg(&base),
+        arg(&base),
+    ]);
+    assert_eq!(same.status.code(), Some(0), "{}", stderr_of(&same));
+    let unknown = netmon(&["rules", "--host", "db9", "--format", "nft", arg(&base)]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr_of(&unknown).contains("--host db9: no file of that host"),
+        "{}",
+        stderr_of(&unknown)
+    );
+}
+
 #[test]
 fn stats_counts_classes_and_tops() {
     let dir = TempDir::new().unwrap();

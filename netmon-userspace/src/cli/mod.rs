@@ -344,11 +344,18 @@ impl From<MergeArgs> for MergeRequest {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The file the rules were built from.
+    /// The file the rules were built from, or a directory of checkpoints
+    /// (one per host, with --host).
     pub base: PathBuf,
 
-    /// The file observed since.
+    /// The file observed since, or a directory of checkpoints.
     pub new: PathBuf,
+
+    /// Diff HOST's rules, as `netmon rules --host HOST` builds them from
+    /// every host's file: BASE and NEW are directories of one checkpoint
+    /// per host.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 
     /// The flags the rules were (or will be) built with; they select from
     /// BASE only, and NEW is checked whole in the directions the rules
@@ -369,6 +376,7 @@ impl From<DiffArgs> for DiffRequest {
             base: args.base,
             new: args.new,
             selection: args.selection.into(),
+            host: args.host,
             format: args.format,
         }
     }

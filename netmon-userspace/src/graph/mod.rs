@@ -9,7 +9,6 @@
 //! flagged as one-sided: NAT, a load balancer or proxy between them, or a
 //! host that was not collecting then.
 mod render;
-mod view;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -18,14 +17,13 @@ use std::{
 };
 
 use anyhow::bail;
-use log::warn;
 
-pub use self::{render::GraphFormat, view::host_view};
+pub use self::render::GraphFormat;
 use crate::{
     classify::Class,
     peer::Direction,
-    report::{Filter, Peer},
-    store::{self, FileFormat, PeerRecord, Snapshot},
+    report::{Filter, Peer, View, load_views},
+    store::PeerRecord,
     time::UnixTime,
 };
 
@@ -74,40 +72,6 @@ pub fn graph(request: &GraphRequest, out: &mut impl std::io::Write) -> anyhow::R
     }
     render::write(&graph, request.format, request.host.as_deref(), out)?;
     Ok(())
-}
-
-/// One host's file.
-pub struct View {
-    pub host: String,
-    pub snapshot: Snapshot,
-}
-
-/// Reads every file as one host's view; address lists, which name no host
-/// and no direction, are left out with a warning.
-pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
-    let mut views = Vec::new();
-    for path in paths {
-        let Some((snapshot, format)) = store::load(path)? else {
-            bail!("{}: no such file", path.display());
-        };
-        if format == FileFormat::AddressList {
-            warn!(
-                "{} is an address list: it names no host and no direction, so it is left out of the map",
-                path.display()
-            );
-            continue;
-        }
-        let host = snapshot.host.clone().unwrap_or_default();
-        if snapshot.addresses.is_empty() {
-            warn!(
-                "{} (host {host}) records no addresses of its own (a version 1 file?): \
-                 other hosts' connections to it cannot be matched to it",
-                path.display()
-            );
-        }
-        views.push(View { host, snapshot });
-    }
-    Ok(views)
 }
 
 /// A node of the map.

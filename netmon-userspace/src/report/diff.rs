@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::{
     Access, Allowed, Detail, Exclusions, Format, Inputs, Peer, RuleSelection, accesses,
+    host_inputs,
     table::{self, Align, Column, Owned},
 };
 use crate::{classify::Class, peer::Direction, store::PeerRecord, time::UnixTime};
@@ -35,6 +36,10 @@ pub struct DiffRequest {
     pub new: PathBuf,
     /// The flags the rules were built with.
     pub selection: RuleSelection,
+    /// The rules are this host's, from every host's file: BASE and NEW
+    /// are then directories of one checkpoint per host (see
+    /// [`super::host_inputs`]).
+    pub host: Option<String>,
     pub format: Format,
 }
 
@@ -42,8 +47,14 @@ pub struct DiffRequest {
 /// cron job or CI can act on it; accesses that went away alone block
 /// nothing and give 0.
 pub fn diff(request: &DiffRequest, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let base = Inputs::load(std::slice::from_ref(&request.base))?;
-    let new = Inputs::load(std::slice::from_ref(&request.new))?;
+    let side = |path: &PathBuf| {
+        let paths = std::slice::from_ref(path);
+        match &request.host {
+            None => Inputs::load(paths),
+            Some(host) => host_inputs(paths, host),
+        }
+    };
+    let (base, new) = (side(&request.base)?, side(&request.new)?);
     let changes = Changes::new(&base, &new, &request.selection)?;
     changes.write(out, request.format)?;
     Ok(if changes.blocked() == 0 {

@@ -5,6 +5,7 @@
 //! with its [`Class`]. `netmon rules` starts the same way too.
 mod allow;
 mod diff;
+mod fleet;
 mod merge;
 mod output;
 mod stats;
@@ -17,13 +18,14 @@ use std::{
     time::Duration,
 };
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 use log::warn;
 
 use self::output::Listing;
 pub use self::{
     allow::{Access, Allowed, Exclusions, Ports, Protocol, RuleSelection, Service, accesses},
     diff::{DiffRequest, diff},
+    fleet::{View, host_inputs, host_view, load_views},
     merge::{MergeRequest, merge},
     stats::{StatsRequest, stats},
 };
@@ -74,7 +76,7 @@ impl Sources {
     pub fn read(paths: &[PathBuf]) -> anyhow::Result<(Snapshot, Self)> {
         let mut merged = Snapshot::default();
         let mut sources = Self::default();
-        for path in paths {
+        for path in &expand(paths)? {
             let (snapshot, format) = load_one(path)?;
             sources.files.push((path.clone(), format));
             sources.hosts.extend(snapshot.host);
@@ -132,6 +134,37 @@ impl Inputs {
     pub fn detail(&self) -> Detail {
         self.sources.detail()
     }
+}
+
+/// The files `paths` name: a directory stands for the checkpoints in it
+/// (its `*.json` files, in name order), as gathered from a fleet, one per
+/// host; anything else for itself.
+pub fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let entries =
+            std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
+            let name = entry.path();
+            if name.extension().is_some_and(|ext| ext == "json") && !name.is_dir() {
+                found.push(name);
+            }
+        }
+        anyhow::ensure!(
+            !found.is_empty(),
+            "{}: a directory with no .json file",
+            path.display()
+        );
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
 }
 
 fn load_one(path: &Path) -> anyhow::Result<(Snapshot, FileFormat)> {

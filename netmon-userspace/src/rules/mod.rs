@@ -31,10 +31,8 @@ use log::warn;
 pub use self::{aggregate::aggregate, name::RuleName};
 use crate::{
     classify::Cidr,
-    graph,
     peer::Direction,
-    report::{Allowed, Inputs, Ports, RuleSelection, Service, Sources},
-    store::FileFormat,
+    report::{self, Allowed, Inputs, Ports, RuleSelection, Service},
     time::UnixTime,
 };
 
@@ -72,7 +70,7 @@ pub struct RulesRequest {
     pub name: Option<RuleName>,
     /// Build this host's rules from every file: its own, and the
     /// connections other hosts recorded with it (see
-    /// [`crate::graph::host_view`]). `None`: the files' peers, merged.
+    /// [`crate::report::host_view`]). `None`: the files' peers, merged.
     pub host: Option<String>,
 }
 
@@ -80,7 +78,7 @@ pub struct RulesRequest {
 pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()> {
     let inputs = match &request.host {
         None => Inputs::load(&request.files)?,
-        Some(host) => host_inputs(&request.files, host)?,
+        Some(host) => report::host_inputs(&request.files, host)?,
     };
     let allowed = Allowed::build(&inputs, &request.selection, UnixTime::now().secs())?;
     let ruleset = Ruleset::new(request, &allowed)?;
@@ -90,22 +88,6 @@ pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()>
         RuleFormat::Iptables => iptables::write(&ruleset, out)?,
     }
     Ok(())
-}
-
-/// `host`'s view of the fleet the files make up, as the inputs of its
-/// rules.
-fn host_inputs(files: &[PathBuf], host: &str) -> anyhow::Result<Inputs> {
-    let views = graph::load_views(files)?;
-    let snapshot = graph::host_view(&views, host)?;
-    let sources = Sources {
-        files: files
-            .iter()
-            .map(|path| (path.clone(), FileFormat::Checkpoint))
-            .collect(),
-        hosts: vec![host.to_owned()],
-        modes: Vec::new(),
-    };
-    Ok(Inputs { snapshot, sources })
 }
 
 /// One allowed block of addresses, on a service or any port.

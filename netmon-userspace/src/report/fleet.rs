@@ -1,11 +1,64 @@
-//! One host's view of the whole fleet: what `netmon rules --host` builds
-//! that host's rules from.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+//! Many hosts' files: each one host's view, and one host's view of the
+//! whole fleet, which `netmon rules --host` and `netmon diff --host` build
+//! that host's rules from, and `netmon graph` joins.
+use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::bail;
+use log::warn;
 
-use super::View;
-use crate::store::{PeerRecord, Snapshot};
+use super::{Inputs, Sources};
+use crate::store::{self, FileFormat, PeerRecord, Snapshot};
+
+/// One host's file.
+pub struct View {
+    pub host: String,
+    pub snapshot: Snapshot,
+}
+
+/// Reads every file as one host's view; address lists, which name no host
+/// and no direction, are left out with a warning.
+pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
+    let mut views = Vec::new();
+    for path in &super::expand(paths)? {
+        let Some((snapshot, format)) = store::load(path)? else {
+            bail!("{}: no such file", path.display());
+        };
+        if format == FileFormat::AddressList {
+            warn!(
+                "{} is an address list: it names no host and no direction, so it is left out of the map",
+                path.display()
+            );
+            continue;
+        }
+        let host = snapshot.host.clone().unwrap_or_default();
+        if snapshot.addresses.is_empty() {
+            warn!(
+                "{} (host {host}) records no addresses of its own (a version 1 file?): \
+                 other hosts' connections to it cannot be matched to it",
+                path.display()
+            );
+        }
+        views.push(View { host, snapshot });
+    }
+    Ok(views)
+}
+
+/// `host`'s view of the fleet the files make up, as the inputs of its
+/// rules.
+pub fn host_inputs(paths: &[PathBuf], host: &str) -> anyhow::Result<Inputs> {
+    let files = super::expand(paths)?;
+    let views = load_views(&files)?;
+    let snapshot = host_view(&views, host)?;
+    let sources = Sources {
+        files: files
+            .iter()
+            .map(|path| (path.clone(), FileFormat::Checkpoint))
+            .collect(),
+        hosts: vec![host.to_owned()],
+        modes: Vec::new(),
+    };
+    Ok(Inputs { snapshot, sources })
+}
 
 /// `host`'s own file, plus every connection another file recorded with
 /// one of `host`'s addresses, turned around: web1's outbound connection
