@@ -288,7 +288,7 @@ impl From<ListArgs> for ListRequest {
 
 #[derive(Debug, Args)]
 pub struct GraphArgs {
-    /// One checkpoint per host (netmon 0.2+, which records each host's own
+    /// One checkpoint per host (netmon 0.2 and later record each host's own
     /// addresses, so hosts' files can be joined).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
