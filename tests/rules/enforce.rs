@@ -14,18 +14,16 @@
 //! the host's FLEET_SERVICE that only its own file holds; the host's rules
 //! must allow it all the same.
 use std::{
-    fs::File,
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     path::Path,
     process::Command,
-    thread,
     time::Duration,
 };
 
 use netmon_scenario::{
     check::{read_peers, tcp_port},
+    fleet,
     harness::Netmon,
 };
 use socket2::{Domain, Socket, Type};
@@ -97,20 +95,7 @@ impl Topology {
 
 /// Runs `f` on a thread inside `netns`: sockets it makes stay there.
 fn inside<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", netns.name);
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file = File::open(&path).unwrap();
-                // SAFETY: setns on an open namespace file; it changes only
-                // this thread, which ends with the scope.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap()
-    })
+    fleet::run_in(&netns.name, f)
 }
 
 fn listen(netns: &Netns, port: u16) -> TcpListener {
@@ -267,18 +252,8 @@ fn shell(netns: &Netns, command: &str) {
 /// `netmon run --mode proc` in `netmon`'s namespace, under the host name
 /// `name` (a UTS namespace of its own), ready.
 fn collect(netns: &Netns, name: &str, checkpoint: &Path) -> Netmon {
-    let mut command = Command::new(super::find("ip").unwrap());
+    let mut command = fleet::command_in(&netns.name, name, env!("CARGO_BIN_EXE_netmon"));
     command
-        .args(["netns", "exec", &netns.name])
-        .args([
-            "unshare",
-            "--uts",
-            "sh",
-            "-c",
-            r#"hostname "$0" && exec "$@""#,
-            name,
-        ])
-        .arg(env!("CARGO_BIN_EXE_netmon"))
         .args(["run", "--mode", "proc", "--output"])
         .arg(checkpoint);
     let netmon = Netmon::spawn(command);

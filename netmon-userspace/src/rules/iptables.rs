@@ -69,14 +69,12 @@ mod tests {
         peer::Direction,
         rules::{
             RuleFormat,
-            tests::{BOTH, ruleset, statements},
+            tests::{self, BOTH, statements},
         },
     };
 
     fn script(chains: &[Direction], ports: Ports) -> String {
-        let mut out = Vec::new();
-        write(&ruleset(RuleFormat::Iptables, chains, ports), &mut out).unwrap();
-        String::from_utf8(out).unwrap()
+        tests::script(RuleFormat::Iptables, chains, ports)
     }
 
     #[test]

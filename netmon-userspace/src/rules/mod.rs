@@ -263,6 +263,18 @@ impl Ruleset {
 mod tests {
     use super::{aggregate::tests::range, *};
 
+    /// The script `format` writes for [`ruleset`].
+    pub(super) fn script(format: RuleFormat, chains: &[Direction], ports: Ports) -> String {
+        let ruleset = ruleset(format, chains, ports);
+        let mut out = Vec::new();
+        match format {
+            RuleFormat::Nft => nft::write(&ruleset, &mut out).unwrap(),
+            RuleFormat::Ipset => ipset::write(&ruleset, &mut out).unwrap(),
+            RuleFormat::Iptables => iptables::write(&ruleset, &mut out).unwrap(),
+        }
+        String::from_utf8(out).unwrap()
+    }
+
     /// 192.0.2.0/24 connected to our port 22; we connected to
     /// 198.51.100.7 on 443 and 80.
     pub(super) fn ruleset(format: RuleFormat, chains: &[Direction], ports: Ports) -> Ruleset {

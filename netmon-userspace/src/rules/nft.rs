@@ -126,14 +126,12 @@ mod tests {
         peer::Direction,
         rules::{
             RuleFormat,
-            tests::{BOTH, ruleset, statements},
+            tests::{self, BOTH, statements},
         },
     };
 
     fn script(chains: &[Direction], ports: Ports) -> String {
-        let mut out = Vec::new();
-        write(&ruleset(RuleFormat::Nft, chains, ports), &mut out).unwrap();
-        String::from_utf8(out).unwrap()
+        tests::script(RuleFormat::Nft, chains, ports)
     }
 
     #[test]

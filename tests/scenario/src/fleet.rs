@@ -81,39 +81,50 @@ impl Fleet {
     /// `program` run inside `host`'s namespace, in a UTS namespace of its
     /// own whose host name is `host`: each host's checkpoint names it.
     pub fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.ns(host)])
-            .args([
-                "unshare",
-                "--uts",
-                "sh",
-                "-c",
-                r#"hostname "$0" && exec "$@""#,
-                host,
-            ])
-            .arg(program);
-        command
+        command_in(&self.ns(host), host, program)
     }
 
-    /// Runs `work` on a thread inside `host`'s namespace: sockets it makes
-    /// belong to that namespace, wherever they are used afterwards.
+    /// Runs `work` on a thread inside `host`'s namespace (see [`run_in`]).
     pub fn run_in<T: Send>(&self, host: &str, work: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.ns(host));
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                    // SAFETY: a valid descriptor of a network namespace;
-                    // only this thread moves.
-                    let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(entered, 0, "setns {path}");
-                    work()
-                })
-                .join()
-                .unwrap()
-        })
+        run_in(&self.ns(host), work)
     }
+}
+
+/// `program` run inside the network namespace `ns`, in a UTS namespace of
+/// its own whose host name is `hostname`.
+pub fn command_in(ns: &str, hostname: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns])
+        .args([
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            r#"hostname "$0" && exec "$@""#,
+        ])
+        .arg(hostname)
+        .arg(program);
+    command
+}
+
+/// Runs `work` on a thread inside the network namespace `ns`: sockets it
+/// makes belong to that namespace, wherever they are used afterwards.
+pub fn run_in<T: Send>(ns: &str, work: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                // SAFETY: a valid descriptor of a network namespace; only
+                // this thread moves.
+                let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(entered, 0, "setns {path}");
+                work()
+            })
+            .join()
+            .unwrap()
+    })
 }
 
 impl Drop for Fleet {
