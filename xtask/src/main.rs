@@ -92,7 +92,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { release } => build::build(build::Profile::from_release(release)).map(drop),
         Command::Run { release, args } => {
             let binary = build::build(build::Profile::from_release(release))?;
-            crate::cmd::run_status(std::process::Command::new(binary).args(args))
+            // Replaced by netmon rather than waiting for it: a SIGTERM or
+            // SIGINT sent to this process must reach netmon, which then
+            // writes its last checkpoint.
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(&binary).args(args),
+            );
+            Err(anyhow::Error::new(err).context(format!("cannot run {}", binary.display())))
         }
         Command::Test => test(),
         Command::VmTest(args) => vm::vm_test(&args),

@@ -1,13 +1,20 @@
 //! Many hosts' files: each one host's view, and one host's view of the
 //! whole fleet, which `netmon rules --host` and `netmon diff --host` build
 //! that host's rules from, and `netmon graph` joins.
-use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
 
 use anyhow::bail;
 use log::warn;
 
 use super::{Inputs, Sources};
-use crate::store::{self, FileFormat, PeerRecord, Snapshot};
+use crate::{
+    escape::Escaped,
+    store::{self, FileFormat, PeerRecord, Snapshot},
+};
 
 /// One host's file.
 pub struct View {
@@ -19,6 +26,7 @@ pub struct View {
 /// and no direction, are left out with a warning.
 pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
     let mut views = Vec::new();
+    let mut named: HashMap<String, PathBuf> = HashMap::new();
     for path in &super::expand(paths)? {
         let Some((snapshot, format)) = store::load(path)? else {
             bail!("{}: no such file", path.display());
@@ -31,10 +39,20 @@ pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
             continue;
         }
         let host = snapshot.host.clone().unwrap_or_default();
+        let shown = Escaped::new(host.as_str());
         if snapshot.addresses.is_empty() {
             warn!(
-                "{} (host {host}) records no addresses of its own (a version 1 file?): \
+                "{} (host {shown}) records no addresses of its own (a version 1 file?): \
                  other hosts' connections to it cannot be matched to it",
+                path.display()
+            );
+        }
+        if let Some(first) = named.insert(host.clone(), path.clone()) {
+            warn!(
+                "{} and {} both name host {shown}: they are taken as one host, so connections \
+                 both files recorded count twice (cloned machines with one host name, or two \
+                 copies of one file?)",
+                first.display(),
                 path.display()
             );
         }
