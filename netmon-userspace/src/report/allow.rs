@@ -153,8 +153,13 @@ impl Exclusions {
         }
     }
 
+    /// Loopback, 0.0.0.0/8, multicast and broadcast addresses are no
+    /// TCP peer's, and a host's own addresses no peer of its own.
     pub fn excludes(&self, ip: Ipv4Addr) -> bool {
-        Class::of(ip) == Class::Loopback || self.own.contains(&ip)
+        matches!(
+            Class::of(ip),
+            Class::Loopback | Class::ThisNetwork | Class::Multicast | Class::Broadcast
+        ) || self.own.contains(&ip)
     }
 }
 

@@ -12,6 +12,7 @@ use log::warn;
 
 use super::{Inputs, Sources};
 use crate::{
+    classify::Class,
     escape::Escaped,
     store::{self, FileFormat, PeerRecord, Snapshot},
 };
@@ -58,7 +59,61 @@ pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
         }
         views.push(View { host, snapshot });
     }
+    settle_claims(&mut views);
     Ok(views)
+}
+
+/// Most own addresses of another host whose connections `host_view` turns
+/// around, allowing each of them: a file claiming more allows nothing
+/// through that path (its host's connections still count where the other
+/// side recorded them).
+const MAX_TURNED_ADDRESSES: usize = 64;
+
+/// Keeps to each file the own addresses it can have: unicast ones (no
+/// loopback, 0.0.0.0/8, multicast or broadcast address is a host's), and
+/// none another host claims too. A file is only its host's word: one
+/// claiming another's address would take over its edges and its rules,
+/// so a contested address belongs to nobody, and the warning names both.
+fn settle_claims(views: &mut [View]) {
+    let mut claims: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
+    for view in views.iter_mut() {
+        let before = view.snapshot.addresses.len();
+        view.snapshot.addresses.retain(|addr| {
+            !matches!(
+                Class::of(*addr),
+                Class::ThisNetwork | Class::Loopback | Class::Multicast | Class::Broadcast
+            )
+        });
+        if view.snapshot.addresses.len() < before {
+            warn!(
+                "host {} claims loopback, 0.0.0.0/8, multicast or broadcast addresses as its own: ignored",
+                Escaped::new(view.host.as_str())
+            );
+        }
+        for addr in &view.snapshot.addresses {
+            claims.entry(*addr).or_default().insert(view.host.clone());
+        }
+    }
+    let contested: BTreeSet<Ipv4Addr> = claims
+        .iter()
+        .filter(|(_, hosts)| hosts.len() > 1)
+        .map(|(addr, _)| *addr)
+        .collect();
+    for addr in &contested {
+        let hosts: Vec<String> = claims[addr]
+            .iter()
+            .map(|host| Escaped::new(host.as_str()).to_string())
+            .collect();
+        warn!(
+            "{addr} is claimed as their own by hosts {}: it is taken as nobody's",
+            hosts.join(", ")
+        );
+    }
+    for view in views.iter_mut() {
+        view.snapshot
+            .addresses
+            .retain(|addr| !contested.contains(addr));
+    }
 }
 
 /// `host`'s view of the fleet the files make up, as the inputs of its
@@ -116,6 +171,16 @@ pub fn host_view(views: &[View], host: &str) -> anyhow::Result<Snapshot> {
         }
     }
     for view in views.iter().filter(|view| view.host != host) {
+        if view.snapshot.addresses.len() > MAX_TURNED_ADDRESSES {
+            warn!(
+                "host {} claims {} addresses of its own, more than {MAX_TURNED_ADDRESSES}: \
+                 the connections to {} only its file recorded are not allowed from each of them",
+                Escaped::new(view.host.as_str()),
+                view.snapshot.addresses.len(),
+                Escaped::new(host)
+            );
+            continue;
+        }
         for (ip, record) in view.snapshot.peers.iter() {
             if !own.contains(&ip) {
                 continue;
@@ -223,5 +288,54 @@ mod tests {
         );
         let old = host_view(&views, "old").unwrap_err().to_string();
         assert!(old.contains("records no addresses"), "{old}");
+    }
+
+    #[test]
+    fn claims_that_are_no_hosts_or_contested_belong_to_nobody() {
+        let mut views = vec![
+            view("db1", r#""10.0.0.2","127.0.0.1","0.0.0.0""#, ""),
+            view("web1", r#""10.0.0.1""#, ""),
+            // Claims web1's address, and connected to db1:3306.
+            view(
+                "evil",
+                r#""10.0.0.1","10.0.0.9""#,
+                &peer("10.0.0.2", 1, 0, r#""3306/tcp""#, ""),
+            ),
+        ];
+        settle_claims(&mut views);
+        let own = |host: &str| {
+            views
+                .iter()
+                .find(|view| view.host == host)
+                .unwrap()
+                .snapshot
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(own("db1"), ["10.0.0.2"]);
+        assert!(own("web1").is_empty());
+        assert_eq!(own("evil"), ["10.0.0.9"]);
+        // evil's connection allows only the address nobody else claims.
+        let db1 = host_view(&views, "db1").unwrap();
+        let peers: Vec<String> = db1.peers.iter().map(|(ip, _)| ip.to_string()).collect();
+        assert_eq!(peers, ["10.0.0.9"]);
+    }
+
+    #[test]
+    fn a_host_claiming_too_many_addresses_allows_nothing_through_others() {
+        let many: Vec<String> = (0..=MAX_TURNED_ADDRESSES)
+            .map(|i| format!(r#""10.9.{}.{}""#, i / 250, i % 250 + 1))
+            .collect();
+        let views = [
+            view("db1", r#""10.0.0.2""#, ""),
+            view(
+                "evil",
+                &many.join(","),
+                &peer("10.0.0.2", 1, 0, r#""22/tcp""#, ""),
+            ),
+        ];
+        assert!(host_view(&views, "db1").unwrap().peers.is_empty());
     }
 }

@@ -148,13 +148,24 @@ fn push_spaces(line: &mut String, mut n: usize) {
     }
 }
 
+/// One CSV field, quoted when it holds a comma, a quote or a line break.
+///
+/// A cell a spreadsheet would take for a formula (it starts with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return: a process or host name can) gets
+/// a leading `'`, which spreadsheets show as text.
 fn push_csv_field(line: &mut String, cell: &str) {
+    let formula = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let cell = if formula {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    };
     if cell.contains([',', '"', '\n', '\r']) {
         line.push('"');
         line.push_str(&cell.replace('"', "\"\""));
         line.push('"');
     } else {
-        line.push_str(cell);
+        line.push_str(&cell);
     }
 }
 
@@ -226,6 +237,25 @@ mod tests {
         assert_eq!(
             written(write_csv),
             "NAME,N,NOTE\na,100,x\n\"longer, with \"\"quotes\"\"\",7,\n"
+        );
+    }
+
+    #[test]
+    fn a_cell_a_spreadsheet_would_evaluate_is_text() {
+        let mut line = String::new();
+        for cell in [
+            "=2+5*cmd|x",
+            "@SUM(A1)",
+            "-1",
+            "plain",
+            "=HYPERLINK(\"x\",\"y\")",
+        ] {
+            push_csv_field(&mut line, cell);
+            line.push('|');
+        }
+        assert_eq!(
+            line,
+            "'=2+5*cmd|x|'@SUM(A1)|'-1|plain|\"'=HYPERLINK(\"\"x\"\",\"\"y\"\")\"|"
         );
     }
 }
