@@ -16,6 +16,7 @@
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
 //! - [`graph`]: the access map, joining many hosts' files;
 //! - [`escape`]: text from outside (process names, hosts) made safe to print;
+//!   [`words`]: counts in sentences;
 //! - [`cli`]: the command line, converted into the plain types above; no
 //!   other module knows clap.
 pub mod classify;
@@ -37,3 +38,4 @@ pub mod report;
 pub mod rules;
 pub mod store;
 pub mod time;
+pub mod words;

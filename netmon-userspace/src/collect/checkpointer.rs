@@ -110,8 +110,8 @@ impl Checkpointer {
         let snapshot = recorder.snapshot();
         log::log!(
             level,
-            "checkpoint: {} peers in {} ms ({} lost events)",
-            snapshot.peers.len(),
+            "checkpoint: {} in {} ms ({} lost events)",
+            crate::words::count(snapshot.peers.len() as u64, "peer", "peers"),
             started.elapsed().as_millis(),
             snapshot.lost_events
         );
@@ -243,8 +243,8 @@ impl Checkpointer {
         if written.is_ok() {
             log::log!(
                 pending.level,
-                "checkpoint: {} peers in {} ms ({} lost events)",
-                pending.chunks.written(),
+                "checkpoint: {} in {} ms ({} lost events)",
+                crate::words::count(pending.chunks.written() as u64, "peer", "peers"),
                 took.as_millis(),
                 pending.lost_in_file.events
             );

@@ -138,8 +138,8 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
     recorder.observers_mut().start_follow()?;
     checkpointer.start_writer()?;
     info!(
-        "ready: collecting in {mode} mode, {} peers, writing {}",
-        recorder.snapshot().peers.len(),
+        "ready: collecting in {mode} mode, {}, writing {}",
+        crate::words::count(recorder.snapshot().peers.len() as u64, "peer", "peers"),
         config.output.display()
     );
 
@@ -192,8 +192,8 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
         .checkpoint(&mut recorder, lost, log::Level::Info)
         .context("final checkpoint failed; the previous checkpoint is intact")?;
     info!(
-        "stopped: {} peers written to {}",
-        recorder.snapshot().peers.len(),
+        "stopped: {} written to {}",
+        crate::words::count(recorder.snapshot().peers.len() as u64, "peer", "peers"),
         config.output.display()
     );
     Ok(())

@@ -43,10 +43,10 @@ pub fn merge(request: &MergeRequest) -> anyhow::Result<()> {
     )?;
     target.write_atomically_with(|out| out.write_all(&bytes))?;
     info!(
-        "{}: {} peers from {} files",
+        "{}: {} from {}",
         request.output.display(),
-        snapshot.peers.len(),
-        request.files.len()
+        crate::words::count(snapshot.peers.len() as u64, "peer", "peers"),
+        crate::words::count(request.files.len() as u64, "file", "files")
     );
     Ok(())
 }

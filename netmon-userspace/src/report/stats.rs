@@ -24,8 +24,8 @@ pub fn stats(request: &StatsRequest, out: &mut impl Write) -> anyhow::Result<()>
     let top = request.top;
     write!(
         out,
-        "{} peers from {} (lost events: {}",
-        peers.len(),
+        "{} from {} (lost events: {}",
+        crate::words::count(peers.len() as u64, "peer", "peers"),
         names(&inputs),
         inputs.snapshot.lost_events
     )?;
@@ -254,7 +254,7 @@ mod tests {
         let first = text.lines().next().unwrap();
         assert_eq!(
             first,
-            "1 peers from 1 file, host h\\n1 peers from 9 files\\u{1b}[2J (lost events: 0)"
+            "1 peer from 1 file, host h\\n1 peers from 9 files\\u{1b}[2J (lost events: 0)"
         );
         assert!(text.lines().any(|l| l == "a\\n1.2.3.4      1"), "{text}");
     }

@@ -209,8 +209,9 @@ impl Ruleset {
             .collect();
         let entries: usize = chains.iter().map(|chain| chain.entries.len()).sum();
         let mut about = vec![format!(
-            "netmon rules: {} peers in {entries} entries, from {}",
-            allowed.peers,
+            "netmon rules: {} in {}, from {}",
+            crate::words::count(allowed.peers as u64, "peer", "peers"),
+            crate::words::count(entries as u64, "entry", "entries"),
             files.join(" ")
         )];
         if !flags.is_empty() {

@@ -106,17 +106,17 @@ fn load_existing(target: &Target, on_corrupt: OnCorrupt) -> anyhow::Result<Snaps
         None => Ok(Snapshot::default()),
         Some((snapshot, FileFormat::AddressList)) => {
             info!(
-                "{}: read {} peers from an address list; the next checkpoint rewrites it in netmon's format",
+                "{}: read {} from an address list; the next checkpoint rewrites it in netmon's format",
                 path.display(),
-                snapshot.peers.len()
+                crate::words::count(snapshot.peers.len() as u64, "peer", "peers")
             );
             Ok(snapshot)
         }
         Some((snapshot, FileFormat::Checkpoint)) => {
             info!(
-                "{}: continuing from {} peers (loaded in {} ms)",
+                "{}: continuing from {} (loaded in {} ms)",
                 path.display(),
-                snapshot.peers.len(),
+                crate::words::count(snapshot.peers.len() as u64, "peer", "peers"),
                 started.elapsed().as_millis()
             );
             Ok(snapshot)
