@@ -69,7 +69,7 @@ impl<'a> Env<'a> {
 pub const LADDER: [Rung; 4] = [
     Rung {
         mode: AttachMode::Kprobe,
-        needs: "kprobe support (CONFIG_KPROBES) and permission to load eBPF",
+        needs: "kprobes and permission to load eBPF",
         probe: probe_kprobe,
         attach: |env| {
             EbpfCollector::attach_kprobes(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))

@@ -190,7 +190,7 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
     recorder.observers_mut().warn_if_follow_dropped();
     checkpointer
         .checkpoint(&mut recorder, lost, log::Level::Info)
-        .context("final checkpoint failed; the previous checkpoint is intact")?;
+        .context("final checkpoint failed; the file on disk is left as it was")?;
     info!(
         "stopped: {} written to {}",
         crate::words::count(recorder.snapshot().peers.len() as u64, "peer", "peers"),
