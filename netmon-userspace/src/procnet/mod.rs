@@ -32,7 +32,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use log::warn;
+use log::{debug, warn};
 
 pub use self::{
     collector::{Arrived, ProcCollector, startup_scan},
@@ -263,7 +263,9 @@ impl Scanner {
         self.read_tables(recover)?;
         self.reported.next_poll();
         let announced = self.announced();
-        for &(proto, row) in &self.rows {
+        let rows = std::mem::take(&mut self.rows);
+        let mut refreshed = false;
+        for &(proto, row) in &rows {
             let Some(peer) = row.peer() else {
                 continue;
             };
@@ -275,11 +277,24 @@ impl Scanner {
             } else {
                 self.reported.saw(key)
             };
-            if new {
-                let conn = connection(&self.listeners, proto, &row, peer);
-                sink(&conn, liveness(proto, &row, recover));
+            if !new {
+                continue;
             }
+            // A dump walks the listeners before the connections: a
+            // listener opened while it walked the connections, and
+            // connected to at once, is in no table it read. Look again
+            // (once a poll, a dump of listeners alone is cheap) before
+            // calling a new connection outbound.
+            if !refreshed && !self.listeners.has(proto, row.local_port) {
+                refreshed = true;
+                if let Err(err) = self.refresh_listeners() {
+                    debug!("cannot reread the listeners: {err}");
+                }
+            }
+            let conn = connection(&self.listeners, proto, &row, peer);
+            sink(&conn, liveness(proto, &row, recover));
         }
+        self.rows = rows;
         self.reported.end_poll(announced, Instant::now());
         Ok(())
     }
