@@ -53,6 +53,7 @@ pub enum Block {
     Capabilities,
     Sighup,
     MaxPeers,
+    // tests/checkpoints.rs
     CheckpointStorm,
     // tests/proc_mode.rs
     ProcListenerGone,
