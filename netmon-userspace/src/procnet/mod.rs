@@ -280,11 +280,9 @@ impl Scanner {
             if !new {
                 continue;
             }
-            // A dump walks the listeners before the connections: a
-            // listener opened while it walked the connections, and
-            // connected to at once, is in no table it read. Look again
-            // (once a poll, a dump of listeners alone is cheap) before
-            // calling a new connection outbound.
+            // Tables list listeners first: one opened (and connected to)
+            // while a table was read past them is missing. Look again,
+            // once a poll, before calling a new connection outbound.
             if !refreshed && !self.listeners.has(proto, row.local_port) {
                 refreshed = true;
                 if let Err(err) = self.refresh_listeners() {
@@ -399,24 +397,35 @@ impl Scanner {
         Ok(())
     }
 
-    /// Rereads the listeners, over netlink only: a dump of listening
-    /// sockets alone skips the connections' hash table, so it costs tens
-    /// of microseconds however many connections there are.
+    /// Rereads the listeners: over netlink, a dump of listening sockets
+    /// alone (tens of microseconds); as text, TCP's tables again whole.
     fn refresh_listeners(&mut self) -> io::Result<()> {
-        let Tables::Netlink { dumper, .. } = &mut self.tables else {
-            return Ok(());
-        };
-        for (proto, v6, _) in TABLES {
-            let states = match proto {
-                Proto::Tcp => 1 << LISTEN,
-                Proto::Udp => 1 << CLOSE,
-            };
-            let listeners = &mut self.listeners;
-            tolerate_missing(dumper.dump(proto, v6, states, |row| {
-                if listens(proto, &row) {
-                    listeners.saw(proto, row.local_port);
+        let listeners = &mut self.listeners;
+        match &mut self.tables {
+            Tables::Netlink { dumper, .. } => {
+                for (proto, v6, _) in TABLES {
+                    let states = match proto {
+                        Proto::Tcp => 1 << LISTEN,
+                        Proto::Udp => 1 << CLOSE,
+                    };
+                    tolerate_missing(dumper.dump(proto, v6, states, |row| {
+                        if listens(proto, &row) {
+                            listeners.saw(proto, row.local_port);
+                        }
+                    }))?;
                 }
-            }))?;
+            }
+            Tables::Text { dir, buf } => {
+                for (proto, v6, name) in TABLES {
+                    if proto != Proto::Tcp {
+                        continue;
+                    }
+                    tolerate_missing(read_into(&dir.join(name), buf))?;
+                    text::rows(buf, v6)
+                        .filter(|row| listens(proto, row))
+                        .for_each(|row| listeners.saw(proto, row.local_port));
+                }
+            }
         }
         Ok(())
     }
