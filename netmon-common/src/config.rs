@@ -15,7 +15,7 @@ pub const DEDUP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Everything the programs are told at load time.
 ///
-/// 72 bytes, no implicit padding.
+/// 104 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -30,6 +30,7 @@ pub struct Config {
     pub _pad: u32,
     /// Repeats of a key within this many ns send no event; 0 sends every one.
     pub dedup_window_ns: u64,
+    pub context: ContextOffsets,
 }
 
 impl Config {
@@ -40,6 +41,48 @@ impl Config {
         tracepoint_outbound: 1,
         _pad: 0,
         dedup_window_ns: DEDUP_WINDOW_NS,
+        context: ContextOffsets::UNKNOWN,
+    };
+}
+
+/// Byte offsets of what says where a connection was made: the socket's
+/// network namespace and cgroup, the current task's network namespace,
+/// and the tracepoint record's socket pointer. Only from BTF: each is 0
+/// where unknown, and the programs then leave that part of the event 0
+/// (no member read here lies at offset 0 of its struct on any kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextOffsets {
+    /// `sock_common.skc_net`: a `struct net *`.
+    pub sk_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `sock.sk_cgrp_data`: whose first word is the `struct cgroup *`
+    /// (before 5.15, unless one of its two low bits is set).
+    pub sk_cgroup: u32,
+    /// `cgroup.kn`: a `struct kernfs_node *`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: the cgroup ID.
+    pub kn_id: u32,
+    /// `task_struct.nsproxy`.
+    pub task_nsproxy: u32,
+    /// `nsproxy.net_ns`.
+    pub nsproxy_net: u32,
+    /// The `skaddr` field of the `sock/inet_sock_set_state` record.
+    pub tracepoint_skaddr: u32,
+}
+
+impl ContextOffsets {
+    /// Nothing known: every offset 0.
+    pub const UNKNOWN: Self = Self {
+        sk_net: 0,
+        net_inum: 0,
+        sk_cgroup: 0,
+        cgroup_kn: 0,
+        kn_id: 0,
+        task_nsproxy: 0,
+        nsproxy_net: 0,
+        tracepoint_skaddr: 0,
     };
 }
 
@@ -130,6 +173,7 @@ mod tests {
     fn config_has_no_padding() {
         assert_eq!(size_of::<SockOffsets>(), 24);
         assert_eq!(size_of::<TracepointOffsets>(), 32);
-        assert_eq!(size_of::<Config>(), 72);
+        assert_eq!(size_of::<ContextOffsets>(), 32);
+        assert_eq!(size_of::<Config>(), 104);
     }
 }

@@ -25,14 +25,23 @@ pub const SOURCE_KPROBE_CONNECT: u8 = 1;
 pub const SOURCE_KRETPROBE_ACCEPT: u8 = 2;
 /// `PeerEvent::source`: tracepoint `sock/inet_sock_set_state`, plain or raw.
 pub const SOURCE_TRACEPOINT: u8 = 3;
+/// `PeerEvent::source`: the cgroup programs on UDP sockets (`connect4`,
+/// `sendmsg4`, `recvmsg4`).
+pub const SOURCE_CGROUP_UDP: u8 = 4;
 
-/// One TCP connection with an IPv4 peer, as seen by one of the programs.
+/// `PeerEvent::protocol`: TCP (the protocol's IP number).
+pub const PROTOCOL_TCP: u8 = 6;
+/// `PeerEvent::protocol`: UDP.
+pub const PROTOCOL_UDP: u8 = 17;
+
+/// One TCP connection, or one UDP datagram exchange, with an IPv4 peer, as
+/// seen by one of the programs.
 ///
 /// Repeats of the same connection key ([`DedupKey`]) within the dedup
 /// window do not cross the ring buffer; `series` and `total` let userspace
 /// count them exactly anyway (see [`DedupValue`]).
 ///
-/// 48 bytes, no implicit padding.
+/// 64 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerEvent {
@@ -53,7 +62,8 @@ pub struct PeerEvent {
     /// The `DEDUP` generation the connection was counted in (see
     /// [`DedupKey::generation`]).
     pub generation: u8,
-    pub _pad: u8,
+    /// One of the `PROTOCOL_*` constants.
+    pub protocol: u8,
     /// `comm` of the current task, NUL padded; all zero when `pid` is 0.
     pub comm: [u8; COMM_LEN],
     /// The dedup series this event belongs to: when its `DEDUP` entry was
@@ -62,6 +72,14 @@ pub struct PeerEvent {
     pub series: u64,
     /// Connections counted in that series so far, this one included.
     pub total: u64,
+    /// The cgroup v2 ID of the task that made the connection, or of the
+    /// socket where no task runs (an inbound connection completed in
+    /// softirq); 0 when unknown.
+    pub cgroup: u64,
+    /// The inode number of the socket's network namespace (as
+    /// `/proc/PID/ns/net` shows it); 0 when unknown.
+    pub netns: u32,
+    pub _pad: u32,
 }
 
 /// [`PeerEvent::series`] of an event that is in no series: it stands for
@@ -70,7 +88,7 @@ pub const SERIES_NONE: u64 = 0;
 
 /// What makes connections repeats of each other for in-kernel dedup.
 ///
-/// 16 bytes, no implicit padding.
+/// 32 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DedupKey {
@@ -87,7 +105,11 @@ pub struct DedupKey {
     /// the userspace `ebpf::dedup`). Entries are never evicted, so none
     /// takes counts with it.
     pub generation: u8,
-    pub _pad: [u8; 3],
+    pub protocol: u8,
+    pub _pad: u16,
+    pub netns: u32,
+    pub _pad2: u32,
+    pub cgroup: u64,
 }
 
 impl DedupKey {
@@ -106,7 +128,11 @@ impl DedupKey {
             source: event.source,
             pid: event.pid,
             generation: event.generation,
-            _pad: [0; 3],
+            protocol: event.protocol,
+            _pad: 0,
+            netns: event.netns,
+            _pad2: 0,
+            cgroup: event.cgroup,
         }
     }
 }
@@ -143,7 +169,8 @@ mod pod {
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupValue {}
-    // SAFETY: u32s and a u64 at offset 64, so no padding either.
+    // SAFETY: u32s and a u64 at offset 64, then u32s to 104, so no padding
+    // either.
     unsafe impl aya::Pod for super::Config {}
 }
 
@@ -160,6 +187,21 @@ pub mod maps {
     /// `PerCpuArray<u64>` with one slot: connections that fit neither in
     /// `EVENTS` nor in `DEDUP`, so no count of them reached userspace.
     pub const UNCOUNTED: &str = "UNCOUNTED";
+    /// `LruHashMap<u64, u8>`: socket cookie to its UDP role
+    /// ([`super::udp_role`]).
+    pub const UDP_ROLES: &str = "UDP_ROLES";
+}
+
+/// What a UDP socket is for, as the cgroup programs learn it: whether its
+/// datagrams from and to a peer are that peer's or replies.
+pub mod udp_role {
+    /// Bound to a port of its own choosing (`bind()` with a port): a
+    /// service. A datagram it receives makes an inbound peer; one it sends
+    /// is a reply.
+    pub const SERVICE: u8 = 1;
+    /// Sent first, from a port the kernel picked: a client. A datagram it
+    /// sends makes an outbound peer; one it receives is a reply.
+    pub const CLIENT: u8 = 2;
 }
 
 /// Socket-state numbers of `include/net/tcp_states.h`.
@@ -177,6 +219,7 @@ pub mod tcp_state {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
 
 #[cfg(test)]
 mod tests {
@@ -184,8 +227,8 @@ mod tests {
 
     #[test]
     fn abi_types_have_no_padding() {
-        assert_eq!(core::mem::size_of::<PeerEvent>(), 48);
-        assert_eq!(core::mem::size_of::<DedupKey>(), 16);
+        assert_eq!(core::mem::size_of::<PeerEvent>(), 64);
+        assert_eq!(core::mem::size_of::<DedupKey>(), 32);
         assert_eq!(core::mem::size_of::<DedupValue>(), 40);
     }
 }

@@ -134,9 +134,10 @@ fn key_hash(key: &DedupKey) -> u64 {
     let fields = u64::from(key.addr)
         | u64::from(key.port) << 32
         | u64::from(key.direction) << 48
-        | u64::from(key.source) << 56;
+        | u64::from(key.source ^ key.protocol) << 56;
     let mut hash = fields.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ u64::from(key.pid).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        ^ u64::from(key.pid ^ key.netns).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ key.cgroup.wrapping_mul(0x1656_67b1_9e37_79f9);
     hash ^= hash >> 29;
     hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     hash ^ hash >> 32

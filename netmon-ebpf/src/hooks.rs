@@ -6,12 +6,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use netmon_common::{
-    AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PeerEvent,
+    AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PROTOCOL_TCP, PeerEvent,
     SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, config::PROTOCOL_UNKNOWN,
     tcp_state,
 };
 
-use crate::{count::send, maps::config, sock};
+use crate::{count::send, maps::config, origin, sock};
 
 /// kprobe `tcp_connect(struct sock *sk)`.
 pub fn tcp_connect(ctx: &ProbeContext) -> Result<u32, i32> {
@@ -69,19 +69,31 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
     // The tracepoint stores ports in host byte order already.
     let local_port: u16 = read_field(ctx, config(|c| &c.tracepoint.sport))?;
     let remote_port: u16 = read_field(ctx, config(|c| &c.tracepoint.dport))?;
-    let mut event = PeerEvent {
+    // SYN_RECV -> ESTABLISHED runs in softirq, in whatever task the final
+    // ACK interrupted: that task is not the one that owns the socket.
+    let pid = if direction == DIRECTION_OUTBOUND {
+        current_pid()
+    } else {
+        0
+    };
+    let skaddr_at = config(|c| &c.context.tracepoint_skaddr);
+    let sk: *const u8 = if skaddr_at == 0 {
+        core::ptr::null()
+    } else {
+        read_field::<u64>(ctx, skaddr_at).unwrap_or(0) as *const u8
+    };
+    let event = PeerEvent {
         addr,
         remote_port,
         local_port,
+        pid,
         direction,
         source: SOURCE_TRACEPOINT,
+        protocol: PROTOCOL_TCP,
+        cgroup: origin::cgroup_of(sk, pid),
+        netns: origin::sock_netns(sk),
         ..PeerEvent::default()
     };
-    // SYN_RECV -> ESTABLISHED runs in softirq, in whatever task the final
-    // ACK interrupted: that task is not the one that owns the socket.
-    if direction == DIRECTION_OUTBOUND {
-        event.pid = current_pid();
-    }
     send(ctx, event);
     Ok(0)
 }

@@ -1,6 +1,6 @@
 //! netmon's kernel side.
 //!
-//! Four thin programs, each turning one kernel event into one
+//! Thin programs, each turning one kernel event into one
 //! [`PeerEvent`](netmon_common::PeerEvent) for userspace:
 //!
 //! - kprobe `tcp_connect`: an outbound connection, in the connecting task;
@@ -11,11 +11,14 @@
 //!   were already blocked in `accept()` when the kretprobe attached;
 //! - the same tracepoint attached raw: the same two transitions from the
 //!   tracepoint's arguments, without the perf record the kernel fills in
-//!   for every transition before a plain tracepoint program runs.
+//!   for every transition before a plain tracepoint program runs;
+//! - cgroup `bind4`, `connect4`, `sendmsg4` and `recvmsg4` on the root
+//!   cgroup v2: UDP peers, beside whichever TCP programs run ([`udp`]).
 //!
 //! The entry points are here; [`hooks`] reads each hook's arguments,
 //! [`sock`] reads `struct sock`, [`count`] counts connections and decides
-//! which cross to userspace, and [`maps`] holds the maps and the load-time
+//! which cross to userspace, [`origin`] reads the network namespace and
+//! cgroup a connection was made in, and [`maps`] holds the maps and the load-time
 //! [`Config`](netmon_common::Config), whose offsets userspace reads from
 //! the kernel's BTF or the tracepoint's `format` file, so one object runs
 //! on many kernels without CO-RE. Decisions beyond "is this an IPv4 TCP
@@ -28,12 +31,16 @@
 mod count;
 mod hooks;
 mod maps;
+mod origin;
 mod sock;
+mod udp;
 
 use aya_ebpf::{
     EbpfContext,
-    macros::{kprobe, kretprobe, raw_tracepoint, tracepoint},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
+    macros::{cgroup_sock_addr, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        ProbeContext, RawTracePointContext, RetProbeContext, SockAddrContext, TracePointContext,
+    },
 };
 
 #[kprobe]
@@ -54,6 +61,32 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
     hooks::inet_sock_set_state_raw(&ctx).unwrap_or_else(|err| read_failed(&ctx, err))
+}
+
+/// The cgroup programs must allow every call they see (1): they watch,
+/// never decide.
+#[cgroup_sock_addr(bind4)]
+pub fn udp_bind4(ctx: SockAddrContext) -> i32 {
+    udp::bind4(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
+    udp::send_to(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    udp::send_to(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn udp_recvmsg4(ctx: SockAddrContext) -> i32 {
+    udp::recv_from(&ctx);
+    1
 }
 
 /// A kernel read failed: the offsets do not match this kernel. Rare by

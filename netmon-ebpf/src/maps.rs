@@ -6,7 +6,7 @@ use aya_ebpf::maps::PerfEventArray;
 use aya_ebpf::maps::RingBuf;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 #[cfg(feature = "perf")]
 use netmon_common::PeerEvent;
@@ -57,6 +57,11 @@ pub static SEEN: PerCpuArray<[u32; SEEN_SLOTS]> = PerCpuArray::with_max_entries(
 /// to stay in cache between runs.
 #[cfg(not(feature = "perf"))]
 pub const SEEN_SLOTS: usize = 1024;
+
+/// UDP sockets' roles (`netmon_common::udp_role`) by socket cookie. An
+/// LRU: a socket evicted is only one whose role must be learnt again.
+#[map]
+pub static UDP_ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
 #[map]

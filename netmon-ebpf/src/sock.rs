@@ -1,12 +1,13 @@
 //! Reading a connection's peer out of `struct sock`, at the offsets of
 //! [`Config::sock`](netmon_common::Config::sock).
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use netmon_common::{AF_INET, AF_INET6, PeerEvent};
+use netmon_common::{AF_INET, AF_INET6, PROTOCOL_TCP, PeerEvent};
 
-use crate::maps::config;
+use crate::{maps::config, origin};
 
-/// The IPv4 peer of `sk` (non-null) as an event stamped with `pid`
-/// (0: none); `None` for any other family, or an IPv6 peer that is not
+/// The IPv4 peer of TCP socket `sk` (non-null) as an event stamped with
+/// `pid` (0: none, the hook runs in softirq), its network namespace and
+/// cgroup; `None` for any other family, or an IPv6 peer that is not
 /// v4-mapped.
 #[inline(always)]
 pub fn peer_event(
@@ -33,6 +34,9 @@ pub fn peer_event(
         direction,
         source,
         pid,
+        protocol: PROTOCOL_TCP,
+        cgroup: origin::cgroup_of(sk, pid),
+        netns: origin::sock_netns(sk),
         ..PeerEvent::default()
     }))
 }

@@ -41,7 +41,7 @@ pub struct Metrics {
     /// so the exposition still lists only label sets that ever held a peer.
     peer_gauges: [[OnceLock<Gauge>; 4]; Class::ALL.len()],
     /// `netmon_events_total` for the attach mode in use, by [`source_index`].
-    events: [Counter; 4],
+    events: [Counter; SOURCES.len()],
     /// `netmon_connections_total`, by [`direction_index`].
     connections: [Counter; 2],
     lost_events: Counter,
@@ -83,10 +83,11 @@ struct DirectionLabels {
     direction: &'static str,
 }
 
-const SOURCES: [Source; 4] = [
+const SOURCES: [Source; 5] = [
     Source::KprobeConnect,
     Source::KretprobeAccept,
     Source::Tracepoint,
+    Source::CgroupUdp,
     Source::SocketTable,
 ];
 
@@ -95,7 +96,8 @@ fn source_index(source: Source) -> usize {
         Source::KprobeConnect => 0,
         Source::KretprobeAccept => 1,
         Source::Tracepoint => 2,
-        Source::SocketTable => 3,
+        Source::CgroupUdp => 3,
+        Source::SocketTable => 4,
     }
 }
 
@@ -104,6 +106,7 @@ fn source_name(source: Source) -> &'static str {
         Source::KprobeConnect => "kprobe_tcp_connect",
         Source::KretprobeAccept => "kretprobe_inet_csk_accept",
         Source::Tracepoint => "tracepoint_inet_sock_set_state",
+        Source::CgroupUdp => "cgroup_udp",
         Source::SocketTable => "socket_table",
     }
 }
@@ -384,9 +387,13 @@ mod tests {
             peer,
             remote_port: 443,
             local_port: 40000,
+            protocol: crate::peer::Protocol::Tcp,
             direction: Direction::Outbound,
             process: None,
             source: Source::Tracepoint,
+            origin: crate::peer::Origin::default(),
+            netns: None,
+            owner: None,
         }
     }
 

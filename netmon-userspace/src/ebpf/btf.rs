@@ -8,7 +8,7 @@
 use std::{collections::HashMap, fs, io, path::Path};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use netmon_common::config::{PROTOCOL_UNKNOWN, SockOffsets, default_offsets};
+use netmon_common::config::{ContextOffsets, PROTOCOL_UNKNOWN, SockOffsets, default_offsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -21,27 +21,36 @@ pub enum OffsetsOrigin {
 }
 
 /// Reads the offsets from `path`, falling back to the defaults when the
-/// kernel has no BTF there.
-pub fn sock_offsets(path: &Path) -> (SockOffsets, OffsetsOrigin) {
+/// kernel has no BTF there; and the offsets that say where a connection
+/// was made, each unknown (0) that BTF does not give.
+pub fn offsets(path: &Path) -> (SockOffsets, OffsetsOrigin, ContextOffsets) {
+    let unknown = |why: String| {
+        (
+            SockOffsets::default(),
+            OffsetsOrigin::Default(why),
+            ContextOffsets::UNKNOWN,
+        )
+    };
     let data = match fs::read(path) {
         Ok(data) => data,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            let why = format!(
+            return unknown(format!(
                 "{} does not exist (kernel built without CONFIG_DEBUG_INFO_BTF)",
                 path.display()
-            );
-            return (SockOffsets::default(), OffsetsOrigin::Default(why));
+            ));
         }
-        Err(err) => {
-            let why = format!("cannot read {}: {err}", path.display());
-            return (SockOffsets::default(), OffsetsOrigin::Default(why));
-        }
+        Err(err) => return unknown(format!("cannot read {}: {err}", path.display())),
     };
-    match Btf::parse(&data).and_then(|btf| btf.sock_offsets()) {
-        Ok(offsets) => (offsets, OffsetsOrigin::Btf),
+    let btf = match Btf::parse(&data) {
+        Ok(btf) => btf,
+        Err(err) => return unknown(format!("{}: {err:#}", path.display())),
+    };
+    let context = btf.context_offsets();
+    match btf.sock_offsets() {
+        Ok(offsets) => (offsets, OffsetsOrigin::Btf, context),
         Err(err) => {
             let why = format!("{}: {err:#}", path.display());
-            (SockOffsets::default(), OffsetsOrigin::Default(why))
+            (SockOffsets::default(), OffsetsOrigin::Default(why), context)
         }
     }
 }
@@ -244,6 +253,38 @@ impl<'a> Btf<'a> {
         })
     }
 
+    fn context_offsets(&self) -> ContextOffsets {
+        let net_ns = self.member_offset("net", "ns");
+        let ns_inum = self.member_offset("ns_common", "inum");
+        ContextOffsets {
+            sk_net: self.member_offset("sock_common", "skc_net"),
+            net_inum: if net_ns == 0 && ns_inum == 0 {
+                0
+            } else {
+                net_ns + ns_inum
+            },
+            sk_cgroup: self.member_offset("sock", "sk_cgrp_data"),
+            cgroup_kn: self.member_offset("cgroup", "kn"),
+            kn_id: self.member_offset("kernfs_node", "id"),
+            task_nsproxy: self.member_offset("task_struct", "nsproxy"),
+            nsproxy_net: self.member_offset("nsproxy", "net_ns"),
+            // From the tracepoint's format, not BTF.
+            tracepoint_skaddr: 0,
+        }
+    }
+
+    /// The byte offset of `member` (through anonymous structs and unions)
+    /// of `struct name`, or 0 if either is missing: a struct that moves
+    /// with the kernel's configuration may lack what the programs read.
+    fn member_offset(&self, name: &str, member: &str) -> u32 {
+        let Ok(ty) = self.struct_named(name) else {
+            return 0;
+        };
+        let mut members = HashMap::new();
+        self.flatten(ty, 0, &mut members);
+        members.get(member.as_bytes()).copied().unwrap_or(0)
+    }
+
     /// The byte offset of `member` of `struct name` if it is a whole
     /// 16-bit integer, else [`PROTOCOL_UNKNOWN`]: before Linux 5.6,
     /// `sk_protocol` is 8 bits of a bitfield word.
@@ -275,7 +316,7 @@ mod tests {
             eprintln!("skipped: {VMLINUX_BTF} does not exist on this kernel");
             return;
         }
-        let (offsets, origin) = sock_offsets(path);
+        let (offsets, origin, _) = self::offsets(path);
         assert_eq!(origin, OffsetsOrigin::Btf);
         // sk_protocol lies past sock_common, where the layout moves.
         let protocol = offsets.protocol;
@@ -294,7 +335,8 @@ mod tests {
 
     #[test]
     fn missing_btf_falls_back_to_defaults() {
-        let (offsets, origin) = sock_offsets(Path::new("/nonexistent/vmlinux"));
+        let (offsets, origin, context) = self::offsets(Path::new("/nonexistent/vmlinux"));
+        assert_eq!(context, ContextOffsets::UNKNOWN);
         assert_eq!(offsets, SockOffsets::default());
         assert!(
             matches!(origin, OffsetsOrigin::Default(why) if why.contains("CONFIG_DEBUG_INFO_BTF"))

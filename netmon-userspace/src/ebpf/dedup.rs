@@ -210,7 +210,10 @@ fn event_of(key: &DedupKey, value: &DedupValue) -> PeerEvent {
         direction: key.direction,
         source: key.source,
         generation: key.generation,
+        protocol: key.protocol,
         comm: if key.pid == 0 { [0; _] } else { value.comm },
+        cgroup: key.cgroup,
+        netns: key.netns,
         ..PeerEvent::default()
     }
 }

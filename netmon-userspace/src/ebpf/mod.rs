@@ -8,7 +8,9 @@
 pub mod btf;
 pub mod dedup;
 pub mod events;
+pub mod origin;
 pub mod tracefs;
+pub mod udp;
 
 use std::{fmt, io, path::PathBuf};
 
@@ -16,11 +18,11 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{KProbe, RawTracePoint, TracePoint},
+    programs::{CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
 };
 use netmon_common::{
     Config, PeerEvent,
-    config::{self, SockOffsets, TracepointOffsets},
+    config::{self, ContextOffsets, SockOffsets},
     maps,
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -28,6 +30,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use self::{
     btf::OffsetsOrigin,
     events::{Events, Transport, TransportRequest},
+    tracefs::StateFormat,
 };
 use crate::{
     mode::AttachMode,
@@ -64,14 +67,26 @@ pub enum Program {
     TracepointState,
     /// The same tracepoint attached raw.
     RawTracepointState,
+    /// cgroup `bind4`: UDP sockets bound to a port of their own.
+    UdpBind,
+    /// cgroup `connect4`: connected UDP sockets' peers.
+    UdpConnect,
+    /// cgroup `sendmsg4`: datagrams sent to an address.
+    UdpSendmsg,
+    /// cgroup `recvmsg4`: datagrams received with their source.
+    UdpRecvmsg,
 }
 
 impl Program {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 8] = [
         Self::KprobeConnect,
         Self::KretprobeAccept,
         Self::TracepointState,
         Self::RawTracepointState,
+        Self::UdpBind,
+        Self::UdpConnect,
+        Self::UdpSendmsg,
+        Self::UdpRecvmsg,
     ];
 
     /// Its name in the object (the function's in netmon-ebpf).
@@ -81,6 +96,10 @@ impl Program {
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "inet_sock_set_state",
             Self::RawTracepointState => "inet_sock_set_state_raw",
+            Self::UdpBind => "udp_bind4",
+            Self::UdpConnect => "udp_connect4",
+            Self::UdpSendmsg => "udp_sendmsg4",
+            Self::UdpRecvmsg => "udp_recvmsg4",
         }
     }
 
@@ -90,6 +109,9 @@ impl Program {
             Self::KretprobeAccept => ProgramKind::Kretprobe,
             Self::TracepointState => ProgramKind::Tracepoint,
             Self::RawTracepointState => ProgramKind::RawTracepoint,
+            Self::UdpBind | Self::UdpConnect | Self::UdpSendmsg | Self::UdpRecvmsg => {
+                ProgramKind::CgroupSockAddr
+            }
         }
     }
 
@@ -100,6 +122,10 @@ impl Program {
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "sock/inet_sock_set_state",
             Self::RawTracepointState => tracefs::TRACEPOINT,
+            Self::UdpBind => "bind4",
+            Self::UdpConnect => "connect4",
+            Self::UdpSendmsg => "sendmsg4",
+            Self::UdpRecvmsg => "recvmsg4",
         }
     }
 }
@@ -110,6 +136,7 @@ pub enum ProgramKind {
     Kretprobe,
     Tracepoint,
     RawTracepoint,
+    CgroupSockAddr,
 }
 
 impl fmt::Display for ProgramKind {
@@ -119,6 +146,7 @@ impl fmt::Display for ProgramKind {
             Self::Kretprobe => "kretprobe",
             Self::Tracepoint => "tracepoint",
             Self::RawTracepoint => "raw tracepoint",
+            Self::CgroupSockAddr => "cgroup sock_addr",
         })
     }
 }
@@ -129,7 +157,9 @@ pub struct KernelEnv {
     pub tracefs: anyhow::Result<PathBuf>,
     pub sock_offsets: SockOffsets,
     pub offsets_origin: OffsetsOrigin,
-    pub state_format: anyhow::Result<TracepointOffsets>,
+    /// Where the programs read a connection's network namespace and cgroup.
+    pub context_offsets: ContextOffsets,
+    pub state_format: anyhow::Result<StateFormat>,
     /// Size of the ring buffer (`--ring-buffer`).
     pub ring_bytes: u32,
 }
@@ -144,7 +174,8 @@ impl KernelEnv {
     pub fn detect(transport: TransportRequest, ring_bytes: u32) -> Self {
         let transport = transport.resolve();
         let tracefs = tracefs::ensure_mounted();
-        let (sock_offsets, offsets_origin) = btf::sock_offsets(btf::VMLINUX_BTF.as_ref());
+        let (sock_offsets, offsets_origin, context_offsets) =
+            btf::offsets(btf::VMLINUX_BTF.as_ref());
         let state_format = match &tracefs {
             Ok(dir) => tracefs::read_state_format(dir),
             Err(err) => Err(anyhow!("{err:#}")),
@@ -160,6 +191,7 @@ impl KernelEnv {
             tracefs,
             sock_offsets,
             offsets_origin,
+            context_offsets,
             state_format,
             ring_bytes,
         }
@@ -171,13 +203,18 @@ impl KernelEnv {
 /// `tracepoint_outbound` is false when the kprobe on `tcp_connect` reports
 /// outbound connections, so the tracepoint does not report them twice.
 pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result<Ebpf> {
+    let format = env.state_format.as_ref().ok();
     let config = Config {
         sock: env.sock_offsets,
         // Without the format the tracepoint cannot attach; zeros keep it inert.
-        tracepoint: env.state_format.as_ref().copied().unwrap_or_default(),
+        tracepoint: format.map(|f| f.offsets).unwrap_or_default(),
         tracepoint_outbound: u32::from(tracepoint_outbound),
         _pad: 0,
         dedup_window_ns: config::DEDUP_WINDOW_NS,
+        context: ContextOffsets {
+            tracepoint_skaddr: format.map_or(0, |f| f.skaddr),
+            ..env.context_offsets
+        },
     };
     let mut loader = EbpfLoader::new();
     if env.transport == Transport::RingBuf {
@@ -240,6 +277,9 @@ pub fn load_program(ebpf: &mut Ebpf, program: Program) -> anyhow::Result<()> {
         ProgramKind::RawTracepoint => <&mut RawTracePoint>::try_from(loaded)
             .map_err(anyhow::Error::new)?
             .load(),
+        ProgramKind::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(loaded)
+            .map_err(anyhow::Error::new)?
+            .load(),
     };
     result
         .map_err(|err| explain_permission(anyhow::Error::new(err)))
@@ -247,7 +287,7 @@ pub fn load_program(ebpf: &mut Ebpf, program: Program) -> anyhow::Result<()> {
 }
 
 /// Loads `program` and hands it back as its own type, to attach.
-fn loaded<'a, P>(ebpf: &'a mut Ebpf, program: Program) -> anyhow::Result<&'a mut P>
+pub(crate) fn loaded<'a, P>(ebpf: &'a mut Ebpf, program: Program) -> anyhow::Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -259,7 +299,7 @@ where
 }
 
 /// An attach that failed, saying which hook and which permission.
-fn attach_failed(err: aya::programs::ProgramError, hook: String) -> anyhow::Error {
+pub(crate) fn attach_failed(err: aya::programs::ProgramError, hook: String) -> anyhow::Error {
     explain_permission(anyhow::Error::new(err)).context(format!("cannot attach {hook}"))
 }
 
@@ -298,8 +338,11 @@ pub struct EbpfCollector {
     /// accepted by threads blocked in accept() before netmon attached).
     pub accept_is_attribution_only: bool,
     pub events: Events,
+    /// Why UDP peers are not recorded, if they are not.
+    pub udp_missing: Option<String>,
     lost: PerCpuArray<MapData, u64>,
     dedup: dedup::Dedup,
+    origins: origin::Origins,
     /// Forwards the programs' log lines; must live as long as they do.
     pub logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     _ebpf: Ebpf,
@@ -330,6 +373,16 @@ impl EbpfCollector {
         )
     }
 
+    /// The UDP programs, beside any mode's TCP ones: a host where they
+    /// cannot attach still gets its TCP peers, and is told what it misses.
+    fn attach_udp(ebpf: &mut Ebpf) -> Option<String> {
+        let attached = udp::cgroup2_root().and_then(|root| udp::attach(ebpf, &root));
+        let err = attached.err()?;
+        let why = format!("{err:#}");
+        log::warn!("UDP peers are not recorded: {why}");
+        Some(why)
+    }
+
     /// tracepoint mode: `sock/inet_sock_set_state` for both directions.
     pub fn attach_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
         let mut ebpf = load_object(env, true)?;
@@ -351,6 +404,7 @@ impl EbpfCollector {
         mode: AttachMode,
         accept_is_attribution_only: bool,
     ) -> anyhow::Result<Self> {
+        let udp_missing = Self::attach_udp(&mut ebpf);
         let events = Events::open(&mut ebpf, transport)?;
         let lost = ebpf
             .take_map(maps::LOST)
@@ -374,8 +428,10 @@ impl EbpfCollector {
             mode,
             accept_is_attribution_only,
             events,
+            udp_missing,
             lost,
             dedup,
+            origins: origin::Origins::new(),
             logger,
             _ebpf: ebpf,
         })
@@ -388,12 +444,19 @@ impl EbpfCollector {
             events,
             dedup,
             accept_is_attribution_only,
+            origins,
             ..
         } = self;
         let accounts = dedup.accounts();
         events.drain(|event| {
             let connections = accounts.on_event(event);
-            deliver(event, connections, *accept_is_attribution_only, &mut sink);
+            deliver(
+                event,
+                connections,
+                *accept_is_attribution_only,
+                origins,
+                &mut sink,
+            );
         })
     }
 
@@ -407,6 +470,7 @@ impl EbpfCollector {
             events,
             dedup,
             accept_is_attribution_only,
+            origins,
             ..
         } = self;
         let attribution_only = *accept_is_attribution_only;
@@ -426,7 +490,7 @@ impl EbpfCollector {
             log::warn!("{malformed} records were not events: eBPF object and binary mismatch?");
         }
         for (event, connections) in arrived.iter().chain(&found) {
-            deliver(event, *connections, attribution_only, &mut sink);
+            deliver(event, *connections, attribution_only, origins, &mut sink);
         }
         Ok(())
     }
@@ -455,13 +519,17 @@ fn deliver(
     event: &PeerEvent,
     connections: u64,
     accept_is_attribution_only: bool,
+    origins: &mut origin::Origins,
     sink: &mut impl FnMut(&Connection, u64),
 ) {
-    match Connection::try_from(event) {
-        Ok(conn) if accept_is_attribution_only && conn.source == Source::KretprobeAccept => {
-            sink(&conn, 0)
-        }
-        Ok(conn) => sink(&conn, connections),
-        Err(err) => log::warn!("{err:#}"),
+    let mut conn = match Connection::try_from(event) {
+        Ok(conn) => conn,
+        Err(err) => return log::warn!("{err:#}"),
+    };
+    origins.resolve(&mut conn);
+    if accept_is_attribution_only && conn.source == Source::KretprobeAccept {
+        sink(&conn, 0)
+    } else {
+        sink(&conn, connections)
     }
 }

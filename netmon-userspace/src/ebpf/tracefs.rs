@@ -82,8 +82,17 @@ pub fn format_path(tracefs: &Path) -> PathBuf {
         .join("format")
 }
 
+/// The tracepoint's layout: what the program reads of each transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateFormat {
+    pub offsets: TracepointOffsets,
+    /// Where the socket's address is (0: the record has none), to read its
+    /// network namespace and cgroup.
+    pub skaddr: u32,
+}
+
 /// Reads the tracepoint's layout; the error names the file.
-pub fn read_state_format(tracefs: &Path) -> anyhow::Result<TracepointOffsets> {
+pub fn read_state_format(tracefs: &Path) -> anyhow::Result<StateFormat> {
     let path = format_path(tracefs);
     let text = fs::read_to_string(&path).with_context(|| {
         format!(
@@ -95,7 +104,7 @@ pub fn read_state_format(tracefs: &Path) -> anyhow::Result<TracepointOffsets> {
 }
 
 /// Parses `field:int oldstate;\toffset:16;\tsize:4;\tsigned:1;` lines.
-pub fn parse_state_format(text: &str) -> anyhow::Result<TracepointOffsets> {
+pub fn parse_state_format(text: &str) -> anyhow::Result<StateFormat> {
     let mut fields = Vec::new();
     for line in text.lines() {
         let mut parts = line.trim().split(';').map(str::trim);
@@ -127,7 +136,7 @@ pub fn parse_state_format(text: &str) -> anyhow::Result<TracepointOffsets> {
         }
         Ok(*offset)
     };
-    Ok(TracepointOffsets {
+    let offsets = TracepointOffsets {
         oldstate: get("oldstate", 4)?,
         newstate: get("newstate", 4)?,
         sport: get("sport", 2)?,
@@ -136,6 +145,10 @@ pub fn parse_state_format(text: &str) -> anyhow::Result<TracepointOffsets> {
         protocol: get("protocol", 2)?,
         daddr: get("daddr", 4)?,
         daddr_v6: get("daddr_v6", 16)?,
+    };
+    Ok(StateFormat {
+        offsets,
+        skaddr: get("skaddr", 8).unwrap_or(0),
     })
 }
 
@@ -171,7 +184,7 @@ print fmt: \"family=%s\"
     fn parses_the_6x_layout() {
         let format = parse_state_format(FORMAT).unwrap();
         assert_eq!(
-            format,
+            format.offsets,
             TracepointOffsets {
                 oldstate: 16,
                 newstate: 20,
@@ -183,6 +196,7 @@ print fmt: \"family=%s\"
                 daddr_v6: 56
             }
         );
+        assert_eq!(format.skaddr, 8);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use anyhow::bail;
 pub use self::render::GraphFormat;
 use crate::{
     classify::Class,
-    peer::Direction,
+    peer::{Direction, Service},
     report::{Filter, Peer, View, load_views},
     store::PeerRecord,
     time::UnixTime,
@@ -125,8 +125,8 @@ impl Seen {
 /// Connections from a client to a server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Edge {
-    /// The server's TCP ports.
-    pub ports: BTreeSet<u16>,
+    /// The server's ports.
+    pub ports: BTreeSet<Service>,
     /// As the client's file recorded them (its outbound).
     pub by_client: Option<Seen>,
     /// As the server's file recorded them (its inbound).

@@ -78,10 +78,7 @@ fn observed_by(edge: &Edge) -> &'static str {
 }
 
 fn ports(edge: &Edge) -> Vec<String> {
-    edge.ports
-        .iter()
-        .map(|port| format!("{port}/tcp"))
-        .collect()
+    edge.ports.iter().map(ToString::to_string).collect()
 }
 
 fn seen_json(seen: Option<Seen>) -> Value {

@@ -42,7 +42,7 @@ pub use self::{
 use netmon_common::tcp_state::{CLOSE, LISTEN, TIME_WAIT};
 
 use self::known::{Listeners, Reported};
-use crate::peer::{Connection, Direction, Source};
+use crate::peer::{Connection, Direction, Origin, Protocol, Source};
 
 /// What `--socket-tables` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -509,9 +509,16 @@ fn connection(listeners: &Listeners, proto: Proto, row: &Row, peer: Ipv4Addr) ->
         peer,
         remote_port: row.remote_port,
         local_port: row.local_port,
+        protocol: match proto {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+        },
         direction,
         process: None,
         source: Source::SocketTable,
+        origin: Origin::default(),
+        netns: None,
+        owner: None,
     }
 }
 

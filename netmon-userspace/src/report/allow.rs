@@ -13,48 +13,8 @@ use anyhow::bail;
 use log::warn;
 
 use super::{Filter, Inputs, Peer};
+pub use crate::peer::{Protocol, Service};
 use crate::{classify::Class, peer::Direction, store::LIST_CAP};
-
-/// A transport protocol a rule can name beside a port.
-///
-/// Version 1 checkpoints store ports without one: they are TCP's (the
-/// eBPF modes see only TCP). UDP gets a variant when the file records it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Tcp,
-}
-
-impl Protocol {
-    /// As nft, ipset and iptables all spell it.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-        }
-    }
-}
-
-/// A port of a protocol: what a rule allows beside an address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Service {
-    pub protocol: Protocol,
-    pub port: u16,
-}
-
-impl Service {
-    pub const fn tcp(port: u16) -> Self {
-        Self {
-            protocol: Protocol::Tcp,
-            port,
-        }
-    }
-}
-
-/// `5432/tcp`.
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.port, self.protocol.as_str())
-    }
-}
 
 /// What a rule matches beside the peer's address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,10 +142,7 @@ pub fn accesses(
         (Ports::Observed, Direction::Inbound) => Some(record.local_ports.iter()),
         (Ports::Observed, Direction::Outbound) => Some(record.remote_ports.iter()),
     };
-    let services = observed
-        .into_iter()
-        .flatten()
-        .map(|&port| Some(Service::tcp(port)));
+    let services = observed.into_iter().flatten().map(|&service| Some(service));
     any.into_iter().chain(services).map(move |service| Access {
         direction,
         service,

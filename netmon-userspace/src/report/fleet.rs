@@ -14,7 +14,7 @@ use super::{Inputs, Sources};
 use crate::{
     classify::Class,
     escape::Escaped,
-    store::{self, FileFormat, PeerRecord, Snapshot},
+    store::{self, FileFormat, PeerKey, PeerRecord, Snapshot},
 };
 
 /// One host's file.
@@ -167,7 +167,9 @@ pub fn host_view(views: &[View], host: &str) -> anyhow::Result<Snapshot> {
     };
     for view in &mine {
         for (ip, record) in view.snapshot.peers.iter() {
-            snapshot.peers.merge_record(ip, record.clone());
+            snapshot
+                .peers
+                .merge_record(PeerKey::host(ip), record.clone());
         }
     }
     for view in views.iter().filter(|view| view.host != host) {
@@ -187,7 +189,9 @@ pub fn host_view(views: &[View], host: &str) -> anyhow::Result<Snapshot> {
             }
             let turned = turned_around(record);
             for &address in &view.snapshot.addresses {
-                snapshot.peers.merge_record(address, turned.clone());
+                snapshot
+                    .peers
+                    .merge_record(PeerKey::host(address), turned.clone());
             }
         }
     }
@@ -251,8 +255,9 @@ mod tests {
             .peers
             .iter()
             .map(|(ip, r)| {
-                let ports =
-                    |set: &crate::store::CappedSet<u16>| set.iter().copied().collect::<Vec<_>>();
+                let ports = |set: &crate::store::CappedSet<crate::peer::Service>| {
+                    set.iter().map(|s| s.port).collect::<Vec<_>>()
+                };
                 (
                     ip.to_string(),
                     r.outbound,

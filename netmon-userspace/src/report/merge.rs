@@ -66,8 +66,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        peer::Comm,
-        store::{FileFormat, PeerRecord},
+        peer::{Comm, Service},
+        store::{FileFormat, PeerKey, PeerRecord},
     };
 
     fn record(seen: (u64, u64), counts: (u64, u64), ports: &[u16], process: &str) -> PeerRecord {
@@ -76,11 +76,11 @@ mod tests {
             last_seen: seen.1,
             outbound: counts.0,
             inbound: counts.1,
-            remote_ports: ports.iter().copied().collect(),
+            remote_ports: ports.iter().copied().map(Service::tcp).collect(),
             processes: Comm::from_name(process).into_iter().collect(),
             ..PeerRecord::default()
         };
-        record.local_ports.insert(22);
+        record.local_ports.insert(Service::tcp(22));
         record
     }
 
@@ -91,7 +91,9 @@ mod tests {
             ..Snapshot::default()
         };
         for (ip, record) in peers {
-            snapshot.peers.merge_record(*ip, record.clone());
+            snapshot
+                .peers
+                .merge_record(PeerKey::host(*ip), record.clone());
         }
         let path = dir.join(name);
         store::write_atomically(&path, &store::to_json(&snapshot, host, 0).unwrap()).unwrap();
@@ -138,7 +140,10 @@ mod tests {
         let got = merged.peers.get(shared).unwrap();
         assert_eq!((got.first_seen, got.last_seen), (50, 200));
         assert_eq!((got.outbound, got.inbound), (11, 22));
-        assert_eq!(got.remote_ports.iter().collect::<Vec<_>>(), [&443, &8443]);
+        assert_eq!(
+            got.remote_ports.iter().collect::<Vec<_>>(),
+            [&Service::tcp(443), &Service::tcp(8443)]
+        );
         let names: Vec<_> = got.processes.iter().map(Comm::to_string).collect();
         assert_eq!(names, ["curl", "sshd"]);
         // A peer only one input has comes through untouched.

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     classify::Class,
-    peer::Comm,
+    peer::{Comm, Owner, Service},
     store::{CappedSet, InlineItem, PeerRecord, decimal},
     time::UnixTime,
 };
@@ -89,6 +89,7 @@ enum Field {
     RemotePorts,
     LocalPorts,
     Processes,
+    Owners,
 }
 
 impl Field {
@@ -105,6 +106,7 @@ impl Field {
                 Self::RemotePorts,
                 Self::LocalPorts,
                 Self::Processes,
+                Self::Owners,
             ],
             (Detail::Recorded, Style::Csv) => &[
                 Self::Direction,
@@ -115,6 +117,7 @@ impl Field {
                 Self::RemotePorts,
                 Self::LocalPorts,
                 Self::Processes,
+                Self::Owners,
             ],
         };
         [Self::Address, Self::Class]
@@ -135,6 +138,7 @@ impl Field {
             Self::RemotePorts => ("REMOTE PORTS", "remote_ports"),
             Self::LocalPorts => ("LOCAL PORTS", "local_ports"),
             Self::Processes => ("PROCESSES", "processes"),
+            Self::Owners => ("OWNERS", "owners"),
         };
         let align = match self {
             Self::Outbound | Self::Inbound => Align::Right,
@@ -162,6 +166,7 @@ impl Field {
             Self::RemotePorts => push_list(out, &record.remote_ports, push_port),
             Self::LocalPorts => push_list(out, &record.local_ports, push_port),
             Self::Processes => push_list(out, &record.processes, push_comm),
+            Self::Owners => push_list(out, &record.owners, push_owner),
         }
     }
 }
@@ -174,8 +179,14 @@ fn push_number(out: &mut String, n: u64) {
     out.push_str(std::str::from_utf8(decimal(n, &mut [0; 20])).unwrap_or_default());
 }
 
-fn push_port(out: &mut String, port: u16) {
-    push_number(out, u64::from(port));
+fn push_port(out: &mut String, service: Service) {
+    push_number(out, u64::from(service.port));
+    out.push('/');
+    out.push_str(service.protocol.as_str());
+}
+
+fn push_owner(out: &mut String, owner: Owner) {
+    let _ = write!(out, "{}", owner.escaped());
 }
 
 fn push_ip(out: &mut String, ip: Ipv4Addr) {
@@ -271,11 +282,13 @@ struct JsonRecord<'a> {
     outbound: u64,
     inbound: u64,
     #[serde(serialize_with = "sequence")]
-    remote_ports: &'a CappedSet<u16>,
+    remote_ports: &'a CappedSet<Service>,
     #[serde(serialize_with = "sequence")]
-    local_ports: &'a CappedSet<u16>,
+    local_ports: &'a CappedSet<Service>,
     #[serde(serialize_with = "sequence")]
     processes: &'a CappedSet<Comm>,
+    #[serde(serialize_with = "sequence")]
+    owners: &'a CappedSet<Owner>,
 }
 
 impl<'a> JsonRecord<'a> {
@@ -289,6 +302,7 @@ impl<'a> JsonRecord<'a> {
             remote_ports: &record.remote_ports,
             local_ports: &record.local_ports,
             processes: &record.processes,
+            owners: &record.owners,
         }
     }
 }

@@ -5,7 +5,12 @@ use super::{
     Detail, Filter, Inputs, Peer,
     table::{self, Align, Column, Owned},
 };
-use crate::{classify::Class, escape::Escaped, peer::Comm, time::UnixTime};
+use crate::{
+    classify::Class,
+    escape::Escaped,
+    peer::{Comm, Owner, Service},
+    time::UnixTime,
+};
 
 /// What `netmon stats` counts.
 #[derive(Clone, Debug)]
@@ -40,6 +45,7 @@ pub fn stats(request: &StatsRequest, out: &mut impl Write) -> anyhow::Result<()>
     if detail == Detail::Recorded {
         let ports = count(&peers, |peer| peer.record.local_ports.iter().copied());
         let processes = count(&peers, |peer| peer.record.processes.iter().copied());
+        let owners = count(&peers, |peer| peer.record.owners.iter().copied());
         sections.extend([
             ("TOP PEERS BY CONNECTIONS", top_peers(&peers, top)),
             ("TOP LOCAL PORTS BY PEERS", top_counts("PORT", ports, top)),
@@ -48,6 +54,10 @@ pub fn stats(request: &StatsRequest, out: &mut impl Write) -> anyhow::Result<()>
                 top_counts("PROCESS", processes, top),
             ),
         ]);
+        // Files from before owners were recorded, or proc mode's, have none.
+        if !owners.is_empty() {
+            sections.push(("TOP OWNERS BY PEERS", top_counts("OWNER", owners, top)));
+        }
     }
     for (title, table) in sections {
         writeln!(out, "\n{title}")?;
@@ -190,6 +200,18 @@ impl Label for u16 {
     }
 }
 
+impl Label for Service {
+    fn label(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Label for Owner {
+    fn label(&self) -> String {
+        self.escaped().to_string()
+    }
+}
+
 impl Label for Comm {
     fn label(&self) -> String {
         self.escaped().to_string()
@@ -230,7 +252,7 @@ mod tests {
             "total        3   2    2",
             "10.0.0.2  private  in             9",
             "10.0.0.1  private  out            5",
-            "22        2",
+            "22/tcp      2",
             "curl         3",
         ] {
             assert!(

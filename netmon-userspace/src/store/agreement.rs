@@ -68,10 +68,10 @@ fn both_versions_read_alike() {
 #[test]
 fn a_newer_version_is_named_in_the_error() {
     let newer =
-        file_v2(&PEER_V2.replace("443/tcp", "443/sctp")).replace("\"version\":2", "\"version\":3");
+        file_v2(&PEER_V2.replace("443/tcp", "443/sctp")).replace("\"version\":2", "\"version\":4");
     let err = format!("{:#}", parse(newer.as_bytes(), 0).unwrap_err());
     assert!(
-        err.contains("checkpoint version 3 is not supported") && err.contains("newer netmon"),
+        err.contains("checkpoint version 4 is not supported") && err.contains("newer netmon"),
         "{err}"
     );
 }
@@ -131,8 +131,9 @@ fn other_valid_forms_agree() {
 #[test]
 fn invalid_files_fail_on_both_paths() {
     for bad in [
-        file(PEER).replace("\"version\":1", "\"version\":3"),
-        file_v2(&PEER_V2.replace("443/tcp", "443/udp")),
+        file(PEER).replace("\"version\":1", "\"version\":4"),
+        file_v2(&PEER_V2.replace("443/tcp", "443/sctp")),
+        file_v2(&PEER_V2.replace("443/tcp", "443/UDP")),
         file_v2(&PEER_V2.replace("443/tcp", "65536/tcp")),
         file_v2(&PEER_V2.replace("443/tcp", "/tcp")),
         file_v2(&PEER_V2.replace("443/tcp", "443")),

@@ -9,10 +9,10 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::Deserialize;
 
 use super::{
-    CappedSet, FileFormat, InlineItem, PeerRecord, PeerSet, Snapshot, check_version,
-    schema::{self, CheckpointIn, PeerIn},
+    CappedSet, FileFormat, InlineItem, PeerKey, PeerRecord, PeerSet, Snapshot, check_version,
+    schema::{CheckpointIn, PeerIn},
 };
-use crate::peer::Comm;
+use crate::peer::{Comm, Owner, Service};
 
 /// Either format, with serde. Public so the fuzz target can hold the two
 /// paths to the same answers.
@@ -73,7 +73,7 @@ fn parse_address_list(items: Vec<serde_json::Value>, mtime: u64) -> anyhow::Resu
             .trim()
             .parse()
             .map_err(|_| anyhow!("entry {index} is not an IPv4 address: {text:?}"))?;
-        peers.push((ip, PeerRecord::new(mtime)));
+        peers.push((PeerKey::host(ip), PeerRecord::new(mtime)));
     }
     Ok(Snapshot {
         peers: PeerSet::from_records(peers),
@@ -158,11 +158,11 @@ where
     }
 }
 
-/// A port as either version writes it: a bare number (1) or
-/// `"PORT/tcp"` (2).
-pub(super) struct PortIn(u16);
+/// A port as any version writes it: a bare number (1, TCP) or
+/// `"PORT/PROTOCOL"` (2 and later).
+pub(super) struct PortIn(Service);
 
-impl From<PortIn> for Option<u16> {
+impl From<PortIn> for Option<Service> {
     fn from(port: PortIn) -> Self {
         Some(port.0)
     }
@@ -176,23 +176,21 @@ impl<'de> Deserialize<'de> for PortIn {
             type Value = PortIn;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a port: a number, or \"PORT/tcp\"")
+                f.write_str("a port: a number, or \"PORT/tcp\" or \"PORT/udp\"")
             }
 
             fn visit_u64<E: serde::de::Error>(self, port: u64) -> Result<PortIn, E> {
                 u16::try_from(port)
-                    .map(PortIn)
+                    .map(|port| PortIn(Service::tcp(port)))
                     .map_err(|_| E::custom(format!("port {port} is out of range")))
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PortIn, E> {
-                schema::parse_port(text.as_bytes())
-                    .map(PortIn)
-                    .ok_or_else(|| {
-                        E::custom(format!(
-                            "port {text:?} is not PORT/tcp (this netmon knows no other protocol)"
-                        ))
-                    })
+                Service::parse(text.as_bytes()).map(PortIn).ok_or_else(|| {
+                    E::custom(format!(
+                        "port {text:?} is not PORT/tcp or PORT/udp (this netmon knows no other protocol)"
+                    ))
+                })
             }
         }
 
@@ -227,5 +225,21 @@ impl<'de> Deserialize<'de> for ProcessName {
         }
 
         deserializer.deserialize_str(Name)
+    }
+}
+
+/// An owner's name as read; `None` when empty.
+pub(super) struct OwnerName(Option<Owner>);
+
+impl From<OwnerName> for Option<Owner> {
+    fn from(name: OwnerName) -> Self {
+        name.0
+    }
+}
+
+impl<'de> Deserialize<'de> for OwnerName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(OwnerName(Owner::new(&name)))
     }
 }

@@ -45,7 +45,7 @@ pub use fallback::parse_with_serde;
 pub use lockfile::Lock;
 pub use output::{OnCorrupt, Output, check_output, open_output};
 pub use schema::{FORMAT_VERSION, MAX_ADDRESSES, OLDEST_VERSION, PeerRecord};
-pub use set::{CappedSet, InlineItem, LIST_CAP, PeerSet};
+pub use set::{CappedSet, InlineItem, LIST_CAP, NetnsScope, PeerKey, PeerSet};
 pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
 pub use writer::{Chunks, to_json, write_checkpoint, write_json};
@@ -302,7 +302,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::{set::tests::conn, *};
-    use crate::peer::Direction;
+    use crate::peer::{Direction, NetnsId, Owner, Protocol, Service};
 
     #[test]
     fn checkpoint_round_trips_sorted_numerically() {
@@ -349,7 +349,10 @@ mod tests {
         let (ip, merged) = peers[1];
         assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 9));
         assert_eq!(merged.outbound, 4);
-        assert_eq!(merged.remote_ports.iter().collect::<Vec<_>>(), [&1, &3]);
+        assert_eq!(
+            merged.remote_ports.iter().collect::<Vec<_>>(),
+            [&Service::tcp(1), &Service::tcp(3)]
+        );
         assert_eq!(merged.last_seen - merged.first_seen, 86_400);
     }
 
@@ -404,23 +407,41 @@ mod tests {
         snapshot
             .peers
             .record(&conn([9, 1, 2, 3], Direction::Inbound, ""), 2, 0);
+        // A resolver in a container's own network namespace: after the
+        // host's peers, with its namespace.
+        let mut dns = conn([10, 0, 0, 53], Direction::Outbound, "unbound");
+        dns.protocol = Protocol::Udp;
+        dns.remote_port = 53;
+        dns.owner = Owner::new("container:3f4e5a6b7c8d");
+        dns.netns = Some(NetnsId(4_026_532_999));
+        snapshot.peers.record(&dns, 2, 0);
         let bytes = to_json(&snapshot, "web-\"1\"", 1_795_881_640).unwrap();
         let expected = concat!(
-            r#"{"version":2,"host":"web-\"1\"","addresses":["10.0.0.1","192.168.1.5"],"updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"uncounted_connections":0,"peers":["#,
+            r#"{"version":3,"host":"web-\"1\"","addresses":["10.0.0.1","192.168.1.5"],"updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"uncounted_connections":0,"peers":["#,
             "\n",
-            r#"{"ip":"9.1.2.3","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":0,"inbound":2,"remote_ports":[],"local_ports":["22/tcp"],"processes":[]}"#,
+            r#"{"ip":"9.1.2.3","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":0,"inbound":2,"remote_ports":[],"local_ports":["22/tcp"],"processes":[],"owners":[]}"#,
             ",\n",
-            r#"{"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":1,"remote_ports":["443/tcp"],"local_ports":["22/tcp"],"processes":["api\"1","sshd"]}"#,
+            r#"{"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":1,"remote_ports":["443/tcp"],"local_ports":["22/tcp"],"processes":["api\"1","sshd"],"owners":[]}"#,
+            ",\n",
+            r#"{"ip":"10.0.0.53","netns":4026532999,"first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":2,"inbound":0,"remote_ports":["53/udp"],"local_ports":[],"processes":["unbound"],"owners":["container:3f4e5a6b7c8d"]}"#,
             "\n]}\n",
         );
-        assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+        assert_eq!(std::str::from_utf8(&bytes).unwrap(), expected);
+        // Both readers give back what was written, namespace and all.
+        let (fast, _) = parse(&bytes, 0).unwrap();
+        let (serde, _) = fallback::parse_with_serde(&bytes, 0).unwrap();
+        for read in [&fast, &serde] {
+            let written: Vec<_> = snapshot.peers.entries_after(None).collect();
+            let got: Vec<_> = read.peers.entries_after(None).collect();
+            assert_eq!(got, written);
+        }
         snapshot.mode = None;
         snapshot.addresses.clear();
         snapshot.peers = PeerSet::default();
         let bytes = to_json(&snapshot, "h", 0).unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            "{\"version\":2,\"host\":\"h\",\"addresses\":[],\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"uncounted_connections\":0,\"peers\":[\n]}\n"
+            "{\"version\":3,\"host\":\"h\",\"addresses\":[],\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"uncounted_connections\":0,\"peers\":[\n]}\n"
         );
     }
 }

@@ -23,7 +23,7 @@ use std::{
 };
 
 use super::{
-    CappedSet, InlineItem, PeerRecord, advise_huge_pages,
+    CappedSet, InlineItem, PeerKey, PeerRecord, advise_huge_pages,
     schema::{self, Checkpoint, MAX_ADDRESSES},
     unadvise_huge_pages,
 };
@@ -283,7 +283,7 @@ impl<R: io::Read> Cursor<R> {
         Some(addresses)
     }
 
-    pub(super) fn peers(&mut self) -> Option<Vec<(Ipv4Addr, PeerRecord)>> {
+    pub(super) fn peers(&mut self) -> Option<Vec<(PeerKey, PeerRecord)>> {
         // The size is what the file claims (a sparse file claims anything):
         // at most this many peers are reserved ahead of the content.
         const MAX_RESERVED: u64 = 1 << 20;
@@ -303,7 +303,7 @@ impl<R: io::Read> Cursor<R> {
     /// One peer: in the exact layout [`super::writer`] produces when it
     /// is in it (field names compared whole, not scanned), else read as
     /// any JSON object.
-    fn peer(&mut self) -> Option<(Ipv4Addr, PeerRecord)> {
+    fn peer(&mut self) -> Option<(PeerKey, PeerRecord)> {
         self.peek()?;
         self.mark = Some(self.at);
         let peer = schema::read_written_peer(self);

@@ -24,19 +24,24 @@ use std::{io, net::Ipv4Addr};
 use serde::Deserialize;
 
 use super::{
-    CappedSet, Snapshot,
-    fallback::{CappedIn, PeersIn, PortIn, ProcessName},
+    CappedSet, PeerKey, Snapshot,
+    fallback::{CappedIn, OwnerName, PeersIn, PortIn, ProcessName},
     reader::{Cursor, Fields},
     writer::LineWriter,
 };
-use crate::{peer::Comm, time::UnixTime};
+use crate::{
+    peer::{Comm, Owner, Service},
+    time::UnixTime,
+};
 
 /// The checkpoint format this build writes.
 ///
 /// 2 added the host's own `addresses` to the header, and wrote ports as
-/// `"PORT/PROTOCOL"` strings (1 wrote bare numbers, all TCP), so that a
-/// protocol besides TCP needs no new format. Version 1 files still load.
-pub const FORMAT_VERSION: u32 = 2;
+/// `"PORT/PROTOCOL"` strings (1 wrote bare numbers, all TCP). 3 records
+/// UDP ports (`"53/udp"`), each peer's `owners`, and peers of other
+/// network namespaces (a `netns` after the address; none for the host's).
+/// Version 1 and 2 files still load.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest checkpoint format this build reads.
 pub const OLDEST_VERSION: u32 = 1;
@@ -104,46 +109,54 @@ impl Codec for Count {
     }
 }
 
-/// A list of TCP ports, written `"PORT/tcp"`; a bare number (version 1)
-/// is a TCP port too.
+/// A list of ports, written `"PORT/PROTOCOL"` (`"53/udp"`); a bare
+/// number (version 1) is a TCP port.
 pub(super) struct Ports;
 
-/// The protocol suffix of a port this build writes and reads.
-pub(super) const TCP_SUFFIX: &[u8] = b"/tcp";
-
 impl Codec for Ports {
-    type Value = CappedSet<u16>;
-    type Serde = CappedIn<PortIn, u16>;
+    type Value = CappedSet<Service>;
+    type Serde = CappedIn<PortIn, Service>;
 
     #[inline]
-    fn write(value: &CappedSet<u16>, line: &mut LineWriter) {
-        line.list(value, |line, port| {
+    fn write(value: &CappedSet<Service>, line: &mut LineWriter) {
+        line.list(value, |line, service| {
             line.raw(b"\"");
-            line.u64(u64::from(port));
-            line.raw(TCP_SUFFIX);
+            line.u64(u64::from(service.port));
+            line.raw(b"/");
+            line.raw(service.protocol.as_str().as_bytes());
             line.raw(b"\"");
         });
     }
 
-    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<u16>> {
+    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<Service>> {
         cursor.list(|cursor| {
             if cursor.peek()? == b'"' {
-                parse_port(cursor.string()?.as_bytes()).map(Some)
+                Service::parse(cursor.string()?.as_bytes()).map(Some)
             } else {
-                u16::try_from(cursor.u64()?).ok().map(Some)
+                u16::try_from(cursor.u64()?)
+                    .ok()
+                    .map(Service::tcp)
+                    .map(Some)
             }
         })
     }
 }
 
-/// A port as version 2 writes it, `"PORT/tcp"`; `None` for any other
-/// protocol (the serde fallback then names it).
-pub(super) fn parse_port(text: &[u8]) -> Option<u16> {
-    let digits = text.strip_suffix(TCP_SUFFIX)?;
-    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+/// A list of owners (systemd units, containers); an empty name is none.
+pub(super) struct Owners;
+
+impl Codec for Owners {
+    type Value = CappedSet<Owner>;
+    type Serde = CappedIn<OwnerName, Owner>;
+
+    #[inline]
+    fn write(value: &CappedSet<Owner>, line: &mut LineWriter) {
+        line.list(value, |line, owner| line.text(&owner.name()));
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+
+    fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<Owner>> {
+        cursor.list(|cursor| cursor.string().map(Owner::new))
+    }
 }
 
 /// A list of process names; an empty name is no process.
@@ -213,14 +226,20 @@ macro_rules! peer_fields {
             }
         }
 
-        /// The keys of a peer object: the address, then the fields.
-        const PEER_KEYS: &[&[u8]] = &[b"ip", $(stringify!($name).as_bytes()),*];
+        /// The keys of a peer object: the address and its network
+        /// namespace, then the fields.
+        const PEER_KEYS: &[&[u8]] = &[b"ip", b"netns", $(stringify!($name).as_bytes()),*];
         const _: () = assert!(PEER_KEYS.len() <= Fields::MAX);
 
-        /// A peer as netmon writes it: its fields in order, no whitespace.
-        pub(super) fn write_peer(line: &mut LineWriter, ip: Ipv4Addr, record: &PeerRecord) {
+        /// A peer as netmon writes it: its fields in order, no whitespace;
+        /// `netns` only for a namespace other than the host's.
+        pub(super) fn write_peer(line: &mut LineWriter, key: PeerKey, record: &PeerRecord) {
             line.raw(b"{\"ip\":");
-            line.ip(ip);
+            line.ip(key.ip);
+            if key.netns != 0 {
+                line.raw(b",\"netns\":");
+                line.u64(u64::from(key.netns));
+            }
             $(
                 line.raw(concat!(",\"", stringify!($name), "\":").as_bytes());
                 <$codec as Codec>::write(&record.$name, line);
@@ -232,15 +251,19 @@ macro_rules! peer_fields {
         /// names compared whole; `None` if it is in any other.
         pub(super) fn read_written_peer<R: io::Read>(
             cursor: &mut Cursor<R>,
-        ) -> Option<(Ipv4Addr, PeerRecord)> {
+        ) -> Option<(PeerKey, PeerRecord)> {
             cursor.literal(b"{\"ip\":")?;
             let ip = cursor.ip()?;
+            let netns = match cursor.literal(b",\"netns\":") {
+                Some(()) => u32::try_from(cursor.u64()?).ok()?,
+                None => 0,
+            };
             $(
                 cursor.literal(concat!(",\"", stringify!($name), "\":").as_bytes())?;
                 let $name = <$codec as Codec>::read_written(cursor)?;
             )*
             cursor.literal(b"}")?;
-            Some((ip, PeerRecord { $($name),* }))
+            Some((PeerKey { netns, ip }, PeerRecord { $($name),* }))
         }
 
         /// A peer as any JSON object of its fields, in any order, the ones
@@ -248,9 +271,10 @@ macro_rules! peer_fields {
         /// the schema does not know.
         pub(super) fn read_any_peer<R: io::Read>(
             cursor: &mut Cursor<R>,
-        ) -> Option<(Ipv4Addr, PeerRecord)> {
+        ) -> Option<(PeerKey, PeerRecord)> {
             let mut fields = Fields::default();
             let mut ip = None;
+            let mut netns = 0;
             $(let mut $name = None;)*
             cursor.object(PEER_KEYS, |cursor, key| {
                 let key = fields.once(key)?;
@@ -258,7 +282,11 @@ macro_rules! peer_fields {
                     ip = Some(cursor.ip()?);
                     return Some(());
                 }
-                let mut index = 0;
+                if key == 1 {
+                    netns = u32::try_from(cursor.u64()?).ok()?;
+                    return Some(());
+                }
+                let mut index = 1;
                 $(
                     index += 1;
                     if key == index {
@@ -269,7 +297,7 @@ macro_rules! peer_fields {
                 None
             })?;
             $($(let $name = $name.or_else(|| Some(<$ty as Default>::$default()));)?)*
-            Some((ip?, PeerRecord { $($name: $name?),* }))
+            Some((PeerKey { netns, ip: ip? }, PeerRecord { $($name: $name?),* }))
         }
 
         /// One peer as serde reads it: each field parsed straight into the
@@ -278,12 +306,15 @@ macro_rules! peer_fields {
         #[derive(Deserialize)]
         pub(super) struct PeerIn {
             ip: Ipv4Addr,
+            #[serde(default)]
+            netns: u32,
             $($(#[serde($default)])? $name: <$codec as Codec>::Serde,)*
         }
 
         impl PeerIn {
-            pub(super) fn into_record(self) -> (Ipv4Addr, PeerRecord) {
-                (self.ip, PeerRecord { $($name: self.$name.into()),* })
+            pub(super) fn into_record(self) -> (PeerKey, PeerRecord) {
+                let key = PeerKey { netns: self.netns, ip: self.ip };
+                (key, PeerRecord { $($name: self.$name.into()),* })
             }
         }
     };
@@ -299,11 +330,13 @@ peer_fields! {
     /// Connections the peer opened to this host.
     inbound: u64 as Count, merged by sum;
     /// Ports of the peer that we connected to.
-    remote_ports: CappedSet<u16> as Ports or default, merged by union;
+    remote_ports: CappedSet<Service> as Ports or default, merged by union;
     /// Our ports that the peer connected to.
-    local_ports: CappedSet<u16> as Ports or default, merged by union;
+    local_ports: CappedSet<Service> as Ports or default, merged by union;
     /// Local processes seen on the connections.
     processes: CappedSet<Comm> as Processes or default, merged by union;
+    /// The systemd units and containers that made the connections.
+    owners: CappedSet<Owner> as Owners or default, merged by union;
 }
 
 /// The header's keys, in the order netmon writes them.
@@ -353,7 +386,7 @@ pub(super) struct Checkpoint {
     pub mode: Option<String>,
     pub lost_events: u64,
     pub uncounted_connections: u64,
-    pub peers: Vec<(Ipv4Addr, PeerRecord)>,
+    pub peers: Vec<(PeerKey, PeerRecord)>,
 }
 
 /// The whole file, header and peers, on the fast path. `updated` must be

@@ -8,7 +8,52 @@ use std::{
 use smallvec::SmallVec;
 
 use super::PeerRecord;
-use crate::peer::{Comm, Connection, Direction, Directions};
+use crate::peer::{Comm, Connection, Direction, Directions, NetnsId, Owner, Service};
+
+/// Which peer a record is about: an address, in the host's network
+/// namespace or in another one. Ordered by namespace first, so the
+/// host's peers come first, in address order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    /// The namespace's inode number; 0 for the host's (the one netmon
+    /// watches from).
+    pub netns: u32,
+    pub ip: Ipv4Addr,
+}
+
+impl PeerKey {
+    /// `ip` in the host's network namespace.
+    pub const fn host(ip: Ipv4Addr) -> Self {
+        Self { netns: 0, ip }
+    }
+
+    /// The namespace, unless it is the host's.
+    pub fn netns(self) -> Option<NetnsId> {
+        (self.netns != 0).then_some(NetnsId(self.netns))
+    }
+}
+
+/// Which network namespaces' peers a report shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetnsScope {
+    /// The host's own (the default).
+    #[default]
+    Host,
+    /// Every namespace's, as one set.
+    All,
+    /// One other namespace's.
+    Only(NetnsId),
+}
+
+impl NetnsScope {
+    fn contains(self, netns: u32) -> bool {
+        match self {
+            Self::Host => netns == 0,
+            Self::All => true,
+            Self::Only(id) => netns == id.0,
+        }
+    }
+}
 
 /// Entries kept in each per-peer list (ports, processes).
 pub const LIST_CAP: usize = 64;
@@ -31,8 +76,16 @@ impl InlineItem for u16 {
     type Inline = [u16; 8];
 }
 
+impl InlineItem for Service {
+    type Inline = [Service; 4];
+}
+
 impl InlineItem for Comm {
     type Inline = [Comm; 1];
+}
+
+impl InlineItem for Owner {
+    type Inline = [Owner; 2];
 }
 
 impl<T: InlineItem> Default for CappedSet<T> {
@@ -95,24 +148,31 @@ impl PeerRecord {
     /// Adds an observation of `connections` connections.
     fn add(&mut self, conn: &Connection, connections: u64, now: u64) {
         self.last_seen = self.last_seen.max(now);
+        let service = |port| Service {
+            protocol: conn.protocol,
+            port,
+        };
         match conn.direction {
             // Port 0 means unknown: a child socket reset before accept()
             // returned it has already given its port back.
             Direction::Outbound => {
                 self.outbound = self.outbound.saturating_add(connections);
                 if conn.remote_port != 0 {
-                    self.remote_ports.insert(conn.remote_port);
+                    self.remote_ports.insert(service(conn.remote_port));
                 }
             }
             Direction::Inbound => {
                 self.inbound = self.inbound.saturating_add(connections);
                 if conn.local_port != 0 {
-                    self.local_ports.insert(conn.local_port);
+                    self.local_ports.insert(service(conn.local_port));
                 }
             }
         }
         if let Some(process) = conn.process {
             self.processes.insert(process);
+        }
+        if let Some(owner) = conn.owner {
+            self.owners.insert(owner);
         }
     }
 }
@@ -132,11 +192,11 @@ impl PeerRecord {
 /// compact memory on the spot, and a collector stalled there loses events.
 #[derive(Debug, Default)]
 pub struct PeerSet {
-    /// Address to position in `records`. Positions are `u32`: four billion
+    /// Peer to position in `records`. Positions are `u32`: four billion
     /// records would take over 400 GB, far past any memory.
-    index: BTreeMap<Ipv4Addr, u32>,
-    /// In arrival order (in address order, as read from a file).
-    records: Vec<(Ipv4Addr, PeerRecord)>,
+    index: BTreeMap<PeerKey, u32>,
+    /// In arrival order (in key order, as read from a file).
+    records: Vec<(PeerKey, PeerRecord)>,
 }
 
 impl PeerSet {
@@ -163,7 +223,11 @@ impl PeerSet {
         before: impl FnOnce(&PeerRecord) -> T,
     ) -> Option<(Option<T>, &PeerRecord)> {
         let full = self.records.len() >= limit;
-        let (was, at) = match self.index.entry(conn.peer) {
+        let key = PeerKey {
+            netns: conn.netns.map_or(0, |id| id.0),
+            ip: conn.peer,
+        };
+        let (was, at) = match self.index.entry(key) {
             Entry::Occupied(slot) => {
                 let at = *slot.get() as usize;
                 (Some(before(&self.records[at].1)), at)
@@ -172,7 +236,7 @@ impl PeerSet {
             Entry::Vacant(slot) => {
                 let at = self.records.len();
                 slot.insert(at as u32);
-                self.records.push((conn.peer, PeerRecord::new(now)));
+                self.records.push((key, PeerRecord::new(now)));
                 (None, at)
             }
         };
@@ -189,29 +253,59 @@ impl PeerSet {
         self.records.is_empty()
     }
 
+    /// The peer at `addr` in the host's network namespace.
     pub fn get(&self, addr: Ipv4Addr) -> Option<&PeerRecord> {
-        let at = *self.index.get(&addr)?;
+        let at = *self.index.get(&PeerKey::host(addr))?;
         Some(&self.records[at as usize].1)
     }
 
-    /// Peers in numeric address order.
+    /// Peers in numeric address order, the host's namespace first: the
+    /// set of a report holds one namespace's (see [`Self::scoped`]).
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
-        self.index
-            .iter()
-            .map(|(addr, &at)| (*addr, &self.records[at as usize].1))
+        self.entries_after(None)
+            .map(|(key, record)| (key.ip, record))
     }
 
-    /// Peers in numeric address order after `after` (all of them for
-    /// `None`): a checkpoint written a chunk at a time resumes here, so the
-    /// set may change between chunks.
-    pub fn iter_after(
+    /// Peers in key order after `after` (all of them for `None`): a
+    /// checkpoint written a chunk at a time resumes here, so the set may
+    /// change between chunks.
+    pub fn entries_after(
         &self,
-        after: Option<Ipv4Addr>,
-    ) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
+        after: Option<PeerKey>,
+    ) -> impl Iterator<Item = (PeerKey, &PeerRecord)> {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.index
             .range((from, Bound::Unbounded))
-            .map(|(addr, &at)| (*addr, &self.records[at as usize].1))
+            .map(|(key, &at)| (*key, &self.records[at as usize].1))
+    }
+
+    /// The network namespaces other than the host's that have peers, with
+    /// how many.
+    pub fn namespaces(&self) -> BTreeMap<NetnsId, usize> {
+        let mut namespaces = BTreeMap::new();
+        for key in self.index.keys().filter(|key| key.netns != 0) {
+            *namespaces.entry(NetnsId(key.netns)).or_default() += 1;
+        }
+        namespaces
+    }
+
+    /// The peers of the namespaces `scope` names, as peers of one: what a
+    /// report shows.
+    pub fn scoped(self, scope: NetnsScope) -> Self {
+        if self
+            .index
+            .keys()
+            .all(|key| scope.contains(key.netns) && key.netns == 0)
+        {
+            return self;
+        }
+        let records = self
+            .records
+            .into_iter()
+            .filter(|(key, _)| scope.contains(key.netns))
+            .map(|(key, record)| (PeerKey::host(key.ip), record))
+            .collect();
+        Self::from_records(records)
     }
 
     /// Folds a whole set in, as [`Self::merge_record`] does each record.
@@ -220,18 +314,18 @@ impl PeerSet {
             // Reading one file: take its set rather than re-insert it.
             *self = other;
         } else {
-            for (addr, record) in other.records {
-                self.merge_record(addr, record);
+            for (key, record) in other.records {
+                self.merge_record(key, record);
             }
         }
     }
 
     /// Adds a whole record (from a file), merging with what is there.
-    pub fn merge_record(&mut self, addr: Ipv4Addr, other: PeerRecord) {
-        match self.index.entry(addr) {
+    pub fn merge_record(&mut self, key: PeerKey, other: PeerRecord) {
+        match self.index.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(self.records.len() as u32);
-                self.records.push((addr, other));
+                self.records.push((key, other));
             }
             Entry::Occupied(slot) => self.records[*slot.get() as usize].1.merge(&other),
         }
@@ -242,12 +336,12 @@ impl PeerSet {
     ///
     /// Sorting first builds the index in one pass: inserting a million
     /// addresses in random order (an old poller's list) costs seconds.
-    pub(super) fn from_records(mut records: Vec<(Ipv4Addr, PeerRecord)>) -> Self {
+    pub(super) fn from_records(mut records: Vec<(PeerKey, PeerRecord)>) -> Self {
         // netmon writes its peers in order, and the stable sort takes a
         // sorted run in one pass.
-        records.sort_by_key(|(addr, _)| *addr);
-        records.dedup_by(|(addr, record), (kept_addr, kept)| {
-            let repeat = addr == kept_addr;
+        records.sort_by_key(|(key, _)| *key);
+        records.dedup_by(|(key, record), (kept_key, kept)| {
+            let repeat = key == kept_key;
             if repeat {
                 kept.merge(record);
             }
@@ -258,7 +352,7 @@ impl PeerSet {
         let index = records
             .iter()
             .enumerate()
-            .map(|(at, (addr, _))| (*addr, at as u32))
+            .map(|(at, (key, _))| (*key, at as u32))
             .collect();
         Self { index, records }
     }
@@ -275,9 +369,13 @@ pub(super) mod tests {
             peer: Ipv4Addr::from(peer),
             remote_port: 443,
             local_port: 22,
+            protocol: crate::peer::Protocol::Tcp,
             direction,
             process: Comm::from_name(process),
             source: Source::Tracepoint,
+            origin: crate::peer::Origin::default(),
+            netns: None,
+            owner: None,
         }
     }
 
@@ -291,7 +389,10 @@ pub(super) mod tests {
         assert_eq!((record.outbound, record.inbound), (2, 0));
         assert_eq!((record.first_seen, record.last_seen), (100, 106));
         assert_eq!(record.processes.iter().count(), 2);
-        assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
+        assert_eq!(
+            record.local_ports.iter().collect::<Vec<_>>(),
+            [&Service::tcp(22)]
+        );
     }
 
     #[test]
@@ -319,13 +420,19 @@ pub(super) mod tests {
         other.record(&conn([10, 0, 0, 3], Direction::Inbound, "sshd"), 1, 100);
         other.record(&conn([10, 0, 0, 3], Direction::Inbound, "sshd"), 1, 300);
         for (addr, record) in other.iter() {
-            set.merge_record(addr, record.clone());
+            set.merge_record(PeerKey::host(addr), record.clone());
         }
         let record = set.get(Ipv4Addr::new(10, 0, 0, 3)).unwrap();
         assert_eq!((record.first_seen, record.last_seen), (100, 300));
         assert_eq!((record.outbound, record.inbound), (2, 2));
-        assert_eq!(record.remote_ports.iter().collect::<Vec<_>>(), [&443]);
-        assert_eq!(record.local_ports.iter().collect::<Vec<_>>(), [&22]);
+        assert_eq!(
+            record.remote_ports.iter().collect::<Vec<_>>(),
+            [&Service::tcp(443)]
+        );
+        assert_eq!(
+            record.local_ports.iter().collect::<Vec<_>>(),
+            [&Service::tcp(22)]
+        );
         assert_eq!(record.processes.iter().count(), 2);
     }
 }

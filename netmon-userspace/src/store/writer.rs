@@ -8,10 +8,10 @@
 //! share one), strings escaped only where they can need it (process names).
 use std::{io, net::Ipv4Addr};
 
-use super::{CappedSet, InlineItem, PeerRecord, PeerSet, Snapshot, Target, schema};
+use super::{CappedSet, InlineItem, PeerKey, PeerRecord, PeerSet, Snapshot, Target, schema};
 use crate::{peer::Comm, time::UnixTime};
 
-/// Writes a snapshot as a version 1 checkpoint: the header, then one peer
+/// Writes a snapshot as a checkpoint: the header, then one peer
 /// per line (readable, diffable, and quick to write).
 pub fn write_json(
     out: &mut impl io::Write,
@@ -21,9 +21,9 @@ pub fn write_json(
 ) -> io::Result<()> {
     schema::write_header(out, snapshot, host, now)?;
     let mut lines = LineWriter::new();
-    for (index, (ip, record)) in snapshot.peers.iter().enumerate() {
+    for (index, (key, record)) in snapshot.peers.entries_after(None).enumerate() {
         out.write_all(if index == 0 { b"\n" } else { b",\n" })?;
-        out.write_all(lines.peer(ip, record))?;
+        out.write_all(lines.peer(key, record))?;
     }
     out.write_all(b"\n]}\n")
 }
@@ -34,8 +34,8 @@ pub fn write_json(
 /// cursor lands in the next checkpoint, one ahead of it in this one.
 pub struct Chunks {
     lines: LineWriter,
-    /// The last address written, `None` before the first.
-    after: Option<Ipv4Addr>,
+    /// The last peer written, `None` before the first.
+    after: Option<PeerKey>,
     written: usize,
 }
 
@@ -54,15 +54,15 @@ impl Chunks {
     /// holds `bytes` or the set ends; true once the checkpoint is complete,
     /// its closing bytes appended.
     pub fn fill(&mut self, peers: &PeerSet, out: &mut Vec<u8>, bytes: usize) -> bool {
-        let mut rest = peers.iter_after(self.after);
+        let mut rest = peers.entries_after(self.after);
         loop {
-            let Some((ip, record)) = rest.next() else {
+            let Some((key, record)) = rest.next() else {
                 out.extend_from_slice(b"\n]}\n");
                 return true;
             };
             out.extend_from_slice(if self.written == 0 { b"\n" } else { b",\n" });
-            out.extend_from_slice(self.lines.peer(ip, record));
-            self.after = Some(ip);
+            out.extend_from_slice(self.lines.peer(key, record));
+            self.after = Some(key);
             self.written += 1;
             if out.len() >= bytes {
                 return false;
@@ -76,7 +76,7 @@ impl Chunks {
     }
 }
 
-/// A snapshot as a version 1 checkpoint, in memory.
+/// A snapshot as a checkpoint, in memory.
 pub fn to_json(snapshot: &Snapshot, host: &str, now: u64) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     write_json(&mut bytes, snapshot, host, now)?;
@@ -112,9 +112,9 @@ impl LineWriter {
     }
 
     /// The JSON object for one peer, valid until the next call.
-    pub(super) fn peer(&mut self, ip: Ipv4Addr, record: &PeerRecord) -> &[u8] {
+    pub(super) fn peer(&mut self, key: PeerKey, record: &PeerRecord) -> &[u8] {
         self.line.clear();
-        schema::write_peer(self, ip, record);
+        schema::write_peer(self, key, record);
         &self.line
     }
 
@@ -175,9 +175,14 @@ impl LineWriter {
     /// displays).
     #[inline]
     pub(super) fn comm(&mut self, comm: Comm) {
+        self.text(&String::from_utf8_lossy(comm.as_bytes()));
+    }
+
+    /// Any text as a JSON string.
+    pub(super) fn text(&mut self, text: &str) {
         let line = &mut self.line;
         line.push(b'"');
-        for ch in String::from_utf8_lossy(comm.as_bytes()).chars() {
+        for ch in text.chars() {
             match ch {
                 '"' => line.extend_from_slice(b"\\\""),
                 '\\' => line.extend_from_slice(b"\\\\"),
@@ -244,7 +249,10 @@ impl TimeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{peer::Direction, store::set::tests::conn};
+    use crate::{
+        peer::{Direction, Service},
+        store::set::tests::conn,
+    };
 
     /// Chunks of any size make the bytes the writer makes at once, and a
     /// peer added between chunks is in them only if it comes after the
@@ -294,7 +302,7 @@ mod tests {
             last_seen: 1_700_000_061,
             outbound: 18_446_744_073_709_551_615,
             inbound: 0,
-            remote_ports: [443, 80].into_iter().collect(),
+            remote_ports: [443, 80].into_iter().map(Service::tcp).collect(),
             processes: ["cu\"rl\\", "a\u{1}b", "é"]
                 .into_iter()
                 .filter_map(Comm::from_name)
@@ -302,7 +310,8 @@ mod tests {
             ..PeerRecord::default()
         };
         let mut writer = LineWriter::new();
-        let line = writer.peer(Ipv4Addr::new(10, 0, 255, 1), &record).to_vec();
+        let key = PeerKey::host(Ipv4Addr::new(10, 0, 255, 1));
+        let line = writer.peer(key, &record).to_vec();
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(
             value,
@@ -315,6 +324,7 @@ mod tests {
                 "remote_ports": ["80/tcp", "443/tcp"],
                 "local_ports": [],
                 "processes": ["a\u{1}b", "cu\"rl\\", "é"],
+                "owners": [],
             })
         );
     }

@@ -1,0 +1,60 @@
+//! Where a connection was made, in userspace terms: the kernel's network
+//! namespace inode and cgroup ID turned into [`Connection::netns`] and
+//! [`Connection::owner`].
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
+
+use crate::peer::{Connection, NetnsId, Owner};
+
+/// Owners kept by cgroup ID before the cache starts over: far more
+/// cgroups than a host runs at once.
+const CACHED_OWNERS: usize = 16_384;
+
+/// Resolves origins, with what it needs cached.
+pub struct Origins {
+    /// The inode of the network namespace netmon runs in: the host's.
+    host_netns: u32,
+    /// Owners found, by cgroup ID.
+    owners: HashMap<u64, Owner>,
+}
+
+impl Origins {
+    pub fn new() -> Self {
+        let host_netns = std::fs::metadata("/proc/self/ns/net")
+            .map(|meta| meta.ino() as u32)
+            .unwrap_or_else(|err| {
+                log::warn!(
+                    "cannot read /proc/self/ns/net ({err}): every network namespace's peers are recorded as the host's"
+                );
+                0
+            });
+        Self {
+            host_netns,
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Fills in `conn`'s namespace and owner from its origin.
+    pub fn resolve(&mut self, conn: &mut Connection) {
+        let netns = conn.origin.netns;
+        conn.netns = (netns != 0 && self.host_netns != 0 && netns != self.host_netns)
+            .then_some(NetnsId(netns));
+        conn.owner = self.owner(conn.origin.cgroup, conn.origin.pid);
+    }
+
+    fn owner(&mut self, cgroup: u64, _pid: u32) -> Option<Owner> {
+        if cgroup == 0 {
+            return None;
+        }
+        if let Some(owner) = self.owners.get(&cgroup) {
+            return Some(*owner);
+        }
+        let owner: Option<Owner> = None;
+        if let Some(owner) = owner {
+            if self.owners.len() >= CACHED_OWNERS {
+                self.owners.clear();
+            }
+            self.owners.insert(cgroup, owner);
+        }
+        owner
+    }
+}
