@@ -239,6 +239,69 @@ fn cache_stays_bounded_and_answers_hits_without_the_filesystem() {
     assert_eq!(owners.resolve(0, 0), None);
 }
 
+#[test]
+fn walk_of_a_plain_tree_names_its_directories_and_remembers_them() {
+    use std::os::unix::fs::MetadataExt;
+    // Any directory tree walks like a cgroup tree: IDs are inode numbers.
+    let root = tempfile::tempdir().unwrap();
+    let unit = root.path().join("system.slice/a.service");
+    std::fs::create_dir_all(&unit).unwrap();
+    let id = std::fs::metadata(&unit).unwrap().ino();
+    let slice = std::fs::metadata(root.path().join("system.slice"))
+        .unwrap()
+        .ino();
+    let mut owners = Owners::new(root.path().to_path_buf());
+    assert_eq!(owners.resolve(id, 0).as_deref(), Some("a.service"));
+    // The walk cached the slice too: no owner, final.
+    assert!(
+        owners
+            .cache
+            .get(&slice)
+            .is_some_and(|e| e.owner.is_none() && e.until.is_none())
+    );
+
+    // Made after the walk: not found within the second, and not cached.
+    let later = root.path().join("system.slice/b.service");
+    std::fs::create_dir(&later).unwrap();
+    let later_id = std::fs::metadata(&later).unwrap().ino();
+    assert_eq!(owners.resolve(later_id, 0), None);
+    assert!(!owners.cache.contains_key(&later_id));
+    // A second on, the next miss walks again.
+    owners.last_walk = Instant::now().checked_sub(WALK_EVERY);
+    assert_eq!(owners.resolve(later_id, 0).as_deref(), Some("b.service"));
+
+    // Gone: the cache still answers; an ID no walk finds is kept briefly.
+    std::fs::remove_dir(&unit).unwrap();
+    owners.last_walk = Instant::now().checked_sub(WALK_EVERY);
+    assert_eq!(owners.resolve(id, 0).as_deref(), Some("a.service"));
+    let unknown = u64::MAX;
+    assert_eq!(owners.resolve(unknown, 0), None);
+    assert!(
+        owners
+            .cache
+            .get(&unknown)
+            .is_some_and(|e| e.until.is_some())
+    );
+    // Expired and still unknown, a tentative owner learnt before stays.
+    let stale: Arc<str> = Arc::from("c.service");
+    let expired = Instant::now().checked_sub(Duration::from_secs(1));
+    owners.cache.insert(
+        unknown,
+        Entry {
+            owner: Some(stale),
+            until: expired,
+        },
+    );
+    owners.last_walk = Instant::now().checked_sub(WALK_EVERY);
+    assert_eq!(owners.resolve(unknown, 0).as_deref(), Some("c.service"));
+}
+
+#[test]
+fn owners_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<Owners>();
+}
+
 /// Child processes and cgroups a test made, removed however it ends.
 #[derive(Default)]
 struct Cgroups {
@@ -374,6 +437,14 @@ fn resolves_real_cgroups_by_pid_and_by_walk_and_after_they_are_gone() {
         std::hint::black_box(by_walk.resolve(std::hint::black_box(id), 0));
     }
     eprintln!("hit: {:?} per resolve", started.elapsed() / rounds);
+
+    // A miss answered by the PID, measured.
+    let started = Instant::now();
+    assert_eq!(
+        owners().resolve(unit_id, unit_pid).as_deref(),
+        Some("netmon-owner-test.service")
+    );
+    eprintln!("miss by PID: {:?}", started.elapsed());
 
     // Gone: what was learnt stays; a fresh cache knows nothing.
     cgroups.end();
