@@ -12,6 +12,7 @@
 //! - [`procnet`]: the `/proc/net` socket-table poller;
 //! - [`store`]: the peer set and its checkpoint file;
 //! - [`host`]: the host's own addresses, which each checkpoint records;
+//! - [`owner`]: which unit, container or pod a cgroup ID belongs to;
 //! - [`time`]: times as netmon records and writes them;
 //! - [`classify`], [`report`], [`rules`]: turning the set into decisions;
 //! - [`graph`]: the access map, joining many hosts' files;
@@ -30,6 +31,7 @@ pub mod host;
 pub mod metrics;
 pub mod mode;
 pub mod observe;
+pub mod owner;
 pub mod peer;
 pub mod privilege;
 pub mod probe;
