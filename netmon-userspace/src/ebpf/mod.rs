@@ -376,7 +376,7 @@ impl EbpfCollector {
     /// The UDP programs, beside any mode's TCP ones: a host where they
     /// cannot attach still gets its TCP peers, and is told what it misses.
     fn attach_udp(ebpf: &mut Ebpf) -> Option<String> {
-        let attached = udp::cgroup2_root().and_then(|root| udp::attach(ebpf, &root));
+        let attached = crate::owner::cgroup2_root().and_then(|root| udp::attach(ebpf, &root));
         let err = attached.err()?;
         let why = format!("{err:#}");
         log::warn!("UDP peers are not recorded: {why}");

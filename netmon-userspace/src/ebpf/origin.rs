@@ -3,7 +3,10 @@
 //! [`Connection::owner`].
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
-use crate::peer::{Connection, NetnsId, Owner};
+use crate::{
+    owner::{Owners, cgroup2_root},
+    peer::{Connection, NetnsId, Owner},
+};
 
 /// Owners kept by cgroup ID before the cache starts over: far more
 /// cgroups than a host runs at once.
@@ -13,7 +16,9 @@ const CACHED_OWNERS: usize = 16_384;
 pub struct Origins {
     /// The inode of the network namespace netmon runs in: the host's.
     host_netns: u32,
-    /// Owners found, by cgroup ID.
+    /// Names cgroups; `None` without a cgroup v2 hierarchy to read.
+    names: Option<Owners>,
+    /// Owners found, by cgroup ID, interned.
     owners: HashMap<u64, Owner>,
 }
 
@@ -27,8 +32,16 @@ impl Origins {
                 );
                 0
             });
+        let names = match cgroup2_root() {
+            Ok(root) => Some(Owners::new(root)),
+            Err(err) => {
+                log::info!("connections are recorded without owners: {err:#}");
+                None
+            }
+        };
         Self {
             host_netns,
+            names,
             owners: HashMap::new(),
         }
     }
@@ -41,14 +54,14 @@ impl Origins {
         conn.owner = self.owner(conn.origin.cgroup, conn.origin.pid);
     }
 
-    fn owner(&mut self, cgroup: u64, _pid: u32) -> Option<Owner> {
+    fn owner(&mut self, cgroup: u64, pid: u32) -> Option<Owner> {
         if cgroup == 0 {
             return None;
         }
         if let Some(owner) = self.owners.get(&cgroup) {
             return Some(*owner);
         }
-        let owner: Option<Owner> = None;
+        let owner = Owner::new(&self.names.as_mut()?.resolve(cgroup, pid)?);
         if let Some(owner) = owner {
             if self.owners.len() >= CACHED_OWNERS {
                 self.owners.clear();
