@@ -18,12 +18,17 @@ use log::warn;
 
 use serde::{Serialize, Serializer};
 
-use crate::{classify::Class, peer::Comm, peer::Direction, time::UnixTime};
+use crate::{
+    classify::Class,
+    peer::{Comm, Direction, Owner, Protocol},
+    time::UnixTime,
+};
 
 /// How `--follow` writes its lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineFormat {
-    /// `TIME DIRECTION IP CLASS PORT PROCESS`, `-` for what is unknown.
+    /// `TIME DIRECTION IP CLASS PORT/PROTOCOL PROCESS OWNER`, `-` for what
+    /// is unknown.
     Text,
     /// One JSON object per line.
     Json,
@@ -41,8 +46,19 @@ pub struct Sighting<'a> {
     pub class: Class,
     /// The peer's port for an outbound connection, ours for an inbound one.
     pub port: Option<u16>,
+    #[serde(serialize_with = "protocol")]
+    pub protocol: Protocol,
     /// The local process, where the hook runs in it.
     pub process: Option<Comm>,
+    /// The systemd unit or container, where known.
+    pub owner: Option<Owner>,
+    /// The network namespace, if not the host's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+}
+
+fn protocol<S: Serializer>(protocol: &Protocol, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(protocol.as_str())
 }
 
 fn direction<S: Serializer>(direction: &Direction, serializer: S) -> Result<S::Ok, S::Error> {
@@ -187,13 +203,16 @@ fn write_line(out: &mut impl io::Write, format: LineFormat, s: &Sighting<'_>) ->
         LineFormat::Text => {
             let port = s
                 .port
-                .map_or_else(|| "-".to_owned(), |port| port.to_string());
+                .map_or_else(|| "-".to_owned(), |port| format!("{port}/{}", s.protocol));
             let process = s
                 .process
                 .map_or_else(|| "-".to_owned(), |p| p.escaped().to_string());
+            let owner = s
+                .owner
+                .map_or_else(|| "-".to_owned(), |o| o.escaped().to_string());
             writeln!(
                 out,
-                "{} {:<3} {:<15} {:<13} {:>5} {process}",
+                "{} {:<3} {:<15} {:<13} {:>9} {process} {owner}",
                 UnixTime::from_secs(s.time),
                 s.direction.as_str(),
                 s.ip.to_string(),
@@ -216,7 +235,10 @@ mod tests {
             direction: Direction::Outbound,
             class: Class::Private,
             port: Some(5432),
+            protocol: Protocol::Tcp,
             process,
+            owner: Owner::new("api.service"),
+            netns: None,
         };
         let mut out = Vec::new();
         write_line(&mut out, format, &sighting).unwrap();
@@ -227,7 +249,7 @@ mod tests {
     fn json_lines_carry_every_field() {
         assert_eq!(
             line(LineFormat::Json, Comm::from_name("api-server")),
-            r#"{"time":"2026-11-28T16:00:33Z","host":"web-1","ip":"10.0.0.7","direction":"out","class":"private","port":5432,"process":"api-server"}"#.to_owned() + "\n"
+            r#"{"time":"2026-11-28T16:00:33Z","host":"web-1","ip":"10.0.0.7","direction":"out","class":"private","port":5432,"protocol":"tcp","process":"api-server","owner":"api.service"}"#.to_owned() + "\n"
         );
         assert!(line(LineFormat::Json, None).contains(r#""process":null"#));
     }
@@ -236,7 +258,7 @@ mod tests {
     fn text_lines_mark_the_unknown() {
         assert_eq!(
             line(LineFormat::Text, None),
-            "2026-11-28T16:00:33Z out 10.0.0.7        private        5432 -\n"
+            "2026-11-28T16:00:33Z out 10.0.0.7        private        5432/tcp - api.service\n"
         );
     }
 
@@ -247,9 +269,9 @@ mod tests {
         let text = line(LineFormat::Text, Comm::from_name("a\n1.2.3.4 out"));
         assert_eq!(
             text,
-            "2026-11-28T16:00:33Z out 10.0.0.7        private        5432 a\\n1.2.3.4 out\n"
+            "2026-11-28T16:00:33Z out 10.0.0.7        private        5432/tcp a\\n1.2.3.4 out api.service\n"
         );
         let text = line(LineFormat::Text, Comm::from_name("\u{1b}[2J"));
-        assert!(text.ends_with(" \\u{1b}[2J\n"), "{text:?}");
+        assert!(text.ends_with(" \\u{1b}[2J api.service\n"), "{text:?}");
     }
 }

@@ -87,7 +87,10 @@ impl Observers {
             direction: conn.direction,
             class,
             port: (port != 0).then_some(port),
+            protocol: conn.protocol,
             process: conn.process,
+            owner: conn.owner,
+            netns: conn.netns.map(|id| id.0),
         };
         match follow.write(&sighting) {
             Sent::Queued => {}

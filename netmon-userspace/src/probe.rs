@@ -47,7 +47,13 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
             writeln!(out, "struct sock offsets: defaults ({why})")?
         }
     }
+    writeln!(
+        out,
+        "namespace and owner offsets: {}",
+        describe_context(&kernel.context_offsets)
+    )?;
     let mut failures = 0;
+    let mut udp_rejected = None;
     match ebpf::load_object(kernel, true) {
         Ok(mut object) => {
             for program in ebpf::Program::ALL {
@@ -56,6 +62,9 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
                     Ok(()) => writeln!(out, "program {name} ({kind} {hook}): verified")?,
                     Err(err) => {
                         failures += 1;
+                        if kind == ebpf::ProgramKind::CgroupSockAddr {
+                            udp_rejected.get_or_insert(name);
+                        }
                         writeln!(out, "program {name} ({kind} {hook}): REJECTED: {err:#}")?;
                     }
                 }
@@ -66,6 +75,15 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
             writeln!(out, "eBPF object: cannot load: {err:#}")?;
         }
     }
+    let udp = match (crate::owner::cgroup2_root(), udp_rejected) {
+        (_, Some(name)) => format!("unavailable: the verifier rejected {name}"),
+        (Ok(root), None) => format!(
+            "available in every eBPF mode (cgroup programs on {})",
+            root.display()
+        ),
+        (Err(err), None) => format!("unavailable: {err:#}"),
+    };
+    writeln!(out, "udp: {udp}")?;
     if let Some(mode) = auto {
         writeln!(out, "auto would try: {mode}")?;
     }
@@ -74,6 +92,21 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
         bail!("{failures} eBPF program(s) or object(s) failed to load");
     }
     Ok(())
+}
+
+/// Which of a connection's network namespace and cgroup the programs can
+/// read, and so which connections get an owner and a namespace.
+fn describe_context(offsets: &netmon_common::config::ContextOffsets) -> String {
+    let namespace = offsets.sk_net != 0 && offsets.net_inum != 0;
+    let task_namespace = offsets.task_nsproxy != 0 && offsets.nsproxy_net != 0 && namespace;
+    let socket_cgroup = offsets.sk_cgroup != 0 && offsets.cgroup_kn != 0 && offsets.kn_id != 0;
+    let yes_no = |known: bool| if known { "from BTF" } else { "unknown" };
+    format!(
+        "socket namespace {}, task namespace {}, socket cgroup {}",
+        yes_no(namespace),
+        yes_no(task_namespace),
+        yes_no(socket_cgroup)
+    )
 }
 
 /// How proc mode and the start-up scan would read the socket tables, or

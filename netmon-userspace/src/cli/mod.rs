@@ -21,10 +21,11 @@ use crate::{
     peer::Direction,
     procnet::TablesRequest,
     report::{
-        DiffRequest, Filter, Format, ListRequest, MergeRequest, Ports, RuleSelection, StatsRequest,
+        DiffRequest, Filter, Format, ListRequest, MergeRequest, OwnerPattern, Ports, RuleSelection,
+        StatsRequest,
     },
     rules::{RuleFormat, RuleName, RulesRequest},
-    store::OnCorrupt,
+    store::{NetnsScope, OnCorrupt},
 };
 
 /// Where `netmon run` writes, and where reports read, by default.
@@ -227,6 +228,17 @@ pub struct FilterArgs {
     /// Only peers last seen within this long, such as 7d or 12h.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub since: Option<Duration>,
+
+    /// Which network namespaces' peers: `host` (the one netmon ran in),
+    /// `all`, or one by its inode number, as `lsns -t net` shows it.
+    #[arg(long, value_name = "host|all|ID", default_value = "host", value_parser = values::netns)]
+    pub netns: NetnsScope,
+
+    /// Only peers an owner matching PATTERN talked to: a systemd unit or
+    /// container, `*` and `?` as wildcards (`'*.service'`,
+    /// `'container:3f4e*'`, `'pod:default/*'`); repeat for several.
+    #[arg(long = "owner", value_name = "PATTERN")]
+    pub owners: Vec<String>,
 }
 
 impl From<FilterArgs> for Filter {
@@ -235,6 +247,8 @@ impl From<FilterArgs> for Filter {
             classes: args.classes,
             direction: args.direction,
             since: args.since,
+            netns: args.netns,
+            owners: args.owners.into_iter().map(OwnerPattern::new).collect(),
         }
     }
 }
@@ -493,6 +507,7 @@ mod tests {
                     classes: vec![Class::Private],
                     direction: Some(Direction::Outbound),
                     since: Some(Duration::from_secs(12 * 3600)),
+                    ..Filter::default()
                 },
                 ports: Ports::Observed,
             }

@@ -9,12 +9,26 @@ use crate::{
     ebpf::events::TransportRequest,
     graph::{GraphFormat, Group},
     mode::ModeRequest,
-    peer::Direction,
+    peer::{Direction, NetnsId},
     procnet::TablesRequest,
     report::Format,
     rules::RuleFormat,
-    store::OnCorrupt,
+    store::{NetnsScope, OnCorrupt},
 };
+
+/// `--netns`: `host`, `all`, or a namespace's inode number.
+pub fn netns(text: &str) -> Result<NetnsScope, String> {
+    match text {
+        "host" => Ok(NetnsScope::Host),
+        "all" => Ok(NetnsScope::All),
+        id => match id.parse::<u32>() {
+            Ok(id) if id != 0 => Ok(NetnsScope::Only(NetnsId(id))),
+            _ => Err(format!(
+                "{id:?} is not host, all, or a network namespace's inode number (as lsns -t net shows it)"
+            )),
+        },
+    }
+}
 
 /// Implements [`ValueEnum`] from a list of variants, each with its name
 /// and optionally its help, as `#[derive(ValueEnum)]` would from the

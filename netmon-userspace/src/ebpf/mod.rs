@@ -431,7 +431,7 @@ impl EbpfCollector {
             udp_missing,
             lost,
             dedup,
-            origins: origin::Origins::new(),
+            origins: origin::Origins::default(),
             logger,
             _ebpf: ebpf,
         })

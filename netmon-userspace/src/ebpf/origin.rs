@@ -22,8 +22,9 @@ pub struct Origins {
     owners: HashMap<u64, Owner>,
 }
 
-impl Origins {
-    pub fn new() -> Self {
+impl Default for Origins {
+    /// Looks up the host's namespace and the cgroup v2 hierarchy.
+    fn default() -> Self {
         let host_netns = std::fs::metadata("/proc/self/ns/net")
             .map(|meta| meta.ino() as u32)
             .unwrap_or_else(|err| {
@@ -45,7 +46,9 @@ impl Origins {
             owners: HashMap::new(),
         }
     }
+}
 
+impl Origins {
     /// Fills in `conn`'s namespace and owner from its origin.
     pub fn resolve(&mut self, conn: &mut Connection) {
         let netns = conn.origin.netns;

@@ -170,8 +170,15 @@ impl Graph {
                 .entry(view.host.clone())
                 .or_default()
                 .extend(&view.snapshot.addresses);
-            for (ip, record) in view.snapshot.peers.iter() {
-                if !filter.matches(&Peer::new(ip, record), now) {
+            for (key, record) in view.snapshot.peers.entries() {
+                let (ip, netns) = (key.ip, key.netns());
+                if !filter.matches(
+                    &Peer {
+                        netns,
+                        ..Peer::new(ip, record)
+                    },
+                    now,
+                ) {
                     continue;
                 }
                 let other = match owners.get(&ip) {

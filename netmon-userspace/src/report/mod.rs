@@ -5,34 +5,28 @@
 //! with its [`Class`]. `netmon rules` starts the same way too.
 mod allow;
 mod diff;
+mod filter;
 mod fleet;
 mod merge;
 mod output;
 mod stats;
 pub(crate) mod table;
 
-use std::{
-    fmt,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
-use log::warn;
 
 use self::output::Listing;
 pub use self::{
     allow::{Access, Allowed, Exclusions, Ports, Protocol, RuleSelection, Service, accesses},
     diff::{DiffRequest, diff},
+    filter::{Filter, OwnerPattern, Peer},
     fleet::{View, host_inputs, host_view, load_views},
     merge::{MergeRequest, merge},
     stats::{StatsRequest, stats},
 };
 use crate::{
-    classify::Class,
-    peer::Direction,
-    store::{self, FileFormat, PeerRecord, Snapshot},
+    store::{self, FileFormat, Snapshot},
     time::UnixTime,
 };
 
@@ -171,146 +165,6 @@ fn load_one(path: &Path) -> anyhow::Result<(Snapshot, FileFormat)> {
     store::load(path)?.ok_or_else(|| anyhow!("{}: no such file", path.display()))
 }
 
-/// A set of classes, as one bit per [`Class`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ClassSet(u16);
-
-impl ClassSet {
-    const ALL: Self = Self(u16::MAX);
-
-    fn bit(class: Class) -> u16 {
-        1 << class as u16
-    }
-
-    fn contains(self, class: Class) -> bool {
-        self.0 & Self::bit(class) != 0
-    }
-}
-
-impl FromIterator<Class> for ClassSet {
-    fn from_iter<I: IntoIterator<Item = Class>>(classes: I) -> Self {
-        Self(
-            classes
-                .into_iter()
-                .map(Self::bit)
-                .fold(0, |set, bit| set | bit),
-        )
-    }
-}
-
-/// One selected peer.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer<'a> {
-    pub ip: Ipv4Addr,
-    pub class: Class,
-    pub record: &'a PeerRecord,
-}
-
-impl<'a> Peer<'a> {
-    pub fn new(ip: Ipv4Addr, record: &'a PeerRecord) -> Self {
-        Self {
-            ip,
-            class: Class::of(ip),
-            record,
-        }
-    }
-}
-
-/// Which peers a report keeps; every filter given must match.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Only peers of these classes; none means any class.
-    pub classes: Vec<Class>,
-    /// Only peers seen in this direction.
-    pub direction: Option<Direction>,
-    /// Only peers last seen within this long before the report.
-    pub since: Option<Duration>,
-}
-
-impl Filter {
-    /// Whether no filter was given, so every peer matches.
-    pub fn is_empty(&self) -> bool {
-        self.classes.is_empty() && self.direction.is_none() && self.since.is_none()
-    }
-
-    /// Whether `peer` matches; `now` (Unix seconds) anchors `since`.
-    pub fn matches(&self, peer: &Peer<'_>, now: u64) -> bool {
-        Selection::new(self, now).matches(peer)
-    }
-
-    /// The peers of `inputs` that match, in numeric order; `now` (Unix
-    /// seconds) anchors `since`.
-    ///
-    /// Warns when a direction filter meets an address list, whose peers
-    /// it can only leave out.
-    pub fn select<'a>(&self, inputs: &'a Inputs, now: u64) -> Vec<Peer<'a>> {
-        if let Some(direction) = self.direction {
-            for path in inputs.sources.address_lists() {
-                warn!(
-                    "{} is an address list, which records no directions: --direction {direction} leaves out the peers only it names",
-                    path.display()
-                );
-            }
-        }
-        let selection = Selection::new(self, now);
-        inputs
-            .snapshot
-            .peers
-            .iter()
-            .map(|(ip, record)| Peer::new(ip, record))
-            .filter(|peer| selection.matches(peer))
-            .collect()
-    }
-}
-
-/// As the flags that select the same peers.
-impl fmt::Display for Filter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let classes = self.classes.iter().map(|class| format!("--class {class}"));
-        let direction = self.direction.map(|d| format!("--direction {d}"));
-        let since = self
-            .since
-            .map(|since| format!("--since {}", humantime::format_duration(since)));
-        let flags: Vec<_> = classes.chain(direction).chain(since).collect();
-        f.write_str(&flags.join(" "))
-    }
-}
-
-/// A [`Filter`] resolved for matching peer after peer.
-#[derive(Clone, Copy, Debug)]
-struct Selection {
-    classes: ClassSet,
-    direction: Option<Direction>,
-    /// Unix seconds; peers last seen before are left out.
-    seen_since: Option<u64>,
-}
-
-impl Selection {
-    fn new(filter: &Filter, now: u64) -> Self {
-        Self {
-            classes: if filter.classes.is_empty() {
-                ClassSet::ALL
-            } else {
-                filter.classes.iter().copied().collect()
-            },
-            direction: filter.direction,
-            seen_since: filter
-                .since
-                .map(|since| now.saturating_sub(since.as_secs())),
-        }
-    }
-
-    fn matches(&self, peer: &Peer<'_>) -> bool {
-        self.classes.contains(peer.class)
-            && self
-                .direction
-                .is_none_or(|direction| peer.record.directions().has(direction))
-            && self
-                .seen_since
-                .is_none_or(|since| peer.record.last_seen >= since)
-    }
-}
-
 /// What `netmon list` prints.
 #[derive(Clone, Debug)]
 pub struct ListRequest {
@@ -330,8 +184,11 @@ pub fn list(request: &ListRequest, out: &mut impl std::io::Write) -> anyhow::Res
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::store::parse;
+    use crate::{classify::Class, peer::Direction};
 
     /// A checkpoint with one peer per `(ip, outbound, inbound, last_seen)`.
     pub(super) fn checkpoint(peers: &[(&str, u64, u64, u64)]) -> Vec<u8> {
@@ -477,6 +334,7 @@ pub(crate) mod tests {
             classes: vec![Class::Private],
             direction: Some(Direction::Inbound),
             since: Some(Duration::from_secs(10)),
+            ..Filter::default()
         };
         assert_eq!(selected(&inputs, &args, 55), ["10.0.0.2"]);
     }
@@ -487,10 +345,12 @@ pub(crate) mod tests {
             classes: vec![Class::Private, Class::Shared],
             direction: Some(Direction::Inbound),
             since: Some(Duration::from_secs(7 * 86_400)),
+            netns: crate::store::NetnsScope::All,
+            owners: vec![OwnerPattern::new("*.service")],
         };
         assert_eq!(
             filter.to_string(),
-            "--class private --class shared --direction in --since 7days"
+            "--class private --class shared --direction in --since 7days --netns all --owner '*.service'"
         );
         assert_eq!(Filter::default().to_string(), "");
     }

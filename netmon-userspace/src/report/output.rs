@@ -80,6 +80,7 @@ enum Style {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
     Address,
+    Netns,
     Class,
     Direction,
     Outbound,
@@ -129,6 +130,7 @@ impl Field {
     fn column(self, style: Style) -> Column {
         let (text, csv) = match self {
             Self::Address => ("ADDRESS", "ip"),
+            Self::Netns => ("NETNS", "netns"),
             Self::Class => ("CLASS", "class"),
             Self::Direction => ("DIR", "direction"),
             Self::Outbound => ("OUT", "outbound"),
@@ -157,6 +159,11 @@ impl Field {
         let record = peer.record;
         match self {
             Self::Address => push_ip(out, peer.ip),
+            Self::Netns => {
+                if let Some(netns) = peer.netns {
+                    push_number(out, u64::from(netns.0));
+                }
+            }
             Self::Class => out.push_str(peer.class.as_str()),
             Self::Direction => out.push_str(record.directions().as_str().unwrap_or("")),
             Self::Outbound => push_number(out, record.outbound),
@@ -230,7 +237,11 @@ struct PeerTable<'a> {
 
 impl<'a> PeerTable<'a> {
     fn new(listing: &'a Listing<'a>, style: Style) -> Self {
-        let fields = Field::all(listing.detail, style);
+        let mut fields = Field::all(listing.detail, style);
+        // Other namespaces' peers only with --netns: say whose they are.
+        if listing.rows.iter().any(|peer| peer.netns.is_some()) {
+            fields.insert(1, Field::Netns);
+        }
         let columns = fields.iter().map(|field| field.column(style)).collect();
         Self {
             rows: &listing.rows,
@@ -257,6 +268,9 @@ impl Table for PeerTable<'_> {
 #[derive(Serialize)]
 struct JsonPeer<'a> {
     ip: Ipv4Addr,
+    /// As in the checkpoint: only for another namespace than the host's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
     class: Class,
     #[serde(flatten)]
     recorded: Option<JsonRecord<'a>>,
@@ -266,6 +280,7 @@ impl<'a> JsonPeer<'a> {
     fn new(peer: &Peer<'a>, detail: Detail) -> Self {
         Self {
             ip: peer.ip,
+            netns: peer.netns.map(|id| id.0),
             class: peer.class,
             recorded: (detail == Detail::Recorded).then(|| JsonRecord::new(peer.record)),
         }

@@ -46,7 +46,8 @@ pub enum NetnsScope {
 }
 
 impl NetnsScope {
-    fn contains(self, netns: u32) -> bool {
+    pub fn contains(self, netns: Option<NetnsId>) -> bool {
+        let netns = netns.map_or(0, |id| id.0);
         match self {
             Self::Host => netns == 0,
             Self::All => true,
@@ -259,11 +260,21 @@ impl PeerSet {
         Some(&self.records[at as usize].1)
     }
 
-    /// Peers in numeric address order, the host's namespace first: the
-    /// set of a report holds one namespace's (see [`Self::scoped`]).
+    /// The host's network namespace's peers, in numeric address order:
+    /// what a host's reports, rules and metrics are about.
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
+        let others = PeerKey {
+            netns: 1,
+            ip: Ipv4Addr::UNSPECIFIED,
+        };
+        self.index
+            .range(..others)
+            .map(|(key, &at)| (key.ip, &self.records[at as usize].1))
+    }
+
+    /// Every peer, other namespaces' after the host's.
+    pub fn entries(&self) -> impl Iterator<Item = (PeerKey, &PeerRecord)> {
         self.entries_after(None)
-            .map(|(key, record)| (key.ip, record))
     }
 
     /// Peers in key order after `after` (all of them for `None`): a
@@ -287,25 +298,6 @@ impl PeerSet {
             *namespaces.entry(NetnsId(key.netns)).or_default() += 1;
         }
         namespaces
-    }
-
-    /// The peers of the namespaces `scope` names, as peers of one: what a
-    /// report shows.
-    pub fn scoped(self, scope: NetnsScope) -> Self {
-        if self
-            .index
-            .keys()
-            .all(|key| scope.contains(key.netns) && key.netns == 0)
-        {
-            return self;
-        }
-        let records = self
-            .records
-            .into_iter()
-            .filter(|(key, _)| scope.contains(key.netns))
-            .map(|(key, record)| (PeerKey::host(key.ip), record))
-            .collect();
-        Self::from_records(records)
     }
 
     /// Folds a whole set in, as [`Self::merge_record`] does each record.
