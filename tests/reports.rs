@@ -131,7 +131,7 @@ fn text_json_and_csv_carry_class_and_record() {
     assert!(lines[0].starts_with("ADDRESS "), "{text}");
     let row: Vec<_> = lines[3].split_whitespace().collect();
     assert_eq!(row[..5], ["10.0.0.9", "private", "in", "0", "4"], "{text}");
-    assert_eq!(row[6..], ["-", "22", "sshd"], "{text}");
+    assert_eq!(row[6..], ["-", "22/tcp", "sshd"], "{text}");
     // Aligned: every line has its class where the header has CLASS.
     let class_at = lines[0].find("CLASS").unwrap();
     assert!(
@@ -150,7 +150,7 @@ fn text_json_and_csv_carry_class_and_record() {
     assert_eq!(shared["class"], "shared");
     assert_eq!(shared["direction"], "out");
     assert_eq!(shared["outbound"], 2);
-    assert_eq!(shared["remote_ports"], json!([443]));
+    assert_eq!(shared["remote_ports"], json!(["443/tcp"]));
     assert_eq!(shared["processes"], json!(["app"]));
 
     let csv = stdout_of(&["list", "--format", "csv", "--class", "private", arg(&file)]);
@@ -158,7 +158,7 @@ fn text_json_and_csv_carry_class_and_record() {
     assert_eq!(
         rows.next(),
         Some(
-            "ip,class,direction,outbound,inbound,first_seen,last_seen,remote_ports,local_ports,processes"
+            "ip,class,direction,outbound,inbound,first_seen,last_seen,remote_ports,local_ports,processes,owners"
         )
     );
     assert!(rows.next().unwrap().starts_with("10.0.0.9,private,in,0,4,"));
@@ -258,10 +258,10 @@ fn bad_files_name_the_file_and_the_entry() {
          {\"ip\": \"10.0.0.1\", \"first_seen\": \"2024-01-01T00:00:00Z\",\n\
           \"last_seen\": \"not a time\", \"outbound\": 1, \"inbound\": 0}]}",
     );
-    let newer = write(dir.path(), "v3.json", r#"{"version": 3, "peers": {}}"#);
+    let newer = write(dir.path(), "v4.json", r#"{"version": 4, "peers": {}}"#);
     for (file, says) in [
         (&checkpoint, "line 3"),
-        (&newer, "version 3 is not supported"),
+        (&newer, "version 4 is not supported"),
         (&dir.path().join("missing.json"), "no such file"),
     ] {
         let output = netmon(&["list", arg(file)]);

@@ -242,6 +242,10 @@ impl<'a> PeerTable<'a> {
         if listing.rows.iter().any(|peer| peer.netns.is_some()) {
             fields.insert(1, Field::Netns);
         }
+        // A column of dashes is noise to people; CSV keeps its columns.
+        if style == Style::Text && listing.rows.iter().all(|peer| peer.record.owners.is_empty()) {
+            fields.retain(|field| *field != Field::Owners);
+        }
         let columns = fields.iter().map(|field| field.column(style)).collect();
         Self {
             rows: &listing.rows,

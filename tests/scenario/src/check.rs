@@ -19,16 +19,24 @@ pub fn read_peers(path: &Path) -> Peers {
 pub fn read_checkpoint(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let file: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(file["version"], 2, "{text}");
+    assert_eq!(file["version"], 3, "{text}");
     file
 }
 
-/// A checkpoint's peers by address.
+/// A checkpoint's peers by address, in the host's network namespace
+/// (the one netmon ran in).
 pub fn peers_of(file: &Value) -> Peers {
+    peers_in(file, None)
+}
+
+/// A checkpoint's peers by address, seen from the network namespace
+/// whose inode is `netns` (`None`: the host's).
+pub fn peers_in(file: &Value, netns: Option<u64>) -> Peers {
     file["peers"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|peer| peer["netns"].as_u64() == netns)
         .map(|peer| (peer["ip"].as_str().unwrap().parse().unwrap(), peer.clone()))
         .collect()
 }
@@ -36,6 +44,11 @@ pub fn peers_of(file: &Value) -> Peers {
 /// A TCP port as a checkpoint writes it.
 pub fn tcp_port(port: u16) -> Value {
     format!("{port}/tcp").into()
+}
+
+/// A UDP port as a checkpoint writes it.
+pub fn udp_port(port: u16) -> Value {
+    format!("{port}/udp").into()
 }
 
 /// A list of TCP ports as a checkpoint writes it.
