@@ -412,13 +412,27 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
         "inet_csk_accept (kretprobe",
         "inet_sock_set_state (tracepoint",
         "inet_sock_set_state_raw (raw tracepoint",
+        "udp_bind4 (cgroup sock_addr bind4",
+        "udp_connect4 (cgroup sock_addr connect4",
+        "udp_sendmsg4 (cgroup sock_addr sendmsg4",
+        "udp_recvmsg4 (cgroup sock_addr recvmsg4",
     ] {
         assert!(
             stdout.contains(&format!("program {program}")) && !stdout.contains("REJECTED"),
             "{stdout}"
         );
     }
-    assert_eq!(stdout.matches(": verified").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches(": verified").count(), 8, "{stdout}");
+    assert!(
+        stdout.contains("udp: available in every eBPF mode (cgroup programs on /sys/fs/cgroup"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "namespace and owner offsets: socket namespace from BTF, task namespace from BTF, socket cgroup from BTF"
+        ),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("socket tables: netlink sock_diag, with destroy notifications"),
         "{stdout}"
