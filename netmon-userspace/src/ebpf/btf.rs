@@ -316,8 +316,21 @@ mod tests {
             eprintln!("skipped: {VMLINUX_BTF} does not exist on this kernel");
             return;
         }
-        let (offsets, origin, _) = self::offsets(path);
+        let (offsets, origin, context) = self::offsets(path);
         assert_eq!(origin, OffsetsOrigin::Btf);
+        // Every kernel with BTF has the members that say where a
+        // connection was made (skc_net is a pointer past the addresses).
+        assert_eq!(context.sk_net, 48, "{context:?}");
+        for offset in [
+            context.net_inum,
+            context.sk_cgroup,
+            context.cgroup_kn,
+            context.kn_id,
+            context.task_nsproxy,
+            context.nsproxy_net,
+        ] {
+            assert_ne!(offset, 0, "{context:?}");
+        }
         // sk_protocol lies past sock_common, where the layout moves.
         let protocol = offsets.protocol;
         assert_eq!(
