@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use netmon_scenario::{
-    check::read_peers,
+    check::{peers_in, read_checkpoint},
     files::temp_output,
     harness::{self, chosen_mode, one_at_a_time},
     mptcp,
@@ -36,7 +36,7 @@ fn counts_match_tcp(case: &str, mode: &str, block: Block) {
     let (status, log) = netmon.stop();
     assert!(status.success(), "netmon exited with {status}:\n{log}");
     assert_eq!(chosen_mode(&log), Some(mode), "{log}");
-    let peers = read_peers(&path);
+    let peers = peers_in(&read_checkpoint(&path), Some(work.netns));
     let verdict = mptcp::check(&peers, &work, true);
     let row = Row {
         on: "host".into(),

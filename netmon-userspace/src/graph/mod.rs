@@ -21,7 +21,7 @@ use anyhow::bail;
 pub use self::render::GraphFormat;
 use crate::{
     classify::Class,
-    peer::{Direction, Service},
+    peer::{Direction, Owner, Service},
     report::{Filter, Peer, View, load_views},
     store::PeerRecord,
     time::UnixTime,
@@ -131,6 +131,9 @@ pub struct Edge {
     pub by_client: Option<Seen>,
     /// As the server's file recorded them (its inbound).
     pub by_server: Option<Seen>,
+    /// The units and containers on either end that made them, as the
+    /// files recorded them.
+    pub owners: BTreeSet<Owner>,
 }
 
 /// Nodes, and edges keyed by (client, server) node index.
@@ -193,11 +196,13 @@ impl Graph {
                 if directions.outbound && wanted(Direction::Outbound) {
                     let edge = graph.edges.entry((me, other)).or_default();
                     edge.ports.extend(record.remote_ports.iter());
+                    edge.owners.extend(record.owners.iter());
                     Seen::add(&mut edge.by_client, Seen::of(record, record.outbound));
                 }
                 if directions.inbound && wanted(Direction::Inbound) {
                     let edge = graph.edges.entry((other, me)).or_default();
                     edge.ports.extend(record.local_ports.iter());
+                    edge.owners.extend(record.owners.iter());
                     Seen::add(&mut edge.by_server, Seen::of(record, record.inbound));
                 }
             }

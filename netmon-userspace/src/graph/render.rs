@@ -122,6 +122,7 @@ fn to_json(graph: &Graph) -> Value {
                 "one_sided": graph.one_sided((client, server), edge),
                 "by_client": seen_json(edge.by_client),
                 "by_server": seen_json(edge.by_server),
+                "owners": edge.owners.iter().map(|o| o.name().to_string()).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -221,7 +222,7 @@ impl<'a> Edges<'a> {
 }
 
 /// The columns, as the text table and the CSV header name them.
-const COLUMNS: [(&str, &str, Align); 9] = [
+const COLUMNS: [(&str, &str, Align); 10] = [
     ("CLIENT", "client", Align::Left),
     ("SERVER", "server", Align::Left),
     ("PORTS", "ports", Align::Left),
@@ -231,16 +232,17 @@ const COLUMNS: [(&str, &str, Align); 9] = [
     ("SERVER CONNECTIONS", "server_connections", Align::Right),
     ("FIRST SEEN", "first_seen", Align::Left),
     ("LAST SEEN", "last_seen", Align::Left),
+    ("OWNERS", "owners", Align::Left),
 ];
 
-const TEXT_COLUMNS: [Column; 9] = columns(false);
-const CSV_COLUMNS: [Column; 9] = columns(true);
+const TEXT_COLUMNS: [Column; 10] = columns(false);
+const CSV_COLUMNS: [Column; 10] = columns(true);
 
-const fn columns(csv: bool) -> [Column; 9] {
+const fn columns(csv: bool) -> [Column; 10] {
     let mut columns = [Column {
         header: "",
         align: Align::Left,
-    }; 9];
+    }; 10];
     let mut index = 0;
     while index < columns.len() {
         let (text, csv_name, align) = COLUMNS[index];
@@ -296,12 +298,20 @@ impl Table for Edges<'_> {
                 .map(|seen| seen.first_seen)
                 .min()
                 .map_or(Ok(()), |time| write!(out, "{}", UnixTime::from_secs(time))),
-            _ => both
+            8 => both
                 .iter()
                 .flatten()
                 .map(|seen| seen.last_seen)
                 .max()
                 .map_or(Ok(()), |time| write!(out, "{}", UnixTime::from_secs(time))),
+            _ => {
+                let owners: Vec<String> = edge
+                    .owners
+                    .iter()
+                    .map(|owner| owner.escaped().to_string())
+                    .collect();
+                write!(out, "{}", owners.join(" "))
+            }
         };
     }
 }

@@ -243,7 +243,12 @@ impl<'a> PeerTable<'a> {
             fields.insert(1, Field::Netns);
         }
         // A column of dashes is noise to people; CSV keeps its columns.
-        if style == Style::Text && listing.rows.iter().all(|peer| peer.record.owners.is_empty()) {
+        if style == Style::Text
+            && listing
+                .rows
+                .iter()
+                .all(|peer| peer.record.owners.is_empty())
+        {
             fields.retain(|field| *field != Field::Owners);
         }
         let columns = fields.iter().map(|field| field.column(style)).collect();

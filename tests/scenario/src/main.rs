@@ -16,7 +16,7 @@ use std::{
 
 use netmon_scenario::{
     case::{Case, Workload},
-    check::{Sees, check_workload, read_peers},
+    check::{Sees, check_workload, peers_in, read_checkpoint, read_peers},
     harness::{Netmon, chosen_mode},
     isolate, mptcp,
     net::Net,
@@ -101,7 +101,11 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
         Workload::ClosedBeforePolls => Sees::proc_notified(),
         Workload::Closed | Workload::HeldOpen | Workload::Mptcp => Sees::mode(&chosen),
     };
-    let peers = read_peers(&output);
+    let peers = match &work {
+        // Made in a namespace of their own: that namespace's peers.
+        Work::Mptcp(work) => peers_in(&read_checkpoint(&output), Some(work.netns)),
+        Work::Tcp(_) => read_peers(&output),
+    };
     let verdict = match &work {
         Work::Tcp(work) => check_workload(&peers, work, sees),
         Work::Mptcp(work) => mptcp::check(&peers, work, sees.outbound_process),

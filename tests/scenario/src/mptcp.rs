@@ -9,7 +9,7 @@ use std::{
     fs, io,
     mem::zeroed,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::Path,
     thread,
 };
@@ -33,6 +33,9 @@ pub struct MptcpWorkload {
     pub dest: SocketAddrV4,
     /// Each source and how many connections it made.
     pub sources: Vec<(Ipv4Addr, u64)>,
+    /// The inode of the namespace they were made in: netmon records them
+    /// as that namespace's peers, not the host's.
+    pub netns: u64,
 }
 
 impl MptcpWorkload {
@@ -59,7 +62,11 @@ pub fn workload(net: Net, sources: u8) -> io::Result<MptcpWorkload> {
         .name("nm-client".into())
         .spawn(move || {
             enter_own_netns()?;
-            connect_all(net, sources)
+            let netns = fs::metadata("/proc/thread-self/ns/net")?.ino();
+            Ok(MptcpWorkload {
+                netns,
+                ..connect_all(net, sources)?
+            })
         })?
         .join()
         .expect("the MPTCP workload's thread panicked")
@@ -93,6 +100,7 @@ fn connect_all(net: Net, sources: u8) -> io::Result<MptcpWorkload> {
         net,
         dest,
         sources: made,
+        netns: 0,
     })
 }
 
