@@ -19,6 +19,7 @@ mod collector;
 mod diag;
 mod known;
 mod markers;
+mod netns;
 mod text;
 
 use std::{
@@ -26,7 +27,6 @@ use std::{
     fs::File,
     io::{self, Read as _},
     net::Ipv4Addr,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -41,7 +41,10 @@ pub use self::{
 };
 use netmon_common::tcp_state::{CLOSE, LISTEN, TIME_WAIT};
 
-use self::known::{Listeners, Reported};
+use self::{
+    known::{Listeners, Reported},
+    netns::{in_netns, netns_of},
+};
 use crate::peer::{Connection, Direction, Origin, Protocol, Source};
 
 /// What `--socket-tables` asks for.
@@ -556,51 +559,6 @@ fn key(proto: Proto, row: &Row, peer: Ipv4Addr) -> u128 {
         | u128::from(row.local_port) << 48
         | u128::from(u32::from(peer)) << 16
         | u128::from(row.remote_port)
-}
-
-/// The network namespace whose sockets `dir` shows, when it is not
-/// netmon's own. `dir` must be a `/proc/PID/net` (`/proc/net` is one).
-fn netns_of(dir: &Path) -> anyhow::Result<Option<File>> {
-    let real = dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    let ns = match real.parent() {
-        Some(pid_dir) if real.file_name().is_some_and(|name| name == "net") => {
-            pid_dir.join("ns/net")
-        }
-        _ => anyhow::bail!("{} is not a /proc/PID/net directory", dir.display()),
-    };
-    let theirs = ns
-        .metadata()
-        .with_context(|| format!("{} is not a /proc/PID/net directory", dir.display()))?;
-    let ours = Path::new("/proc/thread-self/ns/net")
-        .metadata()
-        .context("cannot read /proc/thread-self/ns/net")?;
-    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
-        return Ok(None);
-    }
-    File::open(&ns)
-        .map(Some)
-        .with_context(|| format!("cannot open {}", ns.display()))
-}
-
-/// Runs `open` in `netns` (when given): a socket stays in the namespace it
-/// was made in, whatever the thread does afterwards.
-fn in_netns<T>(netns: Option<&File>, open: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    let Some(netns) = netns else {
-        return open();
-    };
-    let ours = File::open("/proc/thread-self/ns/net")?;
-    setns(netns)?;
-    let opened = open();
-    setns(&ours)?;
-    opened
-}
-
-fn setns(netns: &File) -> io::Result<()> {
-    // SAFETY: setns(2) on an open namespace file; it changes only this
-    // thread's network namespace.
-    diag::zero_or_errno(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) })
 }
 
 #[cfg(test)]
