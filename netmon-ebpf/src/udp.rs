@@ -30,7 +30,7 @@ pub fn bind4(ctx: &SockAddrContext) {
         return;
     };
     if call.port != 0 {
-        let _ = UDP_ROLES.insert(&call.cookie, &udp_role::SERVICE, 0);
+        let _ = UDP_ROLES.insert(call.cookie, udp_role::SERVICE, 0);
     }
 }
 
@@ -44,7 +44,7 @@ pub fn send_to(ctx: &SockAddrContext) {
         Some(udp_role::SERVICE) => {}
         known => {
             if known.is_none() {
-                let _ = UDP_ROLES.insert(&call.cookie, &udp_role::CLIENT, BPF_NOEXIST);
+                let _ = UDP_ROLES.insert(call.cookie, udp_role::CLIENT, BPF_NOEXIST);
             }
             send(ctx, call.event(DIRECTION_OUTBOUND));
         }
@@ -62,7 +62,7 @@ pub fn recv_from(ctx: &SockAddrContext) {
         Some(udp_role::CLIENT) => {}
         known => {
             if known.is_none() {
-                let _ = UDP_ROLES.insert(&call.cookie, &udp_role::SERVICE, BPF_NOEXIST);
+                let _ = UDP_ROLES.insert(call.cookie, udp_role::SERVICE, BPF_NOEXIST);
             }
             send(ctx, call.event(DIRECTION_INBOUND));
         }

@@ -353,6 +353,7 @@ impl EbpfCollector {
     /// the tracepoint for inbound connections where it exists.
     pub fn attach_kprobes(env: &KernelEnv) -> anyhow::Result<Self> {
         let mut ebpf = load_object(env, false)?;
+        let udp_missing = Self::attach_udp(&mut ebpf);
         attach_kprobe(&mut ebpf, Program::KprobeConnect)?;
         attach_kprobe(&mut ebpf, Program::KretprobeAccept)?;
         let inbound_tracepoint = match env.state_format.as_ref().map_err(|e| anyhow!("{e:#}")) {
@@ -370,11 +371,15 @@ impl EbpfCollector {
             env.transport,
             AttachMode::Kprobe,
             inbound_tracepoint.is_ok(),
+            udp_missing,
         )
     }
 
     /// The UDP programs, beside any mode's TCP ones: a host where they
     /// cannot attach still gets its TCP peers, and is told what it misses.
+    /// Attached before the TCP programs, so that verifying them does not
+    /// stand between a TCP program's first event and the ring buffer's
+    /// reader.
     fn attach_udp(ebpf: &mut Ebpf) -> Option<String> {
         let attached = crate::owner::cgroup2_root().and_then(|root| udp::attach(ebpf, &root));
         let err = attached.err()?;
@@ -386,16 +391,30 @@ impl EbpfCollector {
     /// tracepoint mode: `sock/inet_sock_set_state` for both directions.
     pub fn attach_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
         let mut ebpf = load_object(env, true)?;
+        let udp_missing = Self::attach_udp(&mut ebpf);
         attach_tracepoint(&mut ebpf)?;
-        Self::new(ebpf, env.transport, AttachMode::Tracepoint, false)
+        Self::new(
+            ebpf,
+            env.transport,
+            AttachMode::Tracepoint,
+            false,
+            udp_missing,
+        )
     }
 
     /// raw-tracepoint mode: the same tracepoint and transitions, read from
     /// its arguments and `struct sock` instead of a perf record.
     pub fn attach_raw_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
         let mut ebpf = load_object(env, true)?;
+        let udp_missing = Self::attach_udp(&mut ebpf);
         attach_raw_tracepoint(&mut ebpf)?;
-        Self::new(ebpf, env.transport, AttachMode::RawTracepoint, false)
+        Self::new(
+            ebpf,
+            env.transport,
+            AttachMode::RawTracepoint,
+            false,
+            udp_missing,
+        )
     }
 
     fn new(
@@ -403,8 +422,8 @@ impl EbpfCollector {
         transport: Transport,
         mode: AttachMode,
         accept_is_attribution_only: bool,
+        udp_missing: Option<String>,
     ) -> anyhow::Result<Self> {
-        let udp_missing = Self::attach_udp(&mut ebpf);
         let events = Events::open(&mut ebpf, transport)?;
         let lost = ebpf
             .take_map(maps::LOST)
