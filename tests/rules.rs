@@ -1,17 +1,14 @@
 //! Integration tests of `netmon rules`: each format is loaded by the real
 //! tool (nft, ipset, iptables-restore) inside a network namespace the test
 //! creates and removes, read back, and compared with the peers; then
-//! (`enforce.rs`, `enforce_udp.rs`) hooked in, with real connections
-//! and real UDP software across veth pairs between namespaces the test
-//! creates.
+//! (`enforce.rs`, and for UDP `enforce_udp.rs`) hooked in, with real
+//! software across veth pairs between namespaces the test creates.
 //!
 //! They need root and the nftables, ipset and iptables packages; `cargo
 //! xtask test` installs those and runs them. Without them the tests fail
 //! saying so. The loading tests send no traffic.
 #[path = "rules/enforce.rs"]
 mod enforce;
-#[path = "rules/enforce_udp.rs"]
-mod enforce_udp;
 
 use std::{
     collections::BTreeSet,

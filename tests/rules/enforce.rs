@@ -31,6 +31,10 @@ use tempfile::TempDir;
 
 use super::{Netns, SBIN, check, netmon_rules};
 
+/// UDP: dnsmasq and dig.
+#[path = "enforce_udp.rs"]
+mod udp;
+
 /// The host's address, and the peers'; a block no test on the host uses,
 /// and only ever inside these namespaces.
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -94,7 +98,7 @@ impl Topology {
 }
 
 /// Runs `f` on a thread inside `netns`: sockets it makes stay there.
-pub(super) fn inside<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+fn inside<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     fleet::run_in(&netns.name, f)
 }
 
@@ -125,7 +129,7 @@ fn connect(
 /// A firewall setup under test: how its rules are loaded, hooked, read and
 /// removed.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Tool {
+enum Tool {
     Nft,
     /// ipset's sets, matched by the iptables rules its script suggests.
     Ipset,
@@ -144,7 +148,7 @@ const IPTABLES_BASICS: [&str; 6] = [
 ];
 
 impl Tool {
-    pub(super) fn format(self) -> &'static str {
+    fn format(self) -> &'static str {
         match self {
             Self::Nft => "nft",
             Self::Ipset => "ipset",
@@ -153,7 +157,7 @@ impl Tool {
     }
 
     /// Loads `script` and hooks it in, with the commands its comments give.
-    pub(super) fn apply(self, netns: &Netns, script: &Path, text: &str) {
+    fn apply(self, netns: &Netns, script: &Path, text: &str) {
         let script = script.to_str().unwrap();
         let load: &[&str] = match self {
             Self::Nft => &["nft", "-f", script],
@@ -176,7 +180,7 @@ impl Tool {
 
     /// The packets of `protocol` the chain (or rule) of `direction`
     /// dropped so far (nft counts both protocols together).
-    pub(super) fn dropped(self, netns: &Netns, direction: &str, protocol: &str) -> u64 {
+    fn dropped(self, netns: &Netns, direction: &str, protocol: &str) -> u64 {
         match self {
             Self::Nft => {
                 let chain = format!("allow_peers_v4_{direction}");
@@ -217,7 +221,7 @@ impl Tool {
 
     /// Removes the rules and the hooks of `directions` ("in", "out"), as
     /// docs/firewall.md says.
-    pub(super) fn undo(self, netns: &Netns, directions: &[&str]) {
+    fn undo(self, netns: &Netns, directions: &[&str]) {
         let mut commands = vec![];
         match self {
             Self::Nft => commands.push("nft delete table inet netmon".to_owned()),

@@ -31,11 +31,8 @@ use netmon_scenario::harness::Netmon;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{
-    Netns,
-    enforce::{Tool, inside},
-    find, netmon_rules,
-};
+use super::{Tool, inside};
+use crate::{Netns, find, netmon_rules};
 
 /// The server's address (dnsmasq's), its other address, and the client's;
 /// a block no other test uses, and only ever inside these namespaces.
