@@ -31,6 +31,10 @@ use tempfile::TempDir;
 
 use super::{Netns, SBIN, check, netmon_rules};
 
+/// UDP: dnsmasq and dig.
+#[path = "enforce_udp.rs"]
+mod udp;
+
 /// The host's address, and the peers'; a block no test on the host uses,
 /// and only ever inside these namespaces.
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -174,8 +178,9 @@ impl Tool {
         }
     }
 
-    /// The packets the chain (or rule) of `direction` dropped so far.
-    fn dropped(self, netns: &Netns, direction: &str) -> u64 {
+    /// The packets of `protocol` the chain (or rule) of `direction`
+    /// dropped so far (nft counts both protocols together).
+    fn dropped(self, netns: &Netns, direction: &str, protocol: &str) -> u64 {
         match self {
             Self::Nft => {
                 let chain = format!("allow_peers_v4_{direction}");
@@ -189,7 +194,8 @@ impl Tool {
             Self::Ipset | Self::Iptables => {
                 let rule = match self {
                     Self::Iptables => {
-                        format!("-A NETMON-PEERS-{} -j DROP", direction.to_uppercase())
+                        let chain = direction.to_uppercase();
+                        format!("-A NETMON-PEERS-{chain} -p {protocol} -j DROP")
                     }
                     _ => {
                         let (hook, side) = if direction == "in" {
@@ -198,7 +204,7 @@ impl Tool {
                             ("OUTPUT", "dst")
                         };
                         format!(
-                            "-A {hook} -p tcp -m set ! --match-set netmon_peers_{direction} {side},dst -j DROP"
+                            "-A {hook} -p {protocol} -m set ! --match-set netmon_peers_{direction} {side},dst -j DROP"
                         )
                     }
                 };
@@ -213,27 +219,31 @@ impl Tool {
         }
     }
 
-    /// Removes the rules and the hooks, as docs/firewall.md says.
-    fn undo(self, netns: &Netns) {
-        let commands: &[&str] = match self {
-            Self::Nft => &["nft delete table inet netmon"],
-            Self::Ipset => &[
-                "iptables -F INPUT",
-                "iptables -F OUTPUT",
-                "ipset destroy netmon_peers_in",
-                "ipset destroy netmon_peers_out",
-            ],
-            Self::Iptables => &[
-                "iptables -F INPUT",
-                "iptables -F OUTPUT",
-                "iptables -F NETMON-PEERS-IN",
-                "iptables -X NETMON-PEERS-IN",
-                "iptables -F NETMON-PEERS-OUT",
-                "iptables -X NETMON-PEERS-OUT",
-            ],
-        };
+    /// Removes the rules and the hooks of `directions` ("in", "out"), as
+    /// docs/firewall.md says.
+    fn undo(self, netns: &Netns, directions: &[&str]) {
+        let mut commands = vec![];
+        match self {
+            Self::Nft => commands.push("nft delete table inet netmon".to_owned()),
+            Self::Ipset | Self::Iptables => {
+                commands.extend(["iptables -F INPUT", "iptables -F OUTPUT"].map(str::to_owned));
+            }
+        }
+        for direction in directions {
+            let chain = format!("NETMON-PEERS-{}", direction.to_uppercase());
+            match self {
+                Self::Nft => {}
+                Self::Ipset => commands.push(format!("ipset destroy netmon_peers_{direction}")),
+                Self::Iptables => {
+                    commands.extend([
+                        format!("iptables -F {chain}"),
+                        format!("iptables -X {chain}"),
+                    ]);
+                }
+            }
+        }
         for command in commands {
-            shell(netns, command);
+            shell(netns, &command);
         }
     }
 }
@@ -397,7 +407,7 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
             ("out", "we to UNSEEN", host, None, UNSEEN, REMOTE),
         ];
         for (direction, what, netns, from, to, port) in blocked {
-            let before = tool.dropped(host, direction);
+            let before = tool.dropped(host, direction, "tcp");
             let result = connect(netns, from, to, port, DROPPED);
             assert!(
                 result
@@ -405,13 +415,13 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
                     .is_err_and(|err| err.kind() == io::ErrorKind::TimedOut),
                 "{tool:?}: {what} must be dropped: {result:?}"
             );
-            let after = tool.dropped(host, direction);
+            let after = tool.dropped(host, direction, "tcp");
             assert!(
                 after > before,
                 "{tool:?}: {what}: the {direction} drop counter stayed at {before}"
             );
         }
-        tool.undo(host);
+        tool.undo(host, &["in", "out"]);
         assert!(
             connect(peers, Some(UNSEEN), HOST, SERVICE, CONNECTS).is_ok(),
             "{tool:?}: the undo must let everything through again"

@@ -132,6 +132,11 @@ const TEST_PACKAGES: &[&str] = &[
     "gdb",
     "prometheus",
     "graphviz",
+    // The UDP enforcement test's DNS server and client: dnsmasq-base is
+    // the binary alone, without the system service that would start on
+    // install and take the host's port 53.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// Seconds per fuzz target in `cargo xtask test`: enough to prove the

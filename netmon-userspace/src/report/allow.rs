@@ -114,7 +114,7 @@ impl Exclusions {
     }
 
     /// Loopback, 0.0.0.0/8, multicast and broadcast addresses are no
-    /// TCP peer's, and a host's own addresses no peer of its own.
+    /// peer's the chains could filter, and a host's own addresses no peer of its own.
     pub fn excludes(&self, ip: Ipv4Addr) -> bool {
         matches!(
             Class::of(ip),
@@ -266,6 +266,33 @@ mod tests {
             allowed(&file, &any),
             ["out -> 10.0.0.5 any port", "in 10.0.0.5 -> any port"]
         );
+    }
+
+    /// UDP services are allowed as TCP's are, each in its direction, and
+    /// never stand in for the same port over TCP.
+    #[test]
+    fn udp_services_are_allowed_by_protocol() {
+        let file = br#"{"version": 3, "host": "h1", "updated": "1970-01-01T00:00:00Z", "peers": [
+            {"ip": "10.0.0.53", "first_seen": "1970-01-01T00:00:00Z", "last_seen": "1970-01-01T00:16:40Z",
+             "outbound": 1, "inbound": 1, "remote_ports": ["53/udp"], "local_ports": ["514/udp", "514/tcp"]}]}"#;
+        assert_eq!(
+            allowed(file, &RuleSelection::default()),
+            [
+                "out -> 10.0.0.53:53/udp",
+                "in 10.0.0.53 -> :514/tcp",
+                "in 10.0.0.53 -> :514/udp",
+            ]
+        );
+        let inputs = inputs(file);
+        let allowed = Allowed::build(&inputs, &RuleSelection::default(), 1_000).unwrap();
+        let peer = "10.0.0.53".parse().unwrap();
+        let access = |service| Access {
+            direction: Direction::Outbound,
+            service: Some(service),
+            peer,
+        };
+        assert!(allowed.contains(&access(Service::udp(53))));
+        assert!(!allowed.contains(&access(Service::tcp(53))));
     }
 
     #[test]

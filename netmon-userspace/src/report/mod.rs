@@ -2,7 +2,8 @@
 //!
 //! Every report starts the same way: [`Inputs::load`] reads and merges
 //! the files, and a [`Filter`] picks the peers, in numeric order, each
-//! with its [`Class`]. `netmon rules` starts the same way too.
+//! with its [`Class`](crate::classify::Class). `netmon rules` starts the
+//! same way too.
 mod allow;
 mod diff;
 mod filter;

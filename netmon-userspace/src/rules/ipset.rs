@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::ensure;
 
-use super::{Ruleset, Words};
+use super::{FILTERED, Ruleset, Words};
 use crate::report::Ports;
 
 /// Entries that a set holds at most.
@@ -38,11 +38,16 @@ pub(super) fn write(ruleset: &Ruleset, out: &mut impl Write) -> anyhow::Result<(
         let Words { hook, ipset, .. } = chain.words();
         let (hook, set) = (hook.to_uppercase(), ruleset.name_of(chain));
         match ruleset.ports {
-            // The port is the destination's in both directions.
-            Ports::Observed => writeln!(
-                out,
-                "#   iptables -A {hook} -p tcp -m set ! --match-set {set} {ipset},dst -j DROP"
-            )?,
+            // The port is the destination's in both directions; the
+            // set's port entries name their protocol, one rule each.
+            Ports::Observed => {
+                for protocol in FILTERED {
+                    writeln!(
+                        out,
+                        "#   iptables -A {hook} -p {protocol} -m set ! --match-set {set} {ipset},dst -j DROP"
+                    )?;
+                }
+            }
             Ports::Any => writeln!(
                 out,
                 "#   iptables -A {hook} -m set ! --match-set {set} {ipset} -j DROP"
@@ -100,6 +105,7 @@ mod tests {
                 &format!("create netmon_peers_in-new {create}"),
                 "flush netmon_peers_in-new",
                 "add netmon_peers_in-new 192.0.2.0/24,tcp:22",
+                "add netmon_peers_in-new 192.0.2.0/24,udp:514",
                 "swap netmon_peers_in-new netmon_peers_in",
                 "destroy netmon_peers_in-new",
                 &format!("create netmon_peers_out {create}"),
@@ -107,6 +113,7 @@ mod tests {
                 "flush netmon_peers_out-new",
                 "add netmon_peers_out-new 198.51.100.7/32,tcp:80",
                 "add netmon_peers_out-new 198.51.100.7/32,tcp:443",
+                "add netmon_peers_out-new 198.51.100.7/32,udp:53",
                 "swap netmon_peers_out-new netmon_peers_out",
                 "destroy netmon_peers_out-new",
             ]
@@ -117,6 +124,16 @@ mod tests {
         assert!(text.contains(
             "#   iptables -A OUTPUT -p tcp -m set ! --match-set netmon_peers_out dst,dst -j DROP\n"
         ));
+        // The set's UDP entries are matched by a rule of their own.
+        for hook in [
+            "INPUT -p udp -m set ! --match-set netmon_peers_in src",
+            "OUTPUT -p udp -m set ! --match-set netmon_peers_out dst",
+        ] {
+            assert!(
+                text.contains(&format!("#   iptables -A {hook},dst -j DROP\n")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

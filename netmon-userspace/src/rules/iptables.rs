@@ -1,7 +1,7 @@
 //! The iptables script: a chain of RETURN rules per direction.
 use std::io::{self, Write};
 
-use super::Ruleset;
+use super::{FILTERED, Ruleset};
 use crate::report::Ports;
 
 /// Rules past which a chain is slow enough to suggest ipset's hashed
@@ -41,9 +41,6 @@ pub(super) fn write(ruleset: &Ruleset, out: &mut impl Write) -> io::Result<()> {
     for chain in &ruleset.chains {
         let name = ruleset.name_of(chain);
         let option = chain.words().iptables;
-        if ruleset.ports == Ports::Observed {
-            writeln!(out, "-A {name} ! -p tcp -j RETURN")?;
-        }
         for entry in &chain.entries {
             match entry.service {
                 Some(service) => {
@@ -57,7 +54,16 @@ pub(super) fn write(ruleset: &Ruleset, out: &mut impl Write) -> io::Result<()> {
                 None => writeln!(out, "-A {name} {option} {} -j RETURN", entry.block)?,
             }
         }
-        writeln!(out, "-A {name} -j DROP")?;
+        match ruleset.ports {
+            // iptables names one protocol a rule: a packet of any other
+            // reaches the chain's end, which returns.
+            Ports::Observed => {
+                for protocol in FILTERED {
+                    writeln!(out, "-A {name} -p {protocol} -j DROP")?;
+                }
+            }
+            Ports::Any => writeln!(out, "-A {name} -j DROP")?,
+        }
     }
     writeln!(out, "COMMIT")
 }
@@ -77,6 +83,8 @@ mod tests {
         tests::script(RuleFormat::Iptables, chains, ports)
     }
 
+    /// TCP and UDP pairs return; the rest of both protocols is dropped,
+    /// and other protocols (ICMP) reach the chain's end and return.
     #[test]
     fn each_direction_returns_for_its_pairs_and_drops_the_rest() {
         assert_eq!(
@@ -85,13 +93,15 @@ mod tests {
                 "*filter",
                 ":NETMON-PEERS-IN - [0:0]",
                 ":NETMON-PEERS-OUT - [0:0]",
-                "-A NETMON-PEERS-IN ! -p tcp -j RETURN",
                 "-A NETMON-PEERS-IN -s 192.0.2.0/24 -p tcp -m tcp --dport 22 -j RETURN",
-                "-A NETMON-PEERS-IN -j DROP",
-                "-A NETMON-PEERS-OUT ! -p tcp -j RETURN",
+                "-A NETMON-PEERS-IN -s 192.0.2.0/24 -p udp -m udp --dport 514 -j RETURN",
+                "-A NETMON-PEERS-IN -p tcp -j DROP",
+                "-A NETMON-PEERS-IN -p udp -j DROP",
                 "-A NETMON-PEERS-OUT -d 198.51.100.7/32 -p tcp -m tcp --dport 80 -j RETURN",
                 "-A NETMON-PEERS-OUT -d 198.51.100.7/32 -p tcp -m tcp --dport 443 -j RETURN",
-                "-A NETMON-PEERS-OUT -j DROP",
+                "-A NETMON-PEERS-OUT -d 198.51.100.7/32 -p udp -m udp --dport 53 -j RETURN",
+                "-A NETMON-PEERS-OUT -p tcp -j DROP",
+                "-A NETMON-PEERS-OUT -p udp -j DROP",
                 "COMMIT",
             ]
         );

@@ -32,7 +32,7 @@ pub use self::{aggregate::aggregate, name::RuleName};
 use crate::{
     classify::Cidr,
     peer::Direction,
-    report::{self, Allowed, Inputs, Ports, RuleSelection, Service},
+    report::{self, Allowed, Inputs, Ports, Protocol, RuleSelection, Service},
     time::UnixTime,
 };
 
@@ -90,6 +90,10 @@ pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The protocols port rules filter, what netmon records: a packet of
+/// another passes the chains untouched.
+const FILTERED: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
 /// One allowed block of addresses, on a service or any port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
@@ -116,6 +120,23 @@ impl Chain {
             entries.extend(blocks.into_iter().map(|block| Entry { block, service }));
         }
         Self { direction, entries }
+    }
+
+    /// Port rules drop every UDP datagram no entry names: an outbound chain
+    /// without any drops DNS, which is worth a word (a file from a netmon
+    /// before format 3 records no UDP at all).
+    fn warn_without_udp(&self, ports: Ports) {
+        if ports == Ports::Observed
+            && self.direction == Direction::Outbound
+            && !self
+                .entries
+                .iter()
+                .any(|entry| entry.service.is_some_and(|s| s.protocol == Protocol::Udp))
+        {
+            warn!(
+                "no UDP peers were seen outbound: the output chain drops every UDP datagram, DNS and NTP included"
+            );
+        }
     }
 
     /// How each tool says this chain's direction.
@@ -190,6 +211,7 @@ impl Ruleset {
         for &direction in allowed.directions() {
             let chain = Chain::new(allowed, direction);
             if !chain.entries.is_empty() {
+                chain.warn_without_udp(selection.ports);
                 chains.push(chain);
             } else if selection.filter.direction.is_some() {
                 bail!("no peers match{flags}: rules allowing nobody would block everything");
@@ -249,7 +271,7 @@ impl Ruleset {
     fn scope(&self) -> &'static str {
         match self.ports {
             Ports::Observed => {
-                "They filter TCP over IPv4 only (what netmon records): other\n\
+                "They filter TCP and UDP over IPv4 only (what netmon records): other\n\
                  # protocols and IPv6 are left to your other rules."
             }
             Ports::Any => {
@@ -276,21 +298,25 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// 192.0.2.0/24 connected to our port 22; we connected to
-    /// 198.51.100.7 on 443 and 80.
+    /// 192.0.2.0/24 connected to our port 22 and sent to our syslog
+    /// (514/udp); we connected to 198.51.100.7 on 443 and 80 and asked it
+    /// for names (53/udp).
     pub(super) fn ruleset(format: RuleFormat, chains: &[Direction], ports: Ports) -> Ruleset {
         let chains = chains
             .iter()
             .map(|&direction| {
                 let (addrs, services) = match direction {
-                    Direction::Inbound => (range([192, 0, 2, 0], 256), vec![22]),
-                    Direction::Outbound => (vec!["198.51.100.7".parse().unwrap()], vec![80, 443]),
+                    Direction::Inbound => (
+                        range([192, 0, 2, 0], 256),
+                        vec![Service::tcp(22), Service::udp(514)],
+                    ),
+                    Direction::Outbound => (
+                        vec!["198.51.100.7".parse().unwrap()],
+                        vec![Service::tcp(80), Service::tcp(443), Service::udp(53)],
+                    ),
                 };
                 let services = match ports {
-                    Ports::Observed => services
-                        .into_iter()
-                        .map(|p| Some(Service::tcp(p)))
-                        .collect(),
+                    Ports::Observed => services.into_iter().map(Some).collect(),
                     Ports::Any => vec![None],
                 };
                 let entries = services
@@ -335,5 +361,32 @@ mod tests {
             .collect();
         assert_eq!(entries, ["10.0.0.2/31 22/tcp", "10.0.0.2/32 80/tcp"]);
         assert!(Chain::new(&allowed, Direction::Outbound).entries.is_empty());
+    }
+
+    /// 53/udp and 53/tcp are different services: each has its entries,
+    /// TCP's first, as the ports of a format 3 checkpoint name them.
+    #[test]
+    fn udp_services_are_their_own_entries() {
+        let file = br#"{"version": 3, "host": "h1", "updated": "1970-01-01T00:00:00Z", "peers": [
+            {"ip": "10.0.0.53", "first_seen": "1970-01-01T00:00:00Z", "last_seen": "1970-01-01T00:16:40Z",
+             "outbound": 2, "inbound": 0, "remote_ports": ["53/udp", "53/tcp", "123/udp"], "local_ports": []},
+            {"ip": "10.0.0.52", "first_seen": "1970-01-01T00:00:00Z", "last_seen": "1970-01-01T00:16:40Z",
+             "outbound": 1, "inbound": 0, "remote_ports": ["53/udp"], "local_ports": []}]}"#;
+        let inputs = crate::report::tests::inputs(file);
+        let allowed = Allowed::build(&inputs, &RuleSelection::default(), 1_000).unwrap();
+        let chain = Chain::new(&allowed, Direction::Outbound);
+        let entries: Vec<_> = chain
+            .entries
+            .iter()
+            .map(|e| format!("{} {}", e.block, e.service.unwrap()))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                "10.0.0.53/32 53/tcp",
+                "10.0.0.52/31 53/udp",
+                "10.0.0.53/32 123/udp"
+            ]
+        );
     }
 }

@@ -1,12 +1,12 @@
 //! The nft script: in table inet netmon, a set and a chain per direction.
 //!
 //! Port rules use sets of `ipv4_addr . inet_proto . inet_service` with
-//! intervals, so each element is a CIDR block, a protocol and a port, and
-//! a protocol beside TCP needs no other set type.
+//! intervals, so each element is a CIDR block, a protocol and a port:
+//! TCP and UDP services share one set (`. tcp . 443`, `. udp . 53`).
 use std::io::{self, Write};
 
-use super::{Chain, Entry, Ruleset, Words};
-use crate::report::{Ports, Protocol};
+use super::{Chain, Entry, FILTERED, Ruleset, Words};
+use crate::report::Ports;
 
 /// Elements per `add element` statement: nft takes any number, people
 /// reading the script take smaller blocks better.
@@ -88,7 +88,7 @@ fn write_chain(ruleset: &Ruleset, chain: &Chain, out: &mut impl Write) -> io::Re
     let field = chain.words().nft;
     match ruleset.ports {
         Ports::Observed => {
-            // And TCP only, so far: other protocols are left alone too.
+            // And TCP and UDP only: other protocols are left alone too.
             writeln!(out, "{rule} meta l4proto != {} return", protocols())?;
             writeln!(
                 out,
@@ -101,9 +101,9 @@ fn write_chain(ruleset: &Ruleset, chain: &Chain, out: &mut impl Write) -> io::Re
     writeln!(out, "{rule} counter drop")
 }
 
-/// The protocols a port rule can name, as an nft set expression.
+/// The protocols port rules filter, as an nft set expression.
 fn protocols() -> String {
-    let names: Vec<_> = [Protocol::Tcp].iter().map(|p| p.as_str()).collect();
+    let names: Vec<_> = FILTERED.iter().map(|p| p.as_str()).collect();
     format!("{{ {} }}", names.join(", "))
 }
 
@@ -134,6 +134,8 @@ mod tests {
         tests::script(RuleFormat::Nft, chains, ports)
     }
 
+    /// TCP and UDP services share each direction's set; the chain
+    /// filters both protocols and leaves the others (ICMP) alone.
     #[test]
     fn each_direction_has_its_set_and_chain() {
         let text = script(&BOTH, Ports::Observed);
@@ -159,18 +161,20 @@ mod tests {
                 "flush set inet netmon peers_v4_out",
                 "flush chain inet netmon allow_peers_v4_out",
                 "add element inet netmon peers_v4_in {",
-                "\t192.0.2.0/24 . tcp . 22",
+                "\t192.0.2.0/24 . tcp . 22,",
+                "\t192.0.2.0/24 . udp . 514",
                 "}",
                 "add rule inet netmon allow_peers_v4_in meta nfproto ipv6 return",
-                "add rule inet netmon allow_peers_v4_in meta l4proto != { tcp } return",
+                "add rule inet netmon allow_peers_v4_in meta l4proto != { tcp, udp } return",
                 "add rule inet netmon allow_peers_v4_in ip saddr . meta l4proto . th dport @peers_v4_in return",
                 "add rule inet netmon allow_peers_v4_in counter drop",
                 "add element inet netmon peers_v4_out {",
                 "\t198.51.100.7/32 . tcp . 80,",
-                "\t198.51.100.7/32 . tcp . 443",
+                "\t198.51.100.7/32 . tcp . 443,",
+                "\t198.51.100.7/32 . udp . 53",
                 "}",
                 "add rule inet netmon allow_peers_v4_out meta nfproto ipv6 return",
-                "add rule inet netmon allow_peers_v4_out meta l4proto != { tcp } return",
+                "add rule inet netmon allow_peers_v4_out meta l4proto != { tcp, udp } return",
                 "add rule inet netmon allow_peers_v4_out ip daddr . meta l4proto . th dport @peers_v4_out return",
                 "add rule inet netmon allow_peers_v4_out counter drop",
             ]
