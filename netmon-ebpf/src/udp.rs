@@ -71,7 +71,7 @@ pub fn recv_from(ctx: &SockAddrContext) {
 
 fn role(cookie: u64) -> Option<u8> {
     // SAFETY: the value is copied out at once.
-    unsafe { UDP_ROLES.get(&cookie).copied() }
+    unsafe { UDP_ROLES.get(cookie).copied() }
 }
 
 /// What one call on a UDP socket says.
