@@ -37,41 +37,32 @@ pub fn bind4(ctx: &SockAddrContext) {
 /// `cgroup/connect4` and `cgroup/sendmsg4`: a datagram to `call`'s
 /// address, now (sendmsg) or on every later send (connect).
 pub fn send_to(ctx: &SockAddrContext) {
-    let Some(call) = Call::udp(ctx) else {
-        return;
-    };
-    match role(call.cookie) {
-        Some(udp_role::SERVICE) => {}
-        known => {
-            if known.is_none() {
-                let _ = UDP_ROLES.insert(call.cookie, udp_role::CLIENT, BPF_NOEXIST);
-            }
-            send(ctx, call.event(DIRECTION_OUTBOUND));
-        }
-    }
+    exchange(ctx, DIRECTION_OUTBOUND, udp_role::CLIENT);
 }
 
 /// `cgroup/recvmsg4`: a datagram from `call`'s address. A socket of
 /// unknown role (made before netmon started) that receives before it
 /// sends is taken for a service.
 pub fn recv_from(ctx: &SockAddrContext) {
+    exchange(ctx, DIRECTION_INBOUND, udp_role::SERVICE);
+}
+
+/// A datagram in `direction`: a peer's if the socket's role is `role`, or
+/// not yet known (the socket then takes that role); a reply otherwise.
+fn exchange(ctx: &SockAddrContext, direction: u8, role: u8) {
     let Some(call) = Call::udp(ctx) else {
         return;
     };
-    match role(call.cookie) {
-        Some(udp_role::CLIENT) => {}
+    // SAFETY: the value is copied out at once.
+    match unsafe { UDP_ROLES.get(call.cookie).copied() } {
+        Some(known) if known != role => {}
         known => {
             if known.is_none() {
-                let _ = UDP_ROLES.insert(call.cookie, udp_role::SERVICE, BPF_NOEXIST);
+                let _ = UDP_ROLES.insert(call.cookie, role, BPF_NOEXIST);
             }
-            send(ctx, call.event(DIRECTION_INBOUND));
+            send(ctx, call.event(direction));
         }
     }
-}
-
-fn role(cookie: u64) -> Option<u8> {
-    // SAFETY: the value is copied out at once.
-    unsafe { UDP_ROLES.get(cookie).copied() }
 }
 
 /// What one call on a UDP socket says.
