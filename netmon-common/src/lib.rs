@@ -187,21 +187,6 @@ pub mod maps {
     /// `PerCpuArray<u64>` with one slot: connections that fit neither in
     /// `EVENTS` nor in `DEDUP`, so no count of them reached userspace.
     pub const UNCOUNTED: &str = "UNCOUNTED";
-    /// `LruHashMap<u64, u8>`: socket cookie to its UDP role
-    /// ([`super::udp_role`]).
-    pub const UDP_ROLES: &str = "UDP_ROLES";
-}
-
-/// What a UDP socket is for, as the cgroup programs learn it: whether its
-/// datagrams from and to a peer are that peer's or replies.
-pub mod udp_role {
-    /// Bound to a port of its own choosing (`bind()` with a port): a
-    /// service. A datagram it receives makes an inbound peer; one it sends
-    /// is a reply.
-    pub const SERVICE: u8 = 1;
-    /// Sent first, from a port the kernel picked: a client. A datagram it
-    /// sends makes an outbound peer; one it receives is a reply.
-    pub const CLIENT: u8 = 2;
 }
 
 /// Socket-state numbers of `include/net/tcp_states.h`.

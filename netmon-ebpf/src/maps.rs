@@ -12,6 +12,8 @@ use aya_ebpf::{
 use netmon_common::PeerEvent;
 use netmon_common::{Config, DedupKey, DedupValue};
 
+use crate::udp::Flow;
+
 /// Default size; userspace may resize it at load time.
 #[cfg(not(feature = "perf"))]
 #[map]
@@ -58,10 +60,11 @@ pub static SEEN: PerCpuArray<[u32; SEEN_SLOTS]> = PerCpuArray::with_max_entries(
 #[cfg(not(feature = "perf"))]
 pub const SEEN_SLOTS: usize = 1024;
 
-/// UDP sockets' roles (`netmon_common::udp_role`) by socket cookie. An
-/// LRU: a socket evicted is only one whose role must be learnt again.
+/// UDP flows (a socket and a peer) and the direction of the datagram that
+/// opened each. An LRU: a flow evicted, idle the longest, only opens
+/// again with its next datagram.
 #[map]
-pub static UDP_ROLES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+pub static UDP_FLOWS: LruHashMap<Flow, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
 #[map]

@@ -2,13 +2,14 @@
 //! hierarchy: they run in the calling task for every socket on the host,
 //! see the address of each call, and need no kprobes.
 //!
-//! A datagram exchange has no handshake to say who started it, so each
-//! socket's role decides (`netmon_common::udp_role`): a socket bound to a
-//! port of its choosing is a service, one that sent first from a port the
-//! kernel picked is a client. A client's sends make outbound peers and a
-//! service's receives inbound ones; the other two are replies. Repeats
-//! count in the kernel like TCP's connections, so a resolver answering
-//! thousands of queries a second sends an event per client and window.
+//! A datagram exchange has no handshake to say who started it, so the
+//! first datagram does, as conntrack has it: on each socket, the first
+//! datagram to or from a peer's address and port opens a flow in its
+//! direction (`UDP_FLOWS`). Datagrams in the flow's direction count as the
+//! peer's (a client's queries, outbound; a service's clients, inbound);
+//! those the other way are replies. Repeats count in the kernel like TCP's
+//! connections, so a resolver answering thousands of queries a second
+//! sends an event per client and window.
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_socket_cookie},
@@ -16,49 +17,53 @@ use aya_ebpf::{
 };
 use netmon_common::{
     DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent, SOURCE_CGROUP_UDP,
-    udp_role,
 };
 
-use crate::{count::send, maps::UDP_ROLES, origin};
+use crate::{count::send, maps::UDP_FLOWS, origin};
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
 
-/// `cgroup/bind4`: a UDP socket bound to a port of its own is a service.
-pub fn bind4(ctx: &SockAddrContext) {
-    let Some(call) = Call::udp(ctx) else {
-        return;
-    };
-    if call.port != 0 {
-        let _ = UDP_ROLES.insert(call.cookie, udp_role::SERVICE, 0);
-    }
+/// A flow: a socket and a peer's address and port. 16 bytes, no padding
+/// left undefined.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Flow {
+    cookie: u64,
+    addr: u32,
+    port: u16,
+    _pad: u16,
 }
 
 /// `cgroup/connect4` and `cgroup/sendmsg4`: a datagram to `call`'s
 /// address, now (sendmsg) or on every later send (connect).
 pub fn send_to(ctx: &SockAddrContext) {
-    exchange(ctx, DIRECTION_OUTBOUND, udp_role::CLIENT);
+    exchange(ctx, DIRECTION_OUTBOUND);
 }
 
-/// `cgroup/recvmsg4`: a datagram from `call`'s address. A socket of
-/// unknown role (made before netmon started) that receives before it
-/// sends is taken for a service.
+/// `cgroup/recvmsg4`: a datagram from `call`'s address.
 pub fn recv_from(ctx: &SockAddrContext) {
-    exchange(ctx, DIRECTION_INBOUND, udp_role::SERVICE);
+    exchange(ctx, DIRECTION_INBOUND);
 }
 
-/// A datagram in `direction`: a peer's if the socket's role is `role`, or
-/// not yet known (the socket then takes that role); a reply otherwise.
-fn exchange(ctx: &SockAddrContext, direction: u8, role: u8) {
+/// A datagram in `direction`: the peer's if its flow goes that way, or is
+/// new (it then opens the flow); a reply otherwise.
+fn exchange(ctx: &SockAddrContext, direction: u8) {
     let Some(call) = Call::udp(ctx) else {
         return;
     };
+    let flow = Flow {
+        cookie: call.cookie,
+        addr: call.addr,
+        port: call.port,
+        _pad: 0,
+    };
     // SAFETY: the value is copied out at once.
-    match unsafe { UDP_ROLES.get(call.cookie).copied() } {
-        Some(known) if known != role => {}
-        known => {
-            if known.is_none() {
-                let _ = UDP_ROLES.insert(call.cookie, role, BPF_NOEXIST);
+    match unsafe { UDP_FLOWS.get(&flow).copied() } {
+        Some(opened) if opened != direction => {}
+        opened => {
+            if opened.is_none() {
+                let _ = UDP_FLOWS.insert(&flow, &direction, BPF_NOEXIST);
             }
             send(ctx, call.event(direction));
         }

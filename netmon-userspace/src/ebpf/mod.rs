@@ -67,8 +67,6 @@ pub enum Program {
     TracepointState,
     /// The same tracepoint attached raw.
     RawTracepointState,
-    /// cgroup `bind4`: UDP sockets bound to a port of their own.
-    UdpBind,
     /// cgroup `connect4`: connected UDP sockets' peers.
     UdpConnect,
     /// cgroup `sendmsg4`: datagrams sent to an address.
@@ -78,12 +76,11 @@ pub enum Program {
 }
 
 impl Program {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 7] = [
         Self::KprobeConnect,
         Self::KretprobeAccept,
         Self::TracepointState,
         Self::RawTracepointState,
-        Self::UdpBind,
         Self::UdpConnect,
         Self::UdpSendmsg,
         Self::UdpRecvmsg,
@@ -96,7 +93,6 @@ impl Program {
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "inet_sock_set_state",
             Self::RawTracepointState => "inet_sock_set_state_raw",
-            Self::UdpBind => "udp_bind4",
             Self::UdpConnect => "udp_connect4",
             Self::UdpSendmsg => "udp_sendmsg4",
             Self::UdpRecvmsg => "udp_recvmsg4",
@@ -109,9 +105,7 @@ impl Program {
             Self::KretprobeAccept => ProgramKind::Kretprobe,
             Self::TracepointState => ProgramKind::Tracepoint,
             Self::RawTracepointState => ProgramKind::RawTracepoint,
-            Self::UdpBind | Self::UdpConnect | Self::UdpSendmsg | Self::UdpRecvmsg => {
-                ProgramKind::CgroupSockAddr
-            }
+            Self::UdpConnect | Self::UdpSendmsg | Self::UdpRecvmsg => ProgramKind::CgroupSockAddr,
         }
     }
 
@@ -122,7 +116,6 @@ impl Program {
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "sock/inet_sock_set_state",
             Self::RawTracepointState => tracefs::TRACEPOINT,
-            Self::UdpBind => "bind4",
             Self::UdpConnect => "connect4",
             Self::UdpSendmsg => "sendmsg4",
             Self::UdpRecvmsg => "recvmsg4",

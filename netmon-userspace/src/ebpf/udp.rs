@@ -10,10 +10,8 @@ use aya::{
 
 use super::{Program, attach_failed, loaded};
 
-/// The cgroup programs, in the order they attach: roles first, so a
-/// socket's first datagram meets a socket whose binding was seen.
-const PROGRAMS: [Program; 4] = [
-    Program::UdpBind,
+/// The cgroup programs.
+const PROGRAMS: [Program; 3] = [
     Program::UdpRecvmsg,
     Program::UdpSendmsg,
     Program::UdpConnect,
