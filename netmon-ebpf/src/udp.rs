@@ -59,11 +59,11 @@ fn exchange(ctx: &SockAddrContext, direction: u8) {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    match unsafe { UDP_FLOWS.get(&flow).copied() } {
+    match unsafe { UDP_FLOWS.get(flow).copied() } {
         Some(opened) if opened != direction => {}
         opened => {
             if opened.is_none() {
-                let _ = UDP_FLOWS.insert(&flow, &direction, BPF_NOEXIST);
+                let _ = UDP_FLOWS.insert(flow, direction, BPF_NOEXIST);
             }
             send(ctx, call.event(direction));
         }
