@@ -12,8 +12,6 @@ use aya_ebpf::{
 use netmon_common::PeerEvent;
 use netmon_common::{Config, DedupKey, DedupValue};
 
-use crate::udp::Flow;
-
 /// Default size; userspace may resize it at load time.
 #[cfg(not(feature = "perf"))]
 #[map]
@@ -59,6 +57,17 @@ pub static SEEN: PerCpuArray<[u32; SEEN_SLOTS]> = PerCpuArray::with_max_entries(
 /// to stay in cache between runs.
 #[cfg(not(feature = "perf"))]
 pub const SEEN_SLOTS: usize = 1024;
+
+/// A UDP flow: a socket and a peer's address and port (`UDP_FLOWS`' key).
+/// 16 bytes, its padding always zero.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
 
 /// UDP flows (a socket and a peer) and the direction of the datagram that
 /// opened each. An LRU: a flow evicted, idle the longest, only opens

@@ -19,21 +19,14 @@ use netmon_common::{
     DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent, SOURCE_CGROUP_UDP,
 };
 
-use crate::{count::send, maps::UDP_FLOWS, origin};
+use crate::{
+    count::send,
+    maps::{Flow, UDP_FLOWS},
+    origin,
+};
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
-
-/// A flow: a socket and a peer's address and port. 16 bytes, no padding
-/// left undefined.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Flow {
-    cookie: u64,
-    addr: u32,
-    port: u16,
-    _pad: u16,
-}
 
 /// `cgroup/connect4` and `cgroup/sendmsg4`: a datagram to `call`'s
 /// address, now (sendmsg) or on every later send (connect).
