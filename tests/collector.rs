@@ -415,13 +415,16 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
         "udp_connect4 (cgroup sock_addr connect4",
         "udp_sendmsg4 (cgroup sock_addr sendmsg4",
         "udp_recvmsg4 (cgroup sock_addr recvmsg4",
+        "udp_connect6 (cgroup sock_addr connect6",
+        "udp_sendmsg6 (cgroup sock_addr sendmsg6",
+        "udp_recvmsg6 (cgroup sock_addr recvmsg6",
     ] {
         assert!(
             stdout.contains(&format!("program {program}")) && !stdout.contains("REJECTED"),
             "{stdout}"
         );
     }
-    assert_eq!(stdout.matches(": verified").count(), 7, "{stdout}");
+    assert_eq!(stdout.matches(": verified").count(), 10, "{stdout}");
     assert!(
         stdout.contains("udp: available in every eBPF mode (cgroup programs on /sys/fs/cgroup"),
         "{stdout}"

@@ -12,8 +12,9 @@
 //! - the same tracepoint attached raw: the same two transitions from the
 //!   tracepoint's arguments, without the perf record the kernel fills in
 //!   for every transition before a plain tracepoint program runs;
-//! - cgroup `connect4`, `sendmsg4` and `recvmsg4` on the root
-//!   cgroup v2: UDP peers, beside whichever TCP programs run ([`udp`]).
+//! - cgroup `connect4`, `sendmsg4` and `recvmsg4` (and their `6` twins,
+//!   for IPv4 peers of dual-stack sockets) on the root cgroup v2: UDP
+//!   peers, beside whichever TCP programs run ([`udp`]).
 //!
 //! The entry points are here; [`hooks`] reads each hook's arguments,
 //! [`sock`] reads `struct sock`, [`count`] counts connections and decides
@@ -34,6 +35,8 @@ mod maps;
 mod origin;
 mod sock;
 mod udp;
+
+use udp::Family;
 
 use aya_ebpf::{
     EbpfContext,
@@ -67,19 +70,37 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
 /// never decide.
 #[cgroup_sock_addr(connect4)]
 pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
-    udp::send_to(&ctx);
+    udp::send_to(&ctx, Family::V4);
     1
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
-    udp::send_to(&ctx);
+    udp::send_to(&ctx, Family::V4);
     1
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn udp_recvmsg4(ctx: SockAddrContext) -> i32 {
-    udp::recv_from(&ctx);
+    udp::recv_from(&ctx, Family::V4);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn udp_connect6(ctx: SockAddrContext) -> i32 {
+    udp::send_to(&ctx, Family::V6);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    udp::send_to(&ctx, Family::V6);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn udp_recvmsg6(ctx: SockAddrContext) -> i32 {
+    udp::recv_from(&ctx, Family::V6);
     1
 }
 

@@ -17,34 +17,51 @@ use aya_ebpf::{
 };
 use netmon_common::{
     DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent, SOURCE_CGROUP_UDP,
+    tcp_state::ESTABLISHED,
 };
 
 use crate::{
     count::send,
     maps::{Flow, UDP_FLOWS},
-    origin,
+    origin, sock,
 };
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
 
-/// `cgroup/connect4` and `cgroup/sendmsg4`: a datagram to `call`'s
-/// address, now (sendmsg) or on every later send (connect).
-pub fn send_to(ctx: &SockAddrContext) {
-    exchange(ctx, DIRECTION_OUTBOUND);
+/// `cgroup/connect4` and `cgroup/sendmsg4` (and their `6` twins, for
+/// IPv4 peers of dual-stack sockets): a datagram to the call's address,
+/// now (sendmsg) or on every later send (connect).
+pub fn send_to(ctx: &SockAddrContext, family: Family) {
+    exchange(ctx, Call::udp(ctx, family), DIRECTION_OUTBOUND);
 }
 
-/// `cgroup/recvmsg4`: a datagram from `call`'s address.
-pub fn recv_from(ctx: &SockAddrContext) {
-    exchange(ctx, DIRECTION_INBOUND);
+/// `cgroup/recvmsg4` and `recvmsg6`: a datagram from the call's address.
+pub fn recv_from(ctx: &SockAddrContext, family: Family) {
+    exchange(ctx, Call::udp(ctx, family), DIRECTION_INBOUND);
+}
+
+/// Which address of the context the attach type lets a program read.
+#[derive(Clone, Copy)]
+pub enum Family {
+    V4,
+    /// An IPv6 socket's: only an IPv4-mapped address (`::ffff:a.b.c.d`),
+    /// an IPv4 peer of a dual-stack socket, is netmon's.
+    V6,
 }
 
 /// A datagram in `direction`: the peer's if its flow goes that way, or is
 /// new (it then opens the flow); a reply otherwise.
-fn exchange(ctx: &SockAddrContext, direction: u8) {
-    let Some(call) = Call::udp(ctx) else {
+fn exchange(ctx: &SockAddrContext, call: Option<Call>, direction: u8) {
+    let Some(call) = call else {
         return;
     };
+    // A connected socket is a client of the peer it connected to, whose
+    // connect() counted it: what it receives are replies, however long
+    // before netmon it connected.
+    if direction == DIRECTION_INBOUND && call.connected {
+        return;
+    }
     let flow = Flow {
         cookie: call.cookie,
         addr: call.addr,
@@ -73,31 +90,51 @@ struct Call {
     port: u16,
     /// The socket's own port, host byte order (0 before it has one).
     local_port: u16,
+    /// Whether the socket is connected to a peer.
+    connected: bool,
 }
 
 impl Call {
-    /// The call on `ctx`, if its socket is UDP.
-    fn udp(ctx: &SockAddrContext) -> Option<Self> {
+    /// The call on `ctx`, if its socket is UDP and its address IPv4.
+    fn udp(ctx: &SockAddrContext, family: Family) -> Option<Self> {
         // SAFETY: the context the kernel passed; each field is read whole,
-        // as the verifier requires of context accesses.
+        // as the verifier requires of context accesses, and only the
+        // address fields the attach type allows.
         unsafe {
             let addr = ctx.sock_addr;
             if core::ptr::read_volatile(&raw const (*addr).protocol) != u32::from(IPPROTO_UDP) {
                 return None;
             }
+            let peer = match family {
+                Family::V4 => core::ptr::read_volatile(&raw const (*addr).user_ip4),
+                Family::V6 => {
+                    let v6 = &raw const (*addr).user_ip6;
+                    sock::v4_mapped([
+                        core::ptr::read_volatile(&raw const (*v6)[0]),
+                        core::ptr::read_volatile(&raw const (*v6)[1]),
+                        core::ptr::read_volatile(&raw const (*v6)[2]),
+                        core::ptr::read_volatile(&raw const (*v6)[3]),
+                    ])?
+                }
+            };
             let sk = core::ptr::read_volatile(&raw const (*addr).__bindgen_anon_1.sk);
-            let local_port = if sk.is_null() {
-                0
+            let (local_port, connected) = if sk.is_null() {
+                (0, false)
             } else {
-                core::ptr::read_volatile(&raw const (*sk).src_port) as u16
+                (
+                    core::ptr::read_volatile(&raw const (*sk).src_port) as u16,
+                    // UDP reuses TCP's state numbers: connected is ESTABLISHED.
+                    core::ptr::read_volatile(&raw const (*sk).state) == ESTABLISHED as u32,
+                )
             };
             let port = core::ptr::read_volatile(&raw const (*addr).user_port);
             Some(Self {
                 cookie: bpf_get_socket_cookie(ctx.as_ptr()),
-                addr: core::ptr::read_volatile(&raw const (*addr).user_ip4),
+                addr: peer,
                 // The port's two bytes in network order, in the word's low half.
                 port: u16::from_be(port as u16),
                 local_port,
+                connected,
             })
         }
     }

@@ -73,10 +73,14 @@ pub enum Program {
     UdpSendmsg,
     /// cgroup `recvmsg4`: datagrams received with their source.
     UdpRecvmsg,
+    /// The three on IPv6 sockets: their IPv4 peers (dual-stack sockets).
+    UdpConnect6,
+    UdpSendmsg6,
+    UdpRecvmsg6,
 }
 
 impl Program {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::KprobeConnect,
         Self::KretprobeAccept,
         Self::TracepointState,
@@ -84,6 +88,9 @@ impl Program {
         Self::UdpConnect,
         Self::UdpSendmsg,
         Self::UdpRecvmsg,
+        Self::UdpConnect6,
+        Self::UdpSendmsg6,
+        Self::UdpRecvmsg6,
     ];
 
     /// Its name in the object (the function's in netmon-ebpf).
@@ -96,6 +103,9 @@ impl Program {
             Self::UdpConnect => "udp_connect4",
             Self::UdpSendmsg => "udp_sendmsg4",
             Self::UdpRecvmsg => "udp_recvmsg4",
+            Self::UdpConnect6 => "udp_connect6",
+            Self::UdpSendmsg6 => "udp_sendmsg6",
+            Self::UdpRecvmsg6 => "udp_recvmsg6",
         }
     }
 
@@ -105,7 +115,12 @@ impl Program {
             Self::KretprobeAccept => ProgramKind::Kretprobe,
             Self::TracepointState => ProgramKind::Tracepoint,
             Self::RawTracepointState => ProgramKind::RawTracepoint,
-            Self::UdpConnect | Self::UdpSendmsg | Self::UdpRecvmsg => ProgramKind::CgroupSockAddr,
+            Self::UdpConnect
+            | Self::UdpSendmsg
+            | Self::UdpRecvmsg
+            | Self::UdpConnect6
+            | Self::UdpSendmsg6
+            | Self::UdpRecvmsg6 => ProgramKind::CgroupSockAddr,
         }
     }
 
@@ -119,6 +134,9 @@ impl Program {
             Self::UdpConnect => "connect4",
             Self::UdpSendmsg => "sendmsg4",
             Self::UdpRecvmsg => "recvmsg4",
+            Self::UdpConnect6 => "connect6",
+            Self::UdpSendmsg6 => "sendmsg6",
+            Self::UdpRecvmsg6 => "recvmsg6",
         }
     }
 }

@@ -11,10 +11,13 @@ use aya::{
 use super::{Program, attach_failed, loaded};
 
 /// The cgroup programs.
-const PROGRAMS: [Program; 3] = [
+const PROGRAMS: [Program; 6] = [
     Program::UdpRecvmsg,
     Program::UdpSendmsg,
     Program::UdpConnect,
+    Program::UdpRecvmsg6,
+    Program::UdpSendmsg6,
+    Program::UdpConnect6,
 ];
 
 /// Attaches the UDP programs to the root of `cgroup_root`'s hierarchy, so
