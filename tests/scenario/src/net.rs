@@ -65,6 +65,10 @@ pub enum Block {
     MptcpKprobe,
     // tests/collector.rs, added later
     Handover,
+    // tests/udp_flows.rs
+    UdpDualStack,
+    UdpServiceFirst,
+    UdpConnectedBefore,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,

@@ -1,0 +1,158 @@
+//! Which UDP datagrams make peers, in the cases the real services of
+//! tests/udp.rs do not reach: a dual-stack server's IPv4 clients, a
+//! service socket that starts an exchange itself (ntpd, from port 123),
+//! and a connected client that connected before netmon started.
+//!
+//! As root (`cargo xtask test` runs them), in auto mode, on loopback
+//! addresses of each test's own block.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+use netmon_scenario::{
+    check::{read_peers, udp_port},
+    files::temp_output,
+    harness::{Netmon, one_at_a_time},
+    net::Block,
+};
+use serde_json::{Value, json};
+
+const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
+
+/// Exchanges in each test: a query and its answer each.
+const QUERIES: u64 = 7;
+
+/// One query from `client` to `server` (as the client addresses it), and
+/// the server's answer.
+fn exchange(client: &UdpSocket, to: SocketAddr, server: &UdpSocket) {
+    client.send_to(b"query", to).unwrap();
+    let mut buf = [0; 16];
+    let (_, from) = server.recv_from(&mut buf).unwrap();
+    server.send_to(b"answer", from).unwrap();
+    client.recv_from(&mut buf).unwrap();
+}
+
+fn socket(addr: Ipv4Addr, port: u16) -> UdpSocket {
+    let socket = UdpSocket::bind((addr, port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket
+}
+
+/// The peer's counts and ports, as the checkpoint has them.
+fn summary(peer: Option<&Value>) -> Value {
+    let Some(peer) = peer else {
+        return Value::Null;
+    };
+    json!({
+        "outbound": peer["outbound"],
+        "inbound": peer["inbound"],
+        "remote_ports": peer["remote_ports"],
+        "local_ports": peer["local_ports"],
+    })
+}
+
+fn outbound(count: u64, port: u16) -> Value {
+    json!({"outbound": count, "inbound": 0, "remote_ports": [udp_port(port)], "local_ports": []})
+}
+
+fn inbound(count: u64, port: u16) -> Value {
+    json!({"outbound": 0, "inbound": count, "remote_ports": [], "local_ports": [udp_port(port)]})
+}
+
+/// A server on `[::]` receives its IPv4 clients through the IPv6 hooks,
+/// as `::ffff:a.b.c.d`: they are IPv4 peers like any other.
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn a_dual_stack_servers_ipv4_clients_are_peers() {
+    let _turn = one_at_a_time();
+    let block = Block::UdpDualStack;
+    let (_dir, path) = temp_output();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    let server = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let port = server.local_addr().unwrap().port();
+    let (client_addr, server_addr) = (block.addr(0, 1), block.addr(0, 2));
+    let client = socket(client_addr, 0);
+    // Sent to the server's IPv4 address; it answers from the same one.
+    let to = SocketAddr::from((server_addr, port));
+    for _ in 0..QUERIES {
+        exchange(&client, to, &server);
+    }
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let peers = read_peers(&path);
+    assert_eq!(summary(peers.get(&server_addr)), outbound(QUERIES, port));
+    assert_eq!(summary(peers.get(&client_addr)), inbound(QUERIES, port));
+}
+
+/// A service socket that starts an exchange itself, as ntpd queries its
+/// upstream servers from port 123: an outbound peer, whose answers are
+/// replies, not inbound peers.
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn a_service_socket_that_asks_first_makes_an_outbound_peer() {
+    let _turn = one_at_a_time();
+    let block = Block::UdpServiceFirst;
+    let (_dir, path) = temp_output();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    let (ours, upstream) = (block.addr(0, 1), block.addr(0, 2));
+    let server = socket(upstream, 0);
+    let port = server.local_addr().unwrap().port();
+    // Both ends bound to the same port, as NTP's symmetric mode has it:
+    // ours explicitly, as a service's is.
+    let local = socket(ours, port);
+    for _ in 0..QUERIES {
+        exchange(&local, SocketAddr::from((upstream, port)), &server);
+    }
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let peers = read_peers(&path);
+    assert_eq!(summary(peers.get(&upstream)), outbound(QUERIES, port));
+    assert_eq!(summary(peers.get(&ours)), inbound(QUERIES, port));
+}
+
+/// A client connected before netmon started reads its answers with
+/// `recvfrom`, as glibc's resolver does: they are replies, however the
+/// first one netmon sees arrives before any query of its own.
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn a_client_connected_before_the_start_gets_no_inbound_peer() {
+    let _turn = one_at_a_time();
+    let block = Block::UdpConnectedBefore;
+    let (client_addr, server_addr) = (block.addr(0, 1), block.addr(0, 2));
+    let server = socket(server_addr, 0);
+    let port = server.local_addr().unwrap().port();
+    let client = socket(client_addr, 0);
+    client.connect((server_addr, port)).unwrap();
+    // A query in flight when netmon starts: its answer is the first
+    // datagram of this socket netmon sees.
+    client.send(b"query").unwrap();
+    let (_dir, path) = temp_output();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    let mut buf = [0; 16];
+    let (_, from) = server.recv_from(&mut buf).unwrap();
+    server.send_to(b"answer", from).unwrap();
+    client.recv_from(&mut buf).unwrap();
+    for _ in 0..QUERIES {
+        client.send(b"query").unwrap();
+        let (_, from) = server.recv_from(&mut buf).unwrap();
+        server.send_to(b"answer", from).unwrap();
+        client.recv_from(&mut buf).unwrap();
+        thread::sleep(Duration::from_millis(2));
+    }
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let peers = read_peers(&path);
+    // Its connect() came before netmon: the start-up scan records the
+    // peer, counting nothing, and no answer makes the server inbound.
+    assert_eq!(summary(peers.get(&server_addr)), outbound(0, port));
+    // The server's receives are the client's queries: every one after
+    // the start, the one in flight included.
+    assert_eq!(summary(peers.get(&client_addr)), inbound(QUERIES + 1, port));
+}
