@@ -1,7 +1,8 @@
-//! Which UDP datagrams make peers, in the cases the real services of
-//! tests/udp.rs do not reach: a dual-stack server's IPv4 clients, a
-//! service socket that starts an exchange itself (ntpd, from port 123),
-//! and a connected client that connected before netmon started.
+//! Which UDP datagrams make peers, and how exchanges count, in the cases
+//! the real services of tests/udp.rs do not reach: a dual-stack server's
+//! IPv4 clients, a service socket that starts an exchange itself (ntpd,
+//! from port 123), a connected client that connected before netmon
+//! started, and datagrams peeked at before they are read.
 //!
 //! As root (`cargo xtask test` runs them), in auto mode, on loopback
 //! addresses of each test's own block.
@@ -21,7 +22,8 @@ use serde_json::{Value, json};
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
 
-/// Exchanges in each test: a query and its answer each.
+/// Queries in each test, each with its answer, all on one socket: one
+/// exchange, counted once at each end.
 const QUERIES: u64 = 7;
 
 /// One query from `client` to `server` (as the client addresses it), and
@@ -87,8 +89,8 @@ fn a_dual_stack_servers_ipv4_clients_are_peers() {
     let (status, log) = netmon.stop();
     assert!(status.success(), "{log}");
     let peers = read_peers(&path);
-    assert_eq!(summary(peers.get(&server_addr)), outbound(QUERIES, port));
-    assert_eq!(summary(peers.get(&client_addr)), inbound(QUERIES, port));
+    assert_eq!(summary(peers.get(&server_addr)), outbound(1, port));
+    assert_eq!(summary(peers.get(&client_addr)), inbound(1, port));
 }
 
 /// A service socket that starts an exchange itself, as ntpd queries its
@@ -113,8 +115,8 @@ fn a_service_socket_that_asks_first_makes_an_outbound_peer() {
     let (status, log) = netmon.stop();
     assert!(status.success(), "{log}");
     let peers = read_peers(&path);
-    assert_eq!(summary(peers.get(&upstream)), outbound(QUERIES, port));
-    assert_eq!(summary(peers.get(&ours)), inbound(QUERIES, port));
+    assert_eq!(summary(peers.get(&upstream)), outbound(1, port));
+    assert_eq!(summary(peers.get(&ours)), inbound(1, port));
 }
 
 /// A client connected before netmon started reads its answers with
@@ -152,7 +154,81 @@ fn a_client_connected_before_the_start_gets_no_inbound_peer() {
     // Its connect() came before netmon: the start-up scan records the
     // peer, counting nothing, and no answer makes the server inbound.
     assert_eq!(summary(peers.get(&server_addr)), outbound(0, port));
-    // The server's receives are the client's queries: every one after
-    // the start, the one in flight included.
-    assert_eq!(summary(peers.get(&client_addr)), inbound(QUERIES + 1, port));
+    // The server's receives are the client's queries: one exchange,
+    // opened by the query in flight.
+    assert_eq!(summary(peers.get(&client_addr)), inbound(1, port));
+}
+
+/// A datagram peeked at with its source (`recvfrom(MSG_PEEK)`, as socat
+/// does) and then read is one datagram: each client socket is one
+/// exchange at both ends, whatever it sends.
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn peeked_datagrams_and_many_per_socket_count_one_exchange() {
+    let _turn = one_at_a_time();
+    let block = Block::UdpPeek;
+    let (_dir, path) = temp_output();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    let server_addr = block.addr(0, 1);
+    let server = socket(server_addr, 0);
+    let port = server.local_addr().unwrap().port();
+    let mut buf = [0; 16];
+    // Client i sends i datagrams, each peeked at, then read.
+    let clients: Vec<Ipv4Addr> = (1..=3).map(|i| block.addr(1, i)).collect();
+    for (index, &addr) in clients.iter().enumerate() {
+        let client = socket(addr, 0);
+        for _ in 0..=index {
+            client.send_to(b"datagram", (server_addr, port)).unwrap();
+            server.peek_from(&mut buf).unwrap();
+            server.recv_from(&mut buf).unwrap();
+        }
+    }
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let peers = read_peers(&path);
+    assert_eq!(summary(peers.get(&server_addr)), outbound(3, port));
+    for addr in clients {
+        assert_eq!(summary(peers.get(&addr)), inbound(1, port), "{addr}");
+    }
+}
+
+/// An exchange that goes on counts once, but its peer's last sighting
+/// follows it: a months-long syslog stream must not look idle to
+/// `--since`.
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn a_long_exchange_counts_once_and_stays_fresh() {
+    let _turn = one_at_a_time();
+    let block = Block::UdpLongExchange;
+    let (_dir, path) = temp_output();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    let (client_addr, server_addr) = (block.addr(0, 1), block.addr(0, 2));
+    let server = socket(server_addr, 0);
+    let port = server.local_addr().unwrap().port();
+    let client = socket(client_addr, 0);
+    let mut buf = [0; 16];
+    // Across three whole seconds, so the last sighting must move.
+    for _ in 0..14 {
+        client.send_to(b"log line", (server_addr, port)).unwrap();
+        server.recv_from(&mut buf).unwrap();
+        thread::sleep(Duration::from_millis(250));
+    }
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let peers = read_peers(&path);
+    for (addr, want) in [
+        (server_addr, outbound(1, port)),
+        (client_addr, inbound(1, port)),
+    ] {
+        let peer = &peers[&addr];
+        assert_eq!(summary(Some(peer)), want, "{addr}");
+        let seen = |field: &str| -> i64 {
+            let time: humantime::Timestamp = peer[field].as_str().unwrap().parse().unwrap();
+            std::time::SystemTime::from(time)
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+        };
+        assert!(seen("last_seen") - seen("first_seen") >= 2, "{peer}");
+    }
 }

@@ -74,6 +74,17 @@ pub fn send<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
     }
 }
 
+/// Sends the event as news of no connection (`total` 0): a UDP flow
+/// counted when it opened is still in use, and its peer's last sighting
+/// moves. Lost if it does not fit, which loses no count.
+pub fn touch<C: EbpfContext>(ctx: &C, mut event: PeerEvent) {
+    event.generation = generation();
+    event.series = SERIES_NONE;
+    event.total = 0;
+    read_comm(&mut event);
+    output(ctx, &event);
+}
+
 /// Fills in the event's comm, once, when it has a process.
 #[inline(always)]
 fn read_comm(event: &mut PeerEvent) {

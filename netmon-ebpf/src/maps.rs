@@ -69,11 +69,22 @@ pub struct Flow {
     pub _pad: u16,
 }
 
-/// UDP flows (a socket and a peer) and the direction of the datagram that
-/// opened each. An LRU: a flow evicted, idle the longest, only opens
-/// again with its next datagram.
+/// What is known of a UDP flow.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowState {
+    /// The direction of the datagram that opened it.
+    pub direction: u8,
+    pub _pad: [u8; 7],
+    /// When it last sent an event, ns since boot.
+    pub touched: u64,
+}
+
+/// UDP flows (a socket and a peer): the direction of the datagram that
+/// opened each. An LRU: a flow evicted, idle the longest, opens again
+/// with its next datagram.
 #[map]
-pub static UDP_FLOWS: LruHashMap<Flow, u8> = LruHashMap::with_max_entries(65536, 0);
+pub static UDP_FLOWS: LruHashMap<Flow, FlowState> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events that did not fit in `EVENTS` (ring buffer transport), per CPU.
 #[map]

@@ -5,14 +5,19 @@
 //! A datagram exchange has no handshake to say who started it, so the
 //! first datagram does, as conntrack has it: on each socket, the first
 //! datagram to or from a peer's address and port opens a flow in its
-//! direction (`UDP_FLOWS`). Datagrams in the flow's direction count as the
-//! peer's (a client's queries, outbound; a service's clients, inbound);
-//! those the other way are replies. Repeats count in the kernel like TCP's
+//! direction (`UDP_FLOWS`) and counts once, as a TCP connection does (a
+//! client's query, outbound; a service's client, inbound); datagrams the
+//! other way are replies. Both ends of an exchange thus count it once,
+//! however many datagrams it takes, and a datagram read twice (`MSG_PEEK`)
+//! is not counted twice. Opened flows count in the kernel like TCP's
 //! connections, so a resolver answering thousands of queries a second
 //! sends an event per client and window.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    },
     programs::SockAddrContext,
 };
 use netmon_common::{
@@ -21,8 +26,8 @@ use netmon_common::{
 };
 
 use crate::{
-    count::send,
-    maps::{Flow, UDP_FLOWS},
+    count::{send, touch},
+    maps::{Flow, FlowState, UDP_FLOWS, config},
     origin, sock,
 };
 
@@ -50,8 +55,9 @@ pub enum Family {
     V6,
 }
 
-/// A datagram in `direction`: the peer's if its flow goes that way, or is
-/// new (it then opens the flow); a reply otherwise.
+/// A datagram in `direction`. The first of a flow opens it and counts
+/// once, as a TCP connection does; later ones the same way only say the
+/// peer is still there, once a window; the other way they are replies.
 fn exchange(ctx: &SockAddrContext, call: Option<Call>, direction: u8) {
     let Some(call) = call else {
         return;
@@ -68,15 +74,30 @@ fn exchange(ctx: &SockAddrContext, call: Option<Call>, direction: u8) {
         port: call.port,
         _pad: 0,
     };
-    // SAFETY: the value is copied out at once.
-    match unsafe { UDP_FLOWS.get(flow).copied() } {
-        Some(opened) if opened != direction => {}
-        opened => {
-            if opened.is_none() {
-                let _ = UDP_FLOWS.insert(flow, direction, BPF_NOEXIST);
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(state) = UDP_FLOWS.get_ptr_mut(flow) {
+        // SAFETY: the map's value, valid for this run; a racing writer
+        // can only make a touch come twice.
+        unsafe {
+            if (*state).direction != direction
+                || now.wrapping_sub((*state).touched) < config(|c| &c.dedup_window_ns)
+            {
+                return;
             }
-            send(ctx, call.event(direction));
+            (*state).touched = now;
         }
+        touch(ctx, call.event(direction));
+        return;
+    }
+    let state = FlowState {
+        direction,
+        _pad: [0; 7],
+        touched: now,
+    };
+    // Another CPU may have opened it meanwhile: then it counted it.
+    if UDP_FLOWS.insert(flow, state, BPF_NOEXIST).is_ok() {
+        send(ctx, call.event(direction));
     }
 }
 

@@ -69,6 +69,8 @@ pub enum Block {
     UdpDualStack,
     UdpServiceFirst,
     UdpConnectedBefore,
+    UdpPeek,
+    UdpLongExchange,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,
