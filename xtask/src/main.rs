@@ -119,7 +119,11 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// system call filter, gdb to make a running netmon try a write its
 /// Landlock domain forbids, promtool (Debian ships it only with the
 /// Prometheus server) to check `--metrics`, and Graphviz's dot to render
-/// `netmon graph --format dot`.
+/// `netmon graph --format dot`; real UDP software for tests/udp.rs: dnsmasq
+/// (its -base package: the binary without a service that would take port
+/// 53 on the host), dig, chrony and socat. chrony ships a service: on a
+/// host with systemd it becomes the host's time daemon in place of
+/// systemd-timesyncd, serving no one (Debian's chrony.conf has no `allow`).
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -132,6 +136,10 @@ const TEST_PACKAGES: &[&str] = &[
     "gdb",
     "prometheus",
     "graphviz",
+    "dnsmasq-base",
+    "bind9-dnsutils",
+    "chrony",
+    "socat",
 ];
 
 /// Seconds per fuzz target in `cargo xtask test`: enough to prove the
