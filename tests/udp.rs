@@ -298,6 +298,8 @@ fn chronyd_query_to_a_chronyd_server_is_one_ntp_peer_each_side() {
 /// than the one before.
 const SOCAT_CLIENTS: u8 = 3;
 
+/// socat peeks at every datagram (recvmsg with MSG_PEEK) before it reads
+/// it, twice with `fork`: a datagram is still one, at each end.
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
 fn socat_datagrams_count_once_each_at_both_ends_on_loopback() {
