@@ -145,8 +145,9 @@ fn has(list: &Value, item: &str) -> bool {
         .is_some_and(|items| items.iter().any(|i| i == item))
 }
 
-/// dig sends from its network thread, which Linux names `isc-net-0000`:
-/// netmon records the sending thread's name, as the kernel gives it.
+/// dig sends from a thread of BIND's network manager, named
+/// `isc-net-0000`, and netmon records the sending thread's name (the
+/// task's comm), not the process's.
 fn is_dig(peer: &Value) -> bool {
     has(&peer["processes"], "dig") || has(&peer["processes"], "isc-net-0000")
 }
@@ -164,7 +165,8 @@ fn container_id() -> String {
 /// checkpoint, after `QUERIES` queries, with the two namespaces' peers
 /// checked: the client's only peer the server, outbound to 53/udp, the
 /// server's only peer the client, inbound on 53/udp, one count per query
-/// on both sides. Returns (the client's peer, the server's peer).
+/// on both sides. Returns the checkpoint, the client's peer and the
+/// server's.
 fn dns_between_namespaces(
     tag: &str,
     server_cgroup: Option<&Cgroup>,
