@@ -91,6 +91,17 @@ impl Checkpoint {
         serde_json::from_str(&self.netmon("list", &args)).unwrap()
     }
 
+    /// Printed, so a failure shows it: the mode, and what netmon could not
+    /// count (a storm elsewhere on the host fills the same maps).
+    fn describe(&self) {
+        let text = fs::read_to_string(&self.path).unwrap();
+        let file: Value = serde_json::from_str(&text).unwrap();
+        eprintln!(
+            "mode {}, lost_events {}, uncounted_connections {}",
+            file["mode"], file["lost_events"], file["uncounted_connections"]
+        );
+    }
+
     /// The peers recorded in the network namespace `ns`.
     fn in_netns(&self, ns: &str) -> Vec<Value> {
         self.list(&["--netns", &netns_inode(ns).to_string()])
@@ -181,6 +192,7 @@ fn dns_between_namespaces(
     }
     drop(daemon);
     let checkpoint = run.stop();
+    checkpoint.describe();
 
     let at_client = checkpoint.in_netns(&fleet.ns("client"));
     let to_server = only_peer(&at_client, server, "the client's namespace").clone();
@@ -347,6 +359,8 @@ fn socat_datagrams_count_once_each_at_both_ends_on_loopback() {
             block.net().contains(ip)
         })
         .collect();
+    checkpoint.describe();
+    eprintln!("peers:\n{}", pretty(&peers));
     assert_eq!(
         peers.len(),
         1 + usize::from(SOCAT_CLIENTS),
