@@ -119,7 +119,11 @@ fn run(command: Command) -> anyhow::Result<()> {
 /// system call filter, gdb to make a running netmon try a write its
 /// Landlock domain forbids, promtool (Debian ships it only with the
 /// Prometheus server) to check `--metrics`, and Graphviz's dot to render
-/// `netmon graph --format dot`.
+/// `netmon graph --format dot`; real UDP software for tests/udp.rs: dnsmasq
+/// (its -base package: the binary without a service that would take port
+/// 53 on the host), dig, chrony and socat. chrony ships a service, which
+/// the install does not start (see `setup::debian_packages`); on a host
+/// with systemd the package takes systemd-timesyncd's place.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -137,6 +141,10 @@ const TEST_PACKAGES: &[&str] = &[
     // install and take the host's port 53.
     "dnsmasq-base",
     "bind9-dnsutils",
+    // tests/udp.rs's NTP server and client (installing it replaces
+    // systemd-timesyncd), and its plain UDP server and client.
+    "chrony",
+    "socat",
 ];
 
 /// Seconds per fuzz target in `cargo xtask test`: enough to prove the

@@ -68,12 +68,46 @@ pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run_status(Command::new("apt-get").args(["update", "-q"]))?;
+    let _no_services = NoServiceStarts::install()?;
     run_status(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// A `policy-rc.d` that forbids starting services while packages install:
+/// chrony's would query the public NTP pool, prometheus's listen on :9090,
+/// and tests start the daemons they need themselves, on their own
+/// addresses. Removed when dropped, unless one was there before.
+struct NoServiceStarts(Option<&'static str>);
+
+impl NoServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if std::path::Path::new(Self::PATH).exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            Self::PATH,
+            "#!/bin/sh\n# cargo xtask: no service starts while installing\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {}", Self::PATH))?;
+        std::fs::set_permissions(Self::PATH, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {} executable", Self::PATH))?;
+        Ok(Self(Some(Self::PATH)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Adds a Rust target to the toolchain that runs xtask, if it is missing.

@@ -3,7 +3,8 @@
 //! addresses each test owns, the per-peer checks on a
 //! checkpoint, the harness that runs `netmon run`, the files the tests
 //! write, the network-namespace fleet of the access-map tests, and the
-//! one-line result format of the matrix.
+//! one-line result format of the matrix, and the real UDP software of
+//! tests/udp.rs.
 //!
 //! tests/collector.rs runs these on the host kernel; the `netmon-scenario`
 //! binary runs the same code inside each VM of `cargo xtask vm-test`, so a
@@ -18,5 +19,6 @@ pub mod isolate;
 pub mod mptcp;
 pub mod net;
 pub mod result;
+pub mod software;
 pub mod stream;
 pub mod workload;

@@ -71,6 +71,9 @@ pub enum Block {
     UdpConnectedBefore,
     UdpPeek,
     UdpLongExchange,
+    // tests/udp.rs
+    UdpSocat,
+    UdpOwnNetns,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,
