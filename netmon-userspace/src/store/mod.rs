@@ -30,6 +30,7 @@ use std::{
 
 #[cfg(test)]
 mod agreement;
+mod compact;
 mod fallback;
 mod lockfile;
 mod output;

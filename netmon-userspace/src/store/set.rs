@@ -1,13 +1,14 @@
 //! The peer set: what is known about each peer, kept in address order.
 use std::{
     collections::{BTreeMap, btree_map::Entry},
+    fmt,
     net::Ipv4Addr,
     ops::Bound,
 };
 
 use smallvec::SmallVec;
 
-use super::PeerRecord;
+use super::{PeerRecord, compact::Compact};
 use crate::peer::{Comm, Connection, Direction, Directions, NetnsId, Owner, Service};
 
 /// Which peer a record is about: an address, in the host's network
@@ -65,53 +66,85 @@ pub const LIST_CAP: usize = 64;
 /// the record, so a million peers cost a million records and not three
 /// million heap allocations on top.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CappedSet<T: InlineItem>(SmallVec<T::Inline>);
+pub struct CappedSet<T: InlineItem>(T::Store);
 
-/// How many items of a kind a [`CappedSet`] keeps inline: as many as fit in
-/// the 16 bytes a heap pointer and length take anyway.
+/// How a [`CappedSet`] of a kind keeps its items: inline as many as fit
+/// beside the heap pointer a longer list needs anyway.
 pub trait InlineItem: Sized {
-    type Inline: smallvec::Array<Item = Self>;
+    type Store: Slots<Self>;
+}
+
+/// A sorted list's storage.
+pub trait Slots<T>: Default + Clone + fmt::Debug + PartialEq + Eq {
+    fn as_slice(&self) -> &[T];
+    /// Inserts `value` at `at` (at most the length).
+    fn insert(&mut self, at: usize, value: T);
+}
+
+impl<A> Slots<A::Item> for SmallVec<A>
+where
+    A: smallvec::Array,
+    A::Item: Clone + fmt::Debug + PartialEq + Eq,
+{
+    fn as_slice(&self) -> &[A::Item] {
+        self
+    }
+
+    fn insert(&mut self, at: usize, value: A::Item) {
+        SmallVec::insert(self, at, value);
+    }
+}
+
+impl<T: Copy + fmt::Debug + PartialEq + Eq> Slots<T> for Compact<T> {
+    fn as_slice(&self) -> &[T] {
+        Compact::as_slice(self)
+    }
+
+    fn insert(&mut self, at: usize, value: T) {
+        Compact::insert(self, at, value);
+    }
 }
 
 impl InlineItem for u16 {
-    type Inline = [u16; 8];
+    type Store = SmallVec<[u16; 8]>;
 }
 
 impl InlineItem for Service {
-    type Inline = [Service; 4];
+    type Store = Compact<Service>;
 }
 
 impl InlineItem for Comm {
-    type Inline = [Comm; 1];
+    type Store = SmallVec<[Comm; 1]>;
 }
 
 impl InlineItem for Owner {
-    type Inline = [Owner; 2];
+    type Store = Compact<Owner>;
 }
 
 impl<T: InlineItem> Default for CappedSet<T> {
     fn default() -> Self {
-        Self(SmallVec::new())
+        Self(T::Store::default())
     }
 }
 
 impl<T: InlineItem + Ord + Copy> CappedSet<T> {
     /// Adds `value` unless present or full; allocation happens only when a
-    /// new value is kept.
+    /// new value is kept past the inline ones.
     pub fn insert(&mut self, value: T) {
-        if let Err(at) = self.0.binary_search(&value)
-            && self.0.len() < LIST_CAP
+        let items = self.0.as_slice();
+        if let Err(at) = items.binary_search(&value)
+            && items.len() < LIST_CAP
         {
             self.0.insert(at, value);
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.0.iter()
+        self.0.as_slice().iter()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.as_slice().is_empty()
     }
 }
 
