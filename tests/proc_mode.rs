@@ -185,3 +185,29 @@ fn a_connection_announced_long_after_it_was_reset_is_counted_once() {
         counted(0, 1, &[], &[port]),
     );
 }
+
+/// A connected UDP socket that opens and closes between two polls: proc
+/// mode hears of it from the kernel's notification of its destruction,
+/// which names its protocol, so its port is UDP's, not TCP's.
+#[test]
+fn a_udp_socket_closed_between_polls_is_udp() {
+    let block = Block::ProcUdp;
+    let (server, client) = (block.addr(0, 1), block.addr(0, 2));
+    let (peers, ()) = in_proc_mode(&["--poll-interval", "5000"], || {
+        let listener = std::net::UdpSocket::bind((server, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let socket = std::net::UdpSocket::bind((client, 0)).unwrap();
+        socket.connect((server, port)).unwrap();
+        socket.send(b"datagram").unwrap();
+        drop(socket);
+        // Past the notification's trip, well within the 5 s poll.
+        thread::sleep(Duration::from_millis(300));
+        drop(listener);
+    });
+    let recorded = &peers[&server];
+    let ports = recorded["remote_ports"].as_array().unwrap();
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| p.as_str().unwrap().ends_with("/udp")),
+        "{recorded}"
+    );
+}

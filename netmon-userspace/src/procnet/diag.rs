@@ -392,7 +392,7 @@ fn parse_socket(msg: &[u8]) -> Option<Row> {
 /// `INET_DIAG_PROTOCOL` among a notification's attributes: it is how a
 /// destroyed socket says whether it was TCP or UDP.
 fn protocol_attr(mut attrs: &[u8]) -> Option<i32> {
-    const INET_DIAG_PROTOCOL: u16 = 15;
+    const INET_DIAG_PROTOCOL: u16 = 10;
     while attrs.len() >= 4 {
         let len = usize::from(u16_at(attrs, 0));
         if len < 4 || len > attrs.len() {
@@ -496,8 +496,8 @@ mod tests {
 
     #[test]
     fn a_notification_names_its_protocol() {
-        // INET_DIAG_PROTOCOL (15), one byte, padded to 8.
-        let attr = [5, 0, 15, 0, libc::IPPROTO_UDP as u8, 0, 0, 0];
+        // INET_DIAG_PROTOCOL (10), one byte, padded to 8.
+        let attr = [5, 0, 10, 0, libc::IPPROTO_UDP as u8, 0, 0, 0];
         let msg = message(
             libc::AF_INET,
             v4([0; 4]),

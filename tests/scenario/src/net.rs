@@ -71,6 +71,8 @@ pub enum Block {
     UdpConnectedBefore,
     UdpPeek,
     UdpLongExchange,
+    // tests/proc_mode.rs, added later
+    ProcUdp,
     // tests/udp.rs
     UdpSocat,
     UdpOwnNetns,
