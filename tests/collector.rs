@@ -412,6 +412,8 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
         "inet_csk_accept (kretprobe",
         "inet_sock_set_state (tracepoint",
         "inet_sock_set_state_raw (raw tracepoint",
+        "udp_bind4 (cgroup sock_addr bind4",
+        "udp_bind6 (cgroup sock_addr bind6",
         "udp_connect4 (cgroup sock_addr connect4",
         "udp_sendmsg4 (cgroup sock_addr sendmsg4",
         "udp_recvmsg4 (cgroup sock_addr recvmsg4",
@@ -424,7 +426,7 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
             "{stdout}"
         );
     }
-    assert_eq!(stdout.matches(": verified").count(), 10, "{stdout}");
+    assert_eq!(stdout.matches(": verified").count(), 12, "{stdout}");
     assert!(
         stdout.contains("udp: available in every eBPF mode (cgroup programs on /sys/fs/cgroup"),
         "{stdout}"

@@ -232,3 +232,46 @@ fn a_long_exchange_counts_once_and_stays_fresh() {
         assert!(seen("last_seen") - seen("first_seen") >= 2, "{peer}");
     }
 }
+
+/// An answer from another address than the one asked (a server on a
+/// wildcard address answering from another of its own, or an exchange
+/// whose flow a storm of newer ones pushed out of the kernel's table) is
+/// still an answer: a socket that asked first, from a port the kernel
+/// picked, gets no inbound peer from it. A service's socket, bound to its
+/// port, still does, though it asked first too (ntpd).
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn an_answer_from_another_address_is_no_inbound_peer() {
+    let _turn = one_at_a_time();
+    let block = Block::UdpOtherAddress;
+    let (_dir, path) = temp_output();
+    let netmon = Netmon::ready(NETMON, &path, "auto");
+    let (client_addr, asked, answering) = (block.addr(0, 1), block.addr(0, 2), block.addr(0, 3));
+    let client = socket(client_addr, 0);
+    let server = socket(asked, 0);
+    let other = socket(answering, 0);
+    let mut buf = [0; 16];
+    client
+        .send_to(b"query", server.local_addr().unwrap())
+        .unwrap();
+    let (_, from) = server.recv_from(&mut buf).unwrap();
+    other.send_to(b"answer", from).unwrap();
+    client.recv_from(&mut buf).unwrap();
+    // A service that asks first, then hears from a stranger: inbound.
+    let (service_addr, upstream_addr, stranger_addr) =
+        (block.addr(1, 1), block.addr(1, 2), block.addr(1, 3));
+    let upstream = socket(upstream_addr, 0);
+    let port = upstream.local_addr().unwrap().port();
+    let service = socket(service_addr, port);
+    exchange(&service, SocketAddr::from((upstream_addr, port)), &upstream);
+    let stranger = socket(stranger_addr, 0);
+    stranger.send_to(b"query", (service_addr, port)).unwrap();
+    service.recv_from(&mut buf).unwrap();
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    let peers = read_peers(&path);
+    let server_port = server.local_addr().unwrap().port();
+    assert_eq!(summary(peers.get(&asked)), outbound(1, server_port));
+    assert_eq!(summary(peers.get(&answering)), Value::Null, "{peers:#?}");
+    assert_eq!(summary(peers.get(&stranger_addr)), inbound(1, port));
+}

@@ -15,7 +15,7 @@ pub const DEDUP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Everything the programs are told at load time.
 ///
-/// 104 bytes, no implicit padding.
+/// 112 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -31,6 +31,11 @@ pub struct Config {
     /// Repeats of a key within this many ns send no event; 0 sends every one.
     pub dedup_window_ns: u64,
     pub context: ContextOffsets,
+    /// The ports the kernel picks for sockets bound to none
+    /// (`net.ipv4.ip_local_port_range`), inclusive.
+    pub ephemeral_low: u16,
+    pub ephemeral_high: u16,
+    pub _pad2: u32,
 }
 
 impl Config {
@@ -42,7 +47,21 @@ impl Config {
         _pad: 0,
         dedup_window_ns: DEDUP_WINDOW_NS,
         context: ContextOffsets::UNKNOWN,
+        ephemeral_low: EPHEMERAL_PORTS.0,
+        ephemeral_high: EPHEMERAL_PORTS.1,
+        _pad2: 0,
     };
+}
+
+/// Linux's default `net.ipv4.ip_local_port_range`.
+pub const EPHEMERAL_PORTS: (u16, u16) = (32768, 60999);
+
+impl Config {
+    /// Whether the kernel could have picked `port` for a socket that asked
+    /// for none.
+    pub fn is_ephemeral(&self, port: u16) -> bool {
+        (self.ephemeral_low..=self.ephemeral_high).contains(&port)
+    }
 }
 
 /// Byte offsets of what says where a connection was made: the socket's
@@ -174,6 +193,6 @@ mod tests {
         assert_eq!(size_of::<SockOffsets>(), 24);
         assert_eq!(size_of::<TracepointOffsets>(), 32);
         assert_eq!(size_of::<ContextOffsets>(), 32);
-        assert_eq!(size_of::<Config>(), 104);
+        assert_eq!(size_of::<Config>(), 112);
     }
 }

@@ -169,8 +169,8 @@ mod pod {
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupValue {}
-    // SAFETY: u32s and a u64 at offset 64, then u32s to 104, so no padding
-    // either.
+    // SAFETY: u32s and a u64 at offset 64, then u32s, u16s and a u32 to
+    // 112, so no padding either.
     unsafe impl aya::Pod for super::Config {}
 }
 
@@ -187,6 +187,15 @@ pub mod maps {
     /// `PerCpuArray<u64>` with one slot: connections that fit neither in
     /// `EVENTS` nor in `DEDUP`, so no count of them reached userspace.
     pub const UNCOUNTED: &str = "UNCOUNTED";
+}
+
+/// What the UDP programs know of a socket (`UDP_SOCKETS`), by bit.
+pub mod udp_socket {
+    /// It was bound to a port of its own choosing: a service's.
+    pub const BOUND: u8 = 1;
+    /// It opened an exchange by sending: a client's, or a service's that
+    /// also asks.
+    pub const SENT: u8 = 2;
 }
 
 /// Socket-state numbers of `include/net/tcp_states.h`.

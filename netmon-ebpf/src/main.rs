@@ -12,7 +12,7 @@
 //! - the same tracepoint attached raw: the same two transitions from the
 //!   tracepoint's arguments, without the perf record the kernel fills in
 //!   for every transition before a plain tracepoint program runs;
-//! - cgroup `connect4`, `sendmsg4` and `recvmsg4` (and their `6` twins,
+//! - cgroup `bind4`, `connect4`, `sendmsg4` and `recvmsg4` (and their `6` twins,
 //!   for IPv4 peers of dual-stack sockets) on the root cgroup v2: UDP
 //!   peers, beside whichever TCP programs run ([`udp`]).
 //!
@@ -68,6 +68,18 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
 
 /// The cgroup programs must allow every call they see (1): they watch,
 /// never decide.
+#[cgroup_sock_addr(bind4)]
+pub fn udp_bind4(ctx: SockAddrContext) -> i32 {
+    udp::bind(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn udp_bind6(ctx: SockAddrContext) -> i32 {
+    udp::bind(&ctx);
+    1
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
     udp::send_to(&ctx, Family::V4);

@@ -69,6 +69,12 @@ pub struct Flow {
     pub _pad: u16,
 }
 
+/// What is known of a UDP socket (`netmon_common::udp_socket` bits), by
+/// cookie. An LRU: a socket forgotten is only one whose next new inbound
+/// peer is not questioned.
+#[map]
+pub static UDP_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
 /// What is known of a UDP flow.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -22,17 +22,26 @@ use aya_ebpf::{
 };
 use netmon_common::{
     DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent, SOURCE_CGROUP_UDP,
-    tcp_state::ESTABLISHED,
+    tcp_state::ESTABLISHED, udp_socket,
 };
 
 use crate::{
     count::{send, touch},
-    maps::{Flow, FlowState, UDP_FLOWS, config},
+    maps::{Flow, FlowState, UDP_FLOWS, UDP_SOCKETS, config},
     origin, sock,
 };
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
+
+/// `cgroup/bind4` and `bind6`: a socket bound to a port of its own.
+pub fn bind(ctx: &SockAddrContext) {
+    if let Some(call) = Call::udp_any(ctx)
+        && call.port != 0
+    {
+        mark(call.cookie, udp_socket::BOUND);
+    }
+}
 
 /// `cgroup/connect4` and `cgroup/sendmsg4` (and their `6` twins, for
 /// IPv4 peers of dual-stack sockets): a datagram to the call's address,
@@ -95,9 +104,38 @@ fn exchange(ctx: &SockAddrContext, call: Option<Call>, direction: u8) {
         _pad: [0; 7],
         touched: now,
     };
+    if direction == DIRECTION_INBOUND && forgotten_reply(&call) {
+        return;
+    }
     // Another CPU may have opened it meanwhile: then it counted it.
     if UDP_FLOWS.insert(flow, state, BPF_NOEXIST).is_ok() {
+        if direction == DIRECTION_OUTBOUND {
+            mark(call.cookie, udp_socket::SENT);
+        }
         send(ctx, call.event(direction));
+    }
+}
+
+/// Whether a datagram that would open an inbound flow is rather a reply
+/// to an exchange whose flow was forgotten (a storm of newer flows pushed
+/// it out of the LRU), or that the peer answers from another of its
+/// addresses: the socket asked first, from a port the kernel picked, and
+/// was never bound to one as a service's is.
+fn forgotten_reply(call: &Call) -> bool {
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { UDP_SOCKETS.get(call.cookie).copied() }.unwrap_or(0);
+    known & udp_socket::SENT != 0
+        && known & udp_socket::BOUND == 0
+        && call.local_port >= config(|c| &c.ephemeral_low)
+        && call.local_port <= config(|c| &c.ephemeral_high)
+}
+
+/// Sets `bit` in what is known of the socket.
+fn mark(cookie: u64, bit: u8) {
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { UDP_SOCKETS.get(cookie).copied() }.unwrap_or(0);
+    if known & bit == 0 {
+        let _ = UDP_SOCKETS.insert(cookie, known | bit, 0);
     }
 }
 
@@ -116,6 +154,27 @@ struct Call {
 }
 
 impl Call {
+    /// The call on `ctx`, if its socket is UDP, whatever its address
+    /// (`bind()` to `::` is an IPv4 service too).
+    fn udp_any(ctx: &SockAddrContext) -> Option<Self> {
+        // SAFETY: as in `udp`.
+        let port = unsafe {
+            let addr = ctx.sock_addr;
+            if core::ptr::read_volatile(&raw const (*addr).protocol) != u32::from(IPPROTO_UDP) {
+                return None;
+            }
+            core::ptr::read_volatile(&raw const (*addr).user_port)
+        };
+        Some(Self {
+            // SAFETY: a helper call on the context the kernel passed.
+            cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+            addr: 0,
+            port: u16::from_be(port as u16),
+            local_port: 0,
+            connected: false,
+        })
+    }
+
     /// The call on `ctx`, if its socket is UDP and its address IPv4.
     fn udp(ctx: &SockAddrContext, family: Family) -> Option<Self> {
         // SAFETY: the context the kernel passed; each field is read whole,

@@ -67,6 +67,10 @@ pub enum Program {
     TracepointState,
     /// The same tracepoint attached raw.
     RawTracepointState,
+    /// cgroup `bind4` (and `bind6`): UDP sockets bound to a port of their
+    /// own, services'.
+    UdpBind,
+    UdpBind6,
     /// cgroup `connect4`: connected UDP sockets' peers.
     UdpConnect,
     /// cgroup `sendmsg4`: datagrams sent to an address.
@@ -80,11 +84,13 @@ pub enum Program {
 }
 
 impl Program {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::KprobeConnect,
         Self::KretprobeAccept,
         Self::TracepointState,
         Self::RawTracepointState,
+        Self::UdpBind,
+        Self::UdpBind6,
         Self::UdpConnect,
         Self::UdpSendmsg,
         Self::UdpRecvmsg,
@@ -100,6 +106,8 @@ impl Program {
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "inet_sock_set_state",
             Self::RawTracepointState => "inet_sock_set_state_raw",
+            Self::UdpBind => "udp_bind4",
+            Self::UdpBind6 => "udp_bind6",
             Self::UdpConnect => "udp_connect4",
             Self::UdpSendmsg => "udp_sendmsg4",
             Self::UdpRecvmsg => "udp_recvmsg4",
@@ -115,7 +123,9 @@ impl Program {
             Self::KretprobeAccept => ProgramKind::Kretprobe,
             Self::TracepointState => ProgramKind::Tracepoint,
             Self::RawTracepointState => ProgramKind::RawTracepoint,
-            Self::UdpConnect
+            Self::UdpBind
+            | Self::UdpBind6
+            | Self::UdpConnect
             | Self::UdpSendmsg
             | Self::UdpRecvmsg
             | Self::UdpConnect6
@@ -131,6 +141,8 @@ impl Program {
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "sock/inet_sock_set_state",
             Self::RawTracepointState => tracefs::TRACEPOINT,
+            Self::UdpBind => "bind4",
+            Self::UdpBind6 => "bind6",
             Self::UdpConnect => "connect4",
             Self::UdpSendmsg => "sendmsg4",
             Self::UdpRecvmsg => "recvmsg4",
@@ -170,6 +182,8 @@ pub struct KernelEnv {
     pub offsets_origin: OffsetsOrigin,
     /// Where the programs read a connection's network namespace and cgroup.
     pub context_offsets: ContextOffsets,
+    /// The ports the kernel picks for UDP sockets that ask for none.
+    pub ephemeral_ports: (u16, u16),
     pub state_format: anyhow::Result<StateFormat>,
     /// Size of the ring buffer (`--ring-buffer`).
     pub ring_bytes: u32,
@@ -203,6 +217,7 @@ impl KernelEnv {
             sock_offsets,
             offsets_origin,
             context_offsets,
+            ephemeral_ports: udp::ephemeral_ports(),
             state_format,
             ring_bytes,
         }
@@ -226,6 +241,9 @@ pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result
             tracepoint_skaddr: format.map_or(0, |f| f.skaddr),
             ..env.context_offsets
         },
+        ephemeral_low: env.ephemeral_ports.0,
+        ephemeral_high: env.ephemeral_ports.1,
+        _pad2: 0,
     };
     let mut loader = EbpfLoader::new();
     if env.transport == Transport::RingBuf {

@@ -10,8 +10,11 @@ use aya::{
 
 use super::{Program, attach_failed, loaded};
 
-/// The cgroup programs.
-const PROGRAMS: [Program; 6] = [
+/// The cgroup programs: binds first, so that a socket bound while they
+/// attach is known as a service's by its first datagram.
+const PROGRAMS: [Program; 8] = [
+    Program::UdpBind,
+    Program::UdpBind6,
     Program::UdpRecvmsg,
     Program::UdpSendmsg,
     Program::UdpConnect,
@@ -57,4 +60,16 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &std::path::Path) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// `net.ipv4.ip_local_port_range` of netmon's namespace: the ports the
+/// kernel picks for a socket that asked for none, or Linux's default.
+pub fn ephemeral_ports() -> (u16, u16) {
+    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let read = std::fs::read_to_string(RANGE).ok().and_then(|text| {
+        let mut ports = text.split_whitespace().map(str::parse::<u16>);
+        Some((ports.next()?.ok()?, ports.next()?.ok()?))
+    });
+    read.filter(|(low, high)| low <= high)
+        .unwrap_or(netmon_common::config::EPHEMERAL_PORTS)
 }

@@ -71,6 +71,7 @@ pub enum Block {
     UdpConnectedBefore,
     UdpPeek,
     UdpLongExchange,
+    UdpOtherAddress,
     // tests/proc_mode.rs, added later
     ProcUdp,
     // tests/udp.rs
