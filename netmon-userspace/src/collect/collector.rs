@@ -36,7 +36,8 @@ impl Collector {
         let mut scanner = Scanner::open(&config.proc_net, config.socket_tables)?;
         let record = &mut |conn: &_, connections, now| recorder.record(conn, connections, now);
         match attached {
-            Attached::Ebpf(ebpf) => {
+            Attached::Ebpf(mut ebpf) => {
+                ebpf.watch_from(&config.proc_net);
                 procnet::startup_scan(&mut scanner, record)?;
                 Ok(Self::Ebpf(ebpf))
             }

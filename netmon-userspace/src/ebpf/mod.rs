@@ -543,6 +543,12 @@ impl EbpfCollector {
         Ok(())
     }
 
+    /// Records peers as seen from the namespace whose tables `proc_net`
+    /// shows (see [`origin::Origins::watch_from`]).
+    pub fn watch_from(&mut self, proc_net: &std::path::Path) {
+        self.origins.watch_from(proc_net);
+    }
+
     /// Connections the programs could neither send nor keep for a harvest.
     pub fn uncounted(&self) -> anyhow::Result<u64> {
         self.dedup.uncounted()

@@ -49,6 +49,25 @@ impl Default for Origins {
 }
 
 impl Origins {
+    /// Takes the namespace whose socket tables `proc_net` shows (a
+    /// `/proc/PID/net`, as `--proc-net` names it) for the host's: netmon
+    /// in a namespace of its own watching the host's records the host's
+    /// peers as the host's.
+    pub fn watch_from(&mut self, proc_net: &std::path::Path) {
+        let ns = proc_net
+            .canonicalize()
+            .ok()
+            .and_then(|net| Some(net.parent()?.join("ns/net")));
+        match ns.as_deref().map(std::fs::metadata) {
+            Some(Ok(meta)) => self.host_netns = meta.ino() as u32,
+            Some(Err(err)) => log::warn!(
+                "cannot read the network namespace of {} ({err}): peers are recorded as seen from netmon's own",
+                proc_net.display()
+            ),
+            None => {}
+        }
+    }
+
     /// Fills in `conn`'s namespace and owner from its origin.
     pub fn resolve(&mut self, conn: &mut Connection) {
         let netns = conn.origin.netns;

@@ -184,8 +184,14 @@ impl Graph {
                 ) {
                     continue;
                 }
+                // Another namespace's peers (with --netns) are its own
+                // node's, whose peer the host itself can be.
+                let me = match netns {
+                    None => me,
+                    Some(id) => node(&mut graph, Node::Host(format!("{} netns {id}", view.host))),
+                };
                 let other = match owners.get(&ip) {
-                    Some(&host) if host == view.host => continue,
+                    Some(&host) if host == view.host && netns.is_none() => continue,
                     Some(&host) => Node::Host(host.to_owned()),
                     None if ip.is_loopback() => continue,
                     None => group.node_of(ip),

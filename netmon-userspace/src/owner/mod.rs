@@ -36,6 +36,10 @@ const CACHE_CAP: usize = 16_384;
 /// A miss walks the cgroup tree at most this often.
 const WALK_EVERY: Duration = Duration::from_secs(1);
 
+/// A miss on a cgroup newer than any the last walk found walks at most
+/// this often: a short job's cgroup may be gone in a second.
+const NEW_CGROUP_WALK_EVERY: Duration = Duration::from_millis(20);
+
 /// How long an answer that may improve is kept: a cgroup no walk found, or
 /// a pod whose name kubelet's files did not give yet.
 const TENTATIVE: Duration = Duration::from_secs(10);
@@ -51,6 +55,9 @@ pub struct Owners {
     pods: RefCell<Pods>,
     cache: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
     last_walk: Option<Instant>,
+    /// The highest ID the last walk found: cgroup IDs only grow, so one
+    /// above it is a cgroup made since, worth a walk sooner.
+    newest: u64,
 }
 
 #[derive(Clone)]
@@ -69,6 +76,7 @@ impl Owners {
             pods: RefCell::new(Pods::new(pods::DEFAULT_DIR.into())),
             cache: HashMap::default(),
             last_walk: None,
+            newest: 0,
         }
     }
 
@@ -106,17 +114,27 @@ impl Owners {
         self.walk(cgroup_id, stale)
     }
 
-    /// One walk of the tree, if none ran within [`WALK_EVERY`], caching
+    /// One walk of the tree, if none ran within [`WALK_EVERY`] (or
+    /// [`NEW_CGROUP_WALK_EVERY`] for a cgroup made since the last), caching
     /// every cgroup found; the answer for `wanted`.
     fn walk(&mut self, wanted: u64, stale: Option<Arc<str>>) -> Option<Arc<str>> {
-        if self.last_walk.is_some_and(|at| at.elapsed() < WALK_EVERY) {
+        // A cgroup made since the last walk (a job's, a container's, gone
+        // again in a moment) gets one sooner, within limits.
+        let every = if wanted > self.newest {
+            NEW_CGROUP_WALK_EVERY
+        } else {
+            WALK_EVERY
+        };
+        if self.last_walk.is_some_and(|at| at.elapsed() < every) {
             return stale;
         }
         self.last_walk = Some(Instant::now());
         let mut found = None;
         let mut learnt = Vec::new();
+        let mut newest = self.newest;
         // An unreadable root leaves `found` empty: every ID is then unknown.
         let _ = cgroupfs::walk(&self.root.clone(), |id, path| {
+            newest = newest.max(id);
             if id == wanted {
                 found = Some(self.classify(path));
             } else if self.cache.get(&id).is_none_or(|e| e.until.is_some()) {
@@ -129,6 +147,7 @@ impl Owners {
             self.cache.clear();
         }
         self.cache.extend(learnt.into_iter().take(CACHE_CAP - 1));
+        self.newest = newest;
         let entry = found.unwrap_or_else(|| Entry {
             owner: None,
             until: Some(Instant::now() + TENTATIVE),

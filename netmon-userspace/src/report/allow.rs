@@ -114,12 +114,14 @@ impl Exclusions {
     }
 
     /// Loopback, 0.0.0.0/8, multicast and broadcast addresses are no
-    /// peer's the chains could filter, and a host's own addresses no peer of its own.
-    pub fn excludes(&self, ip: Ipv4Addr) -> bool {
+    /// peer's the chains could filter, and a host's own addresses no peer of
+    /// its own; they are peers of its containers' namespaces, though, which
+    /// reach the host over their veth.
+    pub fn excludes(&self, peer: &Peer<'_>) -> bool {
         matches!(
-            Class::of(ip),
+            Class::of(peer.ip),
             Class::Loopback | Class::ThisNetwork | Class::Multicast | Class::Broadcast
-        ) || self.own.contains(&ip)
+        ) || (peer.netns.is_none() && self.own.contains(&peer.ip))
     }
 }
 
@@ -171,7 +173,7 @@ impl Allowed {
         let exclusions = Exclusions::of(inputs);
         let directions = selection.directions();
         let mut peers = selection.filter.select(inputs, now);
-        peers.retain(|peer| !exclusions.excludes(peer.ip));
+        peers.retain(|peer| !exclusions.excludes(peer));
         let mut allowed = BTreeSet::new();
         let (mut capped, mut portless) = (0, 0);
         for peer in &peers {

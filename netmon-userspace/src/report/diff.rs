@@ -112,11 +112,16 @@ impl Changes {
         selection.check_inputs(new)?;
         let exclusions = Exclusions::of(new);
         let mut seen = BTreeSet::new();
-        for (ip, record) in new.snapshot.peers.iter() {
-            if exclusions.excludes(ip) {
+        // The namespaces the rules are for: the host's unless --netns.
+        let scope = selection.filter.netns;
+        for (key, record) in new.snapshot.peers.entries() {
+            let peer = Peer {
+                netns: key.netns(),
+                ..Peer::new(key.ip, record)
+            };
+            if !scope.contains(peer.netns) || exclusions.excludes(&peer) {
                 continue;
             }
-            let peer = Peer::new(ip, record);
             for &direction in allowed.directions() {
                 seen.extend(accesses(&peer, direction, selection.ports));
             }
