@@ -410,7 +410,11 @@ impl EbpfCollector {
     /// stand between a TCP program's first event and the ring buffer's
     /// reader.
     fn attach_udp(ebpf: &mut Ebpf) -> Option<String> {
-        let attached = crate::owner::cgroup2_root().and_then(|root| udp::attach(ebpf, &root));
+        let attached = crate::owner::cgroup2_root().and_then(|root| {
+            udp::attach(ebpf, &root)?;
+            log::info!("UDP: cgroup programs on {}", root.display());
+            Ok(())
+        });
         let err = attached.err()?;
         let why = format!("{err:#}");
         log::warn!("UDP peers are not recorded: {why}");

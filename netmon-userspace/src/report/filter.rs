@@ -76,9 +76,11 @@ impl OwnerPattern {
     }
 }
 
+/// Escaped: a pattern may come from a file, and lands in a script's
+/// comment (`# selected with --owner '…'`) where a newline would be code.
 impl fmt::Display for OwnerPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{}", crate::escape::Escaped::new(self.0.as_str()))
     }
 }
 

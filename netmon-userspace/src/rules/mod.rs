@@ -80,6 +80,12 @@ pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()>
         None => Inputs::load(&request.files)?,
         Some(host) => report::host_inputs(&request.files, host)?,
     };
+    if !request.selection.filter.owners.is_empty() {
+        log::warn!(
+            "--owner picks the peers a matching owner talked to, and their rules allow every port any owner \
+             used with them: netmon records ports per peer, not per owner"
+        );
+    }
     let allowed = Allowed::build(&inputs, &request.selection, UnixTime::now().secs())?;
     let ruleset = Ruleset::new(request, &allowed)?;
     match request.format {

@@ -22,6 +22,7 @@
 use std::{io, net::Ipv4Addr};
 
 use serde::Deserialize;
+use smallvec::SmallVec;
 
 use super::{
     CappedSet, PeerKey, Snapshot,
@@ -150,8 +151,20 @@ impl Codec for Owners {
     type Serde = CappedIn<OwnerName, Owner>;
 
     #[inline]
+    /// Sorted by name, as the other lists are by value: the set keeps them
+    /// in the order they were first named.
     fn write(value: &CappedSet<Owner>, line: &mut LineWriter) {
-        line.list(value, |line, owner| line.text(&owner.name()));
+        let mut names: SmallVec<[std::sync::Arc<str>; 2]> =
+            value.iter().map(|owner| owner.name()).collect();
+        names.sort_unstable();
+        line.raw(b"[");
+        for (index, name) in names.iter().enumerate() {
+            if index > 0 {
+                line.raw(b",");
+            }
+            line.text(name);
+        }
+        line.raw(b"]");
     }
 
     fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<Owner>> {
