@@ -31,7 +31,13 @@ const RUNTIME_PREFIXES: [&str; 4] = ["docker-", "libpod-", "cri-containerd-", "c
 /// - a container: `container:<id12>`, the innermost in the path (systemd
 ///   inside a container still names the container);
 /// - a systemd unit: the innermost `*.service`, else the innermost `*.scope`
-///   (`session-3.scope`), as systemd spells it (`\x2d` escapes and all).
+///   (`session-3.scope`), as systemd spells it (`\x2d` escapes and all); a
+///   user's own units under their manager's name
+///   (`user@1000.service/nginx.service`), so that a user cannot pass a
+///   unit of theirs off as the system's.
+///
+/// Kubernetes and containers are recognised only outside `/user.slice`,
+/// where any user can make cgroups of any name.
 pub fn owner_of_path(path: &str, pods: &impl Fn(&str) -> Option<String>) -> Option<String> {
     if path.len() > MAX_PATH {
         return None;
@@ -39,6 +45,9 @@ pub fn owner_of_path(path: &str, pods: &impl Fn(&str) -> Option<String>) -> Opti
     let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     if parts.iter().any(|c| *c == "." || *c == "..") {
         return None;
+    }
+    if parts.first() == Some(&"user.slice") {
+        return user_unit(&parts);
     }
     if let Some(owner) = kubernetes(&parts, pods) {
         return Some(owner);
@@ -50,6 +59,29 @@ pub fn owner_of_path(path: &str, pods: &impl Fn(&str) -> Option<String>) -> Opti
         return Some(format!("container:{}", &id[..SHORT_ID]));
     }
     unit(&parts).map(str::to_owned)
+}
+
+/// Under `/user.slice`: a session's scope, or a unit or rootless
+/// container of a user's own manager, named under it.
+fn user_unit(parts: &[&str]) -> Option<String> {
+    let manager = parts
+        .iter()
+        .position(|c| c.starts_with("user@") && c.ends_with(".service") && is_unit(c));
+    let Some(at) = manager else {
+        return unit(parts).map(str::to_owned);
+    };
+    let inner = &parts[at + 1..];
+    let container = (0..inner.len())
+        .rev()
+        .find_map(|i| container_id(inner[i], i.checked_sub(1).map(|p| inner[p])));
+    let owned = match container {
+        Some(id) => Some(format!("container:{}", &id[..SHORT_ID])),
+        None => unit(inner).map(str::to_owned),
+    };
+    Some(match owned {
+        Some(owned) => format!("{}/{owned}", parts[at]),
+        None => parts[at].to_owned(),
+    })
 }
 
 /// A pod's container, when a pod cgroup follows a `kubepods` one: with the

@@ -43,12 +43,18 @@ fn systemd_units() {
             "user@1000.service",
         ),
         (
+            // A user's own units are named under their manager: no user
+            // can pass one off as the system's.
             "/user.slice/user-1000.slice/user@1000.service/app.slice/dbus.service",
-            "dbus.service",
+            "user@1000.service/dbus.service",
+        ),
+        (
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service",
+            "user@1000.service/nginx.service",
         ),
         (
             "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-1234.scope",
-            "user@1000.service",
+            "user@1000.service/app-gnome-firefox-1234.scope",
         ),
         (
             "/machine.slice/machine-qemu\\x2d1\\x2dvm.scope",
@@ -82,7 +88,6 @@ fn containers() {
         format!("/machine.slice/libpod-{ID}.scope"),
         format!("/machine.slice/libpod-{ID}.scope/container"),
         format!("/libpod_parent/libpod-{ID}"),
-        format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"),
         format!("/system.slice/cri-containerd-{ID}.scope"),
         format!("/system.slice/crio-{ID}.scope"),
         format!("/netmon-owner-test/docker-{ID}.scope"),
@@ -94,6 +99,19 @@ fn containers() {
     for path in &cases {
         assert_eq!(owner(path).as_deref(), Some(want.as_str()), "{path}");
     }
+    // Rootless: the user's, whose cgroups may bear any name.
+    let rootless =
+        format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope");
+    assert_eq!(
+        owner(&rootless).as_deref(),
+        Some(format!("user@1000.service/{want}").as_str())
+    );
+    // No pod under a user's cgroups either.
+    let fake_pod = format!(
+        "/user.slice/user-1000.slice/user@1000.service/kubepods/pod{}/{ID}",
+        "1".repeat(32)
+    );
+    assert_eq!(owner(&fake_pod).as_deref(), Some("user@1000.service"));
     // Docker in docker: the inner one.
     let inner = "0123456789ab".repeat(5) + "cdef";
     let nested = format!("/system.slice/docker-{ID}.scope/docker/{inner}");
