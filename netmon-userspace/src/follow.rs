@@ -27,7 +27,7 @@ use crate::{
 /// How `--follow` writes its lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineFormat {
-    /// `TIME DIRECTION IP CLASS PORT/PROTOCOL PROCESS OWNER`, `-` for what
+    /// `TIME DIRECTION IP CLASS PORT/PROTOCOL PROCESS OWNER [netns ID]`, `-` for what
     /// is unknown.
     Text,
     /// One JSON object per line.
@@ -210,9 +210,10 @@ fn write_line(out: &mut impl io::Write, format: LineFormat, s: &Sighting<'_>) ->
             let owner = s
                 .owner
                 .map_or_else(|| "-".to_owned(), |o| o.escaped().to_string());
+            let netns = s.netns.map(|id| format!(" netns {id}")).unwrap_or_default();
             writeln!(
                 out,
-                "{} {:<3} {:<15} {:<13} {:>9} {process} {owner}",
+                "{} {:<3} {:<15} {:<13} {:>9} {process} {owner}{netns}",
                 UnixTime::from_secs(s.time),
                 s.direction.as_str(),
                 s.ip.to_string(),

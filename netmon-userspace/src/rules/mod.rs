@@ -80,6 +80,12 @@ pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()>
         None => Inputs::load(&request.files)?,
         Some(host) => report::host_inputs(&request.files, host)?,
     };
+    if request.selection.filter.netns == crate::store::NetnsScope::All {
+        log::warn!(
+            "--netns all joins every namespace's peers into one set of rules, which fits no one namespace: \
+             build each namespace's with --netns ID"
+        );
+    }
     if !request.selection.filter.owners.is_empty() {
         log::warn!(
             "--owner picks the peers a matching owner talked to, and their rules allow every port any owner \

@@ -188,7 +188,7 @@ impl<'de> Deserialize<'de> for PortIn {
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PortIn, E> {
                 Service::parse(text.as_bytes()).map(PortIn).ok_or_else(|| {
                     E::custom(format!(
-                        "port {text:?} is not PORT/tcp or PORT/udp (this netmon knows no other protocol)"
+                        "port {text:?} is not PORT/tcp or PORT/udp, PORT a number up to 65535"
                     ))
                 })
             }
