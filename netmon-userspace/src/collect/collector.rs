@@ -110,6 +110,15 @@ impl Collector {
         }
     }
 
+    /// The capability the eBPF maps still need to be read, if any: the one
+    /// netmon keeps when it drops the rest.
+    pub fn keeps(&self) -> Option<u32> {
+        match self {
+            Self::Ebpf(ebpf) => ebpf.map_reads_need(),
+            Self::Proc(_) => None,
+        }
+    }
+
     /// Says what proc mode lost since the last call: the events eBPF loses
     /// are counted by [`Collector::settle`].
     pub fn warn_if_overflowed(&mut self) {

@@ -134,7 +134,7 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
     // after a day of collecting.
     let lost = collector.settle(&mut recorder);
     checkpointer.first_checkpoint(&mut recorder, lost)?;
-    confine(&config.output, mode)?;
+    confine(&config.output, mode, collector.keeps())?;
     recorder.observers_mut().start_follow()?;
     checkpointer.start_writer()?;
     info!(
@@ -202,7 +202,7 @@ async fn collect(config: &RunConfig, target: store::Target) -> anyhow::Result<()
 /// Everything privileged (attaching, opening files, binding the metrics
 /// socket) is done: from here on netmon runs with no capabilities, and
 /// writes only in the output's directory where the kernel has Landlock.
-fn confine(output: &Path, mode: AttachMode) -> anyhow::Result<()> {
+fn confine(output: &Path, mode: AttachMode, keep: Option<u32>) -> anyhow::Result<()> {
     if mode == AttachMode::Proc && privilege::effective().is_ok_and(|caps| caps == 0) {
         info!("running without capabilities: proc mode needs none");
     }
@@ -210,14 +210,25 @@ fn confine(output: &Path, mode: AttachMode) -> anyhow::Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let confined = privilege::confine(dir)
+    let confined = privilege::confine(dir, keep)
         .context("cannot drop capabilities and set no_new_privs after attaching")?;
     let bounding = if confined.bounding_emptied {
         "bounding set included"
     } else {
         "bounding set kept: no CAP_SETPCAP to empty it"
     };
-    info!("dropped all capabilities ({bounding}) and set no_new_privs");
+    match keep {
+        None => info!("dropped all capabilities ({bounding}) and set no_new_privs"),
+        Some(cap) => info!(
+            "dropped all capabilities but {} ({bounding}), which this kernel wants for reading \
+             the eBPF maps (kernel.unprivileged_bpf_disabled), and set no_new_privs",
+            if cap == privilege::CAP_BPF {
+                "CAP_BPF"
+            } else {
+                "CAP_SYS_ADMIN"
+            }
+        ),
+    }
     match confined.landlock {
         Ok(abi) => info!(
             "Landlock (ABI {abi}): writes only in {}; {}",

@@ -18,6 +18,7 @@
 //! while a program may still add to it, and no count is lost.
 use std::{
     collections::{HashMap, hash_map::Entry},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -44,6 +45,9 @@ struct Series {
 /// The kernel's dedup map and what userspace has accounted for in it.
 pub struct Dedup {
     map: BpfHashMap<MapData, DedupKey, DedupValue>,
+    /// The same map, for asking whether reading it needs a capability
+    /// (aya's typed maps do not lend their descriptor).
+    probe: OwnedFd,
     generation: Array<MapData, u32>,
     uncounted: PerCpuArray<MapData, u64>,
     /// The generation programs count in.
@@ -66,14 +70,26 @@ impl Dedup {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
         };
+        let map = take(maps::DEDUP)?;
+        let probe = match &map {
+            aya::maps::Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned()?,
+            _ => anyhow::bail!("the eBPF object's {} is not a hash map", maps::DEDUP),
+        };
         Ok(Self {
-            map: BpfHashMap::try_from(take(maps::DEDUP)?)?,
+            map: BpfHashMap::try_from(map)?,
+            probe,
             generation: Array::try_from(take(maps::GENERATION)?)?,
             uncounted: PerCpuArray::try_from(take(maps::UNCOUNTED)?)?,
             current: 0,
             switched: Instant::now(),
             accounts: Accounts::default(),
         })
+    }
+
+    /// A descriptor of the map, to ask the kernel whether reading it needs
+    /// a capability.
+    pub fn probe_fd(&self) -> BorrowedFd<'_> {
+        self.probe.as_fd()
     }
 
     /// What events are accounted through.

@@ -371,6 +371,7 @@ pub struct EbpfCollector {
     pub udp_missing: Option<String>,
     lost: PerCpuArray<MapData, u64>,
     dedup: dedup::Dedup,
+    map_reads_need: Option<u32>,
     origins: origin::Origins,
     /// Forwards the programs' log lines; must live as long as they do.
     pub logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
@@ -476,6 +477,8 @@ impl EbpfCollector {
             }
         };
         let dedup = dedup::Dedup::open(&mut ebpf)?;
+        let map_reads_need = crate::privilege::map_reads_need(dedup.probe_fd())
+            .context("cannot find out whether reading the eBPF maps needs a capability")?;
         Ok(Self {
             mode,
             accept_is_attribution_only,
@@ -483,6 +486,7 @@ impl EbpfCollector {
             udp_missing,
             lost,
             dedup,
+            map_reads_need,
             origins: origin::Origins::default(),
             logger,
             _ebpf: ebpf,
@@ -545,6 +549,15 @@ impl EbpfCollector {
             deliver(event, *connections, attribution_only, origins, &mut sink);
         }
         Ok(())
+    }
+
+    /// The capability reading the maps still needs once netmon drops the
+    /// rest, on kernels that ask for one (see
+    /// [`crate::privilege::map_reads_need`]); found out at load time, long
+    /// before confinement, whose single-thread check the probing thread
+    /// must not meet.
+    pub fn map_reads_need(&self) -> Option<u32> {
+        self.map_reads_need
     }
 
     /// Records peers as seen from the namespace whose tables `proc_net`
