@@ -387,11 +387,10 @@ impl Outcome {
             .sum()
     }
 
-    /// Every peer a UDP storm made, with the datagrams it must be counted
+    /// Every peer a UDP storm made, with the exchanges it must be counted
     /// for: each destination outbound, each source inbound, both to the
-    /// worker's service port. Peer i of a worker's n saw the
-    /// attempts that were i modulo n (queries left unanswered included:
-    /// they were sent, and on loopback received).
+    /// worker's service port. Each peer is one client socket's (one
+    /// exchange), however many queries it sent.
     pub fn udp_peers(&self) -> Vec<UdpPeer> {
         let mut peers = Vec::new();
         for (ranges, m) in self.ranges.iter().zip(&self.made) {
@@ -401,7 +400,7 @@ impl Outcome {
             let attempts = m.connections + m.failed;
             let n = attempts.min(u64::from(self.pattern.peers()));
             for i in 0..n {
-                let times = attempts / n + u64::from(i < attempts % n);
+                let times = 1;
                 let at = |base: Ipv4Addr| Ipv4Addr::from(base.to_bits() + 1 + i as u32);
                 for (ip, outbound) in [(at(ranges.dests), true), (at(ranges.sources), false)] {
                     peers.push(UdpPeer {

@@ -3,7 +3,7 @@
 //! over; netmon's cgroup programs record both ends of every query.
 //!
 //! The same figures as the TCP rows, by the same means: peers held (here
-//! with their exact datagram counts and `PORT/udp`), lost events, the
+//! with their exact counts, one exchange each, and `PORT/udp`), lost events, the
 //! kernel's ns per run of each cgroup program, netmon's CPU, and the
 //! query rate with netmon on against off, the median of on/off pairs.
 use std::collections::BTreeMap;
@@ -228,7 +228,7 @@ fn cost_per_program(table: &mut Table, timed: &[Watched]) {
     }
 }
 
-/// Peers of `watched`'s storm whose record has exactly its datagrams, in
+/// Peers of `watched`'s storm whose record has exactly its exchanges, in
 /// its direction only, with its service's `PORT/udp`; and peers made.
 fn counted_exactly(watched: &Watched) -> (u64, u64) {
     let peers = watched.storm.udp_peers();
