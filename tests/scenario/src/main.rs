@@ -116,7 +116,7 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
     let peers = match &work {
         // Made in a namespace of their own: that namespace's peers.
         Work::Mptcp(work) => peers_in(&read_checkpoint(&output), Some(work.netns)),
-        Work::Tcp(_) => read_peers(&output),
+        Work::Tcp(_) | Work::Udp(_) => read_peers(&output),
     };
     let verdict = match &work {
         Work::Tcp(work) => check_workload(&peers, work, sees),
