@@ -6,7 +6,7 @@
 //!
 //! Service `i` is bound to 127.N.0.i on one explicit port; client `i`
 //! queries it from 127.N.1.i with `i` sockets on ports the kernel picks,
-//! each sending [`QUERIES`] queries, each answered before the next. Every
+//! each sending two queries, each answered before the next. Every
 //! address is one peer with one count, so a hook that misses an exchange,
 //! counts a later datagram or a reply, or reads the wrong end shows it in
 //! that address.
@@ -84,7 +84,7 @@ pub fn workload(net: Net, pairs: u8) -> io::Result<UdpWorkload> {
     })
 }
 
-/// Client `i`'s `i` sockets, each querying service `i` [`QUERIES`] times.
+/// Client `i`'s `i` sockets, each querying service `i` `QUERIES` times.
 fn exchange_all(net: Net, port: u16, pairs: u8) -> io::Result<Vec<(Ipv4Addr, Ipv4Addr, u64)>> {
     let mut exchanges = Vec::new();
     let mut buf = [0; 64];

@@ -25,8 +25,9 @@ use super::{
 /// ports, which no TCP storm makes: they can share a block with the TCP
 /// storms before them (the blocks run out at 127.243).
 const BLOCK: u8 = 0;
-/// netmon's cgroup programs, as bpftool names them.
-const PROGRAMS: [&str; 4] = ["udp_sendmsg4", "udp_recvmsg4", "udp_bind4", "udp_connect4"];
+/// netmon's IPv4 cgroup programs, as bpftool names them (the storms
+/// make no IPv6 socket).
+const PROGRAMS: [&str; 3] = ["udp_sendmsg4", "udp_recvmsg4", "udp_connect4"];
 /// A program that ran fewer times than one per this many datagrams ran
 /// for other processes' sockets only.
 const FOREIGN_ONLY: f64 = 1000.0;
