@@ -50,6 +50,8 @@ pub enum Workload {
     ClosedBeforePolls,
     /// MPTCP connections instead ([`crate::mptcp`]), closed at once.
     Mptcp,
+    /// UDP datagrams instead ([`crate::udp`]), a service answering each.
+    Udp,
 }
 
 impl Case {
@@ -86,6 +88,14 @@ impl Case {
     pub const fn mptcp(name: &'static str, mode: &'static str) -> Self {
         Self {
             workload: Workload::Mptcp,
+            ..Self::plain(name, mode, mode)
+        }
+    }
+
+    /// `--mode mode` over UDP datagrams, which its cgroup programs record.
+    pub const fn udp(name: &'static str, mode: &'static str) -> Self {
+        Self {
+            workload: Workload::Udp,
             ..Self::plain(name, mode, mode)
         }
     }
@@ -143,4 +153,8 @@ pub const VM_CASES: &[Case] = &[
     Case::mptcp("mptcp-kprobe", "kprobe"),
     Case::mptcp("mptcp-raw-tp", "raw-tracepoint"),
     Case::mptcp("mptcp-tp", "tracepoint"),
+    // UDP through the cgroup programs, beside each mode's TCP hooks.
+    Case::udp("udp-kprobe", "kprobe"),
+    Case::udp("udp-raw-tp", "raw-tracepoint"),
+    Case::udp("udp-tp", "tracepoint"),
 ];

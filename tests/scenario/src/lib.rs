@@ -21,4 +21,5 @@ pub mod net;
 pub mod result;
 pub mod software;
 pub mod stream;
+pub mod udp;
 pub mod workload;

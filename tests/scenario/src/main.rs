@@ -21,6 +21,7 @@ use netmon_scenario::{
     isolate, mptcp,
     net::Net,
     result::Row,
+    udp,
     workload::{workload, workload_held_open},
 };
 
@@ -30,6 +31,12 @@ const CONNECTIONS: u8 = 20;
 
 /// Sources of the MPTCP workload, making 1, 2, ... connections each.
 const MPTCP_SOURCES: u8 = 3;
+
+/// Clients of the UDP workload, making 1, 2, ... exchanges each.
+const UDP_CLIENTS: u8 = 5;
+
+/// What netmon logs when its cgroup programs did not attach.
+const UDP_NOT_RECORDED: &str = "UDP peers are not recorded";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -94,25 +101,36 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
             mptcp::workload(net, MPTCP_SOURCES)
                 .unwrap_or_else(|err| panic!("MPTCP connections: {err}")),
         ),
+        Workload::Udp => Work::Udp(
+            udp::workload(net, UDP_CLIENTS).unwrap_or_else(|err| panic!("UDP datagrams: {err}")),
+        ),
     };
     let (status, log) = netmon.stop();
     let chosen = chosen_mode(&log).unwrap_or("-").to_owned();
     let sees = match case.workload {
         Workload::ClosedBeforePolls => Sees::proc_notified(),
-        Workload::Closed | Workload::HeldOpen | Workload::Mptcp => Sees::mode(&chosen),
+        Workload::Closed | Workload::HeldOpen | Workload::Mptcp | Workload::Udp => {
+            Sees::mode(&chosen)
+        }
     };
     let peers = match &work {
         // Made in a namespace of their own: that namespace's peers.
         Work::Mptcp(work) => peers_in(&read_checkpoint(&output), Some(work.netns)),
-        Work::Tcp(_) => read_peers(&output),
+        Work::Tcp(_) | Work::Udp(_) => read_peers(&output),
     };
     let verdict = match &work {
         Work::Tcp(work) => check_workload(&peers, work, sees),
         Work::Mptcp(work) => mptcp::check(&peers, work, sees.outbound_process),
+        Work::Udp(work) => udp::check(&peers, work, sees.outbound_process),
     };
     drop(work);
 
     let mut problems = verdict.problems();
+    // Why the cgroup programs did not attach, where the missing peers
+    // alone would not say.
+    if let Some(line) = log.lines().find(|line| line.contains(UDP_NOT_RECORDED)) {
+        problems.push(strip_log_prefix(line).to_owned());
+    }
     if !status.success() {
         problems.push(format!("netmon exited with {status}"));
     }
@@ -149,6 +167,7 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
 enum Work {
     Tcp(netmon_scenario::workload::Workload),
     Mptcp(mptcp::MptcpWorkload),
+    Udp(udp::UdpWorkload),
 }
 
 /// The row of a case that has not passed (yet).

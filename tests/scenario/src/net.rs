@@ -77,6 +77,10 @@ pub enum Block {
     // tests/udp.rs
     UdpSocat,
     UdpOwnNetns,
+    // tests/udp_matrix.rs
+    UdpTracepoint,
+    UdpRawTracepoint,
+    UdpKprobe,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,

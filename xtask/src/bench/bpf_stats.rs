@@ -1,6 +1,6 @@
 //! Kernel cost of netmon's eBPF programs: the kernel's own run counters
 //! (`kernel.bpf_stats_enabled`), read with `bpftool prog show -j`.
-use std::{fs, process::Command};
+use std::{collections::BTreeMap, fs, process::Command};
 
 use anyhow::Context as _;
 use serde_json::Value;
@@ -43,20 +43,30 @@ pub struct Runs {
 }
 
 impl Runs {
-    /// The programs `pid` holds open: their ids from /proc/PID/fdinfo,
-    /// their counters from bpftool.
-    pub fn of(pid: u32) -> anyhow::Result<Self> {
+    /// The programs `pid` holds open, by name: their ids from
+    /// /proc/PID/fdinfo, their counters from bpftool.
+    pub fn by_program(pid: u32) -> anyhow::Result<BTreeMap<String, Self>> {
         let ids = program_ids(pid)?;
         let json = output_of(Command::new("bpftool").args(["prog", "show", "-j"]))?;
         let programs: Vec<Value> = serde_json::from_str(&json).context("bpftool prog show -j")?;
         let held = |program: &&Value| program["id"].as_u64().is_some_and(|id| ids.contains(&id));
-        Ok(programs
-            .iter()
-            .filter(held)
-            .fold(Self::default(), |sum, program| Self {
-                count: sum.count + program["run_cnt"].as_u64().unwrap_or(0),
-                nanos: sum.nanos + program["run_time_ns"].as_u64().unwrap_or(0),
-            }))
+        let mut runs = BTreeMap::new();
+        for program in programs.iter().filter(held) {
+            let name = program["name"].as_str().unwrap_or("?").to_owned();
+            let these = Self {
+                count: program["run_cnt"].as_u64().unwrap_or(0),
+                nanos: program["run_time_ns"].as_u64().unwrap_or(0),
+            };
+            runs.entry(name)
+                .and_modify(|sum: &mut Self| *sum = sum.plus(these))
+                .or_insert(these);
+        }
+        Ok(runs)
+    }
+
+    /// All of `programs` together.
+    pub fn total(programs: &BTreeMap<String, Self>) -> Self {
+        programs.values().copied().fold(Self::default(), Self::plus)
     }
 
     pub fn since(self, before: Self) -> Self {

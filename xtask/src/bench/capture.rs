@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{
     Bench, EBPF_MODE,
     bpf_stats::Runs,
-    storm::{Outcome, Pattern},
+    storm::{Outcome, Pattern, Protocol},
     table::{Table, percent, thousands},
     watch::{Watched, Watchers},
 };
@@ -30,7 +30,7 @@ pub const BLOCKS: u8 = ON_BLOCK + 5;
 /// Storm rate with netmon on, as a share of the rate with it off.
 const ON_OFF_TARGET: f64 = 95.0;
 /// Mean cost of one eBPF program run.
-const NS_PER_RUN_TARGET: f64 = 500.0;
+pub const NS_PER_RUN_TARGET: f64 = 500.0;
 
 /// One storm with netmon off and one with it on, right after each other.
 struct Pair {
@@ -70,8 +70,14 @@ const POLLER: Watchers = Watchers {
 
 pub fn capture(bench: &Bench, table: &mut Table) {
     let mut storm = |label: &str, block: u8, length: Duration, watchers: Watchers| match bench
-        .watch(label, block, Pattern::Distinct, length, watchers)
-    {
+        .watch(
+            label,
+            block,
+            Protocol::Tcp,
+            Pattern::Distinct,
+            length,
+            watchers,
+        ) {
         Ok(watched) => Some(watched),
         Err(err) => {
             table.failed("capture", &format!("{label} storm: {err:#}"));
@@ -245,12 +251,23 @@ fn held_over(storms: &[&Watched]) -> (u64, u64, String) {
 
 /// The storm rate with netmon on over the rate with it off, per pair.
 fn on_off(table: &mut Table, pairs: &[Pair]) {
-    // Each pair's ratio, and their median: one pair that some other job on
-    // the machine slowed on one side only moves the median little.
     let rates: Vec<(f64, f64)> = pairs
         .iter()
         .filter_map(|p| Some((p.on.as_ref()?.storm.rate(), p.off.as_ref()?.rate())))
         .collect();
+    on_off_row(
+        table,
+        "kernel",
+        "storm rate, netmon on / off (median pair)",
+        &rates,
+    );
+}
+
+/// The median of the pairs' ratios of `(on, off)` rates against the
+/// target, with all pairs taken together and each pair's ratio beside it.
+pub fn on_off_row(table: &mut Table, part: &'static str, what: &str, rates: &[(f64, f64)]) {
+    // Each pair's ratio, and their median: one pair that some other job on
+    // the machine slowed on one side only moves the median little.
     if rates.is_empty() {
         return;
     }
@@ -264,8 +281,8 @@ fn on_off(table: &mut Table, pairs: &[Pair]) {
         .iter()
         .fold((0.0, 0.0), |(on, off), (a, b)| (on + a, off + b));
     table.check(
-        "kernel",
-        "storm rate, netmon on / off (median pair)",
+        part,
+        what,
         format!(
             "{median:.1}% (all pairs: {:.1}%; each: {})",
             on * 100.0 / off,

@@ -15,7 +15,7 @@ use netmon_scenario::{
 use super::{
     Bench, EBPF_MODE, cost,
     netns::Netns,
-    storm::{Outcome, Pattern, Storm},
+    storm::{Outcome, Pattern, Protocol, Storm},
     table::{Table, percent, thousands},
 };
 
@@ -89,7 +89,7 @@ fn storm_across_checkpoints(bench: &Bench) -> anyhow::Result<Measured> {
     netmon
         .wait_ready()
         .map_err(|log| anyhow::anyhow!("netmon --mode {EBPF_MODE} {log}"))?;
-    let storm = Storm::prepare(&netns, BLOCK, Pattern::Distinct, bench.storm)?;
+    let storm = Storm::prepare(&netns, BLOCK, Protocol::Tcp, Pattern::Distinct, bench.storm)?;
     let storm = thread::spawn(move || storm.go());
     let mut replaced = 0;
     let mut last = inode(&output)?;

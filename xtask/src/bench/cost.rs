@@ -9,7 +9,7 @@ use super::{
     bpf_stats::Runs,
     capture::{self, storm_size},
     procfs,
-    storm::{Pattern, REPEATED_PEERS},
+    storm::{Pattern, Protocol, REPEATED_PEERS},
     table::Table,
     watch::Watchers,
 };
@@ -33,7 +33,7 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
         (Pattern::Distinct, "distinct", "every peer new".to_owned()),
     ];
     for (block, (pattern, label, peers)) in (capture::BLOCKS..).zip(cases) {
-        let watched = match bench.watch(label, block, pattern, bench.storm, both) {
+        let watched = match bench.watch(label, block, Protocol::Tcp, pattern, bench.storm, both) {
             Ok(watched) => watched,
             Err(err) => {
                 table.failed("user", &format!("{label} storm: {err:#}"));
@@ -73,13 +73,13 @@ pub fn user_cost(bench: &Bench, table: &mut Table) {
 /// CPU ms per 1000 connections. utime and stime advance in clock ticks
 /// (10 ms at the usual USER_HZ of 100), so a process that ran for less than
 /// one shows 0: its cost is then only known to be under one tick's worth.
-struct Cost {
+pub struct Cost {
     at_most: f64,
     under_one_tick: bool,
 }
 
 impl Cost {
-    fn new(cpu_ms: f64, connections: u64) -> Self {
+    pub fn new(cpu_ms: f64, connections: u64) -> Self {
         let under_one_tick = cpu_ms < procfs::tick_ms();
         Self {
             at_most: cpu_ms.max(procfs::tick_ms()) * 1000.0 / connections as f64,

@@ -21,6 +21,8 @@ mod scale;
 mod shutdown;
 mod storm;
 mod table;
+mod udp;
+mod udp_storm;
 mod watch;
 
 use std::{
@@ -86,6 +88,9 @@ enum Part {
     /// Connections missed while netmon restarts on a 1M-peer file, three
     /// ways of starting the next one.
     Restart,
+    /// UDP queries to a resolver-like service: peers held with exact
+    /// counts, lost events, the cgroup programs' cost, on/off pairs.
+    Udp,
 }
 
 /// What every part needs.
@@ -121,7 +126,13 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let busy_before = procfs::busy_percent(BUSY_SAMPLE)?;
     let mut table = Table::default();
-    for part in [Part::Capture, Part::User, Part::Scale, Part::Restart] {
+    for part in [
+        Part::Capture,
+        Part::User,
+        Part::Scale,
+        Part::Restart,
+        Part::Udp,
+    ] {
         if !args.parts.is_empty() && !args.parts.contains(&part) {
             continue;
         }
@@ -136,6 +147,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 checkpoints::checkpoints(&bench, &mut table);
             }
             Part::Restart => restart::restart(&bench, &mut table),
+            Part::Udp => udp::udp(&bench, &mut table),
         }
     }
     println!("\n{table}");

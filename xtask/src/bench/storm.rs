@@ -59,6 +59,19 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// moment does not drop handshakes (which would stall connects for 1 s).
 const BACKLOG: i32 = 4096;
 
+/// What the workers exchange: TCP connections, or UDP datagrams with a
+/// service (udp_storm.rs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// The UDP service of worker `w` listens on this port plus `w`, on
+/// 0.0.0.0 of the storm's own namespace: an explicit port, as a
+/// resolver's is.
+const UDP_PORT: u16 = 5300;
+
 /// Whether every connection brings new peers or the same few again.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
@@ -82,18 +95,22 @@ impl Pattern {
 pub struct WorkerArgs {
     /// Connection i goes to DESTS + 1 + (i mod PEERS).
     #[arg(long)]
-    dests: Ipv4Addr,
+    pub(super) dests: Ipv4Addr,
     /// ... from SOURCES + 1 + (i mod PEERS).
     #[arg(long)]
-    sources: Ipv4Addr,
+    pub(super) sources: Ipv4Addr,
     #[arg(long)]
-    peers: u32,
+    pub(super) peers: u32,
     /// Cycle through the PEERS addresses; without it, stop after PEERS
     /// connections.
     #[arg(long)]
-    cycle: bool,
+    pub(super) cycle: bool,
     #[arg(long)]
-    millis: u64,
+    pub(super) millis: u64,
+    /// Datagrams to a UDP service on this port instead of connections:
+    /// `made` counts answered queries, `accepted` the sources it heard.
+    #[arg(long)]
+    pub(super) udp_port: Option<u16>,
 }
 
 /// A worker's result line.
@@ -105,6 +122,9 @@ struct Made {
 }
 
 pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    if let Some(port) = args.udp_port {
+        return super::udp_storm::worker(args, port);
+    }
     let listener = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     listener.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
     listener.listen(BACKLOG)?;
@@ -214,6 +234,8 @@ impl Drop for Worker {
 struct Ranges {
     dests: Ipv4Addr,
     sources: Ipv4Addr,
+    /// Its UDP service's port, in a UDP storm.
+    udp_port: Option<u16>,
 }
 
 impl Storm {
@@ -222,6 +244,7 @@ impl Storm {
     pub fn prepare(
         netns: &Netns,
         block: u8,
+        protocol: Protocol,
         pattern: Pattern,
         duration: Duration,
     ) -> anyhow::Result<Self> {
@@ -241,6 +264,7 @@ impl Storm {
             let ranges = Ranges {
                 dests: Ipv4Addr::new(127, first + WORKER_OCTETS * w, 0, 0),
                 sources: Ipv4Addr::new(127, first + WORKER_OCTETS * (MAX_WORKERS + w), 0, 0),
+                udp_port: (protocol == Protocol::Udp).then_some(UDP_PORT + u16::from(w)),
             };
             let mut command = Command::new(&exe);
             command
@@ -253,6 +277,9 @@ impl Storm {
                 .stdout(Stdio::piped());
             if pattern == Pattern::Repeated {
                 command.arg("--cycle");
+            }
+            if let Some(port) = ranges.udp_port {
+                command.args(["--udp-port", &port.to_string()]);
             }
             netns.enter(&mut command);
             let mut child = command
@@ -303,6 +330,15 @@ impl Worker {
     }
 }
 
+/// A peer of a UDP storm and what its record must say.
+pub struct UdpPeer {
+    pub ip: Ipv4Addr,
+    /// Sent to (outbound), or heard from by the service (inbound).
+    pub outbound: bool,
+    pub port: u16,
+    pub times: u64,
+}
+
 /// What a storm did.
 pub struct Outcome {
     pattern: Pattern,
@@ -351,6 +387,34 @@ impl Outcome {
             .sum()
     }
 
+    /// Every peer a UDP storm made, with the exchanges it must be counted
+    /// for: each destination outbound, each source inbound, both to the
+    /// worker's service port. Each peer is one client socket's (one
+    /// exchange), however many queries it sent.
+    pub fn udp_peers(&self) -> Vec<UdpPeer> {
+        let mut peers = Vec::new();
+        for (ranges, m) in self.ranges.iter().zip(&self.made) {
+            let Some(port) = ranges.udp_port else {
+                continue;
+            };
+            let attempts = m.connections + m.failed;
+            let n = attempts.min(u64::from(self.pattern.peers()));
+            for i in 0..n {
+                let times = 1;
+                let at = |base: Ipv4Addr| Ipv4Addr::from(base.to_bits() + 1 + i as u32);
+                for (ip, outbound) in [(at(ranges.dests), true), (at(ranges.sources), false)] {
+                    peers.push(UdpPeer {
+                        ip,
+                        outbound,
+                        port,
+                        times,
+                    });
+                }
+            }
+        }
+        peers
+    }
+
     /// How many of `held` are peers of this storm: addresses in the part
     /// of a worker's ranges it used.
     pub fn held(&self, held: impl IntoIterator<Item = Ipv4Addr>) -> u64 {
@@ -391,6 +455,7 @@ mod tests {
             ranges: vec![Ranges {
                 dests: Ipv4Addr::new(127, 100, 0, 0),
                 sources: Ipv4Addr::new(127, 104, 0, 0),
+                udp_port: None,
             }],
             made: vec![made.parse().unwrap()],
         }

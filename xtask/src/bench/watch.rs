@@ -1,11 +1,11 @@
 //! One storm and whatever watches it (netmon in some mode, the poller, or
 //! nothing), each in the storm's own network namespace, with the CPU each
 //! watcher spent over the storm and what each held at the end.
-use std::{fs, net::Ipv4Addr, thread, time::Duration};
+use std::{collections::BTreeMap, fs, net::Ipv4Addr, thread, time::Duration};
 
 use anyhow::{Context as _, bail};
 use netmon_scenario::{
-    check::{peers_of, read_checkpoint},
+    check::{Peers, peers_of, read_checkpoint},
     harness::Netmon,
 };
 
@@ -15,7 +15,7 @@ use super::{
     netns::Netns,
     poller::Poller,
     procfs,
-    storm::{Outcome, Pattern, Storm},
+    storm::{Outcome, Pattern, Protocol, Storm},
 };
 
 /// After the storm, before the watchers stop: long enough for netmon to
@@ -45,11 +45,19 @@ pub struct Watched {
 pub struct NetmonSaw {
     pub peers: Vec<Ipv4Addr>,
     pub lost_events: u64,
+    /// Connections (or datagrams) neither delivered nor kept in the
+    /// kernel's dedup map: their peers may be missing.
+    pub uncounted: u64,
     /// CPU over the storm and [`SETTLE`].
     pub cpu_ms: f64,
     /// Its eBPF programs' runs over the same window, when
     /// [`Watchers::timed`] (and not in proc mode).
     pub runs: Option<Runs>,
+    /// The same by program name.
+    pub programs: BTreeMap<String, Runs>,
+    /// Every record of the checkpoint, after a UDP storm: its checks
+    /// read the counts and ports.
+    pub records: Option<Peers>,
 }
 
 pub struct PollerSaw {
@@ -64,6 +72,7 @@ impl Bench {
         &self,
         label: &str,
         block: u8,
+        protocol: Protocol,
         pattern: Pattern,
         duration: Duration,
         watchers: Watchers,
@@ -87,7 +96,7 @@ impl Bench {
             .poller
             .then(|| Poller::start(&netns, &dir))
             .transpose()?;
-        let storm = Storm::prepare(&netns, block, pattern, duration)?;
+        let storm = Storm::prepare(&netns, block, protocol, pattern, duration)?;
 
         // Untimed programs count nothing: no bpftool calls for them.
         let timed = netmon.as_ref().filter(|_| stats.is_some());
@@ -112,13 +121,32 @@ impl Bench {
                     );
                 }
                 let file = read_checkpoint(&output);
+                let records = peers_of(&file);
+                let programs = match (&after.runs, &before.runs) {
+                    (Some(after), Some(before)) => after
+                        .iter()
+                        .map(|(name, runs)| {
+                            let earlier = before.get(name).copied().unwrap_or_default();
+                            (name.clone(), runs.since(earlier))
+                        })
+                        .collect(),
+                    _ => BTreeMap::new(),
+                };
                 Some(NetmonSaw {
-                    peers: peers_of(&file).into_keys().collect(),
+                    peers: records.keys().copied().collect(),
+                    records: (protocol == Protocol::Udp).then_some(records),
+                    programs,
                     lost_events: file["lost_events"]
                         .as_u64()
                         .context("checkpoint without lost_events")?,
+                    uncounted: file["uncounted_connections"]
+                        .as_u64()
+                        .context("checkpoint without uncounted_connections")?,
                     cpu_ms: after.netmon_cpu_ms - before.netmon_cpu_ms,
-                    runs: after.runs.zip(before.runs).map(|(a, b)| a.since(b)),
+                    runs: after
+                        .runs
+                        .zip(before.runs)
+                        .map(|(a, b)| Runs::total(&a).since(Runs::total(&b))),
                 })
             }
         };
@@ -152,7 +180,7 @@ impl Watched {
 /// The watchers' counters at one instant (zero for a watcher not there).
 struct Sample {
     netmon_cpu_ms: f64,
-    runs: Option<Runs>,
+    runs: Option<BTreeMap<String, Runs>>,
     poller_cpu_ms: f64,
 }
 
@@ -166,7 +194,7 @@ impl Sample {
         let cpu = |pid: Option<u32>| pid.map_or(Ok(0.0), procfs::cpu_ms);
         Ok(Self {
             netmon_cpu_ms: cpu(netmon.map(Netmon::pid))?,
-            runs: timed.map(|n| Runs::of(n.pid())).transpose()?,
+            runs: timed.map(|n| Runs::by_program(n.pid())).transpose()?,
             poller_cpu_ms: cpu(poller.map(Poller::pid))?,
         })
     }
