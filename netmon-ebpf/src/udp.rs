@@ -67,52 +67,56 @@ pub enum Family {
 /// A datagram in `direction`. The first of a flow opens it and counts
 /// once, as a TCP connection does; later ones the same way only say the
 /// peer is still there, once a window; the other way they are replies.
+///
+/// Replies and repeats, nearly every datagram, cost one map lookup: the
+/// socket is read and the clock asked only past it.
 fn exchange(ctx: &SockAddrContext, call: Option<Call>, direction: u8) {
     let Some(call) = call else {
         return;
     };
-    // A connected socket is a client of the peer it connected to, whose
-    // connect() counted it: what it receives are replies, however long
-    // before netmon it connected.
-    if direction == DIRECTION_INBOUND && call.connected {
-        return;
-    }
     let flow = Flow {
         cookie: call.cookie,
         addr: call.addr,
         port: call.port,
         _pad: 0,
     };
-    // SAFETY: a helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(state) = UDP_FLOWS.get_ptr_mut(flow) {
         // SAFETY: the map's value, valid for this run; a racing writer
         // can only make a touch come twice.
         unsafe {
-            if (*state).direction != direction
-                || now.wrapping_sub((*state).touched) < config(|c| &c.dedup_window_ns)
-            {
+            if (*state).direction != direction {
+                return;
+            }
+            let now = bpf_ktime_get_ns();
+            if now.wrapping_sub((*state).touched) < config(|c| &c.dedup_window_ns) {
                 return;
             }
             (*state).touched = now;
         }
-        touch(ctx, call.event(direction));
+        touch(ctx, call.event(&Socket::of(ctx), direction));
         return;
+    }
+    let socket = Socket::of(ctx);
+    if direction == DIRECTION_INBOUND {
+        // A connected socket is a client of the peer it connected to,
+        // whose connect() counted it: what it receives are replies,
+        // however long before netmon it connected.
+        if socket.connected || forgotten_reply(call.cookie, socket.port) {
+            return;
+        }
     }
     let state = FlowState {
         direction,
         _pad: [0; 7],
-        touched: now,
+        // SAFETY: a helper call without arguments.
+        touched: unsafe { bpf_ktime_get_ns() },
     };
-    if direction == DIRECTION_INBOUND && forgotten_reply(&call) {
-        return;
-    }
     // Another CPU may have opened it meanwhile: then it counted it.
     if UDP_FLOWS.insert(flow, state, BPF_NOEXIST).is_ok() {
         if direction == DIRECTION_OUTBOUND {
             mark(call.cookie, udp_socket::SENT);
         }
-        send(ctx, call.event(direction));
+        send(ctx, call.event(&socket, direction));
     }
 }
 
@@ -121,13 +125,13 @@ fn exchange(ctx: &SockAddrContext, call: Option<Call>, direction: u8) {
 /// it out of the LRU), or that the peer answers from another of its
 /// addresses: the socket asked first, from a port the kernel picked, and
 /// was never bound to one as a service's is.
-fn forgotten_reply(call: &Call) -> bool {
+fn forgotten_reply(cookie: u64, local_port: u16) -> bool {
     // SAFETY: the value is copied out at once.
-    let known = unsafe { UDP_SOCKETS.get(call.cookie).copied() }.unwrap_or(0);
+    let known = unsafe { UDP_SOCKETS.get(cookie).copied() }.unwrap_or(0);
     known & udp_socket::SENT != 0
         && known & udp_socket::BOUND == 0
-        && call.local_port >= config(|c| &c.ephemeral_low)
-        && call.local_port <= config(|c| &c.ephemeral_high)
+        && local_port >= config(|c| &c.ephemeral_low)
+        && local_port <= config(|c| &c.ephemeral_high)
 }
 
 /// Sets `bit` in what is known of the socket.
@@ -147,10 +151,36 @@ struct Call {
     addr: u32,
     /// Its port, host byte order.
     port: u16,
-    /// The socket's own port, host byte order (0 before it has one).
-    local_port: u16,
-    /// Whether the socket is connected to a peer.
+}
+
+/// What a call's socket says of itself, read only for a datagram that
+/// opens a flow or tells of one.
+struct Socket {
+    /// Its own port, host byte order (0 before it has one).
+    port: u16,
+    /// Whether it is connected to a peer.
     connected: bool,
+}
+
+impl Socket {
+    fn of(ctx: &SockAddrContext) -> Self {
+        // SAFETY: the context's socket, as the kernel passed it; each
+        // field read whole, as the verifier requires.
+        unsafe {
+            let sk = core::ptr::read_volatile(&raw const (*ctx.sock_addr).__bindgen_anon_1.sk);
+            if sk.is_null() {
+                return Self {
+                    port: 0,
+                    connected: false,
+                };
+            }
+            Self {
+                port: core::ptr::read_volatile(&raw const (*sk).src_port) as u16,
+                // UDP reuses TCP's state numbers: connected is ESTABLISHED.
+                connected: core::ptr::read_volatile(&raw const (*sk).state) == ESTABLISHED as u32,
+            }
+        }
+    }
 }
 
 impl Call {
@@ -170,8 +200,6 @@ impl Call {
             cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
             addr: 0,
             port: u16::from_be(port as u16),
-            local_port: 0,
-            connected: false,
         })
     }
 
@@ -197,33 +225,21 @@ impl Call {
                     ])?
                 }
             };
-            let sk = core::ptr::read_volatile(&raw const (*addr).__bindgen_anon_1.sk);
-            let (local_port, connected) = if sk.is_null() {
-                (0, false)
-            } else {
-                (
-                    core::ptr::read_volatile(&raw const (*sk).src_port) as u16,
-                    // UDP reuses TCP's state numbers: connected is ESTABLISHED.
-                    core::ptr::read_volatile(&raw const (*sk).state) == ESTABLISHED as u32,
-                )
-            };
             let port = core::ptr::read_volatile(&raw const (*addr).user_port);
             Some(Self {
                 cookie: bpf_get_socket_cookie(ctx.as_ptr()),
                 addr: peer,
                 // The port's two bytes in network order, in the word's low half.
                 port: u16::from_be(port as u16),
-                local_port,
-                connected,
             })
         }
     }
 
-    fn event(&self, direction: u8) -> PeerEvent {
+    fn event(&self, socket: &Socket, direction: u8) -> PeerEvent {
         PeerEvent {
             addr: self.addr,
             remote_port: self.port,
-            local_port: self.local_port,
+            local_port: socket.port,
             pid: (bpf_get_current_pid_tgid() >> 32) as u32,
             direction,
             source: SOURCE_CGROUP_UDP,
