@@ -534,3 +534,28 @@ fn a_reader_that_goes_away_is_not_an_error() {
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert!(output.stderr.is_empty(), "{}", stderr_of(&output));
 }
+
+/// A container with a network namespace of its own keeps its peers under
+/// it: a filter that finds nothing in the host's says where they are.
+#[test]
+fn an_empty_selection_names_the_namespaces_with_peers() {
+    let dir = TempDir::new().unwrap();
+    let file = write(
+        dir.path(),
+        "ns.json",
+        concat!(
+            r#"{"version":3,"host":"h","updated":"2026-01-01T00:00:00Z","peers":["#,
+            r#"{"ip":"10.0.0.1","netns":4026532301,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","#,
+            r#""outbound":1,"inbound":0,"remote_ports":["53/udp"],"local_ports":[],"processes":[],"owners":["container:3f4e5a6b7c8d"]}]}"#
+        ),
+    );
+    let output = netmon(&["list", "--owner", "container:*", arg(&file)]);
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("peers are recorded under 1 other namespace (4026532301): --netns all"),
+        "{stderr}"
+    );
+    let all = netmon(&["list", "--netns", "all", "--format", "plain", arg(&file)]);
+    assert_eq!(String::from_utf8_lossy(&all.stdout), "10.0.0.1\n");
+}

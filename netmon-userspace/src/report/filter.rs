@@ -170,6 +170,33 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// Where peers this filter left out are, when it chose a namespace
+    /// they are not in: containers with a network namespace of their own
+    /// keep their peers (and owners) under it.
+    pub fn elsewhere(&self, inputs: &Inputs) -> Option<String> {
+        let namespaces = inputs.snapshot.peers.namespaces();
+        if namespaces.is_empty() || self.netns == NetnsScope::All {
+            return None;
+        }
+        let listed: Vec<String> = namespaces.keys().take(8).map(ToString::to_string).collect();
+        let more = if namespaces.len() > listed.len() {
+            ", …"
+        } else {
+            ""
+        };
+        Some(format!(
+            "no peer matches in the chosen network namespace; peers are recorded under {} ({}{more}): --netns all shows every one",
+            crate::words::count(
+                namespaces.len() as u64,
+                "other namespace",
+                "other namespaces"
+            ),
+            listed.join(", ")
+        ))
+    }
+}
+
 /// As the flags that select the same peers.
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

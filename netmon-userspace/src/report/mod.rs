@@ -179,6 +179,11 @@ pub struct ListRequest {
 pub fn list(request: &ListRequest, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let inputs = Inputs::load(&request.files)?;
     let peers = request.filter.select(&inputs, UnixTime::now().secs());
+    if peers.is_empty()
+        && let Some(hint) = request.filter.elsewhere(&inputs)
+    {
+        log::warn!("{hint}");
+    }
     Listing::peers(&peers, inputs.detail()).write(out, request.format)?;
     Ok(())
 }
