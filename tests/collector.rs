@@ -26,7 +26,7 @@ use netmon_scenario::{
     harness::{self, chosen_mode, one_at_a_time, skip_reasons},
     isolate,
     net::Block,
-    result::{Row, record_host_row},
+    result::record_host_verdict,
     workload::{Workload, connect_from, workload, workload_held_open},
 };
 
@@ -45,21 +45,10 @@ impl Netmon {
     }
 }
 
-/// Leaves this kernel's row of the kernel matrix under target/tmp, where
-/// `cargo xtask test` prints it beside the VMs' rows.
+/// Leaves this kernel's row of the kernel matrix under target/tmp.
 fn record_row(case: &str, chosen: &str, verdict: Option<&Verdict>, ok: bool, note: &str) {
-    let row = Row {
-        on: "host".into(),
-        kernel: Row::kernel_release(),
-        case: case.into(),
-        chosen: chosen.into(),
-        outbound: verdict.map(Verdict::outbound_count),
-        inbound: verdict.map(Verdict::inbound_count),
-        ok: ok && verdict.is_none_or(Verdict::complete),
-        note: note.into(),
-    };
     let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    record_host_row(target_tmp, &row).unwrap_or_else(|e| panic!("recording {row}: {e}"));
+    record_host_verdict(target_tmp, case, chosen, verdict, ok, note);
 }
 
 /// The mode auto must choose on this kernel (which has BTF).

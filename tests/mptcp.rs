@@ -12,7 +12,7 @@ use netmon_scenario::{
     harness::{self, chosen_mode, one_at_a_time},
     mptcp,
     net::Block,
-    result::{Row, record_host_row},
+    result::record_host_verdict,
 };
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
@@ -38,18 +38,9 @@ fn counts_match_tcp(case: &str, mode: &str, block: Block) {
     assert_eq!(chosen_mode(&log), Some(mode), "{log}");
     let peers = peers_in(&read_checkpoint(&path), Some(work.netns));
     let verdict = mptcp::check(&peers, &work, true);
-    let row = Row {
-        on: "host".into(),
-        kernel: Row::kernel_release(),
-        case: case.into(),
-        chosen: mode.into(),
-        outbound: Some(verdict.outbound_count()),
-        inbound: Some(verdict.inbound_count()),
-        ok: verdict.complete(),
-        note: verdict.problems().join("; "),
-    };
     let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    record_host_row(target_tmp, &row).unwrap_or_else(|e| panic!("recording {row}: {e}"));
+    let note = verdict.problems().join("; ");
+    record_host_verdict(target_tmp, case, mode, Some(&verdict), true, &note);
     if !verdict.complete() {
         eprintln!("peers: {peers:#?}");
     }

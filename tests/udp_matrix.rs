@@ -11,7 +11,7 @@ use netmon_scenario::{
     files::temp_output,
     harness::{self, chosen_mode, one_at_a_time},
     net::Block,
-    result::{Row, record_host_row},
+    result::record_host_verdict,
     udp,
 };
 
@@ -37,18 +37,16 @@ fn counts_every_exchange(case: &str, mode: &str, block: Block) {
             .filter(|line| line.contains("UDP peers are not recorded"))
             .map(str::to_owned),
     );
-    let row = Row {
-        on: "host".into(),
-        kernel: Row::kernel_release(),
-        case: case.into(),
-        chosen: mode.into(),
-        outbound: Some(verdict.outbound_count()),
-        inbound: Some(verdict.inbound_count()),
-        ok: problems.is_empty(),
-        note: problems.join("; "),
-    };
     let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    record_host_row(target_tmp, &row).unwrap_or_else(|e| panic!("recording {row}: {e}"));
+    let note = problems.join("; ");
+    record_host_verdict(
+        target_tmp,
+        case,
+        mode,
+        Some(&verdict),
+        problems.is_empty(),
+        &note,
+    );
     if !verdict.complete() {
         eprintln!("peers: {peers:#?}\nlog:\n{log}");
     }

@@ -8,6 +8,7 @@
 //! ```text
 //! netmon-matrix: on=vm kernel=6.1.0-50-cloud-amd64 case=auto chosen=kprobe out=40/40 in=20/20 result=OK note=...
 //! ```
+use crate::check::Verdict;
 use std::{
     fmt, fs, io,
     path::{Path, PathBuf},
@@ -129,6 +130,32 @@ pub fn host_rows_dir(target_tmp: &Path) -> PathBuf {
 }
 
 /// Records a host row, one file per case so tests can run in any order.
+/// Leaves this kernel's row of the matrix's `case` under `target_tmp`,
+/// where `cargo xtask test` prints it beside the VMs' rows: what netmon
+/// `chosen`, the counts of `verdict` (none where nothing ran), and `ok`
+/// only if the verdict is complete too. Panics if it cannot: a test
+/// whose row goes missing must not pass.
+pub fn record_host_verdict(
+    target_tmp: &Path,
+    case: &str,
+    chosen: &str,
+    verdict: Option<&Verdict>,
+    ok: bool,
+    note: &str,
+) {
+    let row = Row {
+        on: "host".into(),
+        kernel: Row::kernel_release(),
+        case: case.into(),
+        chosen: chosen.into(),
+        outbound: verdict.map(Verdict::outbound_count),
+        inbound: verdict.map(Verdict::inbound_count),
+        ok: ok && verdict.is_none_or(Verdict::complete),
+        note: note.into(),
+    };
+    record_host_row(target_tmp, &row).unwrap_or_else(|e| panic!("recording {row}: {e}"));
+}
+
 pub fn record_host_row(target_tmp: &Path, row: &Row) -> io::Result<()> {
     // Fields are separated by spaces: a case name with one would not read
     // back, and its row would silently go missing from the table.
