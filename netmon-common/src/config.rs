@@ -56,14 +56,6 @@ impl Config {
 /// Linux's default `net.ipv4.ip_local_port_range`.
 pub const EPHEMERAL_PORTS: (u16, u16) = (32768, 60999);
 
-impl Config {
-    /// Whether the kernel could have picked `port` for a socket that asked
-    /// for none.
-    pub fn is_ephemeral(&self, port: u16) -> bool {
-        (self.ephemeral_low..=self.ephemeral_high).contains(&port)
-    }
-}
-
 /// Byte offsets of what says where a connection was made: the socket's
 /// network namespace and cgroup, the current task's network namespace,
 /// and the tracepoint record's socket pointer. Only from BTF: each is 0
