@@ -240,7 +240,7 @@ impl Metrics {
         let mut counts = std::collections::HashMap::new();
         for (ip, record) in peers.iter() {
             *counts
-                .entry(PeerLabels::new(Class::of(ip), record.directions()))
+                .entry(PeerLabels::new(Class::of(ip.into()), record.directions()))
                 .or_insert(0) += 1;
         }
         for (labels, count) in counts {

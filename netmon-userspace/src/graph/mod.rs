@@ -259,7 +259,7 @@ impl Group {
         match self {
             Self::None => Node::Address(ip),
             Self::Slash24 => Node::Net(Ipv4Addr::from(u32::from(ip) & 0xffff_ff00)),
-            Self::Class => Node::Class(Class::of(ip)),
+            Self::Class => Node::Class(Class::of(ip.into())),
         }
     }
 }

@@ -119,7 +119,7 @@ impl Exclusions {
     /// reach the host over their veth.
     pub fn excludes(&self, peer: &Peer<'_>) -> bool {
         matches!(
-            Class::of(peer.ip),
+            Class::of(peer.ip.into()),
             Class::Loopback | Class::ThisNetwork | Class::Multicast | Class::Broadcast
         ) || (peer.netns.is_none() && self.own.contains(&peer.ip))
     }

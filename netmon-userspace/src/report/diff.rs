@@ -259,7 +259,7 @@ impl Row {
         Self {
             change,
             access,
-            class: Class::of(access.peer),
+            class: Class::of(access.peer.into()),
             last_seen: record
                 .filter(|_| inputs.detail() == Detail::Recorded)
                 .map(|record: &PeerRecord| record.last_seen),

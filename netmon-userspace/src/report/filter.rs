@@ -14,13 +14,15 @@ use crate::{
 
 /// A set of classes, as one bit per [`Class`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ClassSet(u16);
+struct ClassSet(u32);
+
+const _: () = assert!(Class::ALL.len() <= 32, "a ClassSet holds 32 classes");
 
 impl ClassSet {
-    const ALL: Self = Self(u16::MAX);
+    const ALL: Self = Self(u32::MAX);
 
-    fn bit(class: Class) -> u16 {
-        1 << class as u16
+    fn bit(class: Class) -> u32 {
+        1 << class as u32
     }
 
     fn contains(self, class: Class) -> bool {
@@ -54,7 +56,7 @@ impl<'a> Peer<'a> {
     pub fn new(ip: Ipv4Addr, record: &'a PeerRecord) -> Self {
         Self {
             ip,
-            class: Class::of(ip),
+            class: Class::of(ip.into()),
             netns: None,
             record,
         }

@@ -80,7 +80,7 @@ fn settle_claims(views: &mut [View]) {
         let before = view.snapshot.addresses.len();
         view.snapshot.addresses.retain(|addr| {
             !matches!(
-                Class::of(*addr),
+                Class::of((*addr).into()),
                 Class::ThisNetwork | Class::Loopback | Class::Multicast | Class::Broadcast
             )
         });
