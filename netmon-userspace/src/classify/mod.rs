@@ -144,6 +144,38 @@ impl Serialize for Class {
     }
 }
 
+/// An address family, as `--family 4|6` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// An IPv4-mapped address counts as IPv6 here; peers never are one,
+    /// since they are stored as the IPv4 address they map.
+    pub const fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// The name used on the command line: `4` or `6`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V4 => "4",
+            Self::V6 => "6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One row of [`SPECIAL`].
 #[derive(Clone, Copy, Debug)]
 pub struct Special {
