@@ -133,10 +133,14 @@ impl ValueEnum for Class {
             .filter(|special| special.class == *self)
             .map(|special| format!("{} ({})", special.block, special.rfc))
             .collect();
-        let help = if blocks.is_empty() {
-            "any address in no other class".to_owned()
-        } else {
-            blocks.join(", ")
+        let help = match (*self, blocks.is_empty()) {
+            (_, true) => "any address in no other class".to_owned(),
+            // Peers are stored normalised, so a filter on it selects none.
+            (Self::Ipv4Mapped, false) => format!(
+                "{}; never a peer's: one is stored as the IPv4 address it maps",
+                blocks.join(", ")
+            ),
+            (_, false) => blocks.join(", "),
         };
         Some(PossibleValue::new(self.as_str()).help(help))
     }
