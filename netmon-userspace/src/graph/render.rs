@@ -51,7 +51,7 @@ impl fmt::Display for Node {
         match self {
             Self::Host(name) => write!(f, "{}", Escaped::new(name.as_str())),
             Self::Address(ip) => write!(f, "{ip}"),
-            Self::Net(net) => write!(f, "{net}/24"),
+            Self::Net(net) => write!(f, "{net}/{}", super::Group::net_bits(*net)),
             Self::Class(class) => write!(f, "{class}"),
         }
     }
