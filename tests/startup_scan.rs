@@ -7,9 +7,10 @@
 //! loopback up, a unique-local /64 routed to it as `local` (so every
 //! address of the prefix is the namespace's, as 127/8 is) and
 //! `ip_nonlocal_bind` set there, so a client binds any of them as its
-//! source. netmon runs in that namespace, whose socket tables it scans.
+//! source. netmon runs in that namespace, whose socket tables it scans;
+//! `--follow` prints what the scan found, in both of its formats.
 use std::{
-    fs,
+    fs::{self, File},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
     path::Path,
     process::Command,
@@ -24,8 +25,10 @@ use socket2::{Domain, Socket, Type};
 
 const NETMON: &str = env!("CARGO_BIN_EXE_netmon");
 
-/// The unique-local prefix routed to the namespace's loopback.
-const PREFIX: &str = "fd11:20::/64";
+/// The unique-local prefix routed to the namespace's loopback: its
+/// addresses are wider than a dotted quad, as `--follow`'s text lines
+/// must show.
+const PREFIX: &str = "fd11:2020:3030:4040::/64";
 
 /// A network namespace of the test's own, deleted on drop.
 struct Netns(String);
@@ -67,7 +70,7 @@ impl Drop for Netns {
 }
 
 fn ula(last: u16) -> IpAddr {
-    Ipv6Addr::new(0xfd11, 0x20, 0, 0, 0, 0, 0, last).into()
+    Ipv6Addr::new(0xfd11, 0x2020, 0x3030, 0x4040, 0, 0, 0, last).into()
 }
 
 /// A stream socket of `source`'s family bound to `source`, connected to
@@ -107,16 +110,18 @@ fn established(listen: SocketAddr, source: SocketAddr) -> (u16, [Socket; 2], Tcp
     (port, [client, server.into()], listener)
 }
 
-/// `netmon run` in raw-tracepoint mode inside `netns` (tracepoint where
-/// this kernel has no raw tracepoints), ready: its scan is done.
-fn start(netns: &Netns, output: &Path) -> Netmon {
+/// `netmon run ARGS` in raw-tracepoint mode inside `netns` (tracepoint
+/// where this kernel has no raw tracepoints), writing `output` and its
+/// stdout to `stdout`, ready: its scan is done.
+fn start(netns: &Netns, output: &Path, args: &[&str], stdout: &Path) -> Netmon {
     let mut last = String::new();
     for mode in ["raw-tracepoint", "tracepoint"] {
         let mut command = command_in(&netns.0, "startup6", NETMON);
         command
             .args(["run", "--mode", mode, "--output"])
-            .arg(output);
-        let netmon = Netmon::spawn(command);
+            .arg(output)
+            .args(args);
+        let netmon = Netmon::spawn_with_stdout(command, File::create(stdout).unwrap().into());
         match netmon.wait_ready() {
             Ok(()) => return netmon,
             Err(log) => last = format!("--mode {mode}: {log}\n{}", netmon.stop().1),
@@ -144,13 +149,19 @@ fn ipv6_and_mapped_connections_open_before_start_are_recorded_by_the_scan() {
         (port6, port_mapped, open)
     });
     let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("startup6.json");
-    let netmon = start(&netns, &output);
-    let (status, log) = netmon.stop();
+    let run = |name: &str, args: &[&str]| {
+        let output = dir.path().join(format!("{name}.json"));
+        let stdout = dir.path().join(format!("{name}.out"));
+        let (status, log) = start(&netns, &output, args, &stdout).stop();
+        assert!(status.success(), "{log}");
+        let file: Value = serde_json::from_str(&fs::read_to_string(&output).unwrap()).unwrap();
+        (file, log, fs::read_to_string(&stdout).unwrap())
+    };
+    let (file, log, json_lines) = run("json", &["--follow", "--json"]);
+    // A file of its own, so that the scan's peers are new to it again.
+    let (_, text_log, text_lines) = run("text", &["--follow"]);
     drop(open);
-    assert!(status.success(), "{log}");
 
-    let file: Value = serde_json::from_str(&fs::read_to_string(&output).unwrap()).unwrap();
     let peer = |ip: &str| {
         file["peers"]
             .as_array()
@@ -162,24 +173,25 @@ fn ipv6_and_mapped_connections_open_before_start_are_recorded_by_the_scan() {
     };
     let tcp = |port: u16| Value::from(format!("{port}/tcp"));
     let mode = chosen_mode(&log).unwrap_or("-").to_owned();
+    let expected = [
+        (server6.to_string(), port6, "out", "private"),
+        (client6.to_string(), port6, "in", "private"),
+        (mapped_server.to_owned(), port_mapped, "out", "loopback"),
+        (mapped_client.to_owned(), port_mapped, "in", "loopback"),
+    ];
     // Recorded with its direction and port, but not counted: counts are
     // connections seen opening.
-    for (ip, port, outbound) in [
-        (server6.to_string(), port6, true),
-        (client6.to_string(), port6, false),
-        (mapped_server.to_owned(), port_mapped, true),
-        (mapped_client.to_owned(), port_mapped, false),
-    ] {
-        let peer = peer(&ip);
-        let (ports, direction) = if outbound {
-            ("remote_ports", "outbound")
+    for (ip, port, direction, _) in &expected {
+        let peer = peer(ip);
+        let ports = if *direction == "out" {
+            "remote_ports"
         } else {
-            ("local_ports", "inbound")
+            "local_ports"
         };
         assert!(
             peer["outbound"] == 0
                 && peer["inbound"] == 0
-                && peer[ports].as_array().unwrap() == &[tcp(port)],
+                && peer[ports].as_array().unwrap() == &[tcp(*port)],
             "{ip} ({mode}) should be recorded {direction} on {port}, uncounted: {peer}"
         );
     }
@@ -187,4 +199,43 @@ fn ipv6_and_mapped_connections_open_before_start_are_recorded_by_the_scan() {
         !file.to_string().contains("::ffff:"),
         "an IPv4-mapped address recorded as IPv6 ({mode}):\n{file:#}"
     );
+
+    // --follow --json: a line for each, with its class, IPv6 as RFC 5952
+    // writes it.
+    let lines: Vec<Value> = json_lines
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    for (ip, port, direction, class) in &expected {
+        assert!(
+            lines.iter().any(|line| line["ip"] == *ip
+                && line["direction"] == *direction
+                && line["port"] == *port
+                && line["protocol"] == "tcp"
+                && line["class"] == *class),
+            "no --follow --json line for {ip} {direction} {port} ({mode}):\n{json_lines}"
+        );
+    }
+    // --follow: the same in text, the class column after the widest
+    // address printed so far (a dotted quad's at least).
+    let mut width = 15;
+    for line in text_lines.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        width = width.max(fields[2].len());
+        let ip_at = line.find(&format!(" {} ", fields[2])).unwrap() + 1;
+        assert_eq!(
+            line.find(&format!(" {} ", fields[3])),
+            Some(ip_at + width),
+            "the class column of {line:?} is not after the widest address so far:\n{text_lines}"
+        );
+    }
+    for (ip, port, direction, class) in &expected {
+        assert!(
+            text_lines.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields[1..5] == [*direction, ip.as_str(), *class, &format!("{port}/tcp")]
+            }),
+            "no --follow line for {ip} {direction} {port} ({text_log}):\n{text_lines}"
+        );
+    }
 }
