@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddrV6, TcpListener, TcpStream},
     path::Path,
     process::Command,
 };
@@ -123,6 +123,18 @@ fn the_map_of_a_fleet_has_every_edge_with_its_ports_and_sides() {
             fleet.run_in(host, || TcpListener::bind(addr).unwrap()),
         )
     };
+    // ext's link-local address, which web1 and web2 reach each on its own
+    // link (their eth0): two nodes, one each.
+    let on_link = fleet.run_in("ext", || TcpListener::bind("[::]:8081").unwrap());
+    let link_local = |client: &str| {
+        let scope = fleet.run_in(client, || {
+            // SAFETY: a NUL-terminated interface name.
+            unsafe { libc::if_nametoindex(c"eth0".as_ptr()) }
+        });
+        let dest = SocketAddrV6::new(fleet.link_local("ext"), 8081, 0, scope);
+        let stream = fleet.run_in(client, || TcpStream::connect(dest).unwrap());
+        (stream, on_link.accept().unwrap().0)
+    };
     let listeners: Listeners = [("db1", 5432), ("cache", 6379), ("db2", 5433), ("ext", 8080)]
         .into_iter()
         .flat_map(|(host, port)| [Family::V4, Family::V6].map(|f| listen(host, port, f)))
@@ -154,6 +166,7 @@ fn the_map_of_a_fleet_has_every_edge_with_its_ports_and_sides() {
     let open: Vec<_> = workload
         .iter()
         .flat_map(|&(edge, times)| connect(&fleet, &listeners, edge, times))
+        .chain(["web1", "web2"].map(link_local))
         .collect();
     netmons.into_iter().for_each(stop);
     drop(open);
@@ -172,6 +185,7 @@ fn the_map_of_a_fleet_has_every_edge_with_its_ports_and_sides() {
         }
     };
     let ext6 = fleet.addr6("ext").to_string();
+    let ext_link = fleet.link_local("ext");
     let seen = |connections: u64| json!(connections);
     let expected: Vec<Value> = [
         ("web1", "db1", "5432/tcp", Some(3), Some(3)),
@@ -181,6 +195,20 @@ fn the_map_of_a_fleet_has_every_edge_with_its_ports_and_sides() {
         ("web2", "db2", "5433/tcp", Some(1), None),
         ("web1", "ext", "8080/tcp", Some(1), None),
         ("web1", &ext6, "8080/tcp", Some(1), None),
+        (
+            "web1",
+            &format!("{ext_link}%web1"),
+            "8081/tcp",
+            Some(1),
+            None,
+        ),
+        (
+            "web2",
+            &format!("{ext_link}%web2"),
+            "8081/tcp",
+            Some(1),
+            None,
+        ),
     ]
     .iter()
     .map(|&(client, server, port, by_client, by_server)| {
@@ -236,7 +264,15 @@ fn the_map_of_a_fleet_has_every_edge_with_its_ports_and_sides() {
     let mut expected_nodes: Vec<(String, String)> = ["web1", "web2", "db1", "cache", "db2"]
         .iter()
         .map(|host| (host.to_string(), r#""host""#.to_owned()))
-        .chain([id("ext"), ext6.clone()].map(|ext| (ext, r#""address""#.to_owned())))
+        .chain(
+            [
+                id("ext"),
+                ext6.clone(),
+                format!("{ext_link}%web1"),
+                format!("{ext_link}%web2"),
+            ]
+            .map(|ext| (ext, r#""address""#.to_owned())),
+        )
         .collect();
     expected_nodes.sort();
     assert_eq!(nodes, expected_nodes, "{map:#}");
@@ -299,7 +335,12 @@ fn the_map_of_a_fleet_has_every_edge_with_its_ports_and_sides() {
         .filter(|node| node["kind"] == "net")
         .map(|node| &node["id"])
         .collect();
-    assert_eq!(nets, [net4, net6], "{grouped:#}");
+    // A link-local peer's /64 is each host's link's still.
+    assert_eq!(
+        nets,
+        [net4, net6, "fe80::/64%web1", "fe80::/64%web2"],
+        "{grouped:#}"
+    );
     let text = graph(&["--group", "/24"], &files);
     let csv = graph(&["--group", "/24", "--format", "csv"], &files);
     for net in [net4, net6] {

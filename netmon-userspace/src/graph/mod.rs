@@ -116,6 +116,10 @@ pub enum Node {
     Address(IpAddr),
     /// Peers grouped by /24 (IPv4) or /64 (IPv6): the network's address.
     Net(IpAddr),
+    /// An IPv6 link-local peer of `host`'s links, as [`Node::Address`],
+    /// or with `net` its /64: every link has fe80::/64 alike, so one
+    /// host's fe80::1 is not another's.
+    LinkLocal { ip: IpAddr, net: bool, host: String },
     /// Peers grouped by class.
     Class(Class),
 }
@@ -227,7 +231,7 @@ impl Graph {
                     Some(&host) if host == view.host && netns.is_none() => continue,
                     Some(&host) => Node::Host(host.to_owned()),
                     None if ip.is_loopback() => continue,
-                    None => group.node_of(ip),
+                    None => group.node_of(ip, &view.host),
                 };
                 let other = node(&mut graph, other);
                 let directions = record.directions();
@@ -288,8 +292,19 @@ impl Graph {
 }
 
 impl Group {
-    fn node_of(self, ip: IpAddr) -> Node {
+    /// The node of `ip`, a peer of `host`.
+    fn node_of(self, ip: IpAddr, host: &str) -> Node {
+        let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
         match self {
+            Self::None | Self::Slash24 if link_local => Node::LinkLocal {
+                ip: if self == Self::None {
+                    ip
+                } else {
+                    Self::net_of(ip)
+                },
+                net: self == Self::Slash24,
+                host: host.to_owned(),
+            },
             Self::None => Node::Address(ip),
             Self::Slash24 => Node::Net(Self::net_of(ip)),
             Self::Class => Node::Class(Class::of(ip)),

@@ -51,6 +51,10 @@ impl Fleet {
             // No duplicate address detection: the address is usable at
             // once, and the fleet alone hands them out.
             ip(&["-n", &ns, "addr", "add", &addr6, "dev", "eth0", "nodad"]);
+            // Nor for the link-local address eth0 takes when it comes up.
+            run_in(&ns, || {
+                std::fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0").unwrap();
+            });
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
@@ -88,6 +92,20 @@ impl Fleet {
     pub fn addr6(&self, host: &str) -> Ipv6Addr {
         let index = u16::try_from(self.index(host) + 1).unwrap();
         Ipv6Addr::new(0xfd10, 0x213, 0, 0, 0, 0, 0, index)
+    }
+
+    /// The IPv6 link-local address of `host`'s eth0.
+    pub fn link_local(&self, host: &str) -> Ipv6Addr {
+        let ns = self.ns(host);
+        let out = ip(&[
+            "-n", &ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+        ]);
+        let out = String::from_utf8_lossy(&out.stdout);
+        out.split_whitespace()
+            .skip_while(|word| *word != "inet6")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{host} has no link-local address: {out}"))
     }
 
     /// `program` run inside `host`'s namespace, in a UTS namespace of its
