@@ -240,7 +240,7 @@ impl Metrics {
         let mut counts = std::collections::HashMap::new();
         for (ip, record) in peers.iter() {
             *counts
-                .entry(PeerLabels::new(Class::of(ip.into()), record.directions()))
+                .entry(PeerLabels::new(Class::of(ip), record.directions()))
                 .or_insert(0) += 1;
         }
         for (labels, count) in counts {
@@ -384,7 +384,7 @@ mod tests {
 
     fn outbound(peer: Ipv4Addr) -> Connection {
         Connection {
-            peer,
+            peer: peer.into(),
             remote_port: 443,
             local_port: 40000,
             protocol: crate::peer::Protocol::Tcp,
@@ -444,7 +444,7 @@ mod tests {
         };
         metrics.peer_moved(
             Class::Private,
-            Some(peers.get(known).unwrap().directions()),
+            Some(peers.get(known.into()).unwrap().directions()),
             both,
         );
         metrics.peer_moved(Class::Public, None, both);

@@ -71,7 +71,7 @@ impl Observers {
         if before == Some(after) {
             return;
         }
-        let class = Class::of(conn.peer.into());
+        let class = Class::of(conn.peer);
         self.metrics.peer_moved(class, before, after);
         let Some(follow) = &mut self.follow else {
             return;

@@ -3,7 +3,10 @@
 //! The kernel speaks in [`PeerEvent`]s of raw integers; everything past the
 //! ring buffer works with a [`Connection`], whose fields cannot hold values
 //! the rest of the program would have to re-check.
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context as _, bail};
 use netmon_common::{
@@ -370,10 +373,11 @@ mod owners {
     }
 }
 
-/// One TCP connection, or UDP exchange, with an IPv4 peer.
+/// One TCP connection, or UDP exchange, with a peer of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connection {
-    pub peer: Ipv4Addr,
+    /// IPv4-mapped addresses are IPv4's: a dual-stack socket's IPv4 peer.
+    pub peer: IpAddr,
     pub remote_port: u16,
     pub local_port: u16,
     pub protocol: Protocol,
@@ -416,7 +420,7 @@ impl TryFrom<&PeerEvent> for Connection {
     fn try_from(event: &PeerEvent) -> anyhow::Result<Self> {
         Ok(Self {
             // `addr` holds the address's bytes in network order.
-            peer: Ipv4Addr::from(event.addr.to_ne_bytes()),
+            peer: IpAddr::V4(Ipv4Addr::from(event.addr.to_ne_bytes())),
             remote_port: event.remote_port,
             local_port: event.local_port,
             protocol: Protocol::try_from(event.protocol).context("bad event from kernel")?,

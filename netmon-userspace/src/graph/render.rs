@@ -103,7 +103,7 @@ fn to_json(graph: &Graph) -> Value {
                         json!(graph.addresses.get(name).cloned().unwrap_or_default());
                 }
                 Node::Address(ip) => {
-                    value["class"] = json!(crate::classify::Class::of((*ip).into()).as_str())
+                    value["class"] = json!(crate::classify::Class::of(*ip).as_str())
                 }
                 Node::Net(_) | Node::Class(_) => {}
             }

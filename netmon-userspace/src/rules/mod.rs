@@ -29,7 +29,6 @@ mod nft;
 
 use std::{
     io::{self, Write},
-    net::IpAddr,
     path::PathBuf,
 };
 
@@ -211,7 +210,7 @@ impl Chain {
         let mut entries = Vec::new();
         for group in accesses.chunk_by(|a, b| a.service == b.service) {
             let service = group[0].service;
-            let blocks = aggregate(group.iter().map(|access| IpAddr::from(access.peer)));
+            let blocks = aggregate(group.iter().map(|access| access.peer));
             entries.extend(blocks.into_iter().map(|block| Entry { block, service }));
         }
         Self { direction, entries }
