@@ -9,8 +9,8 @@
 //! saying so. The loading tests send no traffic.
 #[path = "rules/enforce.rs"]
 mod enforce;
-#[path = "rules/families.rs"]
-mod families;
+#[path = "rules/ipv6.rs"]
+mod ipv6;
 
 use std::{
     collections::BTreeSet,
