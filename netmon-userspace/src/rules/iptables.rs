@@ -36,15 +36,16 @@ pub(super) fn write(ruleset: &Ruleset, family: Family, out: &mut impl Write) -> 
          # it.\n\
          # {}\n\
          # Jump to them after what must always pass (loopback, established\n\
-         # connections, SSH{}), for example:",
+         # connections, SSH{}",
         ruleset.scope(),
         match family {
-            Family::V4 => "",
+            Family::V4 => "), for example:",
             Family::V6 => {
-                ", and ICMPv6 neighbour discovery:\n\
-                 # without it no neighbour's address resolves and every IPv6 connection\n\
-                 # on the link stops, allowed ones included; without router\n\
-                 # advertisements the default route expires"
+                ") and ICMPv6 neighbour discovery,\n\
+                 # which conntrack does not track: without it no neighbour's address\n\
+                 # resolves and every IPv6 connection on the link stops, allowed ones\n\
+                 # included, and without router advertisements the default route\n\
+                 # expires. For example:"
             }
         }
     )?;
