@@ -144,6 +144,38 @@ impl Serialize for Class {
     }
 }
 
+/// An address family, as `--family 4|6` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// An IPv4-mapped address counts as IPv6 here; peers never are one,
+    /// since they are stored as the IPv4 address they map.
+    pub const fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// The name used on the command line: `4` or `6`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V4 => "4",
+            Self::V6 => "6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One row of [`SPECIAL`].
 #[derive(Clone, Copy, Debug)]
 pub struct Special {
@@ -183,154 +215,50 @@ const fn v6(network: [u16; 8], prefix: u8, class: Class, rfc: &'static str) -> S
 /// are one class because the registry marks them globally reachable,
 /// unlike the IETF protocol block around most of them; DRIP entity tags
 /// are ORCHIDs (RFC 9374), as is the deprecated first ORCHID block.
+#[rustfmt::skip]
 pub const SPECIAL: [Special; 42] = [
-    v4([0, 0, 0, 0], 8, Class::ThisNetwork, "RFC 791"),
-    v4([10, 0, 0, 0], 8, Class::Private, "RFC 1918"),
-    v4([100, 64, 0, 0], 10, Class::Shared, "RFC 6598"),
-    v4([127, 0, 0, 0], 8, Class::Loopback, "RFC 1122"),
-    v4([169, 254, 0, 0], 16, Class::LinkLocal, "RFC 3927"),
-    v4([172, 16, 0, 0], 12, Class::Private, "RFC 1918"),
-    v4([192, 0, 0, 0], 24, Class::IetfProtocol, "RFC 6890"),
-    v4([192, 0, 2, 0], 24, Class::Documentation, "RFC 5737"),
-    v4([192, 88, 99, 0], 24, Class::SixToFourRelay, "RFC 7526"),
-    v4([192, 168, 0, 0], 16, Class::Private, "RFC 1918"),
-    v4([198, 18, 0, 0], 15, Class::Benchmarking, "RFC 2544"),
-    v4([198, 51, 100, 0], 24, Class::Documentation, "RFC 5737"),
-    v4([203, 0, 113, 0], 24, Class::Documentation, "RFC 5737"),
-    v4([224, 0, 0, 0], 4, Class::Multicast, "RFC 5771"),
-    v4([240, 0, 0, 0], 4, Class::Reserved, "RFC 1112"),
-    v4([255, 255, 255, 255], 32, Class::Broadcast, "RFC 919"),
-    v6(
-        [0, 0, 0, 0, 0, 0, 0, 0],
-        128,
-        Class::Unspecified,
-        "RFC 4291",
-    ),
-    v6([0, 0, 0, 0, 0, 0, 0, 1], 128, Class::Loopback, "RFC 4291"),
-    v6(
-        [0, 0, 0, 0, 0, 0xffff, 0, 0],
-        96,
-        Class::Ipv4Mapped,
-        "RFC 4291",
-    ),
-    v6(
-        [0x64, 0xff9b, 0, 0, 0, 0, 0, 0],
-        96,
-        Class::Translation,
-        "RFC 6052",
-    ),
-    v6(
-        [0x64, 0xff9b, 1, 0, 0, 0, 0, 0],
-        48,
-        Class::Translation,
-        "RFC 8215",
-    ),
-    v6(
-        [0x100, 0, 0, 0, 0, 0, 0, 0],
-        64,
-        Class::DiscardOnly,
-        "RFC 6666",
-    ),
-    v6([0x100, 0, 0, 1, 0, 0, 0, 0], 64, Class::Dummy, "RFC 9780"),
-    v6(
-        [0x2001, 0, 0, 0, 0, 0, 0, 0],
-        23,
-        Class::IetfProtocol,
-        "RFC 2928",
-    ),
-    v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32, Class::Teredo, "RFC 4380"),
-    v6(
-        [0x2001, 1, 0, 0, 0, 0, 0, 1],
-        128,
-        Class::Anycast,
-        "RFC 7723",
-    ),
-    v6(
-        [0x2001, 1, 0, 0, 0, 0, 0, 2],
-        128,
-        Class::Anycast,
-        "RFC 8155",
-    ),
-    v6(
-        [0x2001, 1, 0, 0, 0, 0, 0, 3],
-        128,
-        Class::Anycast,
-        "RFC 9665",
-    ),
-    v6(
-        [0x2001, 2, 0, 0, 0, 0, 0, 0],
-        48,
-        Class::Benchmarking,
-        "RFC 5180",
-    ),
-    v6(
-        [0x2001, 3, 0, 0, 0, 0, 0, 0],
-        32,
-        Class::Anycast,
-        "RFC 7450",
-    ),
-    v6(
-        [0x2001, 4, 0x112, 0, 0, 0, 0, 0],
-        48,
-        Class::Anycast,
-        "RFC 7535",
-    ),
-    v6(
-        [0x2001, 0x10, 0, 0, 0, 0, 0, 0],
-        28,
-        Class::Orchid,
-        "RFC 4843",
-    ),
-    v6(
-        [0x2001, 0x20, 0, 0, 0, 0, 0, 0],
-        28,
-        Class::Orchid,
-        "RFC 7343",
-    ),
-    v6(
-        [0x2001, 0x30, 0, 0, 0, 0, 0, 0],
-        28,
-        Class::Orchid,
-        "RFC 9374",
-    ),
-    v6(
-        [0x2001, 0xdb8, 0, 0, 0, 0, 0, 0],
-        32,
-        Class::Documentation,
-        "RFC 3849",
-    ),
-    v6(
-        [0x2002, 0, 0, 0, 0, 0, 0, 0],
-        16,
-        Class::SixToFour,
-        "RFC 3056",
-    ),
-    v6(
-        [0x2620, 0x4f, 0x8000, 0, 0, 0, 0, 0],
-        48,
-        Class::Anycast,
-        "RFC 7534",
-    ),
-    v6(
-        [0x3fff, 0, 0, 0, 0, 0, 0, 0],
-        20,
-        Class::Documentation,
-        "RFC 9637",
-    ),
-    v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16, Class::Srv6, "RFC 9602"),
-    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7, Class::Private, "RFC 4193"),
-    v6(
-        [0xfe80, 0, 0, 0, 0, 0, 0, 0],
-        10,
-        Class::LinkLocal,
-        "RFC 4291",
-    ),
-    v6(
-        [0xff00, 0, 0, 0, 0, 0, 0, 0],
-        8,
-        Class::Multicast,
-        "RFC 4291",
-    ),
+    v4([0, 0, 0, 0],                          8,   Class::ThisNetwork,    "RFC 791"),
+    v4([10, 0, 0, 0],                         8,   Class::Private,        "RFC 1918"),
+    v4([100, 64, 0, 0],                       10,  Class::Shared,         "RFC 6598"),
+    v4([127, 0, 0, 0],                        8,   Class::Loopback,       "RFC 1122"),
+    v4([169, 254, 0, 0],                      16,  Class::LinkLocal,      "RFC 3927"),
+    v4([172, 16, 0, 0],                       12,  Class::Private,        "RFC 1918"),
+    v4([192, 0, 0, 0],                        24,  Class::IetfProtocol,   "RFC 6890"),
+    v4([192, 0, 2, 0],                        24,  Class::Documentation,  "RFC 5737"),
+    v4([192, 88, 99, 0],                      24,  Class::SixToFourRelay, "RFC 7526"),
+    v4([192, 168, 0, 0],                      16,  Class::Private,        "RFC 1918"),
+    v4([198, 18, 0, 0],                       15,  Class::Benchmarking,   "RFC 2544"),
+    v4([198, 51, 100, 0],                     24,  Class::Documentation,  "RFC 5737"),
+    v4([203, 0, 113, 0],                      24,  Class::Documentation,  "RFC 5737"),
+    v4([224, 0, 0, 0],                        4,   Class::Multicast,      "RFC 5771"),
+    v4([240, 0, 0, 0],                        4,   Class::Reserved,       "RFC 1112"),
+    v4([255, 255, 255, 255],                  32,  Class::Broadcast,      "RFC 919"),
+    v6([0, 0, 0, 0, 0, 0, 0, 0],              128, Class::Unspecified,    "RFC 4291"),
+    v6([0, 0, 0, 0, 0, 0, 0, 1],              128, Class::Loopback,       "RFC 4291"),
+    v6([0, 0, 0, 0, 0, 0xffff, 0, 0],         96,  Class::Ipv4Mapped,     "RFC 4291"),
+    v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0],      96,  Class::Translation,    "RFC 6052"),
+    v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0],      48,  Class::Translation,    "RFC 8215"),
+    v6([0x100, 0, 0, 0, 0, 0, 0, 0],          64,  Class::DiscardOnly,    "RFC 6666"),
+    v6([0x100, 0, 0, 1, 0, 0, 0, 0],          64,  Class::Dummy,          "RFC 9780"),
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0],         23,  Class::IetfProtocol,   "RFC 2928"),
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0],         32,  Class::Teredo,         "RFC 4380"),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 1],         128, Class::Anycast,        "RFC 7723"),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 2],         128, Class::Anycast,        "RFC 8155"),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 3],         128, Class::Anycast,        "RFC 9665"),
+    v6([0x2001, 2, 0, 0, 0, 0, 0, 0],         48,  Class::Benchmarking,   "RFC 5180"),
+    v6([0x2001, 3, 0, 0, 0, 0, 0, 0],         32,  Class::Anycast,        "RFC 7450"),
+    v6([0x2001, 4, 0x112, 0, 0, 0, 0, 0],     48,  Class::Anycast,        "RFC 7535"),
+    v6([0x2001, 0x10, 0, 0, 0, 0, 0, 0],      28,  Class::Orchid,         "RFC 4843"),
+    v6([0x2001, 0x20, 0, 0, 0, 0, 0, 0],      28,  Class::Orchid,         "RFC 7343"),
+    v6([0x2001, 0x30, 0, 0, 0, 0, 0, 0],      28,  Class::Orchid,         "RFC 9374"),
+    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0],     32,  Class::Documentation,  "RFC 3849"),
+    v6([0x2002, 0, 0, 0, 0, 0, 0, 0],         16,  Class::SixToFour,      "RFC 3056"),
+    v6([0x2620, 0x4f, 0x8000, 0, 0, 0, 0, 0], 48,  Class::Anycast,        "RFC 7534"),
+    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0],         20,  Class::Documentation,  "RFC 9637"),
+    v6([0x5f00, 0, 0, 0, 0, 0, 0, 0],         16,  Class::Srv6,           "RFC 9602"),
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0],         7,   Class::Private,        "RFC 4193"),
+    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0],         10,  Class::LinkLocal,      "RFC 4291"),
+    v6([0xff00, 0, 0, 0, 0, 0, 0, 0],         8,   Class::Multicast,      "RFC 4291"),
 ];
 
 #[cfg(test)]
@@ -601,6 +529,33 @@ mod tests {
             err.contains("\"privat\"") && err.contains("6to4-relay"),
             "{err}"
         );
+    }
+
+    /// The class table in docs/operating.md says what [`SPECIAL`] does.
+    #[test]
+    fn the_manual_lists_every_block() {
+        let manual = include_str!("../../../docs/operating.md");
+        let table = manual
+            .lines()
+            .skip_while(|line| !line.starts_with("| Class | IPv4 | IPv6 |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'));
+        let mut documented = std::collections::BTreeSet::new();
+        for row in table {
+            let cells: Vec<_> = row.split('|').map(str::trim).collect();
+            let class: Class = cells[1].trim_matches('`').parse().unwrap();
+            for block in cells[2..4].iter().flat_map(|cell| cell.split(", ")) {
+                if let Some((network, prefix)) = block.split_once('/') {
+                    let network: IpAddr = network.parse().unwrap();
+                    documented.insert((network, prefix.parse::<u8>().unwrap(), class));
+                }
+            }
+        }
+        let special: std::collections::BTreeSet<_> = SPECIAL
+            .iter()
+            .map(|s| (s.block.first(), s.block.prefix(), s.class))
+            .collect();
+        assert_eq!(documented, special);
     }
 
     #[test]

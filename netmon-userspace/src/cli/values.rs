@@ -5,7 +5,7 @@
 use clap::{ValueEnum, builder::PossibleValue};
 
 use crate::{
-    classify::{Class, SPECIAL},
+    classify::{Class, Family, SPECIAL},
     ebpf::events::TransportRequest,
     graph::{GraphFormat, Group},
     mode::ModeRequest,
@@ -55,6 +55,11 @@ value_enum!(Format {
     Json => "json": "One object per peer, with its class and recorded fields",
     Csv => "csv": "A header row, then one row per peer",
     Plain => "plain": "One address per line, for other tools",
+});
+
+value_enum!(Family {
+    V4 => "4": "IPv4 peers",
+    V6 => "6": "IPv6 peers",
 });
 
 value_enum!(GraphFormat {
@@ -129,10 +134,14 @@ impl ValueEnum for Class {
             .filter(|special| special.class == *self)
             .map(|special| format!("{} ({})", special.block, special.rfc))
             .collect();
-        let help = if blocks.is_empty() {
-            "any address in no other class".to_owned()
-        } else {
-            blocks.join(", ")
+        let help = match (*self, blocks.is_empty()) {
+            (_, true) => "any address in no other class".to_owned(),
+            // Peers are stored normalised, so a filter on it selects none.
+            (Self::Ipv4Mapped, false) => format!(
+                "{}; never a peer's: one is stored as the IPv4 address it maps",
+                blocks.join(", ")
+            ),
+            (_, false) => blocks.join(", "),
         };
         Some(PossibleValue::new(self.as_str()).help(help))
     }
