@@ -37,7 +37,7 @@ use log::warn;
 
 pub use self::{aggregate::aggregate, name::RuleName};
 use crate::{
-    classify::Cidr,
+    classify::{Cidr, Family},
     peer::Direction,
     report::{self, Allowed, Inputs, Ports, Protocol, RuleSelection, Service},
     time::UnixTime,
@@ -78,18 +78,8 @@ impl RuleFormat {
     }
 }
 
-/// An address family, in the words of the tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
+/// An address family in the words of the tools.
 impl Family {
-    fn of(block: Cidr) -> Self {
-        if block.is_ipv4() { Self::V4 } else { Self::V6 }
-    }
-
     /// The nft payload protocol of its addresses.
     const fn nft(self) -> &'static str {
         match self {
@@ -131,7 +121,7 @@ impl Family {
         }
     }
 
-    const fn name(self) -> &'static str {
+    const fn long_name(self) -> &'static str {
         match self {
             Self::V4 => "IPv4",
             Self::V6 => "IPv6",
@@ -220,24 +210,23 @@ impl Chain {
     fn entries_of(&self, family: Family) -> impl Iterator<Item = &Entry> {
         self.entries
             .iter()
-            .filter(move |entry| Family::of(entry.block) == family)
+            .filter(move |entry| Family::of(entry.block.first()) == family)
     }
 
     /// A family without entries is dropped whole by a hooked chain (new
     /// connections; replies pass as established), which is right when it
-    /// was never seen and worth a word.
+    /// was never seen, or not selected (`--family`), and worth a word.
     fn warn_without(&self, family: Family, ports: Ports) {
         if self.entries_of(family).next().is_none() {
             let what = match ports {
                 Ports::Observed => "TCP connection and UDP datagram",
                 Ports::Any => "packet",
             };
+            let family = family.long_name();
             warn!(
-                "no {} peers were seen {}bound: the {} chain drops every new {} {what}",
-                family.name(),
+                "no {family} peer is allowed {}bound: the {} chain drops every new {family} {what}",
                 self.direction,
                 self.words().hook,
-                family.name(),
             );
         }
     }
