@@ -242,7 +242,9 @@ mod tests {
     fn no_family_passes_whole() {
         let mut ruleset = tests::ruleset(RuleFormat::Nft, &BOTH, Ports::Any);
         for chain in &mut ruleset.chains {
-            chain.entries.retain(|e| Family::of(e.block.first()) == Family::V4);
+            chain
+                .entries
+                .retain(|e| Family::of(e.block.first()) == Family::V4);
         }
         let mut out = Vec::new();
         write(&ruleset, &mut out).unwrap();
