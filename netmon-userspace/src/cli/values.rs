@@ -76,12 +76,13 @@ value_enum!(Group {
 });
 
 value_enum!(RuleFormat {
-    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set and an unhooked chain \
-        per direction",
-    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction (hash:net \
-        with --any-port), swapped in atomically",
+    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set per direction and \
+        family and an unhooked chain per direction",
+    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction and family \
+        (family inet and inet6; hash:net with --any-port), swapped in atomically",
     Iptables => "iptables": "An `iptables-restore --noflush` script: a chain of RETURN rules per \
-        direction",
+        direction, for IPv4 (IPv6's is --format ip6tables)",
+    Ip6tables => "ip6tables": "An `ip6tables-restore --noflush` script: the same for IPv6",
 });
 
 value_enum!(ModeRequest {
