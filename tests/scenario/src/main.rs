@@ -16,7 +16,7 @@ use std::{
 
 use netmon_scenario::{
     case::{Case, Workload},
-    check::{Sees, check_workload, peers_in, read_checkpoint, read_peers},
+    check::{Sees, check_workload, peers_in, read_checkpoint, read_ip_peers, read_peers},
     harness::{Netmon, chosen_mode},
     isolate, mptcp,
     net::Net,
@@ -113,15 +113,15 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
             Sees::mode(&chosen)
         }
     };
-    let peers = match &work {
-        // Made in a namespace of their own: that namespace's peers.
-        Work::Mptcp(work) => peers_in(&read_checkpoint(&output), Some(work.netns)),
-        Work::Tcp(_) | Work::Udp(_) => read_peers(&output),
-    };
     let verdict = match &work {
-        Work::Tcp(work) => check_workload(&peers, work, sees),
-        Work::Mptcp(work) => mptcp::check(&peers, work, sees.outbound_process),
-        Work::Udp(work) => udp::check(&peers, work, sees.outbound_process),
+        Work::Tcp(work) => check_workload(&read_peers(&output), work, sees),
+        // Made in a namespace of their own: that namespace's peers.
+        Work::Mptcp(work) => mptcp::check(
+            &peers_in(&read_checkpoint(&output), Some(work.netns)),
+            work,
+            sees.outbound_process,
+        ),
+        Work::Udp(work) => udp::check(&read_ip_peers(&output), work, sees.outbound_process),
     };
     drop(work);
 
