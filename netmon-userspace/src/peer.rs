@@ -3,7 +3,10 @@
 //! The kernel speaks in [`PeerEvent`]s of raw integers; everything past the
 //! ring buffer works with a [`Connection`], whose fields cannot hold values
 //! the rest of the program would have to re-check.
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context as _, bail};
 use netmon_common::{
@@ -415,8 +418,11 @@ impl TryFrom<&PeerEvent> for Connection {
 
     fn try_from(event: &PeerEvent) -> anyhow::Result<Self> {
         Ok(Self {
-            // `addr` holds the address's bytes in network order.
-            peer: Ipv4Addr::from(event.addr.to_ne_bytes()),
+            // Interim, until `peer` is an IpAddr: IPv6 peers are dropped.
+            peer: match event.addr.ip() {
+                IpAddr::V4(peer) => peer,
+                IpAddr::V6(peer) => bail!("IPv6 peer {peer}: not recorded yet"),
+            },
             remote_port: event.remote_port,
             local_port: event.local_port,
             protocol: Protocol::try_from(event.protocol).context("bad event from kernel")?,
@@ -437,13 +443,14 @@ impl TryFrom<&PeerEvent> for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmon_common::Addr;
 
     #[test]
     fn event_converts_with_network_order_address() {
         let mut comm = [0; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
         let event = PeerEvent {
-            addr: u32::from_ne_bytes([10, 1, 2, 3]),
+            addr: Addr::v4_mapped(u32::from_ne_bytes([10, 1, 2, 3])),
             remote_port: 443,
             local_port: 40000,
             pid: 7,
