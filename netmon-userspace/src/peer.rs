@@ -5,7 +5,7 @@
 //! the rest of the program would have to re-check.
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use anyhow::{Context as _, bail};
@@ -373,10 +373,11 @@ mod owners {
     }
 }
 
-/// One TCP connection, or UDP exchange, with an IPv4 peer.
+/// One TCP connection, or UDP exchange, with a peer of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connection {
-    pub peer: Ipv4Addr,
+    /// IPv4-mapped addresses are IPv4's: a dual-stack socket's IPv4 peer.
+    pub peer: IpAddr,
     pub remote_port: u16,
     pub local_port: u16,
     pub protocol: Protocol,
@@ -418,11 +419,8 @@ impl TryFrom<&PeerEvent> for Connection {
 
     fn try_from(event: &PeerEvent) -> anyhow::Result<Self> {
         Ok(Self {
-            // Interim, until `peer` is an IpAddr: IPv6 peers are dropped.
-            peer: match event.addr.ip() {
-                IpAddr::V4(peer) => peer,
-                IpAddr::V6(peer) => bail!("IPv6 peer {peer}: not recorded yet"),
-            },
+            // Addr::ip gives IPv4-mapped addresses as IPv4.
+            peer: event.addr.ip(),
             remote_port: event.remote_port,
             local_port: event.local_port,
             protocol: Protocol::try_from(event.protocol).context("bad event from kernel")?,
@@ -461,7 +459,7 @@ mod tests {
             ..PeerEvent::default()
         };
         let conn = Connection::try_from(&event).unwrap();
-        assert_eq!(conn.peer, Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(conn.peer, IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)));
         assert_eq!(conn.direction, Direction::Outbound);
         assert_eq!(conn.process.unwrap().to_string(), "curl");
     }
