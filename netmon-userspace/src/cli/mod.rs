@@ -12,7 +12,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    classify::Class,
+    classify::{Class, Family},
     collect::RunConfig,
     ebpf::events::TransportRequest,
     follow::LineFormat,
@@ -221,6 +221,10 @@ pub struct FilterArgs {
     #[arg(long = "class", value_name = "CLASS")]
     pub classes: Vec<Class>,
 
+    /// Only IPv4 (4) or only IPv6 (6) peers.
+    #[arg(long, value_name = "4|6")]
+    pub family: Option<Family>,
+
     /// Only peers that connected to us (in) or that we connected to (out).
     #[arg(long)]
     pub direction: Option<Direction>,
@@ -245,6 +249,7 @@ impl From<FilterArgs> for Filter {
     fn from(args: FilterArgs) -> Self {
         Self {
             classes: args.classes,
+            family: args.family,
             direction: args.direction,
             since: args.since,
             netns: args.netns,
@@ -492,6 +497,7 @@ mod tests {
             "rules",
             "--format=nft",
             "--class=private",
+            "--family=4",
             "--direction=out",
             "--since=12h",
             "a.json",
@@ -505,6 +511,7 @@ mod tests {
             RuleSelection {
                 filter: Filter {
                     classes: vec![Class::Private],
+                    family: Some(Family::V4),
                     direction: Some(Direction::Outbound),
                     since: Some(Duration::from_secs(12 * 3600)),
                     ..Filter::default()

@@ -5,7 +5,7 @@
 use clap::{ValueEnum, builder::PossibleValue};
 
 use crate::{
-    classify::{Class, SPECIAL},
+    classify::{Class, Family, SPECIAL},
     ebpf::events::TransportRequest,
     graph::{GraphFormat, Group},
     mode::ModeRequest,
@@ -55,6 +55,11 @@ value_enum!(Format {
     Json => "json": "One object per peer, with its class and recorded fields",
     Csv => "csv": "A header row, then one row per peer",
     Plain => "plain": "One address per line, for other tools",
+});
+
+value_enum!(Family {
+    V4 => "4": "IPv4 peers",
+    V6 => "6": "IPv6 peers",
 });
 
 value_enum!(GraphFormat {

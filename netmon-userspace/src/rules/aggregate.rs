@@ -29,7 +29,7 @@ fn cover(first: u32, last: u32, blocks: &mut Vec<Cidr>) {
         let fits = (end - at).ilog2();
         let bits = aligned.min(fits);
         let network = u32::try_from(at).expect("below end, so at most u32::MAX");
-        blocks.push(Cidr::new(
+        blocks.push(Cidr::v4(
             Ipv4Addr::from_bits(network),
             32 - u8::try_from(bits).expect("at most 32"),
         ));
@@ -61,7 +61,7 @@ pub(super) mod tests {
     #[test]
     fn a_whole_24_is_one_block() {
         let blocks = aggregate(range([10, 0, 0, 0], 256));
-        assert_eq!(blocks, [Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 24)]);
+        assert_eq!(blocks, [Cidr::v4(Ipv4Addr::new(10, 0, 0, 0), 24)]);
     }
 
     #[test]
@@ -93,10 +93,10 @@ pub(super) mod tests {
         );
         let mut whole = Vec::new();
         cover(0, u32::MAX, &mut whole);
-        assert_eq!(whole, [Cidr::new(Ipv4Addr::UNSPECIFIED, 0)]);
+        assert_eq!(whole, [Cidr::v4(Ipv4Addr::UNSPECIFIED, 0)]);
         let mut top = Vec::new();
         cover(u32::MAX - 3, u32::MAX, &mut top);
-        assert_eq!(top, [Cidr::new(Ipv4Addr::new(255, 255, 255, 252), 30)]);
+        assert_eq!(top, [Cidr::v4(Ipv4Addr::new(255, 255, 255, 252), 30)]);
     }
 
     /// The canonical cover, built the slow way: every address as a /32,
@@ -121,10 +121,17 @@ pub(super) mod tests {
         done
     }
 
+    fn bits(addr: std::net::IpAddr) -> u32 {
+        match addr {
+            std::net::IpAddr::V4(addr) => addr.to_bits(),
+            std::net::IpAddr::V6(addr) => panic!("{addr}: an IPv6 block from IPv4 addresses"),
+        }
+    }
+
     fn expand(blocks: &[Cidr]) -> BTreeSet<u32> {
         blocks
             .iter()
-            .flat_map(|b| b.first().to_bits()..=b.last().to_bits())
+            .flat_map(|b| bits(b.first())..=bits(b.last()))
             .collect()
     }
 
@@ -150,7 +157,7 @@ pub(super) mod tests {
         fn aggregation_matches_the_naive_cover(addrs in clustered()) {
             let blocks = aggregate(addrs.iter().copied().map(Ipv4Addr::from_bits));
             prop_assert_eq!(&expand(&blocks), &addrs);
-            let got: BTreeSet<_> = blocks.iter().map(|b| (b.first().to_bits(), b.prefix())).collect();
+            let got: BTreeSet<_> = blocks.iter().map(|b| (bits(b.first()), b.prefix())).collect();
             prop_assert_eq!(got.len(), blocks.len(), "blocks overlap");
             prop_assert_eq!(got, naive(&addrs));
             prop_assert!(blocks.is_sorted());
