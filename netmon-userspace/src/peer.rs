@@ -3,10 +3,7 @@
 //! The kernel speaks in [`PeerEvent`]s of raw integers; everything past the
 //! ring buffer works with a [`Connection`], whose fields cannot hold values
 //! the rest of the program would have to re-check.
-use std::{
-    fmt,
-    net::IpAddr,
-};
+use std::{fmt, net::IpAddr};
 
 use anyhow::{Context as _, bail};
 use netmon_common::{
