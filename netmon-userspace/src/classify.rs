@@ -6,7 +6,11 @@
 //! network, and a documentation address in the set means a
 //! misconfiguration. [`SPECIAL`] is the one table of those ranges; every
 //! report and filter classifies through it.
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
 
 use serde::{Serialize, Serializer};
 
@@ -119,7 +123,10 @@ impl Class {
 
     /// The class of `addr`: that of the most specific [`SPECIAL`] block
     /// holding it, or public.
-    pub fn of(addr: Ipv4Addr) -> Self {
+    pub fn of(addr: IpAddr) -> Self {
+        let IpAddr::V4(addr) = addr else {
+            return Self::Public;
+        };
         SPECIAL
             .iter()
             .filter(|special| special.block.contains(addr))
@@ -230,7 +237,7 @@ mod tests {
             ];
             for edge in edges.into_iter().flatten().map(addr) {
                 assert_eq!(
-                    Class::of(edge),
+                    Class::of(edge.into()),
                     reference(edge),
                     "{edge} at {}",
                     special.block
@@ -245,7 +252,7 @@ mod tests {
             };
             for edge in [first, last].map(addr) {
                 assert!(
-                    nested(edge) || Class::of(edge) == special.class,
+                    nested(edge) || Class::of(edge.into()) == special.class,
                     "{edge} in {}",
                     special.block
                 );

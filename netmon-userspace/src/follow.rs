@@ -8,7 +8,7 @@
 //! counted. Logs go to stderr, so stdout carries only these lines.
 use std::{
     io::{self, Write as _},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::mpsc::{self, Receiver, SyncSender, TrySendError},
     thread,
     time::Duration,
@@ -40,7 +40,7 @@ pub struct Sighting<'a> {
     #[serde(serialize_with = "UnixTime::serialize_secs")]
     pub time: u64,
     pub host: &'a str,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     #[serde(serialize_with = "direction")]
     pub direction: Direction,
     pub class: Class,
@@ -227,12 +227,13 @@ fn write_line(out: &mut impl io::Write, format: LineFormat, s: &Sighting<'_>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn line(format: LineFormat, process: Option<Comm>) -> String {
         let sighting = Sighting {
             time: 1_795_881_633,
             host: "web-1",
-            ip: Ipv4Addr::new(10, 0, 0, 7),
+            ip: Ipv4Addr::new(10, 0, 0, 7).into(),
             direction: Direction::Outbound,
             class: Class::Private,
             port: Some(5432),

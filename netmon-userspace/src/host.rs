@@ -1,13 +1,18 @@
-//! The host netmon runs on: its own IPv4 addresses, which a checkpoint
+//! The host netmon runs on: its own addresses, which a checkpoint
 //! records so that files from many hosts can be joined.
-use std::{io, net::Ipv4Addr};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use crate::store::MAX_ADDRESSES;
 
-/// Every IPv4 address of every interface in netmon's network namespace,
-/// loopback's excepted (every host has those), sorted, at most
-/// [`MAX_ADDRESSES`]. glibc asks the kernel over rtnetlink (RTM_GETADDR).
-pub fn ipv4_addresses() -> io::Result<Vec<Ipv4Addr>> {
+/// Every IPv4 and IPv6 address of every interface in netmon's network
+/// namespace, sorted (IPv4 first), at most [`MAX_ADDRESSES`]; not
+/// loopback's, which every host has, nor IPv6 link-local ones, which are
+/// unique only on their link and so name no host across a fleet. glibc
+/// asks the kernel over rtnetlink (RTM_GETADDR).
+pub fn own_addresses() -> io::Result<Vec<IpAddr>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: a valid out-pointer; freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -22,16 +27,23 @@ pub fn ipv4_addresses() -> io::Result<Vec<Ipv4Addr>> {
         if ifaddr.ifa_addr.is_null() {
             continue;
         }
-        // SAFETY: ifa_addr points to a sockaddr of the family it names;
-        // AF_INET ones are sockaddr_in.
+        // SAFETY: ifa_addr points to a sockaddr of the family it names:
+        // sockaddr_in for AF_INET, sockaddr_in6 for AF_INET6.
         let addr = unsafe {
-            if i32::from((*ifaddr.ifa_addr).sa_family) != libc::AF_INET {
-                continue;
+            match i32::from((*ifaddr.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*ifaddr.ifa_addr.cast::<libc::sockaddr_in>();
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*ifaddr.ifa_addr.cast::<libc::sockaddr_in6>();
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)).to_canonical()
+                }
+                _ => continue,
             }
-            let sin = &*ifaddr.ifa_addr.cast::<libc::sockaddr_in>();
-            Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
         };
-        if !addr.is_loopback() {
+        let link_local = matches!(addr, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if !addr.is_loopback() && !link_local {
             addresses.push(addr);
         }
     }
@@ -49,7 +61,7 @@ mod tests {
 
     #[test]
     fn loopback_is_never_an_own_address() {
-        let addresses = ipv4_addresses().unwrap();
+        let addresses = own_addresses().unwrap();
         assert!(addresses.iter().all(|a| !a.is_loopback()), "{addresses:?}");
         assert!(addresses.is_sorted());
     }

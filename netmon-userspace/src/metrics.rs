@@ -384,7 +384,7 @@ mod tests {
 
     fn outbound(peer: Ipv4Addr) -> Connection {
         Connection {
-            peer,
+            peer: peer.into(),
             remote_port: 443,
             local_port: 40000,
             protocol: crate::peer::Protocol::Tcp,
@@ -444,7 +444,7 @@ mod tests {
         };
         metrics.peer_moved(
             Class::Private,
-            Some(peers.get(known).unwrap().directions()),
+            Some(peers.get(known.into()).unwrap().directions()),
             both,
         );
         metrics.peer_moved(Class::Public, None, both);

@@ -317,7 +317,7 @@ impl Checkpointer {
 /// The host's own addresses, refreshed at each checkpoint: they come and
 /// go (DHCP, a VIP moving). On failure the last ones known stay.
 fn refresh_addresses(recorder: &mut Recorder) {
-    match host::ipv4_addresses() {
+    match host::own_addresses() {
         Ok(addresses) => recorder.set_addresses(addresses),
         Err(err) => log::debug!("cannot list this host's addresses: {err}"),
     }

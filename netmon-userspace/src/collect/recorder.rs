@@ -87,7 +87,7 @@ impl Recorder {
     }
 
     /// The host's own addresses as of now, for the checkpoints to come.
-    pub(super) fn set_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) {
+    pub(super) fn set_addresses(&mut self, addresses: Vec<std::net::IpAddr>) {
         self.snapshot.addresses = addresses;
     }
 

@@ -12,7 +12,7 @@ mod render;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -80,9 +80,9 @@ pub enum Node {
     /// A host with a file: its name.
     Host(String),
     /// A peer that is no monitored host.
-    Address(Ipv4Addr),
+    Address(IpAddr),
     /// Peers grouped by /24.
-    Net(Ipv4Addr),
+    Net(IpAddr),
     /// Peers grouped by class.
     Class(Class),
 }
@@ -142,14 +142,14 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub edges: BTreeMap<(usize, usize), Edge>,
     /// Each host's own addresses, as its file records them.
-    pub addresses: BTreeMap<String, Vec<Ipv4Addr>>,
+    pub addresses: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Graph {
     /// Joins the views; `filter` picks the peers (and, with a direction,
     /// which side of each file's traffic counts); `now` anchors `--since`.
     pub fn build(views: &[View], filter: &Filter, group: Group, now: u64) -> Self {
-        let owners: HashMap<Ipv4Addr, &str> = views
+        let owners: HashMap<IpAddr, &str> = views
             .iter()
             .flat_map(|view| {
                 view.snapshot
@@ -174,7 +174,7 @@ impl Graph {
                 .or_default()
                 .extend(&view.snapshot.addresses);
             for (key, record) in view.snapshot.peers.entries() {
-                let (ip, netns) = (key.ip, key.netns());
+                let (ip, netns) = (key.ip(), key.netns());
                 if !filter.matches(
                     &Peer {
                         netns,
@@ -255,10 +255,16 @@ impl Graph {
 }
 
 impl Group {
-    fn node_of(self, ip: Ipv4Addr) -> Node {
+    fn node_of(self, ip: IpAddr) -> Node {
         match self {
             Self::None => Node::Address(ip),
-            Self::Slash24 => Node::Net(Ipv4Addr::from(u32::from(ip) & 0xffff_ff00)),
+            // IPv6's counterpart of an IPv4 /24 is a /64: one link's.
+            Self::Slash24 => Node::Net(match ip {
+                IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & 0xffff_ff00)),
+                IpAddr::V6(v6) => {
+                    IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> 64)))
+                }
+            }),
             Self::Class => Node::Class(Class::of(ip)),
         }
     }

@@ -12,7 +12,7 @@
 use std::{
     collections::HashSet,
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     time::Duration,
 };
@@ -365,17 +365,15 @@ impl<'a> Iterator for Messages<'a> {
     }
 }
 
-/// The addresses, ports, state and cookie of one `inet_diag_msg`. An
-/// IPv6 address that is not IPv4-mapped reads as `None`.
+/// The addresses, ports, state and cookie of one `inet_diag_msg`; an
+/// IPv4-mapped address is its IPv4 address.
 fn parse_socket(msg: &[u8]) -> Option<Row> {
     let msg = msg.get(..MSG_LEN)?;
     let address = |bytes: &[u8]| match i32::from(msg[0]) {
-        libc::AF_INET => Some(Ipv4Addr::from(<[u8; 4]>::try_from(&bytes[..4]).unwrap())),
-        // A dual-stack listener's remote `::` means no peer, as 0.0.0.0 does.
-        _ => match Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap()) {
-            Ipv6Addr::UNSPECIFIED => Some(Ipv4Addr::UNSPECIFIED),
-            v6 => v6.to_ipv4_mapped(),
-        },
+        libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&bytes[..4]).unwrap(),
+        ))),
+        _ => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap())).to_canonical()),
     };
     let cookie = u64::from(u32_at(msg, 44)) | u64::from(u32_at(msg, 48)) << 32;
     Some(Row {
@@ -461,9 +459,9 @@ mod tests {
         assert_eq!(
             row,
             Row {
-                local: Some(Ipv4Addr::new(127, 0, 0, 1)),
+                local: Some(Ipv4Addr::new(127, 0, 0, 1).into()),
                 local_port: 40000,
-                remote: Some(Ipv4Addr::new(10, 1, 2, 3)),
+                remote: Some(Ipv4Addr::new(10, 1, 2, 3).into()),
                 remote_port: 443,
                 state: 1,
                 cookie: Some(1 << 32 | 7),
@@ -483,15 +481,18 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_reads_mapped_addresses_and_any_as_no_peer() {
+    fn ipv6_reads_native_and_mapped_addresses() {
         let mapped = Ipv4Addr::new(10, 9, 8, 7).to_ipv6_mapped().octets();
         let any = Ipv6Addr::UNSPECIFIED.octets();
         let row = parse_socket(&message(libc::AF_INET6, any, mapped, &[])).unwrap();
-        assert_eq!(row.local, Some(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(row.remote, Some(Ipv4Addr::new(10, 9, 8, 7)));
-        let native = Ipv6Addr::LOCALHOST.octets();
-        let row = parse_socket(&message(libc::AF_INET6, native, native, &[])).unwrap();
-        assert_eq!((row.local, row.remote), (None, None));
+        assert_eq!(row.local, Some(Ipv6Addr::UNSPECIFIED.into()));
+        assert_eq!(row.remote, Some(Ipv4Addr::new(10, 9, 8, 7).into()));
+        let native = "fd00::1".parse::<Ipv6Addr>().unwrap();
+        let row = parse_socket(&message(libc::AF_INET6, any, native.octets(), &[])).unwrap();
+        assert_eq!(
+            (row.local, row.remote),
+            (Some(Ipv6Addr::UNSPECIFIED.into()), Some(native.into()))
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::{
     collections::HashSet,
     fs::File,
     io::{self, Read as _},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -87,13 +87,13 @@ const TABLES: [(Proto, bool, &str); 4] = [
     (Proto::Udp, true, "udp6"),
 ];
 
-/// One socket of a table, reduced to what matters here. `None` addresses
-/// are IPv6 addresses that are not IPv4-mapped.
+/// One socket of a table, reduced to what matters here; IPv4-mapped
+/// addresses are IPv4's. `None`: an address the table did not give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub local_port: u16,
-    pub remote: Option<Ipv4Addr>,
+    pub remote: Option<IpAddr>,
     pub remote_port: u16,
     /// A TCP state (`netmon_common::tcp_state`), or a UDP socket's
     /// pseudo-state.
@@ -110,8 +110,8 @@ pub struct Row {
 
 impl Row {
     /// The remote address, unless the socket has none (a listener, or a
-    /// socket never connected) or it is not IPv4.
-    fn peer(&self) -> Option<Ipv4Addr> {
+    /// socket never connected: 0.0.0.0 or `::`).
+    fn peer(&self) -> Option<IpAddr> {
         self.remote.filter(|ip| !ip.is_unspecified())
     }
 }
@@ -372,7 +372,7 @@ impl Scanner {
         for (proto, row) in rows {
             // A listener closing (or a socket that never connected): its
             // connections, destroyed before or after it, are inbound.
-            if row.remote == Some(Ipv4Addr::UNSPECIFIED) && row.local_port != 0 {
+            if row.remote.is_some_and(|ip| ip.is_unspecified()) && row.local_port != 0 {
                 self.listeners.saw(*proto, row.local_port);
             }
         }
@@ -381,7 +381,11 @@ impl Scanner {
             let peer = row.peer();
             // Asked even without a peer: a socket that lost it (a UDP
             // socket disconnected) may still wait for its announcement.
-            let key = key(proto, &row, peer.unwrap_or(Ipv4Addr::UNSPECIFIED));
+            let key = key(
+                proto,
+                &row,
+                peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            );
             if self.reported.destroyed(key) {
                 continue;
             }
@@ -502,7 +506,7 @@ fn listens(proto: Proto, row: &Row) -> bool {
     }
 }
 
-fn connection(listeners: &Listeners, proto: Proto, row: &Row, peer: Ipv4Addr) -> Connection {
+fn connection(listeners: &Listeners, proto: Proto, row: &Row, peer: IpAddr) -> Connection {
     let direction = if listeners.has(proto, row.local_port) {
         Direction::Inbound
     } else {
@@ -548,12 +552,29 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
 /// Packs a connection's identity into one integer, so the poll-to-poll set
 /// holds no allocations: the kernel's cookie where there is one (it
 /// survives the socket's last state changes, which can clear its local
-/// address and remote port), else the addresses and ports.
-fn key(proto: Proto, row: &Row, peer: Ipv4Addr) -> u128 {
+/// address and remote port), else the addresses and ports: IPv4's
+/// exactly, IPv6's (only the text tables lack cookies) as a 64-bit hash.
+fn key(proto: Proto, row: &Row, peer: IpAddr) -> u128 {
     if let Some(cookie) = row.cookie {
         return 1 << 127 | u128::from(cookie);
     }
-    let local = row.local.map_or(0, u32::from);
+    let (local, peer) = match (row.local, peer) {
+        (Some(IpAddr::V4(local)), IpAddr::V4(peer)) => (u32::from(local), peer),
+        (None, IpAddr::V4(peer)) => (0, peer),
+        _ => {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (
+                proto as u8,
+                row.local,
+                row.local_port,
+                peer,
+                row.remote_port,
+            )
+                .hash(&mut hasher);
+            return 1 << 126 | u128::from(hasher.finish());
+        }
+    };
     (proto as u128) << 96
         | u128::from(local) << 64
         | u128::from(row.local_port) << 48

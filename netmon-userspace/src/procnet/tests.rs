@@ -1,4 +1,5 @@
 use super::*;
+use std::net::Ipv6Addr;
 
 const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0
@@ -20,7 +21,7 @@ fn scan_dir(files: &[(&str, &str)]) -> (tempfile::TempDir, Scanner) {
     (dir, scanner)
 }
 
-fn collect(scanner: &mut Scanner) -> Vec<(Ipv4Addr, Direction, u16, u16)> {
+fn collect(scanner: &mut Scanner) -> Vec<(IpAddr, Direction, u16, u16)> {
     let mut out = Vec::new();
     scanner
         .scan(|c, _| out.push((c.peer, c.direction, c.local_port, c.remote_port)))
@@ -35,19 +36,35 @@ fn classifies_directions_and_skips_listeners() {
     assert_eq!(
         got,
         [
-            (Ipv4Addr::new(127, 0, 0, 2), Direction::Inbound, 22, 0xd431),
             (
-                Ipv4Addr::new(127, 0, 0, 3),
+                IpAddr::from(Ipv4Addr::new(127, 0, 0, 2)),
+                Direction::Inbound,
+                22,
+                0xd431
+            ),
+            (
+                IpAddr::from(Ipv4Addr::new(127, 0, 0, 3)),
                 Direction::Outbound,
                 0x9c40,
                 443
             ),
-            (Ipv4Addr::new(127, 0, 0, 4), Direction::Outbound, 0x9c41, 80),
             (
-                Ipv4Addr::new(127, 0, 0, 5),
+                IpAddr::from(Ipv4Addr::new(127, 0, 0, 4)),
+                Direction::Outbound,
+                0x9c41,
+                80
+            ),
+            (
+                IpAddr::from(Ipv4Addr::new(127, 0, 0, 5)),
                 Direction::Outbound,
                 8080,
                 0xa000
+            ),
+            (
+                IpAddr::from(Ipv6Addr::LOCALHOST),
+                Direction::Outbound,
+                0x1f91,
+                0xa001
             ),
         ]
     );
@@ -73,14 +90,24 @@ fn a_connection_stays_inbound_after_its_listener_closes() {
     std::fs::write(dir.path().join("tcp"), &late).unwrap();
     assert_eq!(
         collect(&mut scanner),
-        [(Ipv4Addr::new(127, 0, 0, 6), Direction::Inbound, 22, 0xd432)]
+        [(
+            IpAddr::from(Ipv4Addr::new(127, 0, 0, 6)),
+            Direction::Inbound,
+            22,
+            0xd432
+        )]
     );
     // A poll later, a connection from that port is a client's.
     let later = late.replace("0600007F:D432", "0700007F:D433");
     std::fs::write(dir.path().join("tcp"), later).unwrap();
     assert_eq!(
         collect(&mut scanner),
-        [(Ipv4Addr::new(127, 0, 0, 7), Direction::Outbound, 22, 0xd433)]
+        [(
+            IpAddr::from(Ipv4Addr::new(127, 0, 0, 7)),
+            Direction::Outbound,
+            22,
+            0xd433
+        )]
     );
 }
 
@@ -130,9 +157,9 @@ fn missing_tcp_table_is_an_error() {
 /// A destroyed socket as a notification describes it.
 fn destroyed(cookie: u64, local_port: u16, remote: [u8; 4]) -> (Proto, Row) {
     let row = Row {
-        local: Some(Ipv4Addr::new(127, 0, 0, 1)),
+        local: Some(Ipv4Addr::new(127, 0, 0, 1).into()),
         local_port,
-        remote: Some(Ipv4Addr::from(remote)),
+        remote: Some(Ipv4Addr::from(remote).into()),
         remote_port: 0,
         state: CLOSE,
         cookie: Some(cookie),
@@ -141,7 +168,7 @@ fn destroyed(cookie: u64, local_port: u16, remote: [u8; 4]) -> (Proto, Row) {
     (Proto::Tcp, row)
 }
 
-fn announced(scanner: &mut Scanner, rows: &[(Proto, Row)]) -> Vec<(Ipv4Addr, Direction)> {
+fn announced(scanner: &mut Scanner, rows: &[(Proto, Row)]) -> Vec<(IpAddr, Direction)> {
     let mut out = Vec::new();
     scanner
         .announce(rows, &mut |c, liveness| {
@@ -159,11 +186,14 @@ fn a_destroyed_socket_a_poll_saw_is_not_counted_again() {
     scanner.reported.next_poll();
     scanner
         .reported
-        .saw(key(seen.0, &seen.1, Ipv4Addr::new(10, 0, 0, 1)));
+        .saw(key(seen.0, &seen.1, Ipv4Addr::new(10, 0, 0, 1).into()));
     let unseen = destroyed(8, 40001, [10, 0, 0, 2]);
     assert_eq!(
         announced(&mut scanner, &[seen, unseen]),
-        [(Ipv4Addr::new(10, 0, 0, 2), Direction::Outbound)]
+        [(
+            IpAddr::from(Ipv4Addr::new(10, 0, 0, 2)),
+            Direction::Outbound
+        )]
     );
 }
 
@@ -177,6 +207,6 @@ fn a_listener_closing_makes_its_connections_inbound() {
     ];
     assert_eq!(
         announced(&mut scanner, &rows),
-        [(Ipv4Addr::new(10, 0, 0, 3), Direction::Inbound)]
+        [(IpAddr::from(Ipv4Addr::new(10, 0, 0, 3)), Direction::Inbound)]
     );
 }

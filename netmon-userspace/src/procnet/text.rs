@@ -1,7 +1,7 @@
 //! The socket tables as text under /proc/net: what every kernel has, and
 //! what a directory of another namespace's tables (`--proc-net`) offers.
 //! Parsed in place, a line at a time, without allocating.
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Row;
 
@@ -36,7 +36,7 @@ pub(super) fn parse_row(line: &[u8], v6: bool) -> Option<Row> {
 
 /// `0100007F:0050`, or 32 hex digits for IPv6. The address is printed as
 /// native-endian 32-bit words of the network-order bytes.
-fn parse_endpoint(field: &[u8], v6: bool) -> Option<(Option<Ipv4Addr>, u16)> {
+fn parse_endpoint(field: &[u8], v6: bool) -> Option<(Option<IpAddr>, u16)> {
     let colon = field.iter().position(|&b| b == b':')?;
     let (addr, port) = (&field[..colon], &field[colon + 1..]);
     let port = u16::try_from(parse_hex(port)?).ok()?;
@@ -49,15 +49,15 @@ fn parse_endpoint(field: &[u8], v6: bool) -> Option<(Option<Ipv4Addr>, u16)> {
             let value = u32::try_from(parse_hex(chunk)?).ok()?;
             bytes[word * 4..word * 4 + 4].copy_from_slice(&value.to_ne_bytes());
         }
-        Ipv6Addr::from(bytes).to_ipv4_mapped()
+        IpAddr::V6(Ipv6Addr::from(bytes)).to_canonical()
     } else {
         if addr.len() != 8 {
             return None;
         }
         let value = u32::try_from(parse_hex(addr)?).ok()?;
-        Some(Ipv4Addr::from(value.to_ne_bytes()))
+        IpAddr::V4(Ipv4Addr::from(value.to_ne_bytes()))
     };
-    Some((ip, port))
+    Some((Some(ip), port))
 }
 
 fn parse_hex(digits: &[u8]) -> Option<u64> {

@@ -7,7 +7,7 @@
 //! Inbound, a pair is the peer's address and our port it connected to;
 //! outbound, the peer's address and its port we connected to. Either way
 //! the port is a packet's destination port, on the chain of its direction.
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{collections::BTreeSet, fmt, net::IpAddr};
 
 use anyhow::bail;
 use log::warn;
@@ -32,7 +32,7 @@ pub enum Ports {
 pub struct Access {
     pub direction: Direction,
     pub service: Option<Service>,
-    pub peer: Ipv4Addr,
+    pub peer: IpAddr,
 }
 
 /// In rule terms: `10.0.0.5 -> :5432/tcp` inbound, `-> 10.0.0.5:5432/tcp`
@@ -102,7 +102,7 @@ impl fmt::Display for RuleSelection {
 /// that address. Version 1 checkpoints do not record them.
 #[derive(Clone, Debug, Default)]
 pub struct Exclusions {
-    own: BTreeSet<Ipv4Addr>,
+    own: BTreeSet<IpAddr>,
 }
 
 impl Exclusions {

@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeSet,
     io::{self, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     process::ExitCode,
 };
@@ -117,7 +117,7 @@ impl Changes {
         for (key, record) in new.snapshot.peers.entries() {
             let peer = Peer {
                 netns: key.netns(),
-                ..Peer::new(key.ip, record)
+                ..Peer::new(key.ip(), record)
             };
             if !scope.contains(peer.netns) || exclusions.excludes(&peer) {
                 continue;
@@ -278,7 +278,7 @@ struct JsonDiff {
 #[derive(Serialize)]
 struct JsonRow {
     direction: &'static str,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     class: Class,
     /// `null` for rules by address alone.
     protocol: Option<&'static str>,

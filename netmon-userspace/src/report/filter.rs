@@ -1,7 +1,7 @@
 //! Which peers a report keeps: [`Filter`], the flags every report and
 //! `netmon rules` share, resolved once into a selection that matches peer
 //! after peer.
-use std::{fmt, net::Ipv4Addr, time::Duration};
+use std::{fmt, net::IpAddr, time::Duration};
 
 use log::warn;
 
@@ -42,7 +42,7 @@ impl FromIterator<Class> for ClassSet {
 /// One selected peer.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer<'a> {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub class: Class,
     /// The network namespace it was seen from, if not the host's.
     pub netns: Option<NetnsId>,
@@ -51,7 +51,7 @@ pub struct Peer<'a> {
 
 impl<'a> Peer<'a> {
     /// A peer of the host's own network namespace.
-    pub fn new(ip: Ipv4Addr, record: &'a PeerRecord) -> Self {
+    pub fn new(ip: IpAddr, record: &'a PeerRecord) -> Self {
         Self {
             ip,
             class: Class::of(ip),
@@ -163,7 +163,7 @@ impl Filter {
             .entries()
             .map(|(key, record)| Peer {
                 netns: key.netns(),
-                ..Peer::new(key.ip, record)
+                ..Peer::new(key.ip(), record)
             })
             .filter(|peer| selection.matches(peer))
             .collect()

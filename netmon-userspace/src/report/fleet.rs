@@ -3,7 +3,7 @@
 //! that host's rules from, and `netmon graph` joins.
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
 };
 
@@ -75,7 +75,7 @@ const MAX_TURNED_ADDRESSES: usize = 64;
 /// claiming another's address would take over its edges and its rules,
 /// so a contested address belongs to nobody, and the warning names both.
 fn settle_claims(views: &mut [View]) {
-    let mut claims: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
+    let mut claims: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
     for view in views.iter_mut() {
         let before = view.snapshot.addresses.len();
         view.snapshot.addresses.retain(|addr| {
@@ -94,7 +94,7 @@ fn settle_claims(views: &mut [View]) {
             claims.entry(*addr).or_default().insert(view.host.clone());
         }
     }
-    let contested: BTreeSet<Ipv4Addr> = claims
+    let contested: BTreeSet<IpAddr> = claims
         .iter()
         .filter(|(_, hosts)| hosts.len() > 1)
         .map(|(addr, _)| *addr)
@@ -150,7 +150,7 @@ pub fn host_view(views: &[View], host: &str) -> anyhow::Result<Snapshot> {
             known.join(", ")
         );
     }
-    let own: BTreeSet<Ipv4Addr> = mine
+    let own: BTreeSet<IpAddr> = mine
         .iter()
         .flat_map(|view| view.snapshot.addresses.iter().copied())
         .collect();
@@ -215,6 +215,7 @@ fn turned_around(record: &PeerRecord) -> PeerRecord {
 mod tests {
     use super::*;
     use crate::store::parse;
+    use std::net::Ipv4Addr;
 
     fn view(host: &str, addresses: &str, peers: &str) -> View {
         let text = format!(

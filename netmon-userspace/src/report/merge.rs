@@ -93,7 +93,7 @@ mod tests {
         for (ip, record) in peers {
             snapshot
                 .peers
-                .merge_record(PeerKey::host(*ip), record.clone());
+                .merge_record(PeerKey::host((*ip).into()), record.clone());
         }
         let path = dir.join(name);
         store::write_atomically(&path, &store::to_json(&snapshot, host, 0).unwrap()).unwrap();
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(merged.host.as_deref(), Some("web1,web2"));
         assert_eq!(merged.mode.as_deref(), Some("kprobe"));
         assert_eq!(merged.lost_events, 4);
-        let got = merged.peers.get(shared).unwrap();
+        let got = merged.peers.get(shared.into()).unwrap();
         assert_eq!((got.first_seen, got.last_seen), (50, 200));
         assert_eq!((got.outbound, got.inbound), (11, 22));
         assert_eq!(
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(names, ["curl", "sshd"]);
         // A peer only one input has comes through untouched.
         assert_eq!(
-            merged.peers.get(only_a),
+            merged.peers.get(only_a.into()),
             Some(&record((5, 6), (7, 0), &[80], "wget"))
         );
     }
@@ -173,7 +173,13 @@ mod tests {
         );
         let merged = merged(dir.path(), vec![a, b]);
         assert_eq!(
-            merged.peers.get(ip).unwrap().remote_ports.iter().count(),
+            merged
+                .peers
+                .get(ip.into())
+                .unwrap()
+                .remote_ports
+                .iter()
+                .count(),
             store::LIST_CAP
         );
         assert_eq!(merged.host.as_deref(), Some("h"));

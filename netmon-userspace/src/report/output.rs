@@ -5,7 +5,7 @@
 use std::{
     fmt::Write as _,
     io::{self, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use serde::{Serialize, Serializer};
@@ -196,7 +196,15 @@ fn push_owner(out: &mut String, owner: Owner) {
     let _ = write!(out, "{}", owner.escaped());
 }
 
-fn push_ip(out: &mut String, ip: Ipv4Addr) {
+fn push_ip(out: &mut String, ip: IpAddr) {
+    let ip = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{v6}");
+            return;
+        }
+    };
     for (index, octet) in ip.octets().into_iter().enumerate() {
         if index > 0 {
             out.push('.');
@@ -276,7 +284,7 @@ impl Table for PeerTable<'_> {
 
 #[derive(Serialize)]
 struct JsonPeer<'a> {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     /// As in the checkpoint: only for another namespace than the host's.
     #[serde(skip_serializing_if = "Option::is_none")]
     netns: Option<u32>,

@@ -22,6 +22,7 @@ mod nft;
 
 use std::{
     io::{self, Write},
+    net::IpAddr,
     path::PathBuf,
 };
 
@@ -128,7 +129,10 @@ impl Chain {
         let mut entries = Vec::new();
         for group in accesses.chunk_by(|a, b| a.service == b.service) {
             let service = group[0].service;
-            let blocks = aggregate(group.iter().map(|access| access.peer));
+            let blocks = aggregate(group.iter().filter_map(|access| match access.peer {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            }));
             entries.extend(blocks.into_iter().map(|block| Entry { block, service }));
         }
         Self { direction, entries }

@@ -68,12 +68,41 @@ fn both_versions_read_alike() {
 #[test]
 fn a_newer_version_is_named_in_the_error() {
     let newer =
-        file_v2(&PEER_V2.replace("443/tcp", "443/sctp")).replace("\"version\":2", "\"version\":4");
+        file_v2(&PEER_V2.replace("443/tcp", "443/sctp")).replace("\"version\":2", "\"version\":5");
     let err = format!("{:#}", parse(newer.as_bytes(), 0).unwrap_err());
     assert!(
-        err.contains("checkpoint version 4 is not supported") && err.contains("newer netmon"),
+        err.contains("checkpoint version 5 is not supported") && err.contains("newer netmon"),
         "{err}"
     );
+}
+
+#[test]
+fn ipv6_peers_read_alike_and_mapped_ones_are_ipv4() {
+    for ip in [
+        "fd00::1",
+        "FD00:0:0::0001",
+        "2001:db8::a:b",
+        "::ffff:10.0.0.7",
+        "::1",
+    ] {
+        agree(file(&PEER.replace("10.0.0.1", ip)).as_bytes(), Some(true));
+    }
+    let (mapped, _) = parse(
+        file(&PEER.replace("10.0.0.1", "::ffff:10.0.0.7")).as_bytes(),
+        0,
+    )
+    .unwrap();
+    let ips: Vec<_> = mapped.peers.iter().map(|(ip, _)| ip.to_string()).collect();
+    assert_eq!(ips, ["10.0.0.7"]);
+    // Both families in one file: IPv4 first, each in numeric order.
+    let peers = ["fd00::2", "10.0.0.9", "fd00::10", "9.0.0.1"]
+        .map(|ip| PEER.replace("10.0.0.1", ip))
+        .join(",\n");
+    let (both, _) = parse(file(&format!("\n{peers}\n")).as_bytes(), 0).unwrap();
+    let ips: Vec<_> = both.peers.iter().map(|(ip, _)| ip.to_string()).collect();
+    assert_eq!(ips, ["9.0.0.1", "10.0.0.9", "fd00::2", "fd00::10"]);
+    let (again, _) = parse(&json(&both), 0).unwrap();
+    assert_eq!(json(&again), json(&both));
 }
 
 #[test]
@@ -131,7 +160,11 @@ fn other_valid_forms_agree() {
 #[test]
 fn invalid_files_fail_on_both_paths() {
     for bad in [
-        file(PEER).replace("\"version\":1", "\"version\":4"),
+        file(PEER).replace("\"version\":1", "\"version\":5"),
+        file(&PEER.replace("10.0.0.1", "fd00::g")),
+        file(&PEER.replace("10.0.0.1", "fd00:::1")),
+        file(&PEER.replace("10.0.0.1", "[fd00::1]")),
+        file(&PEER.replace("10.0.0.1", "fd00::1%eth0")),
         file_v2(&PEER_V2.replace("443/tcp", "443/sctp")),
         file_v2(&PEER_V2.replace("443/tcp", "443/UDP")),
         file_v2(&PEER_V2.replace("443/tcp", "65536/tcp")),

@@ -3,7 +3,7 @@
 //! What [`super::parse`] falls back to when the fast reader gives up (a
 //! hand-edited file, an escape in a string, a field it does not know), and
 //! the only reader of the old psutil poller's plain list of addresses.
-use std::{marker::PhantomData, net::Ipv4Addr};
+use std::{marker::PhantomData, net::IpAddr};
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::Deserialize;
@@ -54,7 +54,11 @@ fn parse_checkpoint(bytes: &[u8]) -> anyhow::Result<Snapshot> {
     check_version(Some(file.version))?;
     Ok(Snapshot {
         host: Some(file.host),
-        addresses: file.addresses,
+        addresses: file
+            .addresses
+            .into_iter()
+            .map(|ip| ip.to_canonical())
+            .collect(),
         mode: file.mode,
         lost_events: file.lost_events,
         uncounted_connections: file.uncounted_connections,
@@ -69,7 +73,7 @@ fn parse_address_list(items: Vec<serde_json::Value>, mtime: u64) -> anyhow::Resu
         let text = item
             .as_str()
             .ok_or_else(|| anyhow!("entry {index} is not a string: {item}"))?;
-        let ip: Ipv4Addr = text
+        let ip: IpAddr = text
             .trim()
             .parse()
             .map_err(|_| anyhow!("entry {index} is not an IPv4 address: {text:?}"))?;

@@ -22,7 +22,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read as _},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::UNIX_EPOCH,
@@ -77,7 +77,7 @@ pub struct Snapshot {
     /// known for a version 1 file or an address list): what lets a set of
     /// files from many hosts be joined, a peer that is another file's own
     /// address being that host.
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     /// The attach mode that collected the data, when netmon wrote the file.
     pub mode: Option<String>,
     /// Events the kernel side could not deliver, over all runs on this
@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(
             snapshot
                 .peers
-                .get(Ipv4Addr::new(10, 0, 0, 1))
+                .get(Ipv4Addr::new(10, 0, 0, 1).into())
                 .unwrap()
                 .first_seen,
             42
@@ -392,7 +392,11 @@ mod tests {
         let mut snapshot = Snapshot {
             mode: Some("tracepoint".into()),
             lost_events: 7,
-            addresses: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(192, 168, 1, 5)],
+            addresses: vec![
+                Ipv4Addr::new(10, 0, 0, 1).into(),
+                Ipv4Addr::new(192, 168, 1, 5).into(),
+                "fd00::5".parse().unwrap(),
+            ],
             ..Snapshot::default()
         };
         snapshot.peers.record(
@@ -408,6 +412,10 @@ mod tests {
         snapshot
             .peers
             .record(&conn([9, 1, 2, 3], Direction::Inbound, ""), 2, 0);
+        // IPv6 after IPv4, as RFC 5952 writes it.
+        let mut v6 = conn([0; 4], Direction::Outbound, "curl");
+        v6.peer = "2001:DB8:0:0::1".parse().unwrap();
+        snapshot.peers.record(&v6, 1, 0);
         // A resolver in a container's own network namespace: after the
         // host's peers, with its namespace.
         let mut dns = conn([10, 0, 0, 53], Direction::Outbound, "unbound");
@@ -418,11 +426,13 @@ mod tests {
         snapshot.peers.record(&dns, 2, 0);
         let bytes = to_json(&snapshot, "web-\"1\"", 1_795_881_640).unwrap();
         let expected = concat!(
-            r#"{"version":3,"host":"web-\"1\"","addresses":["10.0.0.1","192.168.1.5"],"updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"uncounted_connections":0,"peers":["#,
+            r#"{"version":4,"host":"web-\"1\"","addresses":["10.0.0.1","192.168.1.5","fd00::5"],"updated":"2026-11-28T16:00:40Z","mode":"tracepoint","lost_events":7,"uncounted_connections":0,"peers":["#,
             "\n",
             r#"{"ip":"9.1.2.3","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":0,"inbound":2,"remote_ports":[],"local_ports":["22/tcp"],"processes":[],"owners":[]}"#,
             ",\n",
             r#"{"ip":"10.0.0.7","first_seen":"2026-11-28T15:58:02Z","last_seen":"2026-11-28T16:00:33Z","outbound":3,"inbound":1,"remote_ports":["443/tcp"],"local_ports":["22/tcp"],"processes":["api\"1","sshd"],"owners":[]}"#,
+            ",\n",
+            r#"{"ip":"2001:db8::1","first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":1,"inbound":0,"remote_ports":["443/tcp"],"local_ports":[],"processes":["curl"],"owners":[]}"#,
             ",\n",
             r#"{"ip":"10.0.0.53","netns":4026532999,"first_seen":"1970-01-01T00:00:00Z","last_seen":"1970-01-01T00:00:00Z","outbound":2,"inbound":0,"remote_ports":["53/udp"],"local_ports":[],"processes":["unbound"],"owners":["container:3f4e5a6b7c8d"]}"#,
             "\n]}\n",
@@ -442,7 +452,7 @@ mod tests {
         let bytes = to_json(&snapshot, "h", 0).unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            "{\"version\":3,\"host\":\"h\",\"addresses\":[],\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"uncounted_connections\":0,\"peers\":[\n]}\n"
+            "{\"version\":4,\"host\":\"h\",\"addresses\":[],\"updated\":\"1970-01-01T00:00:00Z\",\"lost_events\":7,\"uncounted_connections\":0,\"peers\":[\n]}\n"
         );
     }
 }

@@ -19,7 +19,7 @@
 //! the fuzz target compare them.
 use std::{
     io::{self, Read as _},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use super::{
@@ -242,8 +242,18 @@ impl<R: io::Read> Cursor<R> {
         self.string()?.parse().ok().map(UnixTime::secs)
     }
 
-    pub(super) fn ip(&mut self) -> Option<Ipv4Addr> {
-        parse_ipv4(self.raw_string()?)
+    /// An address of either family; an IPv4-mapped one is its IPv4
+    /// address, as everywhere in netmon.
+    pub(super) fn ip(&mut self) -> Option<IpAddr> {
+        let text = self.raw_string()?;
+        match parse_ipv4(text) {
+            Some(v4) => Some(IpAddr::V4(v4)),
+            None => std::str::from_utf8(text)
+                .ok()?
+                .parse::<Ipv6Addr>()
+                .ok()
+                .map(|v6| IpAddr::V6(v6).to_canonical()),
+        }
     }
 
     /// A time in exactly the form netmon writes (`"YYYY-MM-DDTHH:MM:SSZ"`,
@@ -274,7 +284,7 @@ impl<R: io::Read> Cursor<R> {
 
     /// A list of addresses (the header's own `addresses`), at most
     /// [`MAX_ADDRESSES`] of them.
-    pub(super) fn addresses(&mut self) -> Option<Vec<Ipv4Addr>> {
+    pub(super) fn addresses(&mut self) -> Option<Vec<IpAddr>> {
         let mut addresses = Vec::new();
         self.array(|cursor| {
             addresses.push(cursor.ip()?);

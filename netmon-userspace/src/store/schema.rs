@@ -19,7 +19,7 @@
 //!
 //! The header is small and written by hand; its three readings (written,
 //! read fast, read by serde) are kept together here.
-use std::{io, net::Ipv4Addr};
+use std::{io, net::IpAddr};
 
 use serde::Deserialize;
 use smallvec::SmallVec;
@@ -41,8 +41,10 @@ use crate::{
 /// `"PORT/PROTOCOL"` strings (1 wrote bare numbers, all TCP). 3 records
 /// UDP ports (`"53/udp"`), each peer's `owners`, and peers of other
 /// network namespaces (a `netns` after the address; none for the host's).
-/// Version 1 and 2 files still load.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4 records IPv6 peers and addresses (`"fd00::1"`, as RFC 5952 writes
+/// them; IPv4-mapped ones are written as IPv4), which no older reader
+/// knows. Versions 1 to 3 still load.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The oldest checkpoint format this build reads.
 pub const OLDEST_VERSION: u32 = 1;
@@ -248,7 +250,7 @@ macro_rules! peer_fields {
         /// `netns` only for a namespace other than the host's.
         pub(super) fn write_peer(line: &mut LineWriter, key: PeerKey, record: &PeerRecord) {
             line.raw(b"{\"ip\":");
-            line.ip(key.ip);
+            line.ip(key.ip());
             if key.netns != 0 {
                 line.raw(b",\"netns\":");
                 line.u64(u64::from(key.netns));
@@ -276,7 +278,7 @@ macro_rules! peer_fields {
                 let $name = <$codec as Codec>::read_written(cursor)?;
             )*
             cursor.literal(b"}")?;
-            Some((PeerKey { netns, ip }, PeerRecord { $($name),* }))
+            Some((PeerKey::new(netns, ip), PeerRecord { $($name),* }))
         }
 
         /// A peer as any JSON object of its fields, in any order, the ones
@@ -310,7 +312,7 @@ macro_rules! peer_fields {
                 None
             })?;
             $($(let $name = $name.or_else(|| Some(<$ty as Default>::$default()));)?)*
-            Some((PeerKey { netns, ip: ip? }, PeerRecord { $($name: $name?),* }))
+            Some((PeerKey::new(netns, ip?), PeerRecord { $($name: $name?),* }))
         }
 
         /// One peer as serde reads it: each field parsed straight into the
@@ -318,7 +320,7 @@ macro_rules! peer_fields {
         /// keeps. Errors carry the line and column of the offending value.
         #[derive(Deserialize)]
         pub(super) struct PeerIn {
-            ip: Ipv4Addr,
+            ip: IpAddr,
             #[serde(default)]
             netns: u32,
             $($(#[serde($default)])? $name: <$codec as Codec>::Serde,)*
@@ -326,7 +328,7 @@ macro_rules! peer_fields {
 
         impl PeerIn {
             pub(super) fn into_record(self) -> (PeerKey, PeerRecord) {
-                let key = PeerKey { netns: self.netns, ip: self.ip };
+                let key = PeerKey::new(self.netns, self.ip);
                 (key, PeerRecord { $($name: self.$name.into()),* })
             }
         }
@@ -395,7 +397,7 @@ pub(super) fn write_header(
 pub(super) struct Checkpoint {
     pub version: u64,
     pub host: String,
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     pub mode: Option<String>,
     pub lost_events: u64,
     pub uncounted_connections: u64,
@@ -444,7 +446,7 @@ pub(super) struct CheckpointIn {
     pub version: u64,
     pub host: String,
     #[serde(default)]
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     #[serde(default)]
     pub mode: Option<String>,
     #[serde(default)]

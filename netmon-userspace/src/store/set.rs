@@ -2,7 +2,7 @@
 use std::{
     collections::{BTreeMap, btree_map::Entry},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Bound,
 };
 
@@ -13,24 +13,78 @@ use crate::peer::{Comm, Connection, Direction, Directions, NetnsId, Owner, Servi
 
 /// Which peer a record is about: an address, in the host's network
 /// namespace or in another one. Ordered by namespace first, so the
-/// host's peers come first, in address order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// host's peers come first; then IPv4 before IPv6, numerically within
+/// each family.
+///
+/// 20 bytes: the set keeps a key per peer twice (its index and its
+/// records), so the address is 16 bytes in IPv6 form with IPv4 mapped
+/// into it (`::ffff:a.b.c.d`, which no IPv6 peer is: those are
+/// normalised to IPv4), not a 17-byte `IpAddr` padded to 24.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
     /// The namespace's inode number; 0 for the host's (the one netmon
     /// watches from).
     pub netns: u32,
-    pub ip: Ipv4Addr,
+    /// The address's four words, most significant first.
+    words: [u32; 4],
 }
 
+/// The first three words of an IPv4-mapped address.
+const MAPPED: [u32; 3] = [0, 0, 0xffff];
+
 impl PeerKey {
+    /// `ip` in namespace `netns` (0: the host's); an IPv4-mapped `ip` is
+    /// its IPv4 address.
+    pub const fn new(netns: u32, ip: IpAddr) -> Self {
+        let bits = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        Self {
+            netns,
+            words: [
+                (bits >> 96) as u32,
+                (bits >> 64) as u32,
+                (bits >> 32) as u32,
+                bits as u32,
+            ],
+        }
+    }
+
     /// `ip` in the host's network namespace.
-    pub const fn host(ip: Ipv4Addr) -> Self {
-        Self { netns: 0, ip }
+    pub const fn host(ip: IpAddr) -> Self {
+        Self::new(0, ip)
+    }
+
+    pub const fn ip(self) -> IpAddr {
+        let [a, b, c, d] = self.words;
+        if self.is_ipv4() {
+            return IpAddr::V4(Ipv4Addr::from_bits(d));
+        }
+        IpAddr::V6(Ipv6Addr::from_bits(
+            (a as u128) << 96 | (b as u128) << 64 | (c as u128) << 32 | d as u128,
+        ))
+    }
+
+    const fn is_ipv4(self) -> bool {
+        self.words[0] == MAPPED[0] && self.words[1] == MAPPED[1] && self.words[2] == MAPPED[2]
     }
 
     /// The namespace, unless it is the host's.
     pub fn netns(self) -> Option<NetnsId> {
         (self.netns != 0).then_some(NetnsId(self.netns))
+    }
+}
+
+impl Ord for PeerKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.netns, !self.is_ipv4(), self.words).cmp(&(other.netns, !other.is_ipv4(), other.words))
+    }
+}
+
+impl PartialOrd for PeerKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -257,10 +311,7 @@ impl PeerSet {
         before: impl FnOnce(&PeerRecord) -> T,
     ) -> Option<(Option<T>, &PeerRecord)> {
         let full = self.records.len() >= limit;
-        let key = PeerKey {
-            netns: conn.netns.map_or(0, |id| id.0),
-            ip: conn.peer,
-        };
+        let key = PeerKey::new(conn.netns.map_or(0, |id| id.0), conn.peer);
         let (was, at) = match self.index.entry(key) {
             Entry::Occupied(slot) => {
                 let at = *slot.get() as usize;
@@ -288,21 +339,18 @@ impl PeerSet {
     }
 
     /// The peer at `addr` in the host's network namespace.
-    pub fn get(&self, addr: Ipv4Addr) -> Option<&PeerRecord> {
+    pub fn get(&self, addr: IpAddr) -> Option<&PeerRecord> {
         let at = *self.index.get(&PeerKey::host(addr))?;
         Some(&self.records[at as usize].1)
     }
 
     /// The host's network namespace's peers, in numeric address order:
     /// what a host's reports, rules and metrics are about.
-    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, &PeerRecord)> {
-        let others = PeerKey {
-            netns: 1,
-            ip: Ipv4Addr::UNSPECIFIED,
-        };
+    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, &PeerRecord)> {
+        let others = PeerKey::new(1, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         self.index
             .range(..others)
-            .map(|(key, &at)| (key.ip, &self.records[at as usize].1))
+            .map(|(key, &at)| (key.ip(), &self.records[at as usize].1))
     }
 
     /// Every peer, other namespaces' after the host's.
@@ -391,7 +439,7 @@ pub(super) mod tests {
     /// A connection with fixed ports, for the store's tests.
     pub(in crate::store) fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
         Connection {
-            peer: Ipv4Addr::from(peer),
+            peer: Ipv4Addr::from(peer).into(),
             remote_port: 443,
             local_port: 22,
             protocol: crate::peer::Protocol::Tcp,
@@ -405,12 +453,46 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn keys_order_namespace_then_ipv4_then_ipv6_numerically() {
+        let key = |netns, ip: &str| PeerKey::new(netns, ip.parse().unwrap());
+        let mut keys = [
+            key(7, "10.0.0.1"),
+            key(0, "fd00::10"),
+            key(0, "::1"),
+            key(0, "255.255.255.255"),
+            key(0, "fd00::2"),
+            key(0, "0.0.0.0"),
+            key(0, "::ffff:9.9.9.9"),
+            key(0, "::"),
+        ];
+        keys.sort();
+        let names: Vec<_> = keys
+            .iter()
+            .map(|k| format!("{}/{}", k.netns, k.ip()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "0/0.0.0.0",
+                "0/9.9.9.9",
+                "0/255.255.255.255",
+                "0/::",
+                "0/::1",
+                "0/fd00::2",
+                "0/fd00::10",
+                "7/10.0.0.1"
+            ]
+        );
+        assert_eq!(size_of::<PeerKey>(), 20);
+    }
+
+    #[test]
     fn record_counts_and_dedupes() {
         let mut set = PeerSet::default();
         assert!(set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 100));
         assert!(!set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 105));
         assert!(!set.record(&conn([10, 0, 0, 1], Direction::Inbound, "sshd"), 0, 106));
-        let record = set.get(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 1).into()).unwrap();
         assert_eq!((record.outbound, record.inbound), (2, 0));
         assert_eq!((record.first_seen, record.last_seen), (100, 106));
         assert_eq!(record.processes.iter().count(), 2);
@@ -426,7 +508,7 @@ pub(super) mod tests {
         let mut reset = conn([10, 0, 0, 2], Direction::Inbound, "sshd");
         reset.local_port = 0;
         set.record(&reset, 1, 100);
-        let record = set.get(Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 2).into()).unwrap();
         assert_eq!(record.inbound, 1);
         assert!(record.local_ports.is_empty());
     }
@@ -447,7 +529,7 @@ pub(super) mod tests {
         for (addr, record) in other.iter() {
             set.merge_record(PeerKey::host(addr), record.clone());
         }
-        let record = set.get(Ipv4Addr::new(10, 0, 0, 3)).unwrap();
+        let record = set.get(Ipv4Addr::new(10, 0, 0, 3).into()).unwrap();
         assert_eq!((record.first_seen, record.last_seen), (100, 300));
         assert_eq!((record.outbound, record.inbound), (2, 2));
         assert_eq!(

@@ -6,7 +6,7 @@
 //! assembled in a reused buffer from [`super::schema`]'s field list:
 //! numbers by hand, times from a small cache (peers seen in the same second
 //! share one), strings escaped only where they can need it (process names).
-use std::{io, net::Ipv4Addr};
+use std::{io, net::IpAddr};
 
 use super::{CappedSet, InlineItem, PeerKey, PeerRecord, PeerSet, Snapshot, Target, schema};
 use crate::{peer::Comm, time::UnixTime};
@@ -132,7 +132,16 @@ impl LineWriter {
     /// An address as a JSON string, assembled on the stack and copied into
     /// the line once.
     #[inline]
-    pub(super) fn ip(&mut self, ip: Ipv4Addr) {
+    pub(super) fn ip(&mut self, ip: IpAddr) {
+        let ip = match ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => {
+                // Rarer, and its text (RFC 5952) is not worth doing by hand.
+                use std::io::Write as _;
+                let _ = write!(self.line, "\"{v6}\"");
+                return;
+            }
+        };
         let mut text = [0u8; "\"255.255.255.255\"".len()];
         text[0] = b'"';
         let (mut len, mut digits) = (1, [0; 20]);
@@ -253,6 +262,7 @@ mod tests {
         peer::{Direction, Service},
         store::set::tests::conn,
     };
+    use std::net::Ipv4Addr;
 
     /// Chunks of any size make the bytes the writer makes at once, and a
     /// peer added between chunks is in them only if it comes after the
@@ -310,7 +320,7 @@ mod tests {
             ..PeerRecord::default()
         };
         let mut writer = LineWriter::new();
-        let key = PeerKey::host(Ipv4Addr::new(10, 0, 255, 1));
+        let key = PeerKey::host(Ipv4Addr::new(10, 0, 255, 1).into());
         let line = writer.peer(key, &record).to_vec();
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(

@@ -19,7 +19,7 @@ pub fn read_peers(path: &Path) -> Peers {
 pub fn read_checkpoint(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let file: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(file["version"], 3, "{text}");
+    assert_eq!(file["version"], 4, "{text}");
     file
 }
 
