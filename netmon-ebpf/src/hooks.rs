@@ -6,9 +6,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use netmon_common::{
-    AF_INET, AF_INET6, Addr, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PROTOCOL_TCP, PeerEvent,
-    SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, config::PROTOCOL_UNKNOWN,
-    tcp_state,
+    AF_INET, AF_INET6, Addr, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PROTOCOL_TCP,
+    PeerEvent, SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT,
+    config::PROTOCOL_UNKNOWN, tcp_state,
 };
 
 use crate::{count::send, maps::config, origin, sock};

@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use netmon_common::{
-    Addr, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent, SOURCE_CGROUP_UDP,
-    tcp_state::ESTABLISHED, udp_socket,
+    Addr, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent,
+    SOURCE_CGROUP_UDP, tcp_state::ESTABLISHED, udp_socket,
 };
 
 use crate::{

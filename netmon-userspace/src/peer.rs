@@ -416,7 +416,7 @@ impl TryFrom<&PeerEvent> for Connection {
 
     fn try_from(event: &PeerEvent) -> anyhow::Result<Self> {
         Ok(Self {
-            // Addr::ip gives IPv4-mapped addresses as IPv4.
+            // 16 bytes whatever the family; a mapped IPv4 address is IPv4.
             peer: event.addr.ip(),
             remote_port: event.remote_port,
             local_port: event.local_port,
@@ -439,6 +439,7 @@ impl TryFrom<&PeerEvent> for Connection {
 mod tests {
     use super::*;
     use netmon_common::Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn event_converts_with_network_order_address() {
@@ -456,9 +457,28 @@ mod tests {
             ..PeerEvent::default()
         };
         let conn = Connection::try_from(&event).unwrap();
-        assert_eq!(conn.peer, IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(conn.peer, Ipv4Addr::new(10, 1, 2, 3));
         assert_eq!(conn.direction, Direction::Outbound);
         assert_eq!(conn.process.unwrap().to_string(), "curl");
+    }
+
+    #[test]
+    fn ipv6_peers_stay_ipv6_and_mapped_ones_become_ipv4() {
+        let peer = |octets: [u8; 16]| {
+            let event = PeerEvent {
+                addr: Addr::from_octets(octets),
+                direction: DIRECTION_OUTBOUND,
+                source: SOURCE_TRACEPOINT,
+                protocol: PROTOCOL_TCP,
+                ..PeerEvent::default()
+            };
+            Connection::try_from(&event).unwrap().peer
+        };
+        let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x20);
+        assert_eq!(peer(v6.octets()), IpAddr::V6(v6));
+        // As a dual-stack socket's skc_v6_daddr holds an IPv4 peer.
+        let mapped = Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped();
+        assert_eq!(peer(mapped.octets()), Ipv4Addr::new(192, 0, 2, 7));
     }
 
     #[test]
