@@ -10,11 +10,7 @@
 //! As root (`cargo xtask test` runs it); each test leaves the host's row
 //! of the kernel matrix's case of the same name. The namespace's loopback
 //! is its only interface, so nothing leaves it.
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{net::IpAddr, path::Path, process::Command};
 
 use netmon_scenario::{
     check::{IpPeers, Sees, read_ip_peers},
@@ -81,7 +77,7 @@ fn records_ipv6_peers(case: &str, mode: &str, block: Block) {
 
 /// `netmon list --family 4` and `--family 6` list the checkpoint's peers
 /// of that family, all of them, numerically sorted.
-fn lists_split_by_family(path: &PathBuf, peers: &IpPeers) {
+fn lists_split_by_family(path: &Path, peers: &IpPeers) {
     for (family, of_family) in [
         ("4", IpAddr::is_ipv4 as fn(&IpAddr) -> bool),
         ("6", IpAddr::is_ipv6),

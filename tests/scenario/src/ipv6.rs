@@ -121,11 +121,10 @@ fn tcp_pairs(net: Net, pairs: u8, held_open: bool) -> io::Result<TcpPairs> {
                     )?);
                 }
             }
-            let from = SocketAddr::new(client.to_ipv6_mapped().into(), 0);
             let to = SocketAddr::new(server.to_ipv6_mapped().into(), mapped_port);
             let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
             socket.set_only_v6(false)?;
-            made.push(connect(socket, from.ip(), to)?);
+            made.push(connect(socket, client.to_ipv6_mapped().into(), to)?);
             Ok(made)
         },
     )?;
