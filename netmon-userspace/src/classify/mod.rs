@@ -531,6 +531,33 @@ mod tests {
         );
     }
 
+    /// The class table in docs/operating.md says what [`SPECIAL`] does.
+    #[test]
+    fn the_manual_lists_every_block() {
+        let manual = include_str!("../../../docs/operating.md");
+        let table = manual
+            .lines()
+            .skip_while(|line| !line.starts_with("| Class | IPv4 | IPv6 |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'));
+        let mut documented = std::collections::BTreeSet::new();
+        for row in table {
+            let cells: Vec<_> = row.split('|').map(str::trim).collect();
+            let class: Class = cells[1].trim_matches('`').parse().unwrap();
+            for block in cells[2..4].iter().flat_map(|cell| cell.split(", ")) {
+                if let Some((network, prefix)) = block.split_once('/') {
+                    let network: IpAddr = network.parse().unwrap();
+                    documented.insert((network, prefix.parse::<u8>().unwrap(), class));
+                }
+            }
+        }
+        let special: std::collections::BTreeSet<_> = SPECIAL
+            .iter()
+            .map(|s| (s.block.first(), s.block.prefix(), s.class))
+            .collect();
+        assert_eq!(documented, special);
+    }
+
     #[test]
     fn all_is_in_declaration_order() {
         for (index, class) in Class::ALL.into_iter().enumerate() {

@@ -437,10 +437,12 @@ pub struct RulesArgs {
     pub format: RuleFormat,
 
     /// What the sets and chains are named after (nft: peers_v4, giving
-    /// sets peers_v4_in and peers_v4_out and chains allow_peers_v4_in and
-    /// allow_peers_v4_out; ipset: netmon_peers, giving netmon_peers_in and
-    /// netmon_peers_out; iptables: NETMON-PEERS, giving chains
-    /// NETMON-PEERS-IN and NETMON-PEERS-OUT).
+    /// sets peers_v4_in and peers_v4_out, IPv6's peers_v4_in6 and
+    /// peers_v4_out6, and chains allow_peers_v4_in and allow_peers_v4_out;
+    /// ipset: netmon_peers, giving netmon_peers_in, netmon_peers_out and
+    /// IPv6's netmon_peers_in6 and netmon_peers_out6; iptables and
+    /// ip6tables: NETMON-PEERS, giving chains NETMON-PEERS-IN and
+    /// NETMON-PEERS-OUT).
     #[arg(long)]
     pub name: Option<RuleName>,
 

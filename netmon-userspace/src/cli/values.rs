@@ -76,12 +76,13 @@ value_enum!(Group {
 });
 
 value_enum!(RuleFormat {
-    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set and an unhooked chain \
-        per direction",
-    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction (hash:net \
-        with --any-port), swapped in atomically",
+    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set per direction and \
+        family and an unhooked chain per direction",
+    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction and family \
+        (family inet and inet6; hash:net with --any-port), swapped in atomically",
     Iptables => "iptables": "An `iptables-restore --noflush` script: a chain of RETURN rules per \
-        direction",
+        direction, for IPv4 (IPv6's is --format ip6tables)",
+    Ip6tables => "ip6tables": "An `ip6tables-restore --noflush` script: the same for IPv6",
 });
 
 value_enum!(ModeRequest {
@@ -133,10 +134,14 @@ impl ValueEnum for Class {
             .filter(|special| special.class == *self)
             .map(|special| format!("{} ({})", special.block, special.rfc))
             .collect();
-        let help = if blocks.is_empty() {
-            "any address in no other class".to_owned()
-        } else {
-            blocks.join(", ")
+        let help = match (*self, blocks.is_empty()) {
+            (_, true) => "any address in no other class".to_owned(),
+            // Peers are stored normalised, so a filter on it selects none.
+            (Self::Ipv4Mapped, false) => format!(
+                "{}; never a peer's: one is stored as the IPv4 address it maps",
+                blocks.join(", ")
+            ),
+            (_, false) => blocks.join(", "),
         };
         Some(PossibleValue::new(self.as_str()).help(help))
     }
