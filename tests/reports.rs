@@ -258,10 +258,10 @@ fn bad_files_name_the_file_and_the_entry() {
          {\"ip\": \"10.0.0.1\", \"first_seen\": \"2024-01-01T00:00:00Z\",\n\
           \"last_seen\": \"not a time\", \"outbound\": 1, \"inbound\": 0}]}",
     );
-    let newer = write(dir.path(), "v4.json", r#"{"version": 4, "peers": {}}"#);
+    let newer = write(dir.path(), "v5.json", r#"{"version": 5, "peers": {}}"#);
     for (file, says) in [
         (&checkpoint, "line 3"),
-        (&newer, "version 4 is not supported"),
+        (&newer, "version 5 is not supported"),
         (&dir.path().join("missing.json"), "no such file"),
     ] {
         let output = netmon(&["list", arg(file)]);

@@ -9,6 +9,8 @@
 //! saying so. The loading tests send no traffic.
 #[path = "rules/enforce.rs"]
 mod enforce;
+#[path = "rules/ipv6.rs"]
+mod ipv6;
 
 use std::{
     collections::BTreeSet,
@@ -23,7 +25,15 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 /// The tools the tests run, and where Debian installs them.
-const TOOLS: [&str; 5] = ["ip", "nft", "ipset", "iptables-restore", "iptables-save"];
+const TOOLS: [&str; 7] = [
+    "ip",
+    "nft",
+    "ipset",
+    "iptables-restore",
+    "iptables-save",
+    "ip6tables-restore",
+    "ip6tables-save",
+];
 const SBIN: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 /// Fails the test, with what to do, unless it can create namespaces and
@@ -476,7 +486,11 @@ fn ipset_restores_the_fewest_blocks_and_swaps_on_reapply() {
                     })
                     .collect();
                 assert_entries("ipset", entries, side, ports);
-                names.push(set);
+                // IPv6's set beside it, empty: these peers are IPv4's.
+                let listed = netns.run("ipset", &["list", &format!("{set}6")]);
+                assert!(listed.contains(" family inet6 "), "{listed}");
+                assert!(listed.ends_with("Members:\n"), "{listed}");
+                names.extend([set.clone(), format!("{set}6")]);
             }
             let mut sets: Vec<_> = netns
                 .run("ipset", &["list", "-n"])

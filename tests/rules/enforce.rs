@@ -34,6 +34,9 @@ use super::{Netns, SBIN, check, netmon_rules};
 /// UDP: dnsmasq and dig.
 #[path = "enforce_udp.rs"]
 mod udp;
+/// IPv6: the same, over unique-local addresses.
+#[path = "enforce_v6.rs"]
+mod v6;
 
 /// The host's address, and the peers'; a block no test on the host uses,
 /// and only ever inside these namespaces.

@@ -12,7 +12,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    classify::Class,
+    classify::{Class, Family},
     collect::RunConfig,
     ebpf::events::TransportRequest,
     follow::LineFormat,
@@ -221,6 +221,10 @@ pub struct FilterArgs {
     #[arg(long = "class", value_name = "CLASS")]
     pub classes: Vec<Class>,
 
+    /// Only IPv4 (4) or only IPv6 (6) peers.
+    #[arg(long, value_name = "4|6")]
+    pub family: Option<Family>,
+
     /// Only peers that connected to us (in) or that we connected to (out).
     #[arg(long)]
     pub direction: Option<Direction>,
@@ -245,6 +249,7 @@ impl From<FilterArgs> for Filter {
     fn from(args: FilterArgs) -> Self {
         Self {
             classes: args.classes,
+            family: args.family,
             direction: args.direction,
             since: args.since,
             netns: args.netns,
@@ -432,10 +437,12 @@ pub struct RulesArgs {
     pub format: RuleFormat,
 
     /// What the sets and chains are named after (nft: peers_v4, giving
-    /// sets peers_v4_in and peers_v4_out and chains allow_peers_v4_in and
-    /// allow_peers_v4_out; ipset: netmon_peers, giving netmon_peers_in and
-    /// netmon_peers_out; iptables: NETMON-PEERS, giving chains
-    /// NETMON-PEERS-IN and NETMON-PEERS-OUT).
+    /// sets peers_v4_in and peers_v4_out, IPv6's peers_v4_in6 and
+    /// peers_v4_out6, and chains allow_peers_v4_in and allow_peers_v4_out;
+    /// ipset: netmon_peers, giving netmon_peers_in, netmon_peers_out and
+    /// IPv6's netmon_peers_in6 and netmon_peers_out6; iptables and
+    /// ip6tables: NETMON-PEERS, giving chains NETMON-PEERS-IN and
+    /// NETMON-PEERS-OUT).
     #[arg(long)]
     pub name: Option<RuleName>,
 
@@ -492,6 +499,7 @@ mod tests {
             "rules",
             "--format=nft",
             "--class=private",
+            "--family=4",
             "--direction=out",
             "--since=12h",
             "a.json",
@@ -505,6 +513,7 @@ mod tests {
             RuleSelection {
                 filter: Filter {
                     classes: vec![Class::Private],
+                    family: Some(Family::V4),
                     direction: Some(Direction::Outbound),
                     since: Some(Duration::from_secs(12 * 3600)),
                     ..Filter::default()

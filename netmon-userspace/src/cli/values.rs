@@ -5,7 +5,7 @@
 use clap::{ValueEnum, builder::PossibleValue};
 
 use crate::{
-    classify::{Class, SPECIAL},
+    classify::{Class, Family, SPECIAL},
     ebpf::events::TransportRequest,
     graph::{GraphFormat, Group},
     mode::ModeRequest,
@@ -57,6 +57,11 @@ value_enum!(Format {
     Plain => "plain": "One address per line, for other tools",
 });
 
+value_enum!(Family {
+    V4 => "4": "IPv4 peers",
+    V6 => "6": "IPv6 peers",
+});
+
 value_enum!(GraphFormat {
     Text => "text": "One edge a line; with --host, who reaches it and what it reaches",
     Json => "json": "{\"nodes\": [...], \"edges\": [...]}, as docs/design.md describes",
@@ -71,12 +76,13 @@ value_enum!(Group {
 });
 
 value_enum!(RuleFormat {
-    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set and an unhooked chain \
-        per direction",
-    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction (hash:net \
-        with --any-port), swapped in atomically",
+    Nft => "nft": "An `nft -f` script: table inet netmon, an interval set per direction and \
+        family and an unhooked chain per direction",
+    Ipset => "ipset": "An `ipset restore` script: a hash:net,port set per direction and family \
+        (family inet and inet6; hash:net with --any-port), swapped in atomically",
     Iptables => "iptables": "An `iptables-restore --noflush` script: a chain of RETURN rules per \
-        direction",
+        direction, for IPv4 (IPv6's is --format ip6tables)",
+    Ip6tables => "ip6tables": "An `ip6tables-restore --noflush` script: the same for IPv6",
 });
 
 value_enum!(ModeRequest {
@@ -128,10 +134,14 @@ impl ValueEnum for Class {
             .filter(|special| special.class == *self)
             .map(|special| format!("{} ({})", special.block, special.rfc))
             .collect();
-        let help = if blocks.is_empty() {
-            "any address in no other class".to_owned()
-        } else {
-            blocks.join(", ")
+        let help = match (*self, blocks.is_empty()) {
+            (_, true) => "any address in no other class".to_owned(),
+            // Peers are stored normalised, so a filter on it selects none.
+            (Self::Ipv4Mapped, false) => format!(
+                "{}; never a peer's: one is stored as the IPv4 address it maps",
+                blocks.join(", ")
+            ),
+            (_, false) => blocks.join(", "),
         };
         Some(PossibleValue::new(self.as_str()).help(help))
     }

@@ -113,14 +113,18 @@ impl Exclusions {
         }
     }
 
-    /// Loopback, 0.0.0.0/8, multicast and broadcast addresses are no
-    /// peer's the chains could filter, and a host's own addresses no peer of
-    /// its own; they are peers of its containers' namespaces, though, which
-    /// reach the host over their veth.
+    /// Loopback (`::1` too), 0.0.0.0/8 and `::`, multicast (`ff00::/8`
+    /// too) and broadcast addresses are no peer's the chains could filter,
+    /// and a host's own addresses no peer of its own; they are peers of its
+    /// containers' namespaces, though, which reach the host over their veth.
     pub fn excludes(&self, peer: &Peer<'_>) -> bool {
         matches!(
             Class::of(peer.ip),
-            Class::Loopback | Class::ThisNetwork | Class::Multicast | Class::Broadcast
+            Class::Loopback
+                | Class::ThisNetwork
+                | Class::Unspecified
+                | Class::Multicast
+                | Class::Broadcast
         ) || (peer.netns.is_none() && self.own.contains(&peer.ip))
     }
 }

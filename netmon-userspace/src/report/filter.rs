@@ -7,20 +7,22 @@ use log::warn;
 
 use super::Inputs;
 use crate::{
-    classify::Class,
+    classify::{Class, Family},
     peer::{Direction, NetnsId, Owner},
     store::{NetnsScope, PeerRecord},
 };
 
 /// A set of classes, as one bit per [`Class`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ClassSet(u16);
+struct ClassSet(u32);
+
+const _: () = assert!(Class::ALL.len() <= 32, "a ClassSet holds 32 classes");
 
 impl ClassSet {
-    const ALL: Self = Self(u16::MAX);
+    const ALL: Self = Self(u32::MAX);
 
-    fn bit(class: Class) -> u16 {
-        1 << class as u16
+    fn bit(class: Class) -> u32 {
+        1 << class as u32
     }
 
     fn contains(self, class: Class) -> bool {
@@ -117,6 +119,8 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 pub struct Filter {
     /// Only peers of these classes; none means any class.
     pub classes: Vec<Class>,
+    /// Only peers of this address family.
+    pub family: Option<Family>,
     /// Only peers seen in this direction.
     pub direction: Option<Direction>,
     /// Only peers last seen within this long before the report.
@@ -131,6 +135,7 @@ impl Filter {
     /// Whether no filter was given, so every peer matches.
     pub fn is_empty(&self) -> bool {
         self.classes.is_empty()
+            && self.family.is_none()
             && self.direction.is_none()
             && self.since.is_none()
             && self.netns == NetnsScope::Host
@@ -201,6 +206,7 @@ impl Filter {
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let classes = self.classes.iter().map(|class| format!("--class {class}"));
+        let family = self.family.map(|family| format!("--family {family}"));
         let direction = self.direction.map(|d| format!("--direction {d}"));
         let since = self
             .since
@@ -212,6 +218,7 @@ impl fmt::Display for Filter {
         };
         let owners = self.owners.iter().map(|owner| format!("--owner '{owner}'"));
         let flags: Vec<_> = classes
+            .chain(family)
             .chain(direction)
             .chain(since)
             .chain(netns)
@@ -225,6 +232,7 @@ impl fmt::Display for Filter {
 #[derive(Clone, Debug)]
 struct Selection<'a> {
     classes: ClassSet,
+    family: Option<Family>,
     direction: Option<Direction>,
     /// Unix seconds; peers last seen before are left out.
     seen_since: Option<u64>,
@@ -240,6 +248,7 @@ impl<'a> Selection<'a> {
             } else {
                 filter.classes.iter().copied().collect()
             },
+            family: filter.family,
             direction: filter.direction,
             seen_since: filter
                 .since
@@ -251,6 +260,9 @@ impl<'a> Selection<'a> {
 
     fn matches(&self, peer: &Peer<'_>) -> bool {
         self.classes.contains(peer.class)
+            && self
+                .family
+                .is_none_or(|family| family == Family::of(peer.ip))
             && self
                 .direction
                 .is_none_or(|direction| peer.record.directions().has(direction))

@@ -349,6 +349,7 @@ pub(crate) mod tests {
     fn filter_prints_as_the_flags_that_select_the_same_peers() {
         let filter = Filter {
             classes: vec![Class::Private, Class::Shared],
+            family: Some(crate::classify::Family::V6),
             direction: Some(Direction::Inbound),
             since: Some(Duration::from_secs(7 * 86_400)),
             netns: crate::store::NetnsScope::All,
@@ -356,7 +357,7 @@ pub(crate) mod tests {
         };
         assert_eq!(
             filter.to_string(),
-            "--class private --class shared --direction in --since 7days --netns all --owner '*.service'"
+            "--class private --class shared --family 6 --direction in --since 7days --netns all --owner '*.service'"
         );
         assert_eq!(Filter::default().to_string(), "");
     }

@@ -11,6 +11,13 @@
 //! cover exactly them, so a firewall holds one /24 rather than 256 /32s
 //! and never an address that was not observed.
 //!
+//! Both families are filtered alike: an IPv6 packet reaching a chain is
+//! let through exactly when an IPv4 one would be, with IPv6's own sets
+//! beside IPv4's (nft, ipset) or an ip6tables script beside the iptables
+//! one. No rule lets a whole family through: before IPv6 peers were
+//! recorded, the chains returned every IPv6 packet, and a dual-stack host
+//! was open to anyone reaching it over IPv6.
+//!
 //! Every script is safe to load twice (it replaces what it loaded before,
 //! and only that) and changes no traffic until the admin hooks it in: the
 //! policy stays theirs.
@@ -22,7 +29,6 @@ mod nft;
 
 use std::{
     io::{self, Write},
-    net::IpAddr,
     path::PathBuf,
 };
 
@@ -31,7 +37,7 @@ use log::warn;
 
 pub use self::{aggregate::aggregate, name::RuleName};
 use crate::{
-    classify::Cidr,
+    classify::{Cidr, Family},
     peer::Direction,
     report::{self, Allowed, Inputs, Ports, Protocol, RuleSelection, Service},
     time::UnixTime,
@@ -44,8 +50,11 @@ pub enum RuleFormat {
     Nft,
     /// An `ipset restore` script: hash:net,port sets, swapped in atomically.
     Ipset,
-    /// An `iptables-restore --noflush` script: chains of RETURN rules.
+    /// An `iptables-restore --noflush` script: chains of RETURN rules,
+    /// IPv4's.
     Iptables,
+    /// The same for `ip6tables-restore --noflush`: IPv6's.
+    Ip6tables,
 }
 
 impl RuleFormat {
@@ -54,7 +63,68 @@ impl RuleFormat {
         match self {
             Self::Nft => "peers_v4",
             Self::Ipset => "netmon_peers",
-            Self::Iptables => "NETMON-PEERS",
+            // Chains of the same name in the other family's tables.
+            Self::Iptables | Self::Ip6tables => "NETMON-PEERS",
+        }
+    }
+
+    /// The families a script of this format filters.
+    const fn families(self) -> &'static [Family] {
+        match self {
+            Self::Nft | Self::Ipset => &[Family::V4, Family::V6],
+            Self::Iptables => &[Family::V4],
+            Self::Ip6tables => &[Family::V6],
+        }
+    }
+}
+
+/// An address family in the words of the tools.
+impl Family {
+    /// The nft payload protocol of its addresses.
+    const fn nft(self) -> &'static str {
+        match self {
+            Self::V4 => "ip",
+            Self::V6 => "ip6",
+        }
+    }
+
+    /// The nft type of its addresses.
+    const fn nft_type(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4_addr",
+            Self::V6 => "ipv6_addr",
+        }
+    }
+
+    /// ipset's `family`.
+    const fn ipset(self) -> &'static str {
+        match self {
+            Self::V4 => "inet",
+            Self::V6 => "inet6",
+        }
+    }
+
+    /// The command of its netfilter tables.
+    const fn iptables(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables",
+            Self::V6 => "ip6tables",
+        }
+    }
+
+    /// What its set's name ends in: IPv4's keep the names they had before
+    /// netmon wrote IPv6 sets.
+    const fn set_suffix(self) -> &'static str {
+        match self {
+            Self::V4 => "",
+            Self::V6 => "6",
+        }
+    }
+
+    const fn long_name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
         }
     }
 }
@@ -98,7 +168,8 @@ pub fn rules(request: &RulesRequest, out: &mut impl Write) -> anyhow::Result<()>
     match request.format {
         RuleFormat::Nft => nft::write(&ruleset, out)?,
         RuleFormat::Ipset => ipset::write(&ruleset, out)?,
-        RuleFormat::Iptables => iptables::write(&ruleset, out)?,
+        RuleFormat::Iptables => iptables::write(&ruleset, Family::V4, out)?,
+        RuleFormat::Ip6tables => iptables::write(&ruleset, Family::V6, out)?,
     }
     Ok(())
 }
@@ -129,13 +200,35 @@ impl Chain {
         let mut entries = Vec::new();
         for group in accesses.chunk_by(|a, b| a.service == b.service) {
             let service = group[0].service;
-            let blocks = aggregate(group.iter().filter_map(|access| match access.peer {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            }));
+            let blocks = aggregate(group.iter().map(|access| access.peer));
             entries.extend(blocks.into_iter().map(|block| Entry { block, service }));
         }
         Self { direction, entries }
+    }
+
+    /// The entries of one family, in order.
+    fn entries_of(&self, family: Family) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(move |entry| Family::of(entry.block.first()) == family)
+    }
+
+    /// A family without entries is dropped whole by a hooked chain (new
+    /// connections; replies pass as established), which is right when it
+    /// was never seen, or not selected (`--family`), and worth a word.
+    fn warn_without(&self, family: Family, ports: Ports) {
+        if self.entries_of(family).next().is_none() {
+            let what = match ports {
+                Ports::Observed => "TCP connection and UDP datagram",
+                Ports::Any => "packet",
+            };
+            let family = family.long_name();
+            warn!(
+                "no {family} peer is allowed {}bound: the {} chain drops every new {family} {what}",
+                self.direction,
+                self.words().hook,
+            );
+        }
     }
 
     /// Port rules drop every UDP datagram no entry names: an outbound chain
@@ -228,6 +321,9 @@ impl Ruleset {
             let chain = Chain::new(allowed, direction);
             if !chain.entries.is_empty() {
                 chain.warn_without_udp(selection.ports);
+                for &family in request.format.families() {
+                    chain.warn_without(family, selection.ports);
+                }
                 chains.push(chain);
             } else if selection.filter.direction.is_some() {
                 bail!("no peers match{flags}: rules allowing nobody would block everything");
@@ -267,12 +363,22 @@ impl Ruleset {
         })
     }
 
-    /// The set (nft, ipset) or chain (iptables) name of `chain`.
+    /// The IPv4 set (nft, ipset) or chain (iptables) name of `chain`.
     fn name_of(&self, chain: &Chain) -> String {
+        self.set_of(chain, Family::V4)
+    }
+
+    /// The set of `family` (nft, ipset), or the chain (iptables, the same
+    /// in both families' tables) of `chain`.
+    fn set_of(&self, chain: &Chain, family: Family) -> String {
         let suffix = chain.words().suffix;
         match self.format {
-            RuleFormat::Nft | RuleFormat::Ipset => format!("{}_{suffix}", self.name),
-            RuleFormat::Iptables => format!("{}-{}", self.name, suffix.to_uppercase()),
+            RuleFormat::Nft | RuleFormat::Ipset => {
+                format!("{}_{suffix}{}", self.name, family.set_suffix())
+            }
+            RuleFormat::Iptables | RuleFormat::Ip6tables => {
+                format!("{}-{}", self.name, suffix.to_uppercase())
+            }
         }
     }
 
@@ -283,16 +389,34 @@ impl Ruleset {
         Ok(())
     }
 
-    /// What the chains leave to other rules, as a comment sentence.
+    /// What the chains filter and leave to other rules, as a comment
+    /// sentence.
     fn scope(&self) -> &'static str {
-        match self.ports {
-            Ports::Observed => {
-                "They filter TCP and UDP over IPv4 only (what netmon records): other\n\
-                 # protocols and IPv6 are left to your other rules."
+        match (self.format, self.ports) {
+            (RuleFormat::Nft | RuleFormat::Ipset, Ports::Observed) => {
+                "They filter TCP and UDP over IPv4 and IPv6 alike (what netmon\n\
+                 # records): other protocols (ICMP, ICMPv6) are left to your other rules."
             }
-            Ports::Any => {
-                "They filter IPv4 only (what netmon records): IPv6 is left to\n\
-                 # your other rules."
+            (RuleFormat::Nft | RuleFormat::Ipset, Ports::Any) => {
+                "They filter every protocol over IPv4 and IPv6 alike."
+            }
+            (RuleFormat::Iptables, Ports::Observed) => {
+                "They filter TCP and UDP over IPv4 (ICMP is left to your other rules).\n\
+                 # IPv6 is ip6tables': load `netmon rules --format ip6tables` too, or\n\
+                 # IPv6 goes unfiltered."
+            }
+            (RuleFormat::Iptables, Ports::Any) => {
+                "They filter IPv4. IPv6 is ip6tables': load `netmon rules --format\n\
+                 # ip6tables` too, or IPv6 goes unfiltered."
+            }
+            (RuleFormat::Ip6tables, Ports::Observed) => {
+                "They filter TCP and UDP over IPv6 (ICMPv6 is left to your other rules).\n\
+                 # IPv4 is iptables': load `netmon rules --format iptables` too, or IPv4\n\
+                 # goes unfiltered."
+            }
+            (RuleFormat::Ip6tables, Ports::Any) => {
+                "They filter IPv6. IPv4 is iptables': load `netmon rules --format\n\
+                 # iptables` too, or IPv4 goes unfiltered."
             }
         }
     }
@@ -300,7 +424,10 @@ impl Ruleset {
 
 #[cfg(test)]
 mod tests {
-    use super::{aggregate::tests::range, *};
+    use super::{
+        aggregate::tests::{range, range6},
+        *,
+    };
 
     /// The script `format` writes for [`ruleset`].
     pub(super) fn script(format: RuleFormat, chains: &[Direction], ports: Ports) -> String {
@@ -309,25 +436,29 @@ mod tests {
         match format {
             RuleFormat::Nft => nft::write(&ruleset, &mut out).unwrap(),
             RuleFormat::Ipset => ipset::write(&ruleset, &mut out).unwrap(),
-            RuleFormat::Iptables => iptables::write(&ruleset, &mut out).unwrap(),
+            RuleFormat::Iptables => iptables::write(&ruleset, Family::V4, &mut out).unwrap(),
+            RuleFormat::Ip6tables => iptables::write(&ruleset, Family::V6, &mut out).unwrap(),
         }
         String::from_utf8(out).unwrap()
     }
 
-    /// 192.0.2.0/24 connected to our port 22 and sent to our syslog
-    /// (514/udp); we connected to 198.51.100.7 on 443 and 80 and asked it
-    /// for names (53/udp).
+    /// 192.0.2.0/24 and 2001:db8:1::/120 connected to our port 22 and
+    /// sent to our syslog (514/udp); we connected to 198.51.100.7 and
+    /// 2001:db8::7 on 443 and 80 and asked them for names (53/udp).
     pub(super) fn ruleset(format: RuleFormat, chains: &[Direction], ports: Ports) -> Ruleset {
         let chains = chains
             .iter()
             .map(|&direction| {
                 let (addrs, services) = match direction {
                     Direction::Inbound => (
-                        range([192, 0, 2, 0], 256),
+                        [range([192, 0, 2, 0], 256), range6("2001:db8:1::", 256)].concat(),
                         vec![Service::tcp(22), Service::udp(514)],
                     ),
                     Direction::Outbound => (
-                        vec!["198.51.100.7".parse().unwrap()],
+                        vec![
+                            "198.51.100.7".parse().unwrap(),
+                            "2001:db8::7".parse().unwrap(),
+                        ],
                         vec![Service::tcp(80), Service::tcp(443), Service::udp(53)],
                     ),
                 };

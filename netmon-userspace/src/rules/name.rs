@@ -12,14 +12,14 @@ use super::RuleFormat;
 
 /// A set or chain name that nft, ipset and iptables all accept: a letter,
 /// then letters, digits, `_` or `-`, short enough for iptables' chains
-/// (28) and for ipset's sets (31) with a direction's `_out` or `-OUT`
-/// after it and the `-new` of the set swapped in, and none of the words
-/// the tools reserve.
+/// (28) and for ipset's sets (31) with a direction's `_out` or `-OUT`,
+/// the `6` of an IPv6 set and the `-new` of the set swapped in after it,
+/// and none of the words the tools reserve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleName(String);
 
 impl RuleName {
-    const MAX_LEN: usize = 23;
+    const MAX_LEN: usize = 22;
 
     /// The format's own name, used without `--name`.
     pub(super) fn default_of(format: RuleFormat) -> Self {
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for good in ["peers_v4", "NETMON-PEERS", "a", "abcdefghijklmnopqrstuvw"] {
+        for good in ["peers_v4", "NETMON-PEERS", "a", "abcdefghijklmnopqrstuv"] {
             assert!(good.parse::<RuleName>().is_ok(), "{good}");
         }
         for bad in [
@@ -305,7 +305,7 @@ mod tests {
             "-x",
             "has space",
             "semi;colon",
-            "abcdefghijklmnopqrstuvwx",
+            "abcdefghijklmnopqrstuvw",
             "naïve",
         ] {
             assert!(bad.parse::<RuleName>().is_err(), "{bad}");

@@ -272,8 +272,8 @@ impl PeerRecord {
 /// only 4-byte positions in it its nodes stay small and dense in cache,
 /// while the ~100-byte records are appended to one vector. A file's
 /// records, read into one vector, stay in it instead of being moved into
-/// tree nodes: a faster load and a lower peak, for the address and
-/// position kept beside each record.
+/// tree nodes: a faster load and a lower peak. The keys live in the
+/// index only.
 ///
 /// The vector does not ask for huge pages as it grows, as the reader's
 /// does: with THP defrag at `madvise`, a fault in an advised range may
@@ -284,7 +284,7 @@ pub struct PeerSet {
     /// records would take over 400 GB, far past any memory.
     index: BTreeMap<PeerKey, u32>,
     /// In arrival order (in key order, as read from a file).
-    records: Vec<(PeerKey, PeerRecord)>,
+    records: Vec<PeerRecord>,
 }
 
 impl PeerSet {
@@ -315,17 +315,17 @@ impl PeerSet {
         let (was, at) = match self.index.entry(key) {
             Entry::Occupied(slot) => {
                 let at = *slot.get() as usize;
-                (Some(before(&self.records[at].1)), at)
+                (Some(before(&self.records[at])), at)
             }
             Entry::Vacant(_) if full => return None,
             Entry::Vacant(slot) => {
                 let at = self.records.len();
                 slot.insert(at as u32);
-                self.records.push((key, PeerRecord::new(now)));
+                self.records.push(PeerRecord::new(now));
                 (None, at)
             }
         };
-        let record = &mut self.records[at].1;
+        let record = &mut self.records[at];
         record.add(conn, connections, now);
         Some((was, record))
     }
@@ -341,7 +341,7 @@ impl PeerSet {
     /// The peer at `addr` in the host's network namespace.
     pub fn get(&self, addr: IpAddr) -> Option<&PeerRecord> {
         let at = *self.index.get(&PeerKey::host(addr))?;
-        Some(&self.records[at as usize].1)
+        Some(&self.records[at as usize])
     }
 
     /// The host's network namespace's peers, in numeric address order:
@@ -350,7 +350,7 @@ impl PeerSet {
         let others = PeerKey::new(1, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         self.index
             .range(..others)
-            .map(|(key, &at)| (key.ip(), &self.records[at as usize].1))
+            .map(|(key, &at)| (key.ip(), &self.records[at as usize]))
     }
 
     /// Every peer, other namespaces' after the host's.
@@ -368,7 +368,7 @@ impl PeerSet {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.index
             .range((from, Bound::Unbounded))
-            .map(|(key, &at)| (*key, &self.records[at as usize].1))
+            .map(|(key, &at)| (*key, &self.records[at as usize]))
     }
 
     /// The network namespaces other than the host's that have peers, with
@@ -387,8 +387,9 @@ impl PeerSet {
             // Reading one file: take its set rather than re-insert it.
             *self = other;
         } else {
-            for (key, record) in other.records {
-                self.merge_record(key, record);
+            let mut records = other.records;
+            for (key, at) in other.index {
+                self.merge_record(key, std::mem::take(&mut records[at as usize]));
             }
         }
     }
@@ -398,9 +399,9 @@ impl PeerSet {
         match self.index.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(self.records.len() as u32);
-                self.records.push((key, other));
+                self.records.push(other);
             }
-            Entry::Occupied(slot) => self.records[*slot.get() as usize].1.merge(&other),
+            Entry::Occupied(slot) => self.records[*slot.get() as usize].merge(&other),
         }
     }
 
@@ -421,12 +422,17 @@ impl PeerSet {
             repeat
         });
         // Sorted keys build the tree in one pass; the records stay where
-        // the reader put them.
+        // the reader put them: collecting them without their keys reuses
+        // the vector's allocation (std's in-place collect), so the peak
+        // holds no second copy of a million records.
         let index = records
             .iter()
             .enumerate()
             .map(|(at, (key, _))| (*key, at as u32))
             .collect();
+        let mut records: Vec<_> = records.into_iter().map(|(_, record)| record).collect();
+        // Gives the tail the keys took back to the system.
+        records.shrink_to_fit();
         Self { index, records }
     }
 }

@@ -45,7 +45,7 @@ pub fn write_big_checkpoint(path: &Path, peers: u32) -> io::Result<()> {
     let mut out = BufWriter::new(fs::File::create(path)?);
     write!(
         out,
-        r#"{{"version":3,"host":"bench","addresses":["192.0.2.1"],"updated":"2026-01-02T00:00:00Z","mode":"tracepoint","lost_events":0,"uncounted_connections":0,"peers":["#
+        r#"{{"version":4,"host":"bench","addresses":["192.0.2.1"],"updated":"2026-01-02T00:00:00Z","mode":"tracepoint","lost_events":0,"uncounted_connections":0,"peers":["#
     )?;
     for i in 0..peers {
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + i * 7);

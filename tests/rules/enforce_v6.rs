@@ -1,0 +1,393 @@
+//! Hooked-in rules against real IPv6 connections.
+//!
+//! As for IPv4 (`enforce.rs`): two namespaces of the test's own joined by
+//! a veth pair, with unique-local addresses (`nodad`, usable at once).
+//! `netmon run --mode proc` records real IPv6 connections in `host`; the
+//! rules it gives are loaded and hooked there with the commands their
+//! comments give. Every observed (peer, port) pair must still connect;
+//! the same peer on another port, and a peer never seen, must be dropped,
+//! with the drop counter of the chain's direction moving. Neither family
+//! may pass whole, which is what the chains did before netmon recorded
+//! IPv6.
+//!
+//! Neighbour discovery must keep working: after each side's neighbour
+//! cache is flushed, an observed pair connects again, which needs a
+//! neighbour solicitation to the solicited-node multicast address and its
+//! advertisement. With `--any-port` rules, which filter ICMPv6 too, only
+//! the hooks' neighbour discovery rules ahead of the jump let them pass.
+use std::{
+    io,
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+use tempfile::TempDir;
+
+use super::{CONNECTS, DROPPED, collect, inside, shell};
+use crate::{Netns, netmon_rules};
+
+/// The host's address, and the peers'; a block no other test uses, and
+/// only ever inside these namespaces.
+const HOST: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
+const SEEN: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+const UNSEEN: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 3);
+
+/// The host's service SEEN connected to, and one nobody used.
+const SERVICE: u16 = 5432;
+const UNUSED_SERVICE: u16 = 5433;
+/// The peers' service the host connected to, and one it never used.
+const REMOTE: u16 = 8443;
+const UNUSED_REMOTE: u16 = 8444;
+
+/// The namespaces, their veth pair and addresses, ready before the first
+/// packet; deleting the namespaces deletes the pair.
+struct Topology {
+    host: Netns,
+    peers: Netns,
+}
+
+impl Topology {
+    fn new() -> Self {
+        let host = Netns::new("host6");
+        let peers = Netns::new("peers6");
+        host.run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "h6",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "p6",
+                "netns",
+                &peers.name,
+            ],
+        );
+        for (netns, link, addrs) in [
+            (&host, "h6", &[HOST][..]),
+            (&peers, "p6", &[SEEN, UNSEEN][..]),
+        ] {
+            for addr in addrs {
+                let addr = format!("{addr}/64");
+                netns.run("ip", &["-6", "addr", "add", &addr, "dev", link, "nodad"]);
+            }
+            netns.run("ip", &["link", "set", link, "up"]);
+            netns.run("ip", &["link", "set", "lo", "up"]);
+        }
+        Self { host, peers }
+    }
+
+    /// Forgets every neighbour on both ends of the pair: the next packet
+    /// each way needs neighbour discovery again.
+    fn flush_neighbours(&self) {
+        self.host.run("ip", &["-6", "neigh", "flush", "dev", "h6"]);
+        self.peers.run("ip", &["-6", "neigh", "flush", "dev", "p6"]);
+    }
+}
+
+fn listen(netns: &Netns, port: u16) -> TcpListener {
+    inside(netns, || {
+        TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).unwrap()
+    })
+}
+
+/// A connection from `netns`, from `from` if given, to `to:port`.
+fn connect(
+    netns: &Netns,
+    from: Option<Ipv6Addr>,
+    to: Ipv6Addr,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    inside(netns, || {
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        if let Some(from) = from {
+            socket.bind(&SocketAddr::from((from, 0)).into())?;
+        }
+        socket.connect_timeout(&SocketAddr::from((to, port)).into(), timeout)?;
+        Ok(socket.into())
+    })
+}
+
+/// A firewall setup under test: how its rules are loaded, hooked, read and
+/// removed.
+#[derive(Clone, Copy, Debug)]
+enum Tool {
+    Nft,
+    /// ipset's sets, matched by the ip6tables rules its script suggests.
+    Ipset,
+    Ip6tables,
+}
+
+/// What must pass ahead of the jump with ip6tables, as docs/firewall.md
+/// says; neighbour discovery is in the scripts' own comments.
+const IP6TABLES_BASICS: [&str; 6] = [
+    "ip6tables -A INPUT -i lo -j ACCEPT",
+    "ip6tables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    "ip6tables -A INPUT -p tcp --dport 22 -j ACCEPT",
+    "ip6tables -A OUTPUT -o lo -j ACCEPT",
+    "ip6tables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    "ip6tables -A OUTPUT -p tcp --sport 22 -j ACCEPT",
+];
+
+impl Tool {
+    fn format(self) -> &'static str {
+        match self {
+            Self::Nft => "nft",
+            Self::Ipset => "ipset",
+            Self::Ip6tables => "ip6tables",
+        }
+    }
+
+    /// Loads `script` and hooks it in, with the commands its comments give.
+    fn apply(self, netns: &Netns, script: &Path, text: &str) {
+        let script = script.to_str().unwrap();
+        let load: &[&str] = match self {
+            Self::Nft => &["nft", "-f", script],
+            Self::Ipset => &["ipset", "restore", "-f", script],
+            Self::Ip6tables => &["ip6tables-restore", "--noflush", script],
+        };
+        netns.run(load[0], &load[1..]);
+        let hooks = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("#   "))
+            .map(str::to_owned);
+        let basics = match self {
+            Self::Nft => &[][..],
+            Self::Ipset | Self::Ip6tables => &IP6TABLES_BASICS[..],
+        };
+        for command in basics.iter().map(|c| (*c).to_owned()).chain(hooks) {
+            shell(netns, &command);
+        }
+    }
+
+    /// The IPv6 TCP packets the chain (or rule) of `direction` dropped so
+    /// far (nft counts every drop of the chain together; `--any-port`
+    /// rules drop every protocol in one rule).
+    fn dropped(self, netns: &Netns, direction: &str, any_port: bool) -> u64 {
+        let protocol = if any_port { "" } else { "-p tcp " };
+        let rule = match self {
+            Self::Nft => {
+                let chain = format!("allow_peers_v4_{direction}");
+                let listed = netns.run("nft", &["list", "chain", "inet", "netmon", &chain]);
+                let counter = listed
+                    .split_once("counter packets ")
+                    .unwrap_or_else(|| panic!("no counter in {listed}"))
+                    .1;
+                return counter.split(' ').next().unwrap().parse().unwrap();
+            }
+            Self::Ip6tables => {
+                let chain = direction.to_uppercase();
+                format!("-A NETMON-PEERS-{chain} {protocol}-j DROP")
+            }
+            Self::Ipset => {
+                let (hook, side) = if direction == "in" {
+                    ("INPUT", "src")
+                } else {
+                    ("OUTPUT", "dst")
+                };
+                let side = if any_port {
+                    side.to_owned()
+                } else {
+                    format!("{side},dst")
+                };
+                format!(
+                    "-A {hook} {protocol}-m set ! --match-set netmon_peers_{direction}6 {side} -j DROP"
+                )
+            }
+        };
+        let saved = netns.run("ip6tables-save", &["-c", "-t", "filter"]);
+        let line = saved
+            .lines()
+            .find(|line| line.ends_with(&rule))
+            .unwrap_or_else(|| panic!("no {rule:?} in\n{saved}"));
+        let packets = line.trim_start_matches('[').split(':').next().unwrap();
+        packets.parse().unwrap()
+    }
+
+    /// Removes the rules and hooks, as docs/firewall.md says.
+    fn undo(self, netns: &Netns) {
+        let commands: &[&str] = match self {
+            Self::Nft => &["nft delete table inet netmon"],
+            // The ipset script's comments hook IPv4's sets with iptables.
+            Self::Ipset => &[
+                "iptables -F INPUT",
+                "iptables -F OUTPUT",
+                "ip6tables -F INPUT",
+                "ip6tables -F OUTPUT",
+                "ipset destroy netmon_peers_in",
+                "ipset destroy netmon_peers_out",
+                "ipset destroy netmon_peers_in6",
+                "ipset destroy netmon_peers_out6",
+            ],
+            Self::Ip6tables => &[
+                "ip6tables -F INPUT",
+                "ip6tables -F OUTPUT",
+                "ip6tables -F NETMON-PEERS-IN",
+                "ip6tables -X NETMON-PEERS-IN",
+                "ip6tables -F NETMON-PEERS-OUT",
+                "ip6tables -X NETMON-PEERS-OUT",
+            ],
+        };
+        for command in commands {
+            shell(netns, command);
+        }
+    }
+}
+
+/// The ports of the host namespace's peer `ip` in `field`, as written.
+fn recorded_ports(checkpoint: &Value, ip: Ipv6Addr, field: &str) -> Vec<Value> {
+    let peers = checkpoint["peers"].as_array().unwrap();
+    peers
+        .iter()
+        .find(|peer| {
+            peer["netns"].is_null() && peer["ip"].as_str().unwrap().parse() == Ok(IpAddr::V6(ip))
+        })
+        .and_then(|peer| peer[field].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The host records its connections: SEEN to our SERVICE, we to SEEN's
+/// REMOTE, and we to our own address, held open until netmon has stopped,
+/// so its last poll sees them whatever its timing.
+fn record(topology: &Topology, checkpoint: &Path) -> Value {
+    let (host, peers) = (&topology.host, &topology.peers);
+    let netmon = collect(host, "host", checkpoint);
+    let held = [
+        connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+        connect(host, None, SEEN, REMOTE, CONNECTS),
+        connect(host, None, HOST, SERVICE, CONNECTS),
+    ]
+    .map(|stream| stream.expect("connections before any rule"));
+    let (status, log) = netmon.stop();
+    assert!(status.success(), "{log}");
+    drop(held);
+    serde_json::from_str(&std::fs::read_to_string(checkpoint).unwrap()).unwrap()
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
+    let topology = Topology::new();
+    let (host, peers) = (&topology.host, &topology.peers);
+    let _listeners = [
+        listen(host, SERVICE),
+        listen(host, UNUSED_SERVICE),
+        listen(peers, REMOTE),
+        listen(peers, UNUSED_REMOTE),
+    ];
+    let dir = TempDir::new().unwrap();
+    let checkpoint = dir.path().join("host.json");
+    let recorded = record(&topology, &checkpoint);
+    for (peer, field, port) in [
+        (SEEN, "local_ports", SERVICE),
+        (SEEN, "remote_ports", REMOTE),
+        (HOST, "remote_ports", SERVICE),
+    ] {
+        let ports = recorded_ports(&recorded, peer, field);
+        assert!(
+            ports.contains(&format!("{port}/tcp").into()),
+            "netmon did not record {peer} {field} {port}: {recorded}"
+        );
+    }
+
+    // --any-port rules filter ICMPv6 too: only the hooks' neighbour
+    // discovery rules let it through.
+    let cases = [Tool::Nft, Tool::Ipset, Tool::Ip6tables]
+        .into_iter()
+        .flat_map(|tool| [(tool, false), (tool, true)]);
+    for (tool, any_port) in cases {
+        let mut args = vec!["rules", "--format", tool.format()];
+        if any_port {
+            args.push("--any-port");
+        }
+        args.push(checkpoint.to_str().unwrap());
+        let text = netmon_rules(&args);
+        let script = dir.path().join(format!("{tool:?}-{any_port}"));
+        std::fs::write(&script, &text).unwrap();
+        tool.apply(host, &script, &text);
+
+        // We connect first: with the neighbour caches flushed, the host
+        // must then solicit SEEN's address at its solicited-node multicast
+        // address, which no set holds.
+        let observed = || {
+            for (what, result) in [
+                (
+                    "we to SEEN's REMOTE",
+                    connect(host, None, SEEN, REMOTE, CONNECTS),
+                ),
+                (
+                    "SEEN to our SERVICE",
+                    connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+                ),
+            ] {
+                assert!(
+                    result.is_ok(),
+                    "{tool:?} (any port: {any_port}): {what}, observed, must connect: {result:?}"
+                );
+            }
+        };
+        observed();
+        let blocked = [
+            (
+                "in",
+                "SEEN to a service it never used",
+                peers,
+                Some(SEEN),
+                HOST,
+                UNUSED_SERVICE,
+            ),
+            (
+                "in",
+                "UNSEEN to our SERVICE",
+                peers,
+                Some(UNSEEN),
+                HOST,
+                SERVICE,
+            ),
+            (
+                "out",
+                "we to a service of SEEN's never used",
+                host,
+                None,
+                SEEN,
+                UNUSED_REMOTE,
+            ),
+            ("out", "we to UNSEEN", host, None, UNSEEN, REMOTE),
+        ];
+        for (direction, what, netns, from, to, port) in blocked {
+            // --any-port allows an observed peer on every port.
+            let observed_peer = from == Some(SEEN) || to == SEEN;
+            if any_port && observed_peer {
+                continue;
+            }
+            let before = tool.dropped(host, direction, any_port);
+            let result = connect(netns, from, to, port, DROPPED);
+            assert!(
+                result
+                    .as_ref()
+                    .is_err_and(|err| err.kind() == io::ErrorKind::TimedOut),
+                "{tool:?} (any port: {any_port}): {what} must be dropped: {result:?}"
+            );
+            let after = tool.dropped(host, direction, any_port);
+            assert!(
+                after > before,
+                "{tool:?} (any port: {any_port}): {what}: the {direction} drop counter stayed at {before}"
+            );
+        }
+        // Each side must find the other again, in both directions.
+        topology.flush_neighbours();
+        observed();
+
+        tool.undo(host);
+        assert!(
+            connect(peers, Some(UNSEEN), HOST, SERVICE, CONNECTS).is_ok(),
+            "{tool:?} (any port: {any_port}): the undo must let everything through again"
+        );
+    }
+}
