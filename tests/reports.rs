@@ -468,6 +468,56 @@ fn stats_counts_classes_and_tops() {
     }
 }
 
+/// IPv6 peers beside IPv4 ones: counted in their classes, the address
+/// column as wide as the widest, an IPv4-mapped peer as its IPv4.
+#[test]
+fn stats_of_both_families() {
+    let dir = TempDir::new().unwrap();
+    let peer = |ip: &str, outbound: u64, inbound: u64, port: &str| {
+        let (remote, local) = if outbound > 0 {
+            (vec![port], vec![])
+        } else {
+            (vec![], vec![port])
+        };
+        json!({
+            "ip": ip, "first_seen": rfc3339(now() - 60), "last_seen": rfc3339(now()),
+            "outbound": outbound, "inbound": inbound,
+            "remote_ports": remote, "local_ports": local, "processes": ["p"],
+        })
+    };
+    let file = json!({
+        "version": 4, "host": "web1", "addresses": ["10.0.0.9", "fd00::9"],
+        "updated": rfc3339(now()), "mode": "raw-tracepoint", "lost_events": 0,
+        "peers": [
+            peer("2001:db8:ffff:ffff:ffff:ffff:ffff:fffe", 3, 0, "443/tcp"),
+            peer("fd00::5", 0, 2, "22/tcp"),
+            peer("10.0.0.1", 0, 2, "22/tcp"),
+            peer("::ffff:10.0.0.2", 1, 0, "53/udp"),
+        ],
+    });
+    let path = write(dir.path(), "web1.json", &file.to_string());
+    let text = stdout_of(&["stats", arg(&path)]);
+    let top = [
+        "ADDRESS                                 CLASS          DIR  CONNECTIONS",
+        "2001:db8:ffff:ffff:ffff:ffff:ffff:fffe  documentation  out            3",
+        // Ties in address order: IPv4 first.
+        "10.0.0.1                                private        in             2",
+        "fd00::5                                 private        in             2",
+        "10.0.0.2                                private        out            1",
+    ];
+    for line in [
+        "4 peers from 1 file, host web1 (lost events: 0)",
+        "private            3   2    1",
+        "documentation      1   0    1",
+    ]
+    .iter()
+    .chain(&top)
+    {
+        assert!(text.lines().any(|l| l == *line), "no {line:?} in\n{text}");
+    }
+    assert!(text.contains(&top.join("\n")), "{text}");
+}
+
 /// Counts at u64::MAX stay there when more is added: merging them, or
 /// adding a peer's two directions, must not wrap round to a small number.
 #[test]

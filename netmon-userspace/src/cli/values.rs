@@ -71,7 +71,7 @@ value_enum!(GraphFormat {
 
 value_enum!(Group {
     None => "none": "One node per peer address",
-    Slash24 => "/24": "One node per /24 of peers that are no monitored host",
+    Slash24 => "/24": "One node per /24 (per /64 for IPv6) of peers that are no monitored host",
     Class => "class": "One node per address class (private, public, ...)",
 });
 

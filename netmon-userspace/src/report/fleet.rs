@@ -70,8 +70,9 @@ pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
 const MAX_TURNED_ADDRESSES: usize = 64;
 
 /// Keeps to each file the own addresses it can have: unicast ones (no
-/// loopback, 0.0.0.0/8, multicast or broadcast address is a host's), and
-/// none another host claims too. A file is only its host's word: one
+/// loopback, 0.0.0.0/8, ::, multicast or broadcast address is a host's,
+/// nor an IPv6 link-local one, which every link has alike), and none
+/// another host claims too. A file is only its host's word: one
 /// claiming another's address would take over its edges and its rules,
 /// so a contested address belongs to nobody, and the warning names both.
 fn settle_claims(views: &mut [View]) {
@@ -79,14 +80,20 @@ fn settle_claims(views: &mut [View]) {
     for view in views.iter_mut() {
         let before = view.snapshot.addresses.len();
         view.snapshot.addresses.retain(|addr| {
-            !matches!(
-                Class::of(*addr),
-                Class::ThisNetwork | Class::Loopback | Class::Multicast | Class::Broadcast
-            )
+            let link_local = addr.is_ipv6() && Class::of(*addr) == Class::LinkLocal;
+            !link_local
+                && !matches!(
+                    Class::of(*addr),
+                    Class::ThisNetwork
+                        | Class::Unspecified
+                        | Class::Loopback
+                        | Class::Multicast
+                        | Class::Broadcast
+                )
         });
         if view.snapshot.addresses.len() < before {
             warn!(
-                "host {} claims loopback, 0.0.0.0/8, multicast or broadcast addresses as its own: ignored",
+                "host {} claims loopback, unspecified, multicast, broadcast or IPv6 link-local addresses as its own: ignored",
                 Escaped::new(view.host.as_str())
             );
         }
@@ -219,7 +226,7 @@ mod tests {
 
     fn view(host: &str, addresses: &str, peers: &str) -> View {
         let text = format!(
-            r#"{{"version":2,"host":"{host}","addresses":[{addresses}],"updated":"2026-01-02T00:00:00Z","peers":[{peers}]}}"#
+            r#"{{"version":4,"host":"{host}","addresses":[{addresses}],"updated":"2026-01-02T00:00:00Z","peers":[{peers}]}}"#
         );
         let (snapshot, _) = parse(text.as_bytes(), 0).unwrap();
         View {
@@ -327,6 +334,34 @@ mod tests {
         let db1 = host_view(&views, "db1").unwrap();
         let peers: Vec<String> = db1.peers.iter().map(|(ip, _)| ip.to_string()).collect();
         assert_eq!(peers, ["10.0.0.9"]);
+    }
+
+    #[test]
+    fn ipv6_link_local_and_unspecified_are_no_hosts_and_ula_turns_around() {
+        let mut views = vec![
+            // Every host's link has fe80::1 alike: it names none of them.
+            view("db1", r#""10.0.0.2","fd00::2","fe80::1","::""#, ""),
+            view(
+                "web1",
+                r#""10.0.0.1","fd00::1","fe80::1""#,
+                &peer("fd00::2", 1, 0, r#""5432/tcp""#, ""),
+            ),
+        ];
+        settle_claims(&mut views);
+        let db1 = host_view(&views, "db1").unwrap();
+        let own: Vec<String> = db1.addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(own, ["10.0.0.2", "fd00::2"]);
+        // web1's IPv6 connection to db1 is db1's inbound from both of
+        // web1's addresses.
+        let peers: Vec<(String, u64)> = db1
+            .peers
+            .iter()
+            .map(|(ip, r)| (ip.to_string(), r.inbound))
+            .collect();
+        assert_eq!(
+            peers,
+            [("10.0.0.1".to_owned(), 1), ("fd00::1".to_owned(), 1)]
+        );
     }
 
     #[test]
