@@ -26,7 +26,7 @@ pub const SOURCE_KRETPROBE_ACCEPT: u8 = 2;
 /// `PeerEvent::source`: tracepoint `sock/inet_sock_set_state`, plain or raw.
 pub const SOURCE_TRACEPOINT: u8 = 3;
 /// `PeerEvent::source`: the cgroup programs on UDP sockets (`connect4`,
-/// `sendmsg4`, `recvmsg4`).
+/// `sendmsg4`, `recvmsg4` and their `6` twins).
 pub const SOURCE_CGROUP_UDP: u8 = 4;
 
 /// `PeerEvent::protocol`: TCP (the protocol's IP number).
@@ -34,19 +34,20 @@ pub const PROTOCOL_TCP: u8 = 6;
 /// `PeerEvent::protocol`: UDP.
 pub const PROTOCOL_UDP: u8 = 17;
 
-/// One TCP connection, or one UDP datagram exchange, with an IPv4 peer, as
-/// seen by one of the programs.
+/// One TCP connection, or one UDP datagram exchange, as seen by one of the
+/// programs.
 ///
 /// Repeats of the same connection key ([`DedupKey`]) within the dedup
 /// window do not cross the ring buffer; `series` and `total` let userspace
 /// count them exactly anyway (see [`DedupValue`]).
 ///
-/// 64 bytes, no implicit padding.
+/// 72 bytes, no implicit padding: the fields are ordered so that none
+/// needs any.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerEvent {
-    /// The peer's IPv4 address, network byte order (as in `struct sock`).
-    pub addr: u32,
+    /// The peer's address, see [`Addr`].
+    pub addr: Addr,
     /// The peer's port, host byte order.
     pub remote_port: u16,
     /// Our port, host byte order.
@@ -64,6 +65,9 @@ pub struct PeerEvent {
     pub generation: u8,
     /// One of the `PROTOCOL_*` constants.
     pub protocol: u8,
+    /// The inode number of the socket's network namespace (as
+    /// `/proc/PID/ns/net` shows it); 0 when unknown.
+    pub netns: u32,
     /// `comm` of the current task, NUL padded; all zero when `pid` is 0.
     pub comm: [u8; COMM_LEN],
     /// The dedup series this event belongs to: when its `DEDUP` entry was
@@ -76,10 +80,64 @@ pub struct PeerEvent {
     /// socket where no task runs (an inbound connection completed in
     /// softirq); 0 when unknown.
     pub cgroup: u64,
-    /// The inode number of the socket's network namespace (as
-    /// `/proc/PID/ns/net` shows it); 0 when unknown.
-    pub netns: u32,
-    pub _pad: u32,
+}
+
+/// A peer's address, IPv6 or IPv4 alike: the 16 bytes of an IPv6 address
+/// in network byte order, as `struct in6_addr` holds them (four words, so
+/// the programs move it with word loads and stores). An IPv4 peer is
+/// written IPv4-mapped (`::ffff:a.b.c.d`, [`Addr::v4_mapped`]), as a
+/// dual-stack socket sees it, so userspace reads every address the same
+/// way and turns the mapped ones back into IPv4
+/// (`Ipv6Addr::to_canonical`).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr(pub [u32; 4]);
+
+impl Addr {
+    /// The first three words of an IPv4-mapped address (`::ffff:0:0/96`),
+    /// as they lie in memory.
+    pub const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
+
+    /// The IPv4-mapped form of `v4`, an IPv4 address in network byte
+    /// order (as `skc_daddr` holds it): constant stores and a copy.
+    #[inline(always)]
+    pub const fn v4_mapped(v4: u32) -> Self {
+        let [a, b, c] = Self::V4_MAPPED_PREFIX;
+        Self([a, b, c, v4])
+    }
+
+    /// The 16 bytes, network order.
+    pub fn octets(self) -> [u8; 16] {
+        let mut octets = [0; 16];
+        let mut i = 0;
+        while i < 4 {
+            let word = self.0[i].to_ne_bytes();
+            octets[4 * i] = word[0];
+            octets[4 * i + 1] = word[1];
+            octets[4 * i + 2] = word[2];
+            octets[4 * i + 3] = word[3];
+            i += 1;
+        }
+        octets
+    }
+
+    /// The address of `octets`, network order.
+    pub fn from_octets(octets: [u8; 16]) -> Self {
+        let word = |i: usize| {
+            u32::from_ne_bytes([
+                octets[4 * i],
+                octets[4 * i + 1],
+                octets[4 * i + 2],
+                octets[4 * i + 3],
+            ])
+        };
+        Self([word(0), word(1), word(2), word(3)])
+    }
+
+    /// The address as userspace holds it: an IPv4-mapped one as IPv4.
+    pub fn ip(self) -> core::net::IpAddr {
+        core::net::Ipv6Addr::from(self.octets()).to_canonical()
+    }
 }
 
 /// [`PeerEvent::series`] of an event that is in no series: it stands for
@@ -88,12 +146,12 @@ pub const SERIES_NONE: u64 = 0;
 
 /// What makes connections repeats of each other for in-kernel dedup.
 ///
-/// 32 bytes, no implicit padding.
+/// 40 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DedupKey {
     /// As [`PeerEvent::addr`].
-    pub addr: u32,
+    pub addr: Addr,
     /// The peer's port for outbound connections, ours for inbound ones.
     pub port: u16,
     pub direction: u8,
@@ -108,7 +166,6 @@ pub struct DedupKey {
     pub protocol: u8,
     pub _pad: u16,
     pub netns: u32,
-    pub _pad2: u32,
     pub cgroup: u64,
 }
 
@@ -131,7 +188,6 @@ impl DedupKey {
             protocol: event.protocol,
             _pad: 0,
             netns: event.netns,
-            _pad2: 0,
             cgroup: event.cgroup,
         }
     }
@@ -164,8 +220,8 @@ pub struct DedupValue {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (these three): plain integers and arrays of integers, no padding,
-    // any bit pattern is a valid value.
+    // SAFETY (these three): plain integers and arrays of integers, no padding
+    // (the sizes are tested below), any bit pattern is a valid value.
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupValue {}
@@ -221,8 +277,23 @@ mod tests {
 
     #[test]
     fn abi_types_have_no_padding() {
-        assert_eq!(core::mem::size_of::<PeerEvent>(), 64);
-        assert_eq!(core::mem::size_of::<DedupKey>(), 32);
+        assert_eq!(core::mem::size_of::<PeerEvent>(), 72);
+        assert_eq!(core::mem::size_of::<DedupKey>(), 40);
         assert_eq!(core::mem::size_of::<DedupValue>(), 40);
+    }
+
+    #[test]
+    fn addresses_are_network_order_and_mapped_ipv4_is_ipv4() {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v4 = Addr::v4_mapped(u32::from_ne_bytes([10, 1, 2, 3]));
+        assert_eq!(v4.ip(), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(
+            Ipv6Addr::from(v4.octets()),
+            Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()
+        );
+        let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x1234, 0x5678);
+        let addr = Addr::from_octets(v6.octets());
+        assert_eq!(addr.octets(), v6.octets());
+        assert_eq!(addr.ip(), IpAddr::V6(v6));
     }
 }

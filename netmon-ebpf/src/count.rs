@@ -139,16 +139,20 @@ fn first_sighting(_key: &DedupKey) -> bool {
 }
 
 /// A 64-bit hash of `key`: its low bits pick the slot in `SEEN`, its high
-/// 32 are the fingerprint kept there.
+/// 32 are the fingerprint kept there. All 16 bytes of the address count:
+/// IPv6 peers may differ only in their first 8 (`::1` in many /64s).
 #[cfg(not(feature = "perf"))]
 fn key_hash(key: &DedupKey) -> u64 {
-    let fields = u64::from(key.addr)
+    let [a, b, c, d] = key.addr.0;
+    let fields = u64::from(d)
         | u64::from(key.port) << 32
         | u64::from(key.direction) << 48
         | u64::from(key.source ^ key.protocol) << 56;
+    let prefix = (u64::from(a) | u64::from(b) << 32) ^ u64::from(c).rotate_left(17);
     let mut hash = fields.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ u64::from(key.pid ^ key.netns).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-        ^ key.cgroup.wrapping_mul(0x1656_67b1_9e37_79f9);
+        ^ key.cgroup.wrapping_mul(0x1656_67b1_9e37_79f9)
+        ^ prefix.wrapping_mul(0x27d4_eb2f_1656_67c5);
     hash ^= hash >> 29;
     hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     hash ^ hash >> 32

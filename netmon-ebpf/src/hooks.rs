@@ -6,9 +6,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use netmon_common::{
-    AF_INET, AF_INET6, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PROTOCOL_TCP, PeerEvent,
-    SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT, config::PROTOCOL_UNKNOWN,
-    tcp_state,
+    AF_INET, AF_INET6, Addr, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PROTOCOL_TCP,
+    PeerEvent, SOURCE_KPROBE_CONNECT, SOURCE_KRETPROBE_ACCEPT, SOURCE_TRACEPOINT,
+    config::PROTOCOL_UNKNOWN, tcp_state,
 };
 
 use crate::{count::send, maps::config, origin, sock};
@@ -59,11 +59,8 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
     };
     let family: u16 = read_field(ctx, config(|c| &c.tracepoint.family))?;
     let addr = match family {
-        AF_INET => read_field(ctx, config(|c| &c.tracepoint.daddr))?,
-        AF_INET6 => match sock::v4_mapped(read_field(ctx, config(|c| &c.tracepoint.daddr_v6))?) {
-            Some(addr) => addr,
-            None => return Ok(0),
-        },
+        AF_INET => Addr::v4_mapped(read_field(ctx, config(|c| &c.tracepoint.daddr))?),
+        AF_INET6 => Addr(read_field(ctx, config(|c| &c.tracepoint.daddr_v6))?),
         _ => return Ok(0),
     };
     // The tracepoint stores ports in host byte order already.

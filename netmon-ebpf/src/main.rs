@@ -12,9 +12,9 @@
 //! - the same tracepoint attached raw: the same two transitions from the
 //!   tracepoint's arguments, without the perf record the kernel fills in
 //!   for every transition before a plain tracepoint program runs;
-//! - cgroup `bind4`, `connect4`, `sendmsg4` and `recvmsg4` (and their `6` twins,
-//!   for IPv4 peers of dual-stack sockets) on the root cgroup v2: UDP
-//!   peers, beside whichever TCP programs run ([`udp`]).
+//! - cgroup `bind4`, `connect4`, `sendmsg4` and `recvmsg4` (and their `6`
+//!   twins, for IPv6 sockets) on the root cgroup v2: UDP peers, beside
+//!   whichever TCP programs run ([`udp`]).
 //!
 //! The entry points are here; [`hooks`] reads each hook's arguments,
 //! [`sock`] reads `struct sock`, [`count`] counts connections and decides
@@ -22,8 +22,9 @@
 //! cgroup a connection was made in, and [`maps`] holds the maps and the load-time
 //! [`Config`](netmon_common::Config), whose offsets userspace reads from
 //! the kernel's BTF or the tracepoint's `format` file, so one object runs
-//! on many kernels without CO-RE. Decisions beyond "is this an IPv4 TCP
-//! peer" are made in userspace.
+//! on many kernels without CO-RE. Every peer, IPv4 or IPv6, crosses
+//! as 16 bytes (`netmon_common::Addr`, IPv4 mapped); decisions beyond "is
+//! this a TCP or UDP peer" are made in userspace.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 #[cfg(feature = "perf")]
 use netmon_common::PeerEvent;
-use netmon_common::{Config, DedupKey, DedupValue};
+use netmon_common::{Addr, Config, DedupKey, DedupValue};
 
 /// Default size; userspace may resize it at load time.
 #[cfg(not(feature = "perf"))]
@@ -47,7 +47,7 @@ pub static UNCOUNTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 ///
 /// One element holding the whole table, not one element per slot (each
 /// reached through a pointer array of its own), and 4-byte fingerprints
-/// rather than 12-byte keys: a run that looks up a slot it has not touched
+/// rather than 40-byte keys: a run that looks up a slot it has not touched
 /// lately, as in a storm of new peers, touches fewer cache lines.
 #[cfg(not(feature = "perf"))]
 #[map]
@@ -59,14 +59,14 @@ pub static SEEN: PerCpuArray<[u32; SEEN_SLOTS]> = PerCpuArray::with_max_entries(
 pub const SEEN_SLOTS: usize = 1024;
 
 /// A UDP flow: a socket and a peer's address and port (`UDP_FLOWS`' key).
-/// 16 bytes, its padding always zero.
+/// 32 bytes, its padding always zero.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub cookie: u64,
-    pub addr: u32,
+    pub addr: Addr,
     pub port: u16,
-    pub _pad: u16,
+    pub _pad: [u8; 6],
 }
 
 /// What is known of a UDP socket (`netmon_common::udp_socket` bits), by

@@ -1,14 +1,16 @@
 //! Reading a connection's peer out of `struct sock`, at the offsets of
 //! [`Config::sock`](netmon_common::Config::sock).
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use netmon_common::{AF_INET, AF_INET6, PROTOCOL_TCP, PeerEvent};
+use netmon_common::{AF_INET, AF_INET6, Addr, PROTOCOL_TCP, PeerEvent};
 
 use crate::{maps::config, origin};
 
-/// The IPv4 peer of TCP socket `sk` (non-null) as an event stamped with
-/// `pid` (0: none, the hook runs in softirq), its network namespace and
-/// cgroup; `None` for any other family, or an IPv6 peer that is not
-/// v4-mapped.
+/// The peer of TCP socket `sk` (non-null) as an event stamped with `pid`
+/// (0: none, the hook runs in softirq), its network namespace and cgroup;
+/// `None` for a family other than IPv4 and IPv6.
+///
+/// An IPv4 socket's peer is 4 bytes within the head, mapped with constant
+/// stores, so IPv6 adds no read to the IPv4 path.
 #[inline(always)]
 pub fn peer_event(
     sk: *const u8,
@@ -19,11 +21,9 @@ pub fn peer_event(
     let head = SockHead::read(sk)?;
     let family: u16 = head.field(sk, config(|c| &c.sock.family))?;
     let addr = match family {
-        AF_INET => head.field(sk, config(|c| &c.sock.daddr))?,
-        AF_INET6 => match v4_mapped(read_sock(sk, config(|c| &c.sock.v6_daddr))?) {
-            Some(addr) => addr,
-            None => return Ok(None),
-        },
+        AF_INET => Addr::v4_mapped(head.field(sk, config(|c| &c.sock.daddr))?),
+        // An IPv4 peer of a dual-stack socket is mapped here already.
+        AF_INET6 => Addr(read_sock(sk, config(|c| &c.sock.v6_daddr))?),
         _ => return Ok(None),
     };
     let dport: u16 = head.field(sk, config(|c| &c.sock.dport))?;
@@ -40,16 +40,6 @@ pub fn peer_event(
         ..PeerEvent::default()
     }))
 }
-
-/// The IPv4 address in an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`).
-pub fn v4_mapped(v6: [u32; 4]) -> Option<u32> {
-    (v6[0] == V4_MAPPED_PREFIX[0] && v6[1] == V4_MAPPED_PREFIX[1] && v6[2] == V4_MAPPED_PREFIX[2])
-        .then_some(v6[3])
-}
-
-/// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:0:0/96`), as
-/// three native-endian words read straight from memory.
-const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
 
 /// The start of `struct sock_common`, from `skc_daddr` on, read with one
 /// helper call: family, address and ports lie within its first 18 bytes

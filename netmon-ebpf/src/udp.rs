@@ -21,14 +21,14 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use netmon_common::{
-    DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent, SOURCE_CGROUP_UDP,
-    tcp_state::ESTABLISHED, udp_socket,
+    Addr, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_UDP, PROTOCOL_UDP, PeerEvent,
+    SOURCE_CGROUP_UDP, tcp_state::ESTABLISHED, udp_socket,
 };
 
 use crate::{
     count::{send, touch},
     maps::{Flow, FlowState, UDP_FLOWS, UDP_SOCKETS, config},
-    origin, sock,
+    origin,
 };
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
@@ -43,9 +43,9 @@ pub fn bind(ctx: &SockAddrContext) {
     }
 }
 
-/// `cgroup/connect4` and `cgroup/sendmsg4` (and their `6` twins, for
-/// IPv4 peers of dual-stack sockets): a datagram to the call's address,
-/// now (sendmsg) or on every later send (connect).
+/// `cgroup/connect4` and `cgroup/sendmsg4` (and their `6` twins, for IPv6
+/// sockets, whose IPv4 peers come mapped): a datagram to the call's
+/// address, now (sendmsg) or on every later send (connect).
 pub fn send_to(ctx: &SockAddrContext, family: Family) {
     exchange(ctx, Call::udp(ctx, family), DIRECTION_OUTBOUND);
 }
@@ -59,8 +59,8 @@ pub fn recv_from(ctx: &SockAddrContext, family: Family) {
 #[derive(Clone, Copy)]
 pub enum Family {
     V4,
-    /// An IPv6 socket's: only an IPv4-mapped address (`::ffff:a.b.c.d`),
-    /// an IPv4 peer of a dual-stack socket, is netmon's.
+    /// An IPv6 socket's, any IPv6 address (an IPv4 peer of a dual-stack
+    /// socket comes IPv4-mapped, as netmon writes every IPv4 peer).
     V6,
 }
 
@@ -78,7 +78,7 @@ fn exchange(ctx: &SockAddrContext, call: Option<Call>, direction: u8) {
         cookie: call.cookie,
         addr: call.addr,
         port: call.port,
-        _pad: 0,
+        _pad: [0; 6],
     };
     if let Some(state) = UDP_FLOWS.get_ptr_mut(flow) {
         // SAFETY: the map's value, valid for this run; a racing writer
@@ -147,8 +147,8 @@ fn mark(cookie: u64, bit: u8) {
 struct Call {
     cookie: u64,
     /// The address of the call (the destination of a send, the source of
-    /// a received datagram), network byte order.
-    addr: u32,
+    /// a received datagram).
+    addr: Addr,
     /// Its port, host byte order.
     port: u16,
 }
@@ -198,12 +198,12 @@ impl Call {
         Some(Self {
             // SAFETY: a helper call on the context the kernel passed.
             cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-            addr: 0,
+            addr: Addr::default(),
             port: u16::from_be(port as u16),
         })
     }
 
-    /// The call on `ctx`, if its socket is UDP and its address IPv4.
+    /// The call on `ctx`, if its socket is UDP.
     fn udp(ctx: &SockAddrContext, family: Family) -> Option<Self> {
         // SAFETY: the context the kernel passed; each field is read whole,
         // as the verifier requires of context accesses, and only the
@@ -214,15 +214,17 @@ impl Call {
                 return None;
             }
             let peer = match family {
-                Family::V4 => core::ptr::read_volatile(&raw const (*addr).user_ip4),
+                Family::V4 => {
+                    Addr::v4_mapped(core::ptr::read_volatile(&raw const (*addr).user_ip4))
+                }
                 Family::V6 => {
                     let v6 = &raw const (*addr).user_ip6;
-                    sock::v4_mapped([
+                    Addr([
                         core::ptr::read_volatile(&raw const (*v6)[0]),
                         core::ptr::read_volatile(&raw const (*v6)[1]),
                         core::ptr::read_volatile(&raw const (*v6)[2]),
                         core::ptr::read_volatile(&raw const (*v6)[3]),
-                    ])?
+                    ])
                 }
             };
             let port = core::ptr::read_volatile(&raw const (*addr).user_port);

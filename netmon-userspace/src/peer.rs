@@ -3,10 +3,7 @@
 //! The kernel speaks in [`PeerEvent`]s of raw integers; everything past the
 //! ring buffer works with a [`Connection`], whose fields cannot hold values
 //! the rest of the program would have to re-check.
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{fmt, net::IpAddr};
 
 use anyhow::{Context as _, bail};
 use netmon_common::{
@@ -419,8 +416,8 @@ impl TryFrom<&PeerEvent> for Connection {
 
     fn try_from(event: &PeerEvent) -> anyhow::Result<Self> {
         Ok(Self {
-            // `addr` holds the address's bytes in network order.
-            peer: IpAddr::V4(Ipv4Addr::from(event.addr.to_ne_bytes())),
+            // 16 bytes whatever the family; a mapped IPv4 address is IPv4.
+            peer: event.addr.ip(),
             remote_port: event.remote_port,
             local_port: event.local_port,
             protocol: Protocol::try_from(event.protocol).context("bad event from kernel")?,
@@ -441,13 +438,15 @@ impl TryFrom<&PeerEvent> for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmon_common::Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn event_converts_with_network_order_address() {
         let mut comm = [0; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
         let event = PeerEvent {
-            addr: u32::from_ne_bytes([10, 1, 2, 3]),
+            addr: Addr::v4_mapped(u32::from_ne_bytes([10, 1, 2, 3])),
             remote_port: 443,
             local_port: 40000,
             pid: 7,
@@ -461,6 +460,25 @@ mod tests {
         assert_eq!(conn.peer, Ipv4Addr::new(10, 1, 2, 3));
         assert_eq!(conn.direction, Direction::Outbound);
         assert_eq!(conn.process.unwrap().to_string(), "curl");
+    }
+
+    #[test]
+    fn ipv6_peers_stay_ipv6_and_mapped_ones_become_ipv4() {
+        let peer = |octets: [u8; 16]| {
+            let event = PeerEvent {
+                addr: Addr::from_octets(octets),
+                direction: DIRECTION_OUTBOUND,
+                source: SOURCE_TRACEPOINT,
+                protocol: PROTOCOL_TCP,
+                ..PeerEvent::default()
+            };
+            Connection::try_from(&event).unwrap().peer
+        };
+        let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x20);
+        assert_eq!(peer(v6.octets()), IpAddr::V6(v6));
+        // As a dual-stack socket's skc_v6_daddr holds an IPv4 peer.
+        let mapped = Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped();
+        assert_eq!(peer(mapped.octets()), Ipv4Addr::new(192, 0, 2, 7));
     }
 
     #[test]

@@ -237,10 +237,11 @@ fn event_of(key: &DedupKey, value: &DedupValue) -> PeerEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmon_common::Addr;
 
     fn event(series: u64, total: u64) -> PeerEvent {
         PeerEvent {
-            addr: 1,
+            addr: Addr::v4_mapped(1),
             remote_port: 80,
             direction: DIRECTION_OUTBOUND,
             source: 1,

@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn decodes_split_and_padded_records() {
         let event = PeerEvent {
-            addr: 0x0100_007f,
+            addr: netmon_common::Addr::v4_mapped(0x0100_007f),
             remote_port: 80,
             ..PeerEvent::default()
         };

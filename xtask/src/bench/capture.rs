@@ -18,7 +18,7 @@ use super::{
 /// averages that out. It does not still the load that shifts from one
 /// storm to the next, which is why the row takes the median of several
 /// pairs (docs/performance.md, "Reading the on/off ratio").
-const PAIR_LENGTH: u32 = 2;
+pub const PAIR_LENGTH: u32 = 2;
 /// The pairs' storms with netmon off share one address block, and those
 /// with it on another: each storm runs in a namespace of its own, watched
 /// by a netmon of its own writing a file of its own, so none can count
@@ -153,7 +153,7 @@ pub fn capture(bench: &Bench, table: &mut Table) {
 }
 
 /// Peers held and events lost by netmon in `mode` over its storms.
-fn held_and_lost(table: &mut Table, mode: &str, ons: &[&Watched]) {
+pub fn held_and_lost(table: &mut Table, mode: &str, ons: &[&Watched]) {
     if ons.is_empty() {
         return;
     }
@@ -294,7 +294,7 @@ pub fn on_off_row(table: &mut Table, part: &'static str, what: &str, rates: &[(f
 }
 
 /// Mean ns per run of netmon's programs in `mode` over its storms.
-fn cost_per_run(table: &mut Table, mode: &str, ons: &[&Watched]) {
+pub fn cost_per_run(table: &mut Table, mode: &str, ons: &[&Watched]) {
     let runs = ons
         .iter()
         .filter_map(|on| on.netmon.as_ref()?.runs)

@@ -3,7 +3,7 @@
 //! all-new storm across its checkpoints. Writing a million peers takes
 //! long enough that a loop which stopped reading the ring buffer
 //! meanwhile lost events at every one.
-use std::{fs, os::unix::fs::MetadataExt as _, path::Path, thread, time::Duration};
+use std::{fs, net::IpAddr, os::unix::fs::MetadataExt as _, path::Path, thread, time::Duration};
 
 use anyhow::{Context as _, bail};
 use netmon_scenario::{
@@ -15,7 +15,7 @@ use netmon_scenario::{
 use super::{
     Bench, EBPF_MODE, cost,
     netns::Netns,
-    storm::{Outcome, Pattern, Protocol, Storm},
+    storm::{Family, Outcome, Pattern, Protocol, Storm},
     table::{Table, percent, thousands},
 };
 
@@ -89,7 +89,14 @@ fn storm_across_checkpoints(bench: &Bench) -> anyhow::Result<Measured> {
     netmon
         .wait_ready()
         .map_err(|log| anyhow::anyhow!("netmon --mode {EBPF_MODE} {log}"))?;
-    let storm = Storm::prepare(&netns, BLOCK, Protocol::Tcp, Pattern::Distinct, bench.storm)?;
+    let storm = Storm::prepare(
+        &netns,
+        Family::V4,
+        BLOCK,
+        Protocol::Tcp,
+        Pattern::Distinct,
+        bench.storm,
+    )?;
     let storm = thread::spawn(move || storm.go());
     let mut replaced = 0;
     let mut last = inode(&output)?;
@@ -110,7 +117,7 @@ fn storm_across_checkpoints(bench: &Bench) -> anyhow::Result<Measured> {
     let file = read_checkpoint(&output);
     Ok(Measured {
         lost: file["lost_events"].as_u64().unwrap_or(u64::MAX),
-        held: outcome.held(peers_of(&file).into_keys()),
+        held: outcome.held(peers_of(&file).into_keys().map(IpAddr::from)),
         outcome,
         replaced,
     })

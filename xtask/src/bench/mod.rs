@@ -7,12 +7,15 @@
 //! error. Parts: capture and kernel cost (capture.rs), user cost
 //! (cost.rs) with stopping under load (shutdown.rs), scale (scale.rs)
 //! with a storm across the checkpoints of a large set (checkpoints.rs),
-//! the restart gap (restart.rs). Each storm and each start-up runs in a
+//! the restart gap (restart.rs), an IPv6 storm (ipv6.rs), and this build
+//! beside another (baseline.rs). Each storm and each start-up runs in a
 //! network namespace of its own (netns.rs).
+mod baseline;
 mod bpf_stats;
 mod capture;
 mod checkpoints;
 mod cost;
+mod ipv6;
 mod netns;
 mod poller;
 mod procfs;
@@ -59,6 +62,10 @@ pub struct BenchArgs {
     /// Benchmark this netmon binary instead of building one.
     #[arg(long, value_name = "BINARY")]
     netmon: Option<PathBuf>,
+    /// Another build of netmon (say the previous commit's) to measure
+    /// beside this one in the baseline part, storm by storm.
+    #[arg(long, value_name = "BINARY")]
+    baseline: Option<PathBuf>,
     /// Seconds each connection storm lasts (the on/off pairs': twice that).
     #[arg(long, default_value_t = 5)]
     storm_seconds: u64,
@@ -91,6 +98,13 @@ enum Part {
     /// UDP queries to a resolver-like service: peers held with exact
     /// counts, lost events, the cgroup programs' cost, on/off pairs.
     Udp,
+    /// An IPv6 storm in each tracepoint mode: peers held, lost events,
+    /// cost per run (2 storms).
+    Ipv6,
+    /// This build and `--baseline` taking turns: each tracepoint mode's
+    /// cost per run and peers held, and on/off pairs (7 storms a pair;
+    /// only with `--baseline`).
+    Baseline,
 }
 
 /// What every part needs.
@@ -110,6 +124,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(binary) => binary.clone(),
         None => build::build(build::Profile::Release)?,
     };
+    match &args.baseline {
+        Some(binary) if !binary.is_file() => {
+            bail!("--baseline {}: no such file", binary.display())
+        }
+        None if args.parts.contains(&Part::Baseline) => {
+            bail!("--part baseline needs --baseline BINARY")
+        }
+        _ => {}
+    }
     netns::remove_stale();
     let dir = build::root().join("target/bench");
     if dir.exists() {
@@ -132,6 +155,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         Part::Scale,
         Part::Restart,
         Part::Udp,
+        Part::Ipv6,
+        Part::Baseline,
     ] {
         if !args.parts.is_empty() && !args.parts.contains(&part) {
             continue;
@@ -148,6 +173,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             }
             Part::Restart => restart::restart(&bench, &mut table),
             Part::Udp => udp::udp(&bench, &mut table),
+            Part::Ipv6 => ipv6::ipv6(&bench, &mut table),
+            Part::Baseline => {
+                if let Some(baseline) = &args.baseline {
+                    baseline::baseline(&bench, baseline, &mut table);
+                }
+            }
         }
     }
     println!("\n{table}");

@@ -8,6 +8,7 @@
 use std::{
     fs::{self, File},
     io,
+    net::Ipv6Addr,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::Path,
     process::Command,
@@ -77,6 +78,28 @@ impl Netns {
                 Err(io::Error::last_os_error())
             }
         })
+    }
+
+    /// Makes every address of `prefix`/64 local to the namespace (a route
+    /// to `lo`, where no address need be added) and lets any socket bind
+    /// one (`ip_nonlocal_bind`, which a route alone does not allow for
+    /// IPv6), so a storm has as many IPv6 peers as it wants. Only ever in a
+    /// namespace of the bench's own: never in the host's.
+    pub fn route_local_v6(&self, prefix: Ipv6Addr) -> anyhow::Result<()> {
+        let prefix = format!("{prefix}/64");
+        run_status(
+            Command::new("ip")
+                .args(["-n", &self.name, "-6", "route", "add", "local"])
+                .args([&prefix, "dev", "lo"]),
+        )?;
+        run_status(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.ip_nonlocal_bind=1",
+        ]))
     }
 
     /// Makes `command` run inside the namespace.

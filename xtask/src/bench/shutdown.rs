@@ -12,7 +12,7 @@ use netmon_scenario::check::read_peers;
 use super::{
     Bench, EBPF_MODE, cost,
     netns::Netns,
-    storm::{Pattern, Protocol, Storm},
+    storm::{Family, Pattern, Protocol, Storm},
     table::{Table, thousands},
 };
 
@@ -48,7 +48,14 @@ fn stop_mid_storm(bench: &Bench) -> anyhow::Result<(Duration, usize)> {
     fs::create_dir_all(&dir)?;
     let output = dir.join("peers.json");
     let netmon = bench.start_netmon(&netns, &output, EBPF_MODE)?;
-    let storm = Storm::prepare(&netns, BLOCK, Protocol::Tcp, Pattern::Distinct, bench.storm)?;
+    let storm = Storm::prepare(
+        &netns,
+        Family::V4,
+        BLOCK,
+        Protocol::Tcp,
+        Pattern::Distinct,
+        bench.storm,
+    )?;
     let storm = thread::spawn(move || storm.go());
     thread::sleep(bench.storm / 2);
     let pid = netmon.pid();

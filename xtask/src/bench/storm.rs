@@ -11,10 +11,13 @@
 //! closed with RST (SO_LINGER 0), the rest gracefully, as the integration
 //! tests' workload does: real servers see both, and only the graceful ones
 //! leave a TIME_WAIT socket a poller can find later.
+//!
+//! An IPv6 storm ([`Family::V6`]) does the same between addresses of a
+//! unique-local /64 that its namespace routes to itself (netns.rs).
 use std::{
     collections::HashSet,
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -22,7 +25,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use netmon_scenario::workload::connect_from;
 use socket2::{Domain, Socket, Type};
 
 use super::netns::Netns;
@@ -72,6 +74,21 @@ pub enum Protocol {
 /// resolver's is.
 const UDP_PORT: u16 = 5300;
 
+/// The storm's address family.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The /64 storm `block` takes its IPv6 addresses from: unique-local,
+    /// routed to `lo` inside the storm's namespace only.
+    pub fn v6_prefix(block: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfdbe, 0x4e4d, 0, u16::from(block), 0, 0, 0, 0)
+    }
+}
+
 /// Whether every connection brings new peers or the same few again.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
@@ -95,10 +112,10 @@ impl Pattern {
 pub struct WorkerArgs {
     /// Connection i goes to DESTS + 1 + (i mod PEERS).
     #[arg(long)]
-    pub(super) dests: Ipv4Addr,
-    /// ... from SOURCES + 1 + (i mod PEERS).
+    pub(super) dests: IpAddr,
+    /// ... from SOURCES + 1 + (i mod PEERS), of the same family.
     #[arg(long)]
-    pub(super) sources: Ipv4Addr,
+    pub(super) sources: IpAddr,
     #[arg(long)]
     pub(super) peers: u32,
     /// Cycle through the PEERS addresses; without it, stop after PEERS
@@ -125,8 +142,16 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     if let Some(port) = args.udp_port {
         return super::udp_storm::worker(args, port);
     }
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    listener.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    let any = match args.dests {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let listener = Socket::new(
+        Domain::for_address(SocketAddr::new(any, 0)),
+        Type::STREAM,
+        None,
+    )?;
+    listener.bind(&SocketAddr::new(any, 0).into())?;
     listener.listen(BACKLOG)?;
     let port = listener
         .local_addr()?
@@ -139,8 +164,8 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         // Never joined: it blocks in accept(2) and ends with the process.
         thread::spawn(move || {
             while let Ok((_stream, from)) = listener.accept() {
-                if let Some(from) = from.as_socket_ipv4() {
-                    accepted.lock().unwrap().insert(*from.ip());
+                if let Some(from) = from.as_socket() {
+                    accepted.lock().unwrap().insert(from.ip());
                 }
             }
         });
@@ -151,15 +176,13 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         bail!("the bench closed its end before saying go");
     }
 
-    let address = |base: Ipv4Addr, i: u64| {
-        Ipv4Addr::from(base.to_bits() + 1 + (i % u64::from(args.peers)) as u32)
-    };
+    let address = |base: IpAddr, i: u64| nth(base, i % u64::from(args.peers));
     let (mut made, mut failed) = (0u64, 0u64);
     let started = Instant::now();
     let until = started + Duration::from_millis(args.millis);
     let mut i = 0u64;
     while Instant::now() < until && (args.cycle || i < u64::from(args.peers)) {
-        let dest = SocketAddrV4::new(address(args.dests, i), port);
+        let dest = SocketAddr::new(address(args.dests, i), port);
         match connect_from(address(args.sources, i), dest) {
             Ok(socket) => {
                 made += 1;
@@ -189,6 +212,22 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     };
     println!("made={made} accepted={accepted} failed={failed} secs={secs:.3}");
     Ok(())
+}
+
+/// Address `base` + 1 + `i`, in `base`'s family.
+pub fn nth(base: IpAddr, i: u64) -> IpAddr {
+    match base {
+        IpAddr::V4(base) => IpAddr::V4(Ipv4Addr::from(base.to_bits() + 1 + i as u32)),
+        IpAddr::V6(base) => IpAddr::V6(Ipv6Addr::from(base.to_bits() + 1 + u128::from(i))),
+    }
+}
+
+/// A TCP connection from `source` (any port) to `dest`.
+fn connect_from(source: IpAddr, dest: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(dest), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect(&dest.into())?;
+    Ok(socket)
 }
 
 impl std::str::FromStr for Made {
@@ -232,17 +271,20 @@ impl Drop for Worker {
 /// The first address of a worker's destinations and of its sources.
 #[derive(Clone, Copy)]
 struct Ranges {
-    dests: Ipv4Addr,
-    sources: Ipv4Addr,
+    dests: IpAddr,
+    sources: IpAddr,
     /// Its UDP service's port, in a UDP storm.
     udp_port: Option<u16>,
 }
 
 impl Storm {
     /// Starts the workers of storm number `block` (which fixes its
-    /// addresses) inside `netns` and waits until each is listening.
+    /// addresses) inside `netns` and waits until each is listening. An
+    /// IPv6 storm's namespace must route its /64 to itself
+    /// ([`Netns::route_local_v6`]).
     pub fn prepare(
         netns: &Netns,
+        family: Family,
         block: u8,
         protocol: Protocol,
         pattern: Pattern,
@@ -261,9 +303,29 @@ impl Storm {
             pattern,
         };
         for w in 0..workers() {
+            let (dests, sources) = match family {
+                Family::V4 => (
+                    IpAddr::V4(Ipv4Addr::new(127, first + WORKER_OCTETS * w, 0, 0)),
+                    IpAddr::V4(Ipv4Addr::new(
+                        127,
+                        first + WORKER_OCTETS * (MAX_WORKERS + w),
+                        0,
+                        0,
+                    )),
+                ),
+                // Each worker's destinations, and its sources, take a /96.
+                Family::V6 => {
+                    let at = |n: u8| {
+                        IpAddr::V6(Ipv6Addr::from(
+                            Family::v6_prefix(block).to_bits() | u128::from(n) << 32,
+                        ))
+                    };
+                    (at(w), at(MAX_WORKERS + w))
+                }
+            };
             let ranges = Ranges {
-                dests: Ipv4Addr::new(127, first + WORKER_OCTETS * w, 0, 0),
-                sources: Ipv4Addr::new(127, first + WORKER_OCTETS * (MAX_WORKERS + w), 0, 0),
+                dests,
+                sources,
                 udp_port: (protocol == Protocol::Udp).then_some(UDP_PORT + u16::from(w)),
             };
             let mut command = Command::new(&exe);
@@ -330,7 +392,7 @@ impl Worker {
     }
 }
 
-/// A peer of a UDP storm and what its record must say.
+/// A peer of a UDP storm (IPv4 only) and what its record must say.
 pub struct UdpPeer {
     pub ip: Ipv4Addr,
     /// Sent to (outbound), or heard from by the service (inbound).
@@ -401,8 +463,13 @@ impl Outcome {
             let n = attempts.min(u64::from(self.pattern.peers()));
             for i in 0..n {
                 let times = 1;
-                let at = |base: Ipv4Addr| Ipv4Addr::from(base.to_bits() + 1 + i as u32);
-                for (ip, outbound) in [(at(ranges.dests), true), (at(ranges.sources), false)] {
+                for (ip, outbound) in [
+                    (nth(ranges.dests, i), true),
+                    (nth(ranges.sources, i), false),
+                ] {
+                    let IpAddr::V4(ip) = ip else {
+                        continue;
+                    };
                     peers.push(UdpPeer {
                         ip,
                         outbound,
@@ -417,7 +484,7 @@ impl Outcome {
 
     /// How many of `held` are peers of this storm: addresses in the part
     /// of a worker's ranges it used.
-    pub fn held(&self, held: impl IntoIterator<Item = Ipv4Addr>) -> u64 {
+    pub fn held(&self, held: impl IntoIterator<Item = IpAddr>) -> u64 {
         let used: Vec<(Ranges, u32)> = self
             .ranges
             .iter()
@@ -430,9 +497,15 @@ impl Outcome {
                 )
             })
             .collect();
-        let within = |addr: Ipv4Addr, base: Ipv4Addr, count: u32| {
-            let offset = addr.to_bits().wrapping_sub(base.to_bits());
-            (1..=count).contains(&offset)
+        let within = |addr: IpAddr, base: IpAddr, count: u32| {
+            let offset = match (addr, base) {
+                (IpAddr::V4(addr), IpAddr::V4(base)) => {
+                    u128::from(addr.to_bits().wrapping_sub(base.to_bits()))
+                }
+                (IpAddr::V6(addr), IpAddr::V6(base)) => addr.to_bits().wrapping_sub(base.to_bits()),
+                _ => return false,
+            };
+            (1..=u128::from(count)).contains(&offset)
         };
         held.into_iter()
             .filter(|&addr| {
@@ -453,8 +526,8 @@ mod tests {
             pattern,
             secs: 2.0,
             ranges: vec![Ranges {
-                dests: Ipv4Addr::new(127, 100, 0, 0),
-                sources: Ipv4Addr::new(127, 104, 0, 0),
+                dests: Ipv4Addr::new(127, 100, 0, 0).into(),
+                sources: Ipv4Addr::new(127, 104, 0, 0).into(),
                 udp_port: None,
             }],
             made: vec![made.parse().unwrap()],
@@ -475,7 +548,24 @@ mod tests {
             Ipv4Addr::new(127, 100, 0, 0),
             Ipv4Addr::new(127, 0, 0, 1),
         ];
-        assert_eq!(storm.held(held), 3);
+        assert_eq!(storm.held(held.map(IpAddr::V4)), 3);
+    }
+
+    #[test]
+    fn ipv6_storm_counts_each_address_it_used() {
+        let mut storm = outcome(Pattern::Distinct, "made=2 accepted=2 failed=0 secs=2.000");
+        let base = Family::v6_prefix(3);
+        storm.ranges[0].dests = base.into();
+        storm.ranges[0].sources = Ipv6Addr::from(base.to_bits() | 4 << 32).into();
+        let held: [IpAddr; 4] = [
+            "fdbe:4e4d:0:3::1".parse().unwrap(),
+            "fdbe:4e4d:0:3:0:4:0:2".parse().unwrap(),
+            // Past what it used, and an IPv4 address of the same offset.
+            "fdbe:4e4d:0:3::3".parse().unwrap(),
+            Ipv4Addr::new(0, 0, 0, 1).into(),
+        ];
+        assert_eq!(storm.held(held), 2);
+        assert_eq!(nth(base.into(), 1).to_string(), "fdbe:4e4d:0:3::2");
     }
 
     #[test]

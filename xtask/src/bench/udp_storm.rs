@@ -11,7 +11,7 @@
 use std::{
     collections::HashSet,
     io::BufRead as _,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -43,14 +43,15 @@ pub fn worker(args: &WorkerArgs, port: u16) -> anyhow::Result<()> {
             }
         });
     }
-    let address = |base: Ipv4Addr, i: u64| {
-        Ipv4Addr::from(base.to_bits() + 1 + (i % u64::from(args.peers)) as u32)
+    let address = |base: IpAddr, i: u64| match super::storm::nth(base, i % u64::from(args.peers)) {
+        IpAddr::V4(address) => Ok(address),
+        IpAddr::V6(address) => bail!("{address}: UDP storms are IPv4"),
     };
     // A repeated storm's clients exist before the storm: binding them is
     // not what it measures.
     let repeated: Vec<UdpSocket> = if args.cycle {
         (0..u64::from(args.peers))
-            .map(|i| client(address(args.sources, i)))
+            .map(|i| client(address(args.sources, i)?))
             .collect::<anyhow::Result<_>>()?
     } else {
         Vec::new()
@@ -66,12 +67,12 @@ pub fn worker(args: &WorkerArgs, port: u16) -> anyhow::Result<()> {
     let until = started + Duration::from_millis(args.millis);
     let mut i = 0u64;
     while Instant::now() < until && (args.cycle || i < u64::from(args.peers)) {
-        let dest = SocketAddrV4::new(address(args.dests, i), port);
+        let dest = SocketAddrV4::new(address(args.dests, i)?, port);
         let own;
         let socket = if args.cycle {
             &repeated[(i % u64::from(args.peers)) as usize]
         } else {
-            own = client(address(args.sources, i))?;
+            own = client(address(args.sources, i)?)?;
             &own
         };
         let query = i.to_le_bytes();

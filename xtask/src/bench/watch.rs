@@ -1,11 +1,11 @@
 //! One storm and whatever watches it (netmon in some mode, the poller, or
 //! nothing), each in the storm's own network namespace, with the CPU each
 //! watcher spent over the storm and what each held at the end.
-use std::{collections::BTreeMap, fs, net::Ipv4Addr, thread, time::Duration};
+use std::{collections::BTreeMap, fs, net::IpAddr, thread, time::Duration};
 
 use anyhow::{Context as _, bail};
 use netmon_scenario::{
-    check::{Peers, peers_of, read_checkpoint},
+    check::{Peers, peers_of},
     harness::Netmon,
 };
 
@@ -15,7 +15,7 @@ use super::{
     netns::Netns,
     poller::Poller,
     procfs,
-    storm::{Outcome, Pattern, Protocol, Storm},
+    storm::{Family, Outcome, Pattern, Protocol, Storm},
 };
 
 /// After the storm, before the watchers stop: long enough for netmon to
@@ -43,7 +43,8 @@ pub struct Watched {
 }
 
 pub struct NetmonSaw {
-    pub peers: Vec<Ipv4Addr>,
+    /// Its peers in its own namespace, either family.
+    pub peers: Vec<IpAddr>,
     pub lost_events: u64,
     /// Connections (or datagrams) neither delivered nor kept in the
     /// kernel's dedup map: their peers may be missing.
@@ -61,13 +62,13 @@ pub struct NetmonSaw {
 }
 
 pub struct PollerSaw {
-    pub peers: Vec<Ipv4Addr>,
+    pub peers: Vec<IpAddr>,
     pub cpu_ms: f64,
 }
 
 impl Bench {
-    /// Runs storm number `block` (its addresses) for `duration` under
-    /// `watchers`.
+    /// Runs storm number `block` (its IPv4 addresses) for `duration`
+    /// under `watchers`.
     pub fn watch(
         &self,
         label: &str,
@@ -77,8 +78,35 @@ impl Bench {
         duration: Duration,
         watchers: Watchers,
     ) -> anyhow::Result<Watched> {
+        let storm = StormOf {
+            family: Family::V4,
+            block,
+            protocol,
+            pattern,
+            duration,
+        };
+        self.watch_storm(label, storm, watchers)
+    }
+
+    /// [`Bench::watch`], for a storm of either family.
+    pub fn watch_storm(
+        &self,
+        label: &str,
+        storm: StormOf,
+        watchers: Watchers,
+    ) -> anyhow::Result<Watched> {
+        let StormOf {
+            family,
+            block,
+            protocol,
+            pattern,
+            duration,
+        } = storm;
         eprintln!("xtask: bench: {label} storm");
         let netns = Netns::new(label)?;
+        if family == Family::V6 {
+            netns.route_local_v6(Family::v6_prefix(block))?;
+        }
         let dir = self.dir.join(label);
         fs::create_dir_all(&dir)?;
         let output = dir.join("peers.json");
@@ -96,7 +124,7 @@ impl Bench {
             .poller
             .then(|| Poller::start(&netns, &dir))
             .transpose()?;
-        let storm = Storm::prepare(&netns, block, protocol, pattern, duration)?;
+        let storm = Storm::prepare(&netns, family, block, protocol, pattern, duration)?;
 
         // Untimed programs count nothing: no bpftool calls for them.
         let timed = netmon.as_ref().filter(|_| stats.is_some());
@@ -120,8 +148,9 @@ impl Bench {
                         watchers.netmon.unwrap_or("?")
                     );
                 }
-                let file = read_checkpoint(&output);
-                let records = peers_of(&file);
+                let file = read_file(&output)?;
+                // Read whole only after a UDP storm, whose peers are IPv4.
+                let records = (protocol == Protocol::Udp).then(|| peers_of(&file));
                 let programs = match (&after.runs, &before.runs) {
                     (Some(after), Some(before)) => after
                         .iter()
@@ -133,8 +162,8 @@ impl Bench {
                     _ => BTreeMap::new(),
                 };
                 Some(NetmonSaw {
-                    peers: records.keys().copied().collect(),
-                    records: (protocol == Protocol::Udp).then_some(records),
+                    peers: own_peers(&file),
+                    records,
                     programs,
                     lost_events: file["lost_events"]
                         .as_u64()
@@ -153,7 +182,7 @@ impl Bench {
         let poller = match poller {
             None => None,
             Some(poller) => Some(PollerSaw {
-                peers: poller.stop()?,
+                peers: poller.stop()?.into_iter().map(IpAddr::from).collect(),
                 cpu_ms: after.poller_cpu_ms - before.poller_cpu_ms,
             }),
         };
@@ -168,13 +197,43 @@ impl Bench {
 impl Watched {
     /// What the storm's watcher held and the CPU it spent: netmon's, if it
     /// watched, else the poller's (nothing when nothing watched).
-    pub fn watcher(&self) -> (&[Ipv4Addr], f64) {
+    pub fn watcher(&self) -> (&[IpAddr], f64) {
         match (&self.netmon, &self.poller) {
             (Some(netmon), _) => (&netmon.peers, netmon.cpu_ms),
             (None, Some(poller)) => (&poller.peers, poller.cpu_ms),
             (None, None) => (&[], 0.0),
         }
     }
+}
+
+/// What a storm is: its family, its block of addresses, what it
+/// exchanges, how and how long.
+#[derive(Clone, Copy)]
+pub struct StormOf {
+    pub family: Family,
+    pub block: u8,
+    pub protocol: Protocol,
+    pub pattern: Pattern,
+    pub duration: Duration,
+}
+
+/// The checkpoint at `path`, whatever its format's version: the baseline
+/// part measures builds that write different ones.
+fn read_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// The addresses of the checkpoint's peers in netmon's own namespace
+/// (the storm's), whichever their family.
+fn own_peers(file: &serde_json::Value) -> Vec<IpAddr> {
+    let peers = file["peers"].as_array().map_or(&[][..], Vec::as_slice);
+    peers
+        .iter()
+        .filter(|peer| peer["netns"].is_null())
+        .filter_map(|peer| peer["ip"].as_str()?.parse().ok())
+        .collect()
 }
 
 /// The watchers' counters at one instant (zero for a watcher not there).
