@@ -36,7 +36,7 @@ pub struct Access {
 }
 
 /// In rule terms: `10.0.0.5 -> :5432/tcp` inbound, `-> 10.0.0.5:5432/tcp`
-/// outbound, `any port` without a service.
+/// or `-> [fd00::5]:5432/tcp` outbound, `any port` without a service.
 impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let service = self
@@ -45,7 +45,12 @@ impl fmt::Display for Access {
         let sep = if self.service.is_some() { "" } else { " " };
         match self.direction {
             Direction::Inbound => write!(f, "{} -> {service}", self.peer),
-            Direction::Outbound => write!(f, "-> {}{sep}{service}", self.peer),
+            // `[fd00::53]:53/udp`, as in a URL: `fd00::53:53` would be
+            // an address of its own.
+            Direction::Outbound => match self.peer {
+                IpAddr::V6(v6) if self.service.is_some() => write!(f, "-> [{v6}]{service}"),
+                peer => write!(f, "-> {peer}{sep}{service}"),
+            },
         }
     }
 }
@@ -239,6 +244,34 @@ impl Allowed {
 mod tests {
     use super::*;
     use crate::report::tests::{checkpoint_with_ports, inputs};
+
+    #[test]
+    fn an_outbound_ipv6_access_brackets_its_address() {
+        let access = |peer: &str, direction, port: Option<u16>| Access {
+            direction,
+            service: port.map(|port| Service {
+                protocol: crate::peer::Protocol::Udp,
+                port,
+            }),
+            peer: peer.parse().unwrap(),
+        };
+        let shown = [
+            access("fd20:b::53", Direction::Outbound, Some(53)),
+            access("fd20:b::53", Direction::Outbound, None),
+            access("fd20:b::66", Direction::Inbound, Some(514)),
+            access("10.0.0.5", Direction::Outbound, Some(53)),
+        ]
+        .map(|access| access.to_string());
+        assert_eq!(
+            shown,
+            [
+                "-> [fd20:b::53]:53/udp",
+                "-> fd20:b::53 any port",
+                "fd20:b::66 -> :514/udp",
+                "-> 10.0.0.5:53/udp"
+            ]
+        );
+    }
 
     fn allowed(file: &[u8], selection: &RuleSelection) -> Vec<String> {
         let inputs = inputs(file);
