@@ -111,10 +111,15 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
-    /// The own addresses of every host whose file is among `inputs`.
+    /// The own addresses of every host whose file is among `inputs`, the
+    /// ones a host can have.
     pub fn of(inputs: &Inputs) -> Self {
         Self {
-            own: inputs.snapshot.addresses.iter().copied().collect(),
+            // A claim no host can make (a link-local address) would
+            // drop a neighbour's peer from every host's rules.
+            own: (inputs.snapshot.addresses.iter().copied())
+                .filter(|addr| super::fleet::can_be_own(*addr))
+                .collect(),
         }
     }
 
@@ -244,6 +249,26 @@ impl Allowed {
 mod tests {
     use super::*;
     use crate::report::tests::{checkpoint_with_ports, inputs};
+
+    /// A file claiming a link-local address (every link has fe80::1)
+    /// must not take a neighbour's peer out of every host's rules.
+    #[test]
+    fn only_addresses_a_host_can_have_are_excluded_as_its_own() {
+        let file = br#"{"version":4,"host":"h","addresses":["fe80::1","fd00::9","::"],"updated":"2026-01-01T00:00:00Z","peers":[
+{"ip":"fe80::1","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","outbound":0,"inbound":1,"remote_ports":[],"local_ports":["22/tcp"],"processes":[],"owners":[]},
+{"ip":"fd00::9","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","outbound":0,"inbound":1,"remote_ports":[],"local_ports":["22/tcp"],"processes":[],"owners":[]}
+]}"#;
+        let inputs = inputs(file);
+        let exclusions = Exclusions::of(&inputs);
+        let excluded: Vec<String> = inputs
+            .snapshot
+            .peers
+            .iter()
+            .filter(|(ip, record)| exclusions.excludes(&Peer::new(*ip, record)))
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(excluded, ["fd00::9"]);
+    }
 
     #[test]
     fn an_outbound_ipv6_access_brackets_its_address() {

@@ -69,6 +69,22 @@ pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
 /// side recorded them).
 const MAX_TURNED_ADDRESSES: usize = 64;
 
+/// Whether `addr` can be one host's own: a unicast address (no
+/// loopback, 0.0.0.0/8, ::, multicast or broadcast address is, nor an
+/// IPv6 link-local one, which every link has alike).
+pub fn can_be_own(addr: IpAddr) -> bool {
+    let class = Class::of(addr);
+    !(addr.is_ipv6() && class == Class::LinkLocal)
+        && !matches!(
+            class,
+            Class::ThisNetwork
+                | Class::Unspecified
+                | Class::Loopback
+                | Class::Multicast
+                | Class::Broadcast
+        )
+}
+
 /// Keeps to each file the own addresses it can have: unicast ones (no
 /// loopback, 0.0.0.0/8, ::, multicast or broadcast address is a host's,
 /// nor an IPv6 link-local one, which every link has alike), and none
@@ -78,25 +94,21 @@ const MAX_TURNED_ADDRESSES: usize = 64;
 fn settle_claims(views: &mut [View]) {
     let mut claims: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
     for view in views.iter_mut() {
-        let before = view.snapshot.addresses.len();
-        view.snapshot.addresses.retain(|addr| {
-            let link_local = addr.is_ipv6() && Class::of(*addr) == Class::LinkLocal;
-            !link_local
-                && !matches!(
-                    Class::of(*addr),
-                    Class::ThisNetwork
-                        | Class::Unspecified
-                        | Class::Loopback
-                        | Class::Multicast
-                        | Class::Broadcast
-                )
-        });
-        if view.snapshot.addresses.len() < before {
+        let (kept, ignored): (Vec<IpAddr>, Vec<IpAddr>) = view
+            .snapshot
+            .addresses
+            .iter()
+            .partition(|addr| can_be_own(**addr));
+        if !ignored.is_empty() {
+            let ignored: Vec<String> = ignored.iter().map(IpAddr::to_string).collect();
             warn!(
-                "host {} claims loopback, unspecified, multicast, broadcast or IPv6 link-local addresses as its own: ignored",
-                Escaped::new(view.host.as_str())
+                "host {} claims {} as its own: ignored (no loopback, unspecified, multicast, \
+                 broadcast or IPv6 link-local address names one host)",
+                Escaped::new(view.host.as_str()),
+                ignored.join(", ")
             );
         }
+        view.snapshot.addresses = kept;
         for addr in &view.snapshot.addresses {
             claims.entry(*addr).or_default().insert(view.host.clone());
         }
@@ -163,8 +175,9 @@ pub fn host_view(views: &[View], host: &str) -> anyhow::Result<Snapshot> {
         .collect();
     if own.is_empty() {
         bail!(
-            "--host {host}: its file records no addresses of its own (written by netmon before \
-             format 2): other hosts' connections to it cannot be told apart"
+            "--host {host}: its file records no address that is its own alone (written by netmon \
+             before format 2, or each one claimed by another file too: see the warnings above): \
+             other hosts' connections to it cannot be told apart"
         );
     }
     let mut snapshot = Snapshot {
@@ -300,7 +313,7 @@ mod tests {
             "{unknown}"
         );
         let old = host_view(&views, "old").unwrap_err().to_string();
-        assert!(old.contains("records no addresses"), "{old}");
+        assert!(old.contains("records no address that is its own"), "{old}");
     }
 
     #[test]
