@@ -74,15 +74,16 @@ const MAX_TURNED_ADDRESSES: usize = 64;
 /// IPv6 link-local one, which every link has alike).
 pub fn can_be_own(addr: IpAddr) -> bool {
     let class = Class::of(addr);
-    !(addr.is_ipv6() && class == Class::LinkLocal)
-        && !matches!(
-            class,
-            Class::ThisNetwork
-                | Class::Unspecified
-                | Class::Loopback
-                | Class::Multicast
-                | Class::Broadcast
-        )
+    let link_local = addr.is_ipv6() && class == Class::LinkLocal;
+    let no_hosts = matches!(
+        class,
+        Class::ThisNetwork
+            | Class::Unspecified
+            | Class::Loopback
+            | Class::Multicast
+            | Class::Broadcast
+    );
+    !link_local && !no_hosts
 }
 
 /// Keeps to each file the own addresses it can have: unicast ones (no
