@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::ensure;
 
-use super::{Chain, FILTERED, Family, Ruleset, Words, iptables::ND_TYPES};
+use super::{Chain, FILTERED, Family, Ruleset, Words, iptables};
 use crate::report::Ports;
 
 /// Entries that a set holds at most.
@@ -45,14 +45,7 @@ pub(super) fn write(ruleset: &Ruleset, out: &mut impl Write) -> anyhow::Result<(
         let hook = hook.to_uppercase();
         for family in [Family::V4, Family::V6] {
             let (tool, set) = (family.iptables(), ruleset.set_of(chain, family));
-            if family == Family::V6 {
-                for kind in ND_TYPES {
-                    writeln!(
-                        out,
-                        "#   {tool} -A {hook} -p ipv6-icmp --icmpv6-type {kind} -j ACCEPT"
-                    )?;
-                }
-            }
+            iptables::write_basics(out, chain, family)?;
             match ruleset.ports {
                 // The port is the destination's in both directions; the
                 // set's port entries name their protocol, one rule each.
@@ -191,7 +184,7 @@ mod tests {
         // Neighbour discovery passes ahead of IPv6's DROP rules.
         let nd =
             "#   ip6tables -A INPUT -p ipv6-icmp --icmpv6-type neighbour-solicitation -j ACCEPT\n";
-        let drop = "#   ip6tables -A INPUT -p tcp";
+        let drop = "#   ip6tables -A INPUT -p tcp -m set";
         assert!(text.find(nd).unwrap() < text.find(drop).unwrap(), "{text}");
     }
 

@@ -2,7 +2,7 @@
 //! direction, of one family's peers.
 use std::io::{self, Write};
 
-use super::{FILTERED, Family, Ruleset};
+use super::{Chain, FILTERED, Family, Ruleset, Words};
 use crate::report::Ports;
 
 /// ICMPv6 neighbour discovery, as ip6tables names its types (133-137:
@@ -20,6 +20,31 @@ pub(super) const ND_TYPES: [&str; 5] = [
 /// Rules past which a chain is slow enough to suggest ipset's hashed
 /// lookup instead.
 const MANY: usize = 1000;
+
+/// The hook example's first lines, as comments: what must always pass
+/// on `chain`'s hook before anything jumps to netmon's rules (loopback,
+/// established connections, SSH) and, for IPv6, neighbour discovery.
+pub(super) fn write_basics(out: &mut impl Write, chain: &Chain, family: Family) -> io::Result<()> {
+    let tool = family.iptables();
+    let Words { hook, ssh, .. } = chain.words();
+    let hook = hook.to_uppercase();
+    let lo = if hook == "INPUT" { "-i lo" } else { "-o lo" };
+    writeln!(
+        out,
+        "#   {tool} -A {hook} {lo} -j ACCEPT\n\
+         #   {tool} -A {hook} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+         #   {tool} -A {hook} -p tcp --{ssh} -j ACCEPT"
+    )?;
+    if family == Family::V6 {
+        for kind in ND_TYPES {
+            writeln!(
+                out,
+                "#   {tool} -A {hook} -p ipv6-icmp --icmpv6-type {kind} -j ACCEPT"
+            )?;
+        }
+    }
+    Ok(())
+}
 
 /// The script of `family`'s peers, for `iptables-restore` (IPv4) or
 /// `ip6tables-restore` (IPv6).
@@ -51,14 +76,7 @@ pub(super) fn write(ruleset: &Ruleset, family: Family, out: &mut impl Write) -> 
     )?;
     for chain in &ruleset.chains {
         let hook = chain.words().hook.to_uppercase();
-        if family == Family::V6 {
-            for kind in ND_TYPES {
-                writeln!(
-                    out,
-                    "#   {tool} -A {hook} -p ipv6-icmp --icmpv6-type {kind} -j ACCEPT"
-                )?;
-            }
-        }
+        write_basics(out, chain, family)?;
         writeln!(out, "#   {tool} -A {hook} -j {}", ruleset.name_of(chain))?;
     }
     let rules: usize = ruleset

@@ -28,6 +28,7 @@ mod name;
 mod nft;
 
 use std::{
+    collections::BTreeSet,
     io::{self, Write},
     path::PathBuf,
 };
@@ -341,10 +342,29 @@ impl Ruleset {
             .iter()
             .map(|file| file.display().to_string().escape_debug().to_string())
             .collect();
-        let entries: usize = chains.iter().map(|chain| chain.entries.len()).sum();
+        // iptables' and ip6tables' scripts hold one family each: their
+        // counts are that family's.
+        let (peers, entries, family) = match *request.format.families() {
+            [family] => {
+                let peers: BTreeSet<_> = (allowed.iter())
+                    .filter(|access| Family::of(access.peer) == family)
+                    .map(|access| access.peer)
+                    .collect();
+                let entries = chains.iter().map(|c| c.entries_of(family).count()).sum();
+                (peers.len(), entries, format!("{} ", family.long_name()))
+            }
+            _ => {
+                let entries: usize = chains.iter().map(|chain| chain.entries.len()).sum();
+                (allowed.peers, entries, String::new())
+            }
+        };
         let mut about = vec![format!(
             "netmon rules: {} in {}, from {}",
-            crate::words::count(allowed.peers as u64, "peer", "peers"),
+            crate::words::count(
+                peers as u64,
+                &format!("{family}peer"),
+                &format!("{family}peers")
+            ),
             crate::words::count(entries as u64, "entry", "entries"),
             files.join(" ")
         )];
