@@ -9,7 +9,7 @@
 //! of them depends on another's traffic.
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpListener},
     path::Path,
     process::Command,
     sync::mpsc,
@@ -432,8 +432,9 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
     );
 }
 
-/// Each checkpoint records the host's own IPv4 addresses, loopback's
-/// excepted, as `ip` lists them: what joins files from many hosts.
+/// Each checkpoint records the host's own addresses of both families,
+/// loopback's and IPv6 link-local ones excepted (every host has the same),
+/// as `ip` lists them: what joins files from many hosts.
 #[test]
 fn a_checkpoint_records_the_hosts_own_addresses() {
     let (_dir, path) = temp_output();
@@ -441,10 +442,10 @@ fn a_checkpoint_records_the_hosts_own_addresses() {
     let (status, log) = netmon.stop();
     assert!(status.success(), "{log}");
     let listed = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
+        .args(["-o", "addr", "show"])
         .output()
         .unwrap();
-    let mut expected: Vec<Ipv4Addr> = String::from_utf8(listed.stdout)
+    let mut expected: Vec<IpAddr> = String::from_utf8(listed.stdout)
         .unwrap()
         .lines()
         .filter_map(|line| {
@@ -455,12 +456,14 @@ fn a_checkpoint_records_the_hosts_own_addresses() {
                 .parse()
                 .ok()
         })
-        .filter(|addr: &Ipv4Addr| !addr.is_loopback())
+        .filter(|addr: &IpAddr| {
+            !addr.is_loopback() && !matches!(addr, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        })
         .collect();
     expected.sort_unstable();
     expected.dedup();
     let file = read_checkpoint(&path);
-    let recorded: Vec<Ipv4Addr> = file["addresses"]
+    let recorded: Vec<IpAddr> = file["addresses"]
         .as_array()
         .unwrap()
         .iter()

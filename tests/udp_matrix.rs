@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use netmon_scenario::{
-    check::read_peers,
+    check::read_ip_peers,
     files::temp_output,
     harness::{self, chosen_mode, one_at_a_time},
     net::Block,
@@ -29,7 +29,7 @@ fn counts_every_exchange(case: &str, mode: &str, block: Block) {
     let (status, log) = netmon.stop();
     assert!(status.success(), "netmon exited with {status}:\n{log}");
     assert_eq!(chosen_mode(&log), Some(mode), "{log}");
-    let peers = read_peers(&path);
+    let peers = read_ip_peers(&path);
     let verdict = udp::check(&peers, &work, true);
     let mut problems = verdict.problems();
     problems.extend(

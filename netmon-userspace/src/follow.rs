@@ -69,6 +69,11 @@ fn direction<S: Serializer>(direction: &Direction, serializer: S) -> Result<S::O
 /// enough for a burst such as the start-up scan of a busy host.
 const QUEUE_LINES: usize = 4096;
 
+/// The address column of text lines at first: a dotted quad's widest.
+/// It widens to the widest address written so far (an IPv6 one is up to
+/// 39 characters), so the columns after it line up again from then on.
+const IP_WIDTH: usize = 15;
+
 /// How long the exit waits for queued lines to reach a reader: not
 /// forever, since a reader that stopped reading never takes them.
 const EXIT_PATIENCE: Duration = Duration::from_millis(500);
@@ -85,6 +90,8 @@ pub struct Follow {
     /// last said.
     dropped: u64,
     dropped_said: u64,
+    /// The address column's width in text lines.
+    ip_width: usize,
 }
 
 /// What became of a line.
@@ -108,6 +115,7 @@ impl Follow {
             done: None,
             dropped: 0,
             dropped_said: 0,
+            ip_width: IP_WIDTH,
         }
     }
 
@@ -137,7 +145,7 @@ impl Follow {
         let mut line = Vec::with_capacity(160);
         // Writing into memory fails only if serializing does, which it
         // cannot for these types.
-        let _ = write_line(&mut line, self.format, sighting);
+        let _ = write_line(&mut line, self.format, sighting, &mut self.ip_width);
         match queue.try_send(line) {
             Ok(()) => Sent::Queued,
             Err(TrySendError::Full(_)) => {
@@ -194,7 +202,13 @@ fn write_lines(lines: &Receiver<Vec<u8>>) {
     }
 }
 
-fn write_line(out: &mut impl io::Write, format: LineFormat, s: &Sighting<'_>) -> io::Result<()> {
+/// One line; `ip_width`, the text's address column, widens to fit.
+fn write_line(
+    out: &mut impl io::Write,
+    format: LineFormat,
+    s: &Sighting<'_>,
+    ip_width: &mut usize,
+) -> io::Result<()> {
     match format {
         LineFormat::Json => {
             serde_json::to_writer(&mut *out, s)?;
@@ -211,14 +225,16 @@ fn write_line(out: &mut impl io::Write, format: LineFormat, s: &Sighting<'_>) ->
                 .owner
                 .map_or_else(|| "-".to_owned(), |o| o.escaped().to_string());
             let netns = s.netns.map(|id| format!(" netns {id}")).unwrap_or_default();
+            let ip = s.ip.to_string();
+            *ip_width = (*ip_width).max(ip.len());
             writeln!(
                 out,
-                "{} {:<3} {:<15} {:<13} {:>9} {process} {owner}{netns}",
+                "{} {:<3} {ip:<ip_width$} {:<13} {:>9} {process} {owner}{netns}",
                 UnixTime::from_secs(s.time),
                 s.direction.as_str(),
-                s.ip.to_string(),
                 s.class.as_str(),
-                port
+                port,
+                ip_width = *ip_width,
             )
         }
     }
@@ -230,10 +246,25 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn line(format: LineFormat, process: Option<Comm>) -> String {
-        let sighting = Sighting {
+        lines(format, process, &[Ipv4Addr::new(10, 0, 0, 7).into()])
+    }
+
+    /// The lines of one peer per address, in order, as one run writes
+    /// them.
+    fn lines(format: LineFormat, process: Option<Comm>, ips: &[IpAddr]) -> String {
+        let mut width = IP_WIDTH;
+        let mut out = Vec::new();
+        for &ip in ips {
+            write_line(&mut out, format, &sighting(ip, process), &mut width).unwrap();
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn sighting(ip: IpAddr, process: Option<Comm>) -> Sighting<'static> {
+        Sighting {
             time: 1_795_881_633,
             host: "web-1",
-            ip: Ipv4Addr::new(10, 0, 0, 7).into(),
+            ip,
             direction: Direction::Outbound,
             class: Class::Private,
             port: Some(5432),
@@ -241,10 +272,29 @@ mod tests {
             process,
             owner: Owner::new("api.service"),
             netns: None,
-        };
-        let mut out = Vec::new();
-        write_line(&mut out, format, &sighting).unwrap();
-        String::from_utf8(out).unwrap()
+        }
+    }
+
+    /// An IPv6 address wider than a dotted quad widens the column for
+    /// the lines after it: their classes and ports line up again.
+    #[test]
+    fn text_lines_widen_for_an_ipv6_address() {
+        let ips: Vec<IpAddr> = [
+            "10.0.0.7",
+            "fd12:3456:789a:1::370:7334",
+            "10.0.0.8",
+            "fd00::1",
+        ]
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+        assert_eq!(
+            lines(LineFormat::Text, None, &ips),
+            "2026-11-28T16:00:33Z out 10.0.0.7        private        5432/tcp - api.service\n\
+             2026-11-28T16:00:33Z out fd12:3456:789a:1::370:7334 private        5432/tcp - api.service\n\
+             2026-11-28T16:00:33Z out 10.0.0.8                   private        5432/tcp - api.service\n\
+             2026-11-28T16:00:33Z out fd00::1                    private        5432/tcp - api.service\n"
+        );
     }
 
     #[test]

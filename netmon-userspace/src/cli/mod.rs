@@ -320,7 +320,7 @@ pub struct GraphArgs {
     pub group: Group,
 
     /// Only this host's edges: who reaches it on which ports, and what it
-    /// reaches.
+    /// reaches. HOST is its name or one of its own addresses.
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
 

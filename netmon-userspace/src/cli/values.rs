@@ -32,10 +32,11 @@ pub fn netns(text: &str) -> Result<NetnsScope, String> {
 
 /// Implements [`ValueEnum`] from a list of variants, each with its name
 /// and optionally its help, as `#[derive(ValueEnum)]` would from the
-/// variants' names and doc comments. The `match` is exhaustive, so a
-/// variant added to the library cannot be left out.
+/// variants' names and doc comments, and any other names it also takes
+/// (`| "alias"`). The `match` is exhaustive, so a variant added to the
+/// library cannot be left out.
 macro_rules! value_enum {
-    ($type:ty { $($variant:ident => $name:literal $(: $help:literal)?,)+ }) => {
+    ($type:ty { $($variant:ident => $name:literal $(| $alias:literal)? $(: $help:literal)?,)+ }) => {
         impl ValueEnum for $type {
             fn value_variants<'a>() -> &'a [Self] {
                 &[$(Self::$variant),+]
@@ -43,7 +44,7 @@ macro_rules! value_enum {
 
             fn to_possible_value(&self) -> Option<PossibleValue> {
                 Some(match self {
-                    $(Self::$variant => PossibleValue::new($name)$(.help($help))?,)+
+                    $(Self::$variant => PossibleValue::new($name)$(.alias($alias))?$(.help($help))?,)+
                 })
             }
         }
@@ -71,7 +72,8 @@ value_enum!(GraphFormat {
 
 value_enum!(Group {
     None => "none": "One node per peer address",
-    Slash24 => "/24": "One node per /24 of peers that are no monitored host",
+    Slash24 => "/24" | "/64": "One node per /24 of IPv4 peers and per /64 of IPv6 ones that \
+        are no monitored host (/64 is the same grouping)",
     Class => "class": "One node per address class (private, public, ...)",
 });
 

@@ -21,6 +21,7 @@ use anyhow::bail;
 pub use self::render::GraphFormat;
 use crate::{
     classify::Class,
+    escape::Escaped,
     peer::{Direction, Owner, Service},
     report::{Filter, Peer, View, load_views},
     store::PeerRecord,
@@ -45,7 +46,7 @@ pub enum Group {
     /// One node per address.
     #[default]
     None,
-    /// One node per /24.
+    /// One node per /24, and per /64 for IPv6.
     Slash24,
     /// One node per address class (private, public, ...).
     Class,
@@ -60,18 +61,50 @@ pub fn graph(request: &GraphRequest, out: &mut impl std::io::Write) -> anyhow::R
         request.group,
         UnixTime::now().secs(),
     );
-    if let Some(host) = &request.host {
-        let Some(node) = graph.host(host) else {
-            let known: Vec<&str> = views.iter().map(|view| view.host.as_str()).collect();
-            bail!(
-                "--host {host}: no such host in the files (they name {})",
-                known.join(", ")
-            );
-        };
-        graph.keep_edges_of(node);
-    }
-    render::write(&graph, request.format, request.host.as_deref(), out)?;
+    let host = match &request.host {
+        Some(host) => {
+            let name = host_named(&views, host)?;
+            // Every file's host is a node, with edges or without.
+            if let Some(node) = graph.host(name) {
+                graph.keep_edges_of(node);
+            }
+            Some(name)
+        }
+        None => None,
+    };
+    render::write(&graph, request.format, host, out)?;
     Ok(())
+}
+
+/// The host `--host` names: by its name, or by one of its own addresses
+/// (either family; an IPv4-mapped one as the IPv4 it maps).
+fn host_named<'a>(views: &'a [View], wanted: &str) -> anyhow::Result<&'a str> {
+    let address = wanted.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    let found = views.iter().find(|view| view.host == wanted).or_else(|| {
+        let ip = address?;
+        views
+            .iter()
+            .find(|view| view.snapshot.addresses.contains(&ip))
+    });
+    match found {
+        Some(view) => Ok(view.host.as_str()),
+        None => {
+            let known: Vec<String> = views
+                .iter()
+                .map(|view| Escaped::new(view.host.as_str()).to_string())
+                .collect();
+            let what = if address.is_some() {
+                "no host has that address among its own"
+            } else {
+                "no such host"
+            };
+            bail!(
+                "--host {}: {what} in the files (they name {})",
+                Escaped::new(wanted),
+                known.join(", ")
+            )
+        }
+    }
 }
 
 /// A node of the map.
@@ -81,8 +114,12 @@ pub enum Node {
     Host(String),
     /// A peer that is no monitored host.
     Address(IpAddr),
-    /// Peers grouped by /24.
+    /// Peers grouped by /24 (IPv4) or /64 (IPv6): the network's address.
     Net(IpAddr),
+    /// An IPv6 link-local peer of `host`'s links, as [`Node::Address`],
+    /// or with `net` its /64: every link has fe80::/64 alike, so one
+    /// host's fe80::1 is not another's.
+    LinkLocal { ip: IpAddr, net: bool, host: String },
     /// Peers grouped by class.
     Class(Class),
 }
@@ -194,7 +231,7 @@ impl Graph {
                     Some(&host) if host == view.host && netns.is_none() => continue,
                     Some(&host) => Node::Host(host.to_owned()),
                     None if ip.is_loopback() => continue,
-                    None => group.node_of(ip),
+                    None => group.node_of(ip, &view.host),
                 };
                 let other = node(&mut graph, other);
                 let directions = record.directions();
@@ -255,17 +292,36 @@ impl Graph {
 }
 
 impl Group {
-    fn node_of(self, ip: IpAddr) -> Node {
+    /// The node of `ip`, a peer of `host`.
+    fn node_of(self, ip: IpAddr, host: &str) -> Node {
+        let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
         match self {
+            Self::None | Self::Slash24 if link_local => Node::LinkLocal {
+                ip: if self == Self::None {
+                    ip
+                } else {
+                    Self::net_of(ip)
+                },
+                net: self == Self::Slash24,
+                host: host.to_owned(),
+            },
             Self::None => Node::Address(ip),
-            // IPv6's counterpart of an IPv4 /24 is a /64: one link's.
-            Self::Slash24 => Node::Net(match ip {
-                IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & 0xffff_ff00)),
-                IpAddr::V6(v6) => {
-                    IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> 64)))
-                }
-            }),
+            Self::Slash24 => Node::Net(Self::net_of(ip)),
             Self::Class => Node::Class(Class::of(ip)),
+        }
+    }
+
+    /// The prefix length `--group /24` groups `ip`'s family by: IPv6's
+    /// counterpart of an IPv4 /24 is a /64, one link's.
+    fn net_bits(ip: IpAddr) -> u32 {
+        if ip.is_ipv4() { 24 } else { 64 }
+    }
+
+    fn net_of(ip: IpAddr) -> IpAddr {
+        let bits = Self::net_bits(ip);
+        match ip {
+            IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & !(u32::MAX >> bits))),
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !(u128::MAX >> bits))),
         }
     }
 }

@@ -51,7 +51,15 @@ impl fmt::Display for Node {
         match self {
             Self::Host(name) => write!(f, "{}", Escaped::new(name.as_str())),
             Self::Address(ip) => write!(f, "{ip}"),
-            Self::Net(net) => write!(f, "{net}/24"),
+            Self::Net(net) => write!(f, "{net}/{}", super::Group::net_bits(*net)),
+            // RFC 4007's zone, which names the link: here the host's.
+            Self::LinkLocal { ip, net, host } => {
+                write!(f, "{ip}")?;
+                if *net {
+                    write!(f, "/{}", super::Group::net_bits(*ip))?;
+                }
+                write!(f, "%{}", Escaped::new(host.as_str()))
+            }
             Self::Class(class) => write!(f, "{class}"),
         }
     }
@@ -61,8 +69,8 @@ impl Node {
     fn kind(&self) -> &'static str {
         match self {
             Self::Host(_) => "host",
-            Self::Address(_) => "address",
-            Self::Net(_) => "net",
+            Self::Address(_) | Self::LinkLocal { net: false, .. } => "address",
+            Self::Net(_) | Self::LinkLocal { net: true, .. } => "net",
             Self::Class(_) => "class",
         }
     }
@@ -102,9 +110,10 @@ fn to_json(graph: &Graph) -> Value {
                     value["addresses"] =
                         json!(graph.addresses.get(name).cloned().unwrap_or_default());
                 }
-                Node::Address(ip) => {
+                Node::Address(ip) | Node::LinkLocal { ip, net: false, .. } => {
                     value["class"] = json!(crate::classify::Class::of(*ip).as_str())
                 }
+                Node::LinkLocal { net: true, .. } => {}
                 Node::Net(_) | Node::Class(_) => {}
             }
             value
@@ -134,6 +143,18 @@ fn to_json(graph: &Graph) -> Value {
 fn node_id(node: &Node) -> String {
     match node {
         Node::Host(name) => name.clone(),
+        Node::LinkLocal {
+            ip,
+            net: false,
+            host,
+        } => format!("{ip}%{host}"),
+        Node::LinkLocal {
+            ip,
+            net: true,
+            host,
+        } => {
+            format!("{ip}/{}%{host}", super::Group::net_bits(*ip))
+        }
         other => other.to_string(),
     }
 }

@@ -36,7 +36,7 @@ pub struct Access {
 }
 
 /// In rule terms: `10.0.0.5 -> :5432/tcp` inbound, `-> 10.0.0.5:5432/tcp`
-/// outbound, `any port` without a service.
+/// or `-> [fd00::5]:5432/tcp` outbound, `any port` without a service.
 impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let service = self
@@ -45,7 +45,12 @@ impl fmt::Display for Access {
         let sep = if self.service.is_some() { "" } else { " " };
         match self.direction {
             Direction::Inbound => write!(f, "{} -> {service}", self.peer),
-            Direction::Outbound => write!(f, "-> {}{sep}{service}", self.peer),
+            // `[fd00::53]:53/udp`, as in a URL: `fd00::53:53` would be
+            // an address of its own.
+            Direction::Outbound => match self.peer {
+                IpAddr::V6(v6) if self.service.is_some() => write!(f, "-> [{v6}]{service}"),
+                peer => write!(f, "-> {peer}{sep}{service}"),
+            },
         }
     }
 }
@@ -106,10 +111,15 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
-    /// The own addresses of every host whose file is among `inputs`.
+    /// The own addresses of every host whose file is among `inputs`, the
+    /// ones a host can have.
     pub fn of(inputs: &Inputs) -> Self {
         Self {
-            own: inputs.snapshot.addresses.iter().copied().collect(),
+            // A claim no host can make (a link-local address) would
+            // drop a neighbour's peer from every host's rules.
+            own: (inputs.snapshot.addresses.iter().copied())
+                .filter(|addr| super::fleet::can_be_own(*addr))
+                .collect(),
         }
     }
 
@@ -239,6 +249,54 @@ impl Allowed {
 mod tests {
     use super::*;
     use crate::report::tests::{checkpoint_with_ports, inputs};
+
+    /// A file claiming a link-local address (every link has fe80::1)
+    /// must not take a neighbour's peer out of every host's rules.
+    #[test]
+    fn only_addresses_a_host_can_have_are_excluded_as_its_own() {
+        let file = br#"{"version":4,"host":"h","addresses":["fe80::1","fd00::9","::"],"updated":"2026-01-01T00:00:00Z","peers":[
+{"ip":"fe80::1","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","outbound":0,"inbound":1,"remote_ports":[],"local_ports":["22/tcp"],"processes":[],"owners":[]},
+{"ip":"fd00::9","first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","outbound":0,"inbound":1,"remote_ports":[],"local_ports":["22/tcp"],"processes":[],"owners":[]}
+]}"#;
+        let inputs = inputs(file);
+        let exclusions = Exclusions::of(&inputs);
+        let excluded: Vec<String> = inputs
+            .snapshot
+            .peers
+            .iter()
+            .filter(|(ip, record)| exclusions.excludes(&Peer::new(*ip, record)))
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(excluded, ["fd00::9"]);
+    }
+
+    #[test]
+    fn an_outbound_ipv6_access_brackets_its_address() {
+        let access = |peer: &str, direction, port: Option<u16>| Access {
+            direction,
+            service: port.map(|port| Service {
+                protocol: crate::peer::Protocol::Udp,
+                port,
+            }),
+            peer: peer.parse().unwrap(),
+        };
+        let shown = [
+            access("fd20:b::53", Direction::Outbound, Some(53)),
+            access("fd20:b::53", Direction::Outbound, None),
+            access("fd20:b::66", Direction::Inbound, Some(514)),
+            access("10.0.0.5", Direction::Outbound, Some(53)),
+        ]
+        .map(|access| access.to_string());
+        assert_eq!(
+            shown,
+            [
+                "-> [fd20:b::53]:53/udp",
+                "-> fd20:b::53 any port",
+                "fd20:b::66 -> :514/udp",
+                "-> 10.0.0.5:53/udp"
+            ]
+        );
+    }
 
     fn allowed(file: &[u8], selection: &RuleSelection) -> Vec<String> {
         let inputs = inputs(file);

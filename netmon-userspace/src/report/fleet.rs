@@ -69,27 +69,47 @@ pub fn load_views(paths: &[PathBuf]) -> anyhow::Result<Vec<View>> {
 /// side recorded them).
 const MAX_TURNED_ADDRESSES: usize = 64;
 
+/// Whether `addr` can be one host's own: a unicast address (no
+/// loopback, 0.0.0.0/8, ::, multicast or broadcast address is, nor an
+/// IPv6 link-local one, which every link has alike).
+pub fn can_be_own(addr: IpAddr) -> bool {
+    let class = Class::of(addr);
+    let link_local = addr.is_ipv6() && class == Class::LinkLocal;
+    let no_hosts = matches!(
+        class,
+        Class::ThisNetwork
+            | Class::Unspecified
+            | Class::Loopback
+            | Class::Multicast
+            | Class::Broadcast
+    );
+    !link_local && !no_hosts
+}
+
 /// Keeps to each file the own addresses it can have: unicast ones (no
-/// loopback, 0.0.0.0/8, multicast or broadcast address is a host's), and
-/// none another host claims too. A file is only its host's word: one
+/// loopback, 0.0.0.0/8, ::, multicast or broadcast address is a host's,
+/// nor an IPv6 link-local one, which every link has alike), and none
+/// another host claims too. A file is only its host's word: one
 /// claiming another's address would take over its edges and its rules,
 /// so a contested address belongs to nobody, and the warning names both.
 fn settle_claims(views: &mut [View]) {
     let mut claims: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
     for view in views.iter_mut() {
-        let before = view.snapshot.addresses.len();
-        view.snapshot.addresses.retain(|addr| {
-            !matches!(
-                Class::of(*addr),
-                Class::ThisNetwork | Class::Loopback | Class::Multicast | Class::Broadcast
-            )
-        });
-        if view.snapshot.addresses.len() < before {
+        let (kept, ignored): (Vec<IpAddr>, Vec<IpAddr>) = view
+            .snapshot
+            .addresses
+            .iter()
+            .partition(|addr| can_be_own(**addr));
+        if !ignored.is_empty() {
+            let ignored: Vec<String> = ignored.iter().map(IpAddr::to_string).collect();
             warn!(
-                "host {} claims loopback, 0.0.0.0/8, multicast or broadcast addresses as its own: ignored",
-                Escaped::new(view.host.as_str())
+                "host {} claims {} as its own: ignored (no loopback, unspecified, multicast, \
+                 broadcast or IPv6 link-local address names one host)",
+                Escaped::new(view.host.as_str()),
+                ignored.join(", ")
             );
         }
+        view.snapshot.addresses = kept;
         for addr in &view.snapshot.addresses {
             claims.entry(*addr).or_default().insert(view.host.clone());
         }
@@ -156,8 +176,9 @@ pub fn host_view(views: &[View], host: &str) -> anyhow::Result<Snapshot> {
         .collect();
     if own.is_empty() {
         bail!(
-            "--host {host}: its file records no addresses of its own (written by netmon before \
-             format 2): other hosts' connections to it cannot be told apart"
+            "--host {host}: its file records no address that is its own alone (written by netmon \
+             before format 2, or each one claimed by another file too: see the warnings above): \
+             other hosts' connections to it cannot be told apart"
         );
     }
     let mut snapshot = Snapshot {
@@ -219,7 +240,7 @@ mod tests {
 
     fn view(host: &str, addresses: &str, peers: &str) -> View {
         let text = format!(
-            r#"{{"version":2,"host":"{host}","addresses":[{addresses}],"updated":"2026-01-02T00:00:00Z","peers":[{peers}]}}"#
+            r#"{{"version":4,"host":"{host}","addresses":[{addresses}],"updated":"2026-01-02T00:00:00Z","peers":[{peers}]}}"#
         );
         let (snapshot, _) = parse(text.as_bytes(), 0).unwrap();
         View {
@@ -293,7 +314,7 @@ mod tests {
             "{unknown}"
         );
         let old = host_view(&views, "old").unwrap_err().to_string();
-        assert!(old.contains("records no addresses"), "{old}");
+        assert!(old.contains("records no address that is its own"), "{old}");
     }
 
     #[test]
@@ -327,6 +348,34 @@ mod tests {
         let db1 = host_view(&views, "db1").unwrap();
         let peers: Vec<String> = db1.peers.iter().map(|(ip, _)| ip.to_string()).collect();
         assert_eq!(peers, ["10.0.0.9"]);
+    }
+
+    #[test]
+    fn ipv6_link_local_and_unspecified_are_no_hosts_and_ula_turns_around() {
+        let mut views = vec![
+            // Every host's link has fe80::1 alike: it names none of them.
+            view("db1", r#""10.0.0.2","fd00::2","fe80::1","::""#, ""),
+            view(
+                "web1",
+                r#""10.0.0.1","fd00::1","fe80::1""#,
+                &peer("fd00::2", 1, 0, r#""5432/tcp""#, ""),
+            ),
+        ];
+        settle_claims(&mut views);
+        let db1 = host_view(&views, "db1").unwrap();
+        let own: Vec<String> = db1.addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(own, ["10.0.0.2", "fd00::2"]);
+        // web1's IPv6 connection to db1 is db1's inbound from both of
+        // web1's addresses.
+        let peers: Vec<(String, u64)> = db1
+            .peers
+            .iter()
+            .map(|(ip, r)| (ip.to_string(), r.inbound))
+            .collect();
+        assert_eq!(
+            peers,
+            [("10.0.0.1".to_owned(), 1), ("fd00::1".to_owned(), 1)]
+        );
     }
 
     #[test]

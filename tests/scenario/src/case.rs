@@ -52,6 +52,10 @@ pub enum Workload {
     Mptcp,
     /// UDP datagrams instead ([`crate::udp`]), a service answering each.
     Udp,
+    /// IPv6 TCP connections and UDP exchanges, and an IPv4-mapped
+    /// connection ([`crate::ipv6`]), in a network namespace of the case's
+    /// own that netmon runs in; held open for proc mode.
+    Ipv6,
 }
 
 impl Case {
@@ -96,6 +100,14 @@ impl Case {
     pub const fn udp(name: &'static str, mode: &'static str) -> Self {
         Self {
             workload: Workload::Udp,
+            ..Self::plain(name, mode, mode)
+        }
+    }
+
+    /// `--mode mode` over the IPv6 workload, run in its namespace.
+    pub const fn ipv6(name: &'static str, mode: &'static str) -> Self {
+        Self {
+            workload: Workload::Ipv6,
             ..Self::plain(name, mode, mode)
         }
     }
@@ -157,4 +169,9 @@ pub const VM_CASES: &[Case] = &[
     Case::udp("udp-kprobe", "kprobe"),
     Case::udp("udp-raw-tp", "raw-tracepoint"),
     Case::udp("udp-tp", "tracepoint"),
+    // IPv6 peers between unique-local addresses, and IPv4-mapped ones.
+    Case::ipv6("ipv6-kprobe", "kprobe"),
+    Case::ipv6("ipv6-raw-tp", "raw-tracepoint"),
+    Case::ipv6("ipv6-tp", "tracepoint"),
+    Case::ipv6("ipv6-proc", "proc"),
 ];

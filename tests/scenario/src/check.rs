@@ -1,17 +1,33 @@
 //! Per-peer checks on a checkpoint file: every address of a workload is
 //! looked up, and every miss is reported with what was recorded instead.
-use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt::Display,
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    str::FromStr,
+};
 
 use serde_json::Value;
 
 use crate::workload::Workload;
 
-/// A checkpoint's peers by address.
+/// A checkpoint's IPv4 peers by address.
 pub type Peers = BTreeMap<Ipv4Addr, Value>;
 
-/// The checkpoint's peers by address.
+/// A checkpoint's peers of both families by address.
+pub type IpPeers = BTreeMap<IpAddr, Value>;
+
+/// The checkpoint's IPv4 peers by address.
 pub fn read_peers(path: &Path) -> Peers {
     peers_of(&read_checkpoint(path))
+}
+
+/// The checkpoint's peers of both families by address, in the network
+/// namespace netmon ran in.
+pub fn read_ip_peers(path: &Path) -> IpPeers {
+    peers_in(&read_checkpoint(path), None)
 }
 
 /// The whole checkpoint, for what [`read_peers`] leaves out
@@ -23,21 +39,23 @@ pub fn read_checkpoint(path: &Path) -> Value {
     file
 }
 
-/// A checkpoint's peers by address, in the host's network namespace
+/// A checkpoint's IPv4 peers by address, in the host's network namespace
 /// (the one netmon ran in).
 pub fn peers_of(file: &Value) -> Peers {
     peers_in(file, None)
 }
 
 /// A checkpoint's peers by address, seen from the network namespace
-/// whose inode is `netns` (`None`: the host's).
-pub fn peers_in(file: &Value, netns: Option<u64>) -> Peers {
+/// whose inode is `netns` (`None`: the host's): those of both families
+/// ([`IpPeers`]), or of IPv4 alone ([`Peers`]), leaving out the IPv6
+/// peers anything else on the host made.
+pub fn peers_in<A: FromStr + Ord>(file: &Value, netns: Option<u64>) -> BTreeMap<A, Value> {
     file["peers"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|peer| peer["netns"].as_u64() == netns)
-        .map(|peer| (peer["ip"].as_str().unwrap().parse().unwrap(), peer.clone()))
+        .filter_map(|peer| Some((peer["ip"].as_str()?.parse().ok()?, peer.clone())))
         .collect()
 }
 
@@ -61,7 +79,11 @@ pub fn has(list: &Value, wanted: Value) -> bool {
 }
 
 /// The addresses whose peer fails `check`, each with what was recorded.
-pub fn misses(peers: &Peers, addrs: &[Ipv4Addr], check: impl Fn(&Value) -> bool) -> Vec<String> {
+pub fn misses<A: Ord + Display>(
+    peers: &BTreeMap<A, Value>,
+    addrs: &[A],
+    check: impl Fn(&Value) -> bool,
+) -> Vec<String> {
     addrs
         .iter()
         .filter(|addr| !peers.get(addr).is_some_and(&check))
@@ -124,9 +146,9 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(
-        peers: &Peers,
-        addrs: &[Ipv4Addr],
+    pub fn new<A: Ord + Display>(
+        peers: &BTreeMap<A, Value>,
+        addrs: &[A],
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Self {
@@ -203,7 +225,7 @@ pub struct Verdict {
     /// Addresses that made no connection, so they must not be peers:
     /// refused sources, or what a hook read from a socket that is no
     /// connection.
-    pub phantom: Vec<Ipv4Addr>,
+    pub phantom: Vec<IpAddr>,
 }
 
 /// Checks every peer of `work` in the way a mode that `sees` can.
@@ -252,6 +274,7 @@ pub fn check_workload(peers: &Peers, work: &Workload, sees: Sees) -> Verdict {
             .iter()
             .copied()
             .filter(|a| peers.contains_key(a))
+            .map(IpAddr::V4)
             .collect(),
     }
 }

@@ -1,12 +1,13 @@
 //! A small fleet of "hosts" on one machine: a network namespace each,
 //! joined by veth pairs to a bridge in a namespace of its own. Every
-//! address is inside namespaces the fleet created (10.213.0.0/24, on
-//! their veths, the connected route in place before any packet); none has
-//! a default route, so nothing can leave. Dropping the fleet deletes the
+//! address is inside namespaces the fleet created (10.213.0.0/24 and the
+//! unique-local fd10:213::/64, on their veths, the connected routes in
+//! place before any packet); none has a default route, so nothing can
+//! leave. Dropping the fleet deletes the
 //! namespaces, and with them their links.
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     process::{Command, Output},
     thread,
@@ -19,8 +20,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// One namespace per name in `hosts`, addressed 10.213.0.1 up in
-    /// order; `tag` keeps fleets of different tests apart.
+    /// One namespace per name in `hosts`, addressed 10.213.0.1 and
+    /// fd10:213::1 up in order; `tag` keeps fleets of different tests
+    /// apart.
     pub fn new(tag: &str, hosts: &[&str]) -> Self {
         let fleet = Self {
             prefix: format!("nm-{tag}-{}", std::process::id()),
@@ -38,6 +40,7 @@ impl Fleet {
             let ns = fleet.ns(host);
             let port = format!("v{index}");
             let addr = format!("{}/24", fleet.addr(host));
+            let addr6 = format!("{}/64", fleet.addr6(host));
             ip(&["netns", "add", &ns]);
             ip(&[
                 "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
@@ -45,6 +48,13 @@ impl Fleet {
             ]);
             ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
             ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            // No duplicate address detection: the address is usable at
+            // once, and the fleet alone hands them out.
+            ip(&["-n", &ns, "addr", "add", &addr6, "dev", "eth0", "nodad"]);
+            // Nor for the link-local address eth0 takes when it comes up.
+            run_in(&ns, || {
+                std::fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0").unwrap();
+            });
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
@@ -76,6 +86,26 @@ impl Fleet {
     /// The address of `host`.
     pub fn addr(&self, host: &str) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, 0, u8::try_from(self.index(host) + 1).unwrap())
+    }
+
+    /// The unique-local IPv6 address of `host`.
+    pub fn addr6(&self, host: &str) -> Ipv6Addr {
+        let index = u16::try_from(self.index(host) + 1).unwrap();
+        Ipv6Addr::new(0xfd10, 0x213, 0, 0, 0, 0, 0, index)
+    }
+
+    /// The IPv6 link-local address of `host`'s eth0.
+    pub fn link_local(&self, host: &str) -> Ipv6Addr {
+        let ns = self.ns(host);
+        let out = ip(&[
+            "-n", &ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+        ]);
+        let out = String::from_utf8_lossy(&out.stdout);
+        out.split_whitespace()
+            .skip_while(|word| *word != "inet6")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{host} has no link-local address: {out}"))
     }
 
     /// `program` run inside `host`'s namespace, in a UTS namespace of its

@@ -16,10 +16,11 @@ use std::{
 
 use netmon_scenario::{
     case::{Case, Workload},
-    check::{Sees, check_workload, peers_in, read_checkpoint, read_peers},
+    check::{Sees, check_workload, peers_in, read_checkpoint, read_ip_peers, read_peers},
     harness::{Netmon, chosen_mode},
-    isolate, mptcp,
+    ipv6, isolate, mptcp,
     net::Net,
+    netns::OwnNetns,
     result::Row,
     udp,
     workload::{workload, workload_held_open},
@@ -34,6 +35,10 @@ const MPTCP_SOURCES: u8 = 3;
 
 /// Clients of the UDP workload, making 1, 2, ... exchanges each.
 const UDP_CLIENTS: u8 = 5;
+
+/// Pairs of the IPv6 workload, TCP and UDP each, client i making i
+/// connections or exchanges.
+const IPV6_PAIRS: u8 = 5;
 
 /// What netmon logs when its cgroup programs did not attach.
 const UDP_NOT_RECORDED: &str = "UDP peers are not recorded";
@@ -82,9 +87,26 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
             ..unfinished(case)
         };
     }
+    // The IPv6 workload's addresses exist only in a namespace of its own,
+    // which netmon runs in.
+    let netns = match case.workload {
+        Workload::Ipv6 => match OwnNetns::with_ula(net) {
+            Ok(netns) => Some(netns),
+            Err(err) => {
+                return Row {
+                    note: format!("no network namespace for IPv6: {err}"),
+                    ..unfinished(case)
+                };
+            }
+        },
+        _ => None,
+    };
     let output = output_path(case);
     let mut command = Netmon::command(binary, &output, case.mode, case.extra);
     isolate::apply(case.setting, &mut command);
+    if let Some(netns) = &netns {
+        netns.confine(&mut command);
+    }
     let netmon = Netmon::spawn(command);
     let mut row = unfinished(case);
     if let Err(err) = netmon.wait_ready() {
@@ -104,24 +126,37 @@ fn run(binary: &Path, case: &Case, net: Net) -> Row {
         Workload::Udp => Work::Udp(
             udp::workload(net, UDP_CLIENTS).unwrap_or_else(|err| panic!("UDP datagrams: {err}")),
         ),
+        Workload::Ipv6 => {
+            let held_open = case.expect_mode == "proc";
+            let netns = netns.as_ref().expect("made above for this workload");
+            Work::Ipv6(
+                netns
+                    .run_in(|| ipv6::workload(net, IPV6_PAIRS, held_open))
+                    .unwrap_or_else(|err| panic!("IPv6 workload: {err}")),
+            )
+        }
     };
     let (status, log) = netmon.stop();
     let chosen = chosen_mode(&log).unwrap_or("-").to_owned();
     let sees = match case.workload {
         Workload::ClosedBeforePolls => Sees::proc_notified(),
-        Workload::Closed | Workload::HeldOpen | Workload::Mptcp | Workload::Udp => {
-            Sees::mode(&chosen)
-        }
-    };
-    let peers = match &work {
-        // Made in a namespace of their own: that namespace's peers.
-        Work::Mptcp(work) => peers_in(&read_checkpoint(&output), Some(work.netns)),
-        Work::Tcp(_) | Work::Udp(_) => read_peers(&output),
+        Workload::Closed
+        | Workload::HeldOpen
+        | Workload::Mptcp
+        | Workload::Udp
+        | Workload::Ipv6 => Sees::mode(&chosen),
     };
     let verdict = match &work {
-        Work::Tcp(work) => check_workload(&peers, work, sees),
-        Work::Mptcp(work) => mptcp::check(&peers, work, sees.outbound_process),
-        Work::Udp(work) => udp::check(&peers, work, sees.outbound_process),
+        Work::Tcp(work) => check_workload(&read_peers(&output), work, sees),
+        // Made in a namespace of their own: that namespace's peers.
+        Work::Mptcp(work) => mptcp::check(
+            &peers_in(&read_checkpoint(&output), Some(work.netns)),
+            work,
+            sees.outbound_process,
+        ),
+        Work::Udp(work) => udp::check(&read_ip_peers(&output), work, sees.outbound_process),
+        // netmon ran in the workload's namespace: its own peers.
+        Work::Ipv6(work) => ipv6::check(&read_ip_peers(&output), work, sees),
     };
     drop(work);
 
@@ -168,6 +203,7 @@ enum Work {
     Tcp(netmon_scenario::workload::Workload),
     Mptcp(mptcp::MptcpWorkload),
     Udp(udp::UdpWorkload),
+    Ipv6(ipv6::Ipv6Workload),
 }
 
 /// The row of a case that has not passed (yet).

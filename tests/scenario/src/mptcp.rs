@@ -8,7 +8,7 @@
 use std::{
     fs, io,
     mem::zeroed,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::Path,
     thread,
@@ -167,6 +167,7 @@ pub fn check(peers: &Peers, work: &MptcpWorkload, outbound_process: bool) -> Ver
         .keys()
         .copied()
         .filter(|&ip| ip.is_unspecified() || work.net.contains(ip) && !expected.contains(&ip))
+        .map(IpAddr::V4)
         .collect();
     Verdict {
         outbound: vec![Tally::new(

@@ -8,9 +8,13 @@
 //! mode reads TIME_WAIT sockets and the start-up scan reads open ones, so
 //! a test on another's addresses could pass on the other's leftovers.
 //!
+//! A block has IPv6 addresses too, in a unique-local /64 of its own
+//! (fd6e:6d00:0:B::/64), which exist only where a test routes them: in a
+//! network namespace of its making ([`crate::netns`]).
+//!
 //! 127.0.0.0/16 (127.0.0.1) is no test's; `cargo xtask bench` runs its
 //! storms in network namespaces of their own and needs no block.
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 
 /// The /16 of 127/8 one test owns. Grouped by test file; a test that
 /// needs two disjoint sets of addresses owns two blocks.
@@ -81,6 +85,12 @@ pub enum Block {
     UdpTracepoint,
     UdpRawTracepoint,
     UdpKprobe,
+    // tests/ipv6.rs: the IPv4-mapped peers, and the block's unique-local
+    // /64 (see [`Net::addr6`]) for the IPv6 ones
+    Ipv6Tracepoint,
+    Ipv6RawTracepoint,
+    Ipv6Kprobe,
+    Ipv6Proc,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,
@@ -95,6 +105,15 @@ impl Block {
     pub const fn addr(self, c: u8, d: u8) -> Ipv4Addr {
         self.net().addr(c, d)
     }
+}
+
+/// Which of a [`Net`]'s addresses a workload uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// 127.N.c.d, on every loopback.
+    V4,
+    /// fd6e:6d00:0:N::c:d, where [`Net::prefix6`] is routed to loopback.
+    V6,
 }
 
 /// 127.N.0.0/16: a [`Block`], or one case's share of [`Block::VmCases`].
@@ -116,6 +135,32 @@ impl Net {
     /// Whether `ip` is in 127.N.0.0/16.
     pub fn contains(self, ip: Ipv4Addr) -> bool {
         ip.octets()[..2] == [127, self.0]
+    }
+
+    /// fd6e:6d00:0:N::`c`:`d`, in [`Net::prefix6`].
+    pub const fn addr6(self, c: u8, d: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd6e, 0x6d00, 0, self.0 as u16, 0, 0, c as u16, d as u16)
+    }
+
+    /// The unique-local /64 of this net, for `ip -6 route add local`.
+    pub fn prefix6(self) -> String {
+        format!("{}/64", self.addr6(0, 0))
+    }
+
+    /// 127.N.`c`.`d` or fd6e:6d00:0:N::`c`:`d`.
+    pub const fn ip(self, family: Family, c: u8, d: u8) -> IpAddr {
+        match family {
+            Family::V4 => IpAddr::V4(self.addr(c, d)),
+            Family::V6 => IpAddr::V6(self.addr6(c, d)),
+        }
+    }
+
+    /// Whether `ip` is in 127.N.0.0/16 or in [`Net::prefix6`].
+    pub fn holds(self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.contains(ip),
+            IpAddr::V6(ip) => ip.segments()[..4] == [0xfd6e, 0x6d00, 0, u16::from(self.0)],
+        }
     }
 }
 
@@ -140,6 +185,17 @@ pub fn metrics_addr() -> String {
 mod tests {
     use super::*;
     use crate::case::VM_CASES;
+
+    #[test]
+    fn a_net_holds_its_own_addresses_of_both_families_only() {
+        let net = Block::Ipv6Proc.net();
+        assert_eq!(net.prefix6(), format!("fd6e:6d00:0:{:x}::/64", net.0));
+        for family in [Family::V4, Family::V6] {
+            assert!(net.holds(net.ip(family, 20, 3)));
+            assert!(!Block::Ipv6Kprobe.net().holds(net.ip(family, 20, 3)));
+        }
+        assert!(!net.holds("::ffff:127.0.0.1".parse().unwrap()));
+    }
 
     #[test]
     fn every_case_of_the_matrix_has_a_net() {

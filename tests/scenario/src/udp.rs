@@ -4,15 +4,19 @@
 //! as an inbound peer at the service, later datagrams and the service's
 //! replies as nothing more.
 //!
-//! Service `i` is bound to 127.N.0.i on one explicit port; client `i`
-//! queries it from 127.N.1.i with `i` sockets on ports the kernel picks,
-//! each sending two queries, each answered before the next. Every
-//! address is one peer with one count, so a hook that misses an exchange,
-//! counts a later datagram or a reply, or reads the wrong end shows it in
-//! that address.
+//! Service `i` is bound to 127.N.0.i (fd6e:6d00:0:N::i over IPv6) on one
+//! explicit port; client `i` queries it from 127.N.1.i (fd6e:6d00:0:N::1:i)
+//! with `i` sockets on ports the kernel picks, each sending two queries,
+//! each answered before the next. Every address is one peer with one
+//! count, so a hook that misses an exchange, counts a later datagram or a
+//! reply, or reads the wrong end shows it in that address.
+//!
+//! proc mode sees only connected sockets that are in the socket tables,
+//! so for it [`Sockets::ConnectedHeldOpen`] clients connect and stay open
+//! until the workload is dropped.
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     thread,
     time::Duration,
 };
@@ -20,8 +24,8 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    check::{Peers, Tally, Verdict, has},
-    net::Net,
+    check::{IpPeers, Tally, Verdict, has},
+    net::{Family, Net},
 };
 
 /// How long either end waits for a datagram: on loopback one arrives at
@@ -31,13 +35,24 @@ const WAIT: Duration = Duration::from_secs(10);
 /// counted as an exchange shows.
 const QUERIES: u8 = 2;
 
+/// How the clients' sockets send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sockets {
+    /// `sendto` from unconnected sockets, closed after their queries.
+    Unconnected,
+    /// Connected first, and open until the [`UdpWorkload`] is dropped.
+    ConnectedHeldOpen,
+}
+
 /// What [`workload`] did.
 pub struct UdpWorkload {
     pub net: Net,
     pub port: u16,
     /// Each service address, the client address talking to it, and how
     /// many exchanges (client sockets) they had.
-    pub exchanges: Vec<(Ipv4Addr, Ipv4Addr, u64)>,
+    pub exchanges: Vec<(IpAddr, IpAddr, u64)>,
+    /// The clients' sockets, where they are held open.
+    pub held: Vec<UdpSocket>,
 }
 
 impl UdpWorkload {
@@ -56,7 +71,18 @@ pub fn udp_port(port: u16) -> Value {
 /// `nm-client`, the services answer from one named `nm-acceptor` (the
 /// TCP workload's names).
 pub fn workload(net: Net, pairs: u8) -> io::Result<UdpWorkload> {
-    let services = bind_services(net, pairs)?;
+    workload_over(net, Family::V4, Sockets::Unconnected, pairs)
+}
+
+/// [`workload`] over `family`'s addresses of `net`, the clients sending
+/// as `sockets` says.
+pub fn workload_over(
+    net: Net,
+    family: Family,
+    sockets: Sockets,
+    pairs: u8,
+) -> io::Result<UdpWorkload> {
+    let services = bind_services(net, family, pairs)?;
     let port = services[0].local_addr()?.port();
     let server =
         thread::Builder::new()
@@ -74,44 +100,62 @@ pub fn workload(net: Net, pairs: u8) -> io::Result<UdpWorkload> {
             })?;
     let client = thread::Builder::new()
         .name("nm-client".into())
-        .spawn(move || exchange_all(net, port, pairs))?;
-    let exchanges = client.join().expect("the UDP client thread panicked")?;
+        .spawn(move || exchange_all(net, family, sockets, port, pairs))?;
+    let (exchanges, held) = client.join().expect("the UDP client thread panicked")?;
     server.join().expect("the UDP service thread panicked")?;
     Ok(UdpWorkload {
         net,
         port,
         exchanges,
+        held,
     })
 }
 
+/// Each service, client and number of exchanges; the sockets held open.
+type Exchanges = (Vec<(IpAddr, IpAddr, u64)>, Vec<UdpSocket>);
+
 /// Client `i`'s `i` sockets, each querying service `i` `QUERIES` times.
-fn exchange_all(net: Net, port: u16, pairs: u8) -> io::Result<Vec<(Ipv4Addr, Ipv4Addr, u64)>> {
+fn exchange_all(
+    net: Net,
+    family: Family,
+    sockets: Sockets,
+    port: u16,
+    pairs: u8,
+) -> io::Result<Exchanges> {
     let mut exchanges = Vec::new();
+    let mut held = Vec::new();
     let mut buf = [0; 64];
     for i in 1..=pairs {
-        let (service, source) = (net.addr(0, i), net.addr(1, i));
-        let to = SocketAddrV4::new(service, port);
+        let (service, source) = (net.ip(family, 0, i), net.ip(family, 1, i));
+        let to = SocketAddr::new(service, port);
         for n in 0..i {
             let socket = UdpSocket::bind((source, 0))?;
             socket.set_read_timeout(Some(WAIT))?;
+            if sockets == Sockets::ConnectedHeldOpen {
+                socket.connect(to)?;
+            }
             for q in 0..QUERIES {
                 socket.send_to(&[i, n, q], to)?;
                 let (_, from) = socket.recv_from(&mut buf)?;
-                assert_eq!(from, to.into(), "a reply");
+                assert_eq!(from, to, "a reply");
+            }
+            if sockets == Sockets::ConnectedHeldOpen {
+                held.push(socket);
             }
         }
         exchanges.push((service, source, u64::from(i)));
     }
-    Ok(exchanges)
+    Ok((exchanges, held))
 }
 
 /// The services, all on one port the kernel picked for the first and
 /// then asked for by number, so each is bound to an explicit port as a
 /// real service is (a socket bound to port 0 would be a client).
-fn bind_services(net: Net, pairs: u8) -> io::Result<Vec<UdpSocket>> {
-    let port = UdpSocket::bind((net.addr(0, 1), 0))?.local_addr()?.port();
+fn bind_services(net: Net, family: Family, pairs: u8) -> io::Result<Vec<UdpSocket>> {
+    let first = net.ip(family, 0, 1);
+    let port = UdpSocket::bind((first, 0))?.local_addr()?.port();
     (1..=pairs)
-        .map(|i| UdpSocket::bind((net.addr(0, i), port)))
+        .map(|i| UdpSocket::bind((net.ip(family, 0, i), port)))
         .collect()
 }
 
@@ -119,9 +163,9 @@ fn bind_services(net: Net, pairs: u8) -> io::Result<Vec<UdpSocket>> {
 /// ends, nothing from later datagrams or replies, and no peer the
 /// workload did not make.
 /// `process`: the names of the sending and receiving threads too.
-pub fn check(peers: &Peers, work: &UdpWorkload, process: bool) -> Verdict {
+pub fn check(peers: &IpPeers, work: &UdpWorkload, process: bool) -> Verdict {
     let port = udp_port(work.port);
-    let times = |ip: Ipv4Addr| {
+    let times = |ip: IpAddr| {
         work.exchanges
             .iter()
             .find(|&&(service, source, _)| ip == service || ip == source)
@@ -135,20 +179,20 @@ pub fn check(peers: &Peers, work: &UdpWorkload, process: bool) -> Verdict {
             .is_some_and(|p| p == std::slice::from_ref(&port))
     };
     let empty = |ports: &Value| ports.as_array().is_some_and(Vec::is_empty);
-    let services: Vec<Ipv4Addr> = work.exchanges.iter().map(|e| e.0).collect();
-    let sources: Vec<Ipv4Addr> = work.exchanges.iter().map(|e| e.1).collect();
+    let services: Vec<IpAddr> = work.exchanges.iter().map(|e| e.0).collect();
+    let sources: Vec<IpAddr> = work.exchanges.iter().map(|e| e.1).collect();
     let with_process = if process { " and process" } else { "" };
     let strays = peers
         .keys()
         .copied()
-        .filter(|&ip| work.net.contains(ip) && times(ip).is_none())
+        .filter(|&ip| work.net.holds(ip) && times(ip).is_none())
         .collect();
     Verdict {
         outbound: vec![Tally::new(
             peers,
             &services,
             &format!(
-                "outbound i times (127.N.0.i), to {port}{with_process}, no inbound from replies"
+                "outbound i times (service i), to {port}{with_process}, no inbound from replies"
             ),
             |peer| {
                 peer["outbound"].as_u64() == ip_of(peer).and_then(times)
@@ -162,7 +206,7 @@ pub fn check(peers: &Peers, work: &UdpWorkload, process: bool) -> Verdict {
             peers,
             &sources,
             &format!(
-                "inbound i times (127.N.1.i), to our {port}{with_process}, no outbound from replies"
+                "inbound i times (client i), to our {port}{with_process}, no outbound from replies"
             ),
             |peer| {
                 peer["inbound"].as_u64() == ip_of(peer).and_then(times)
@@ -172,6 +216,35 @@ pub fn check(peers: &Peers, work: &UdpWorkload, process: bool) -> Verdict {
                     && named(peer, "nm-acceptor")
             },
         )],
+        phantom: strays,
+    }
+}
+
+/// Checks a [`Sockets::ConnectedHeldOpen`] workload as proc mode sees it:
+/// every service an outbound peer on the port (counted or not: the
+/// sockets are still open), and nothing else of the net, the clients
+/// included (the services' sockets are unconnected, so the socket tables
+/// hold no peer of theirs).
+pub fn check_connected(peers: &IpPeers, work: &UdpWorkload) -> Verdict {
+    let port = udp_port(work.port);
+    let services: Vec<IpAddr> = work.exchanges.iter().map(|e| e.0).collect();
+    let strays = peers
+        .keys()
+        .copied()
+        .filter(|&ip| work.net.holds(ip) && !services.contains(&ip))
+        .collect();
+    Verdict {
+        outbound: vec![Tally::new(
+            peers,
+            &services,
+            &format!("outbound to {port} alone, no inbound"),
+            |peer| {
+                peer["inbound"].as_u64() == Some(0)
+                    && peer["remote_ports"].as_array() == Some(&vec![port.clone()])
+                    && peer["local_ports"].as_array().is_some_and(Vec::is_empty)
+            },
+        )],
+        inbound: Vec::new(),
         phantom: strays,
     }
 }
