@@ -47,8 +47,10 @@ pub fn baseline(bench: &Bench, baseline: &Path, table: &mut Table) {
         // `mode` None: netmon off (built or not, it does not run).
         let mut storm = |which: usize, mode: Option<&'static str>, timed: bool, length| {
             let (build, name) = builds[which];
+            // Each storm's files stay apart for a look afterwards.
+            let kind = if timed { "timed" } else { "pair" };
             let label = match mode {
-                Some(mode) => format!("{}-{mode}-{round}", name.replace(' ', "-")),
+                Some(mode) => format!("{}-{mode}-{kind}-{round}", name.replace(' ', "-")),
                 None => format!("off-{round}"),
             };
             let watchers = Watchers {
