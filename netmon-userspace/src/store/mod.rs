@@ -117,7 +117,7 @@ fn snapshot_of(checkpoint: schema::Checkpoint) -> anyhow::Result<Snapshot> {
         mode: checkpoint.mode,
         lost_events: checkpoint.lost_events,
         uncounted_connections: checkpoint.uncounted_connections,
-        peers: PeerSet::from_records(checkpoint.peers),
+        peers: PeerSet::from_read(checkpoint.peers),
     })
 }
 

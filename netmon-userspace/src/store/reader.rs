@@ -25,6 +25,7 @@ use std::{
 use super::{
     CappedSet, InlineItem, PeerKey, PeerRecord, advise_huge_pages,
     schema::{self, Checkpoint, MAX_ADDRESSES},
+    set::FilePeers,
     unadvise_huge_pages,
 };
 use crate::time::UnixTime;
@@ -293,20 +294,23 @@ impl<R: io::Read> Cursor<R> {
         Some(addresses)
     }
 
-    pub(super) fn peers(&mut self) -> Option<Vec<(PeerKey, PeerRecord)>> {
+    pub(super) fn peers(&mut self) -> Option<FilePeers> {
         // The size is what the file claims (a sparse file claims anything):
         // at most this many peers are reserved ahead of the content.
         const MAX_RESERVED: u64 = 1 << 20;
         let expected = (self.size_hint / BYTES_PER_PEER).min(MAX_RESERVED) as usize;
-        let mut peers = Vec::new();
-        if peers.try_reserve_exact(expected).is_ok() {
-            advise_huge_pages(peers.spare_capacity_mut());
+        let mut peers = FilePeers::default();
+        if peers.records.try_reserve_exact(expected).is_ok() {
+            advise_huge_pages(peers.records.spare_capacity_mut());
         }
+        let _ = peers.keys.try_reserve_exact(expected);
         self.array(|cursor| {
-            peers.push(cursor.peer()?);
+            let (key, record) = cursor.peer()?;
+            peers.keys.push(key);
+            peers.records.push(record);
             Some(())
         })?;
-        unadvise_huge_pages(&mut peers);
+        unadvise_huge_pages(&mut peers.records);
         Some(peers)
     }
 

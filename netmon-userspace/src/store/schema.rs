@@ -28,6 +28,7 @@ use super::{
     CappedSet, PeerKey, Snapshot,
     fallback::{CappedIn, OwnerName, PeersIn, PortIn, ProcessName},
     reader::{Cursor, Fields},
+    set::FilePeers,
     writer::LineWriter,
 };
 use crate::{
@@ -401,7 +402,7 @@ pub(super) struct Checkpoint {
     pub mode: Option<String>,
     pub lost_events: u64,
     pub uncounted_connections: u64,
-    pub peers: Vec<(PeerKey, PeerRecord)>,
+    pub peers: FilePeers,
 }
 
 /// The whole file, header and peers, on the fast path. `updated` must be

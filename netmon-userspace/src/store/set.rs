@@ -407,34 +407,60 @@ impl PeerSet {
 
     /// A set of records in any order, repeated addresses merged as
     /// [`Self::merge_record`] merges them.
-    ///
-    /// Sorting first builds the index in one pass: inserting a million
-    /// addresses in random order (an old poller's list) costs seconds.
-    pub(super) fn from_records(mut records: Vec<(PeerKey, PeerRecord)>) -> Self {
-        // netmon writes its peers in order, and the stable sort takes a
-        // sorted run in one pass.
-        records.sort_by_key(|(key, _)| *key);
-        records.dedup_by(|(key, record), (kept_key, kept)| {
-            let repeat = key == kept_key;
-            if repeat {
-                kept.merge(record);
-            }
-            repeat
-        });
-        // Sorted keys build the tree in one pass; the records stay where
-        // the reader put them: collecting them without their keys reuses
-        // the vector's allocation (std's in-place collect), so the peak
-        // holds no second copy of a million records.
-        let index = records
-            .iter()
-            .enumerate()
-            .map(|(at, (key, _))| (*key, at as u32))
-            .collect();
-        let mut records: Vec<_> = records.into_iter().map(|(_, record)| record).collect();
-        // Gives the tail the keys took back to the system.
-        records.shrink_to_fit();
-        Self { index, records }
+    pub(super) fn from_records(records: Vec<(PeerKey, PeerRecord)>) -> Self {
+        let (keys, records) = records.into_iter().unzip();
+        Self::from_read(FilePeers { keys, records })
     }
+
+    /// A file's peers, as read: in key order, as netmon writes them, the
+    /// records stay where the reader put them and the index is built in
+    /// one pass over the keys. Out of order, or repeated (a merge's
+    /// input, an old poller's list), they are sorted first, the records
+    /// moved once into key order; sorting keeps repeats in file order
+    /// for [`PeerRecord::merge`].
+    pub(super) fn from_read(read: FilePeers) -> Self {
+        let FilePeers { keys, mut records } = read;
+        if keys.is_sorted_by(|a, b| a < b) {
+            let index = keys
+                .iter()
+                .enumerate()
+                .map(|(at, key)| (*key, at as u32))
+                .collect();
+            return Self { index, records };
+        }
+        let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+        order.sort_by_key(|&at| keys[at as usize]);
+        let mut set = Self::default();
+        let mut last: Option<(PeerKey, usize)> = None;
+        for at in order {
+            let (key, record) = (keys[at as usize], std::mem::take(&mut records[at as usize]));
+            match last {
+                Some((previous, kept)) if previous == key => set.records[kept].merge(&record),
+                _ => {
+                    last = Some((key, set.records.len()));
+                    set.records.push(record);
+                }
+            }
+        }
+        // Sorted keys, one each, build the tree in one pass.
+        let mut keys = keys;
+        keys.sort_unstable();
+        keys.dedup();
+        set.index = keys
+            .into_iter()
+            .enumerate()
+            .map(|(at, key)| (key, at as u32))
+            .collect();
+        set
+    }
+}
+
+/// A file's peers as the reader met them: keys and records side by side,
+/// so the records need not move to lose their keys.
+#[derive(Debug, Default)]
+pub struct FilePeers {
+    pub keys: Vec<PeerKey>,
+    pub records: Vec<PeerRecord>,
 }
 
 #[cfg(test)]
