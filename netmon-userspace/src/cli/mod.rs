@@ -221,7 +221,8 @@ pub struct FilterArgs {
     #[arg(long = "class", value_name = "CLASS")]
     pub classes: Vec<Class>,
 
-    /// Only IPv4 (4) or only IPv6 (6) peers.
+    /// Only IPv4 (4) or only IPv6 (6) peers (in `rules`, the other
+    /// family's set is then empty: a hooked chain drops that family).
     #[arg(long, value_name = "4|6")]
     pub family: Option<Family>,
 
@@ -265,7 +266,7 @@ pub struct SelectionArgs {
     pub filter: FilterArgs,
 
     /// Allow each peer on any port and protocol, by address alone, rather
-    /// than only on the TCP ports it was seen on.
+    /// than only on the TCP and UDP ports it was seen on.
     #[arg(long)]
     pub any_port: bool,
 }

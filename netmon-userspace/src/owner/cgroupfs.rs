@@ -29,7 +29,12 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
     let text = fs::read_to_string(MOUNTINFO).with_context(|| format!("cannot read {MOUNTINFO}"))?;
     match cgroup2_in_mountinfo(&text) {
         Some(root) => Ok(root),
-        None => bail!("no cgroup2 filesystem is mounted (none in {MOUNTINFO})"),
+        // `ip netns exec` mounts a /sys of its own over the host's, which
+        // hides the cgroup2 mount beneath it.
+        None => bail!(
+            "no cgroup2 filesystem is mounted (none in {MOUNTINFO}; under `ip netns exec`, \
+             which remounts /sys, enter the namespace with `nsenter --net=/run/netns/NAME` instead)"
+        ),
     }
 }
 

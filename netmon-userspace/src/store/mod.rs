@@ -289,7 +289,7 @@ impl std::fmt::Display for LoadError {
             Self::Read { path, source } => write!(f, "cannot read {}: {source}", path.display()),
             Self::Corrupt { path, source } => write!(
                 f,
-                "{}: not a netmon checkpoint nor a JSON list of IPv4 addresses: {source:#}",
+                "{}: not a netmon checkpoint nor a JSON list of IP addresses: {source:#}",
                 path.display()
             ),
         }
