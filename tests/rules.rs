@@ -17,7 +17,7 @@ mod refusals;
 use std::{
     collections::BTreeSet,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::{Command, Output},
 };
@@ -119,6 +119,35 @@ impl Drop for Netns {
             .args(["netns", "delete", &self.name])
             .output();
     }
+}
+
+/// Two namespaces of the test's own joined by a veth pair, `links.0` in
+/// the first and `links.1` in the second, each end with its addresses
+/// (IPv6 ones `nodad`, usable at once) and up before the first packet.
+/// Deleting the namespaces deletes the pair.
+fn veth_pair(
+    names: (&str, &str),
+    links: (&str, &str),
+    addrs: (&[IpAddr], &[IpAddr]),
+) -> (Netns, Netns) {
+    let (first, second) = (Netns::new(names.0), Netns::new(names.1));
+    let veth = [
+        "link", "add", links.0, "type", "veth", "peer", "name", links.1,
+    ];
+    first.run("ip", &[&veth[..], &["netns", &second.name]].concat());
+    for (netns, link, addrs) in [(&first, links.0, addrs.0), (&second, links.1, addrs.1)] {
+        for addr in addrs {
+            let (addr, nodad) = match addr {
+                IpAddr::V4(_) => (format!("{addr}/24"), None),
+                IpAddr::V6(_) => (format!("{addr}/64"), Some("nodad")),
+            };
+            let add = ["addr", "add", &addr, "dev", link];
+            netns.run("ip", &[&add[..], nodad.as_slice()].concat());
+        }
+        netns.run("ip", &["link", "set", link, "up"]);
+        netns.run("ip", &["link", "set", "lo", "up"]);
+    }
+    (first, second)
 }
 
 /// Who opened the connections to a group of peers.

@@ -15,7 +15,7 @@
 //! must allow it all the same.
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::Command,
     time::Duration,
@@ -29,7 +29,7 @@ use netmon_scenario::{
 use socket2::{Domain, Socket, Type};
 use tempfile::TempDir;
 
-use super::{Netns, SBIN, check, netmon_rules};
+use super::{Netns, SBIN, check, netmon_rules, veth_pair};
 
 /// UDP: dnsmasq and dig.
 #[path = "enforce_udp.rs"]
@@ -69,33 +69,11 @@ struct Topology {
 
 impl Topology {
     fn new() -> Self {
-        let host = Netns::new("host");
-        let peers = Netns::new("peers");
-        host.run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "h0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "p0",
-                "netns",
-                &peers.name,
-            ],
+        let (host, peers) = veth_pair(
+            ("host", "peers"),
+            ("h0", "p0"),
+            (&[HOST.into()], &[SEEN.into(), UNSEEN.into()]),
         );
-        for (netns, link, addrs) in [
-            (&host, "h0", &[HOST][..]),
-            (&peers, "p0", &[SEEN, UNSEEN][..]),
-        ] {
-            for addr in addrs {
-                netns.run("ip", &["addr", "add", &format!("{addr}/24"), "dev", link]);
-            }
-            netns.run("ip", &["link", "set", link, "up"]);
-            netns.run("ip", &["link", "set", "lo", "up"]);
-        }
         Self { host, peers }
     }
 }
@@ -105,26 +83,30 @@ fn inside<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     fleet::run_in(&netns.name, f)
 }
 
-fn listen(netns: &Netns, port: u16) -> TcpListener {
+/// A listener on `port` of every address of `netns`, both families'
+/// (`[::]` takes IPv4 connections too, as IPv4-mapped addresses).
+pub(super) fn listen(netns: &Netns, port: u16) -> TcpListener {
     inside(netns, || {
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap()
+        TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).unwrap()
     })
 }
 
 /// A connection from `netns`, from `from` if given, to `to:port`.
-fn connect(
+pub(super) fn connect(
     netns: &Netns,
-    from: Option<Ipv4Addr>,
-    to: Ipv4Addr,
+    from: Option<IpAddr>,
+    to: impl Into<IpAddr>,
     port: u16,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
+    let to = SocketAddr::from((to.into(), port));
+    let from = from.map(|from| SocketAddr::from((from, 0)));
     inside(netns, || {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
         if let Some(from) = from {
-            socket.bind(&SocketAddr::from((from, 0)).into())?;
+            socket.bind(&from.into())?;
         }
-        socket.connect_timeout(&SocketAddrV4::new(to, port).into(), timeout)?;
+        socket.connect_timeout(&to.into(), timeout)?;
         Ok(socket.into())
     })
 }
@@ -139,17 +121,6 @@ enum Tool {
     Iptables,
 }
 
-/// What must pass ahead of the jump with iptables, as docs/firewall.md
-/// says; nft's script comments list their own.
-const IPTABLES_BASICS: [&str; 6] = [
-    "iptables -A INPUT -i lo -j ACCEPT",
-    "iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-    "iptables -A INPUT -p tcp --dport 22 -j ACCEPT",
-    "iptables -A OUTPUT -o lo -j ACCEPT",
-    "iptables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-    "iptables -A OUTPUT -p tcp --sport 22 -j ACCEPT",
-];
-
 impl Tool {
     fn format(self) -> &'static str {
         match self {
@@ -159,7 +130,9 @@ impl Tool {
         }
     }
 
-    /// Loads `script` and hooks it in, with the commands its comments give.
+    /// Loads `script` and hooks it in, with the commands its comments give
+    /// (what must always pass ahead of the jump, as docs/firewall.md
+    /// says, then the jump or the DROP rules).
     fn apply(self, netns: &Netns, script: &Path, text: &str) {
         let script = script.to_str().unwrap();
         let load: &[&str] = match self {
@@ -168,16 +141,8 @@ impl Tool {
             Self::Iptables => &["iptables-restore", "--noflush", script],
         };
         netns.run(load[0], &load[1..]);
-        let hooks = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("#   "))
-            .map(str::to_owned);
-        let basics = match self {
-            Self::Nft => &[][..],
-            Self::Ipset | Self::Iptables => &IPTABLES_BASICS[..],
-        };
-        for command in basics.iter().map(|c| (*c).to_owned()).chain(hooks) {
-            shell(netns, &command);
+        for command in text.lines().filter_map(|line| line.strip_prefix("#   ")) {
+            shell(netns, command);
         }
     }
 
@@ -283,7 +248,7 @@ fn collect(netns: &Netns, name: &str, checkpoint: &Path) -> Netmon {
 fn record(topology: &Topology, dir: &Path, fleet: &TcpListener) {
     let (host, peers) = (&topology.host, &topology.peers);
     let netmon = collect(peers, "peers", &dir.join("peers.json"));
-    let client = connect(peers, Some(SEEN), HOST, FLEET_SERVICE, CONNECTS)
+    let client = connect(peers, Some(SEEN.into()), HOST, FLEET_SERVICE, CONNECTS)
         .expect("connections before any rule");
     let (server, _) = fleet.accept().unwrap();
     let (status, log) = netmon.stop();
@@ -293,7 +258,7 @@ fn record(topology: &Topology, dir: &Path, fleet: &TcpListener) {
 
     let netmon = collect(host, "host", &dir.join("host.json"));
     let held = [
-        connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+        connect(peers, Some(SEEN.into()), HOST, SERVICE, CONNECTS),
         connect(host, None, SEEN, REMOTE, CONNECTS),
         connect(host, None, HOST, SERVICE, CONNECTS),
     ]
@@ -356,7 +321,7 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
         for (what, result) in [
             (
                 "SEEN to our SERVICE",
-                connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+                connect(peers, Some(SEEN.into()), HOST, SERVICE, CONNECTS),
             ),
             (
                 "we to SEEN's REMOTE",
@@ -364,7 +329,7 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
             ),
             (
                 "SEEN to our FLEET_SERVICE, in peers' file only",
-                connect(peers, Some(SEEN), HOST, FLEET_SERVICE, CONNECTS),
+                connect(peers, Some(SEEN.into()), HOST, FLEET_SERVICE, CONNECTS),
             ),
         ] {
             assert!(
@@ -411,7 +376,7 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
         ];
         for (direction, what, netns, from, to, port) in blocked {
             let before = tool.dropped(host, direction, "tcp");
-            let result = connect(netns, from, to, port, DROPPED);
+            let result = connect(netns, from.map(IpAddr::from), to, port, DROPPED);
             assert!(
                 result
                     .as_ref()
@@ -426,7 +391,7 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
         }
         tool.undo(host, &["in", "out"]);
         assert!(
-            connect(peers, Some(UNSEEN), HOST, SERVICE, CONNECTS).is_ok(),
+            connect(peers, Some(UNSEEN.into()), HOST, SERVICE, CONNECTS).is_ok(),
             "{tool:?}: the undo must let everything through again"
         );
     }

@@ -32,7 +32,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::{Tool, inside};
-use crate::{Netns, find, netmon_rules};
+use crate::{Netns, find, netmon_rules, veth_pair};
 
 /// The server's address (dnsmasq's), its other address, and the client's;
 /// a block no other test uses, and only ever inside these namespaces.
@@ -59,20 +59,11 @@ struct Topology {
 
 impl Topology {
     fn new() -> Self {
-        let client = Netns::new("udp-client");
-        let server = Netns::new("udp-server");
-        let veth = ["link", "add", "c0", "type", "veth", "peer", "name", "s0"];
-        client.run("ip", &[&veth[..], &["netns", &server.name]].concat());
-        for (netns, link, addrs) in [
-            (&client, "c0", &[CLIENT][..]),
-            (&server, "s0", &[SERVER, SERVER_OTHER][..]),
-        ] {
-            for addr in addrs {
-                netns.run("ip", &["addr", "add", &format!("{addr}/24"), "dev", link]);
-            }
-            netns.run("ip", &["link", "set", link, "up"]);
-            netns.run("ip", &["link", "set", "lo", "up"]);
-        }
+        let (client, server) = veth_pair(
+            ("udp-client", "udp-server"),
+            ("c0", "s0"),
+            (&[CLIENT.into()], &[SERVER.into(), SERVER_OTHER.into()]),
+        );
         Self { client, server }
     }
 }

@@ -17,17 +17,15 @@
 //! the hooks' neighbour discovery rules ahead of the jump let them pass.
 use std::{
     io,
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv6Addr},
     path::Path,
-    time::Duration,
 };
 
 use serde_json::Value;
-use socket2::{Domain, Socket, Type};
 use tempfile::TempDir;
 
-use super::{CONNECTS, DROPPED, collect, inside, shell};
-use crate::{Netns, netmon_rules};
+use super::{CONNECTS, DROPPED, collect, connect, listen, shell};
+use crate::{Netns, netmon_rules, veth_pair};
 
 /// The host's address, and the peers'; a block no other test uses, and
 /// only ever inside these namespaces.
@@ -51,34 +49,11 @@ struct Topology {
 
 impl Topology {
     fn new() -> Self {
-        let host = Netns::new("host6");
-        let peers = Netns::new("peers6");
-        host.run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "h6",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "p6",
-                "netns",
-                &peers.name,
-            ],
+        let (host, peers) = veth_pair(
+            ("host6", "peers6"),
+            ("h6", "p6"),
+            (&[HOST.into()], &[SEEN.into(), UNSEEN.into()]),
         );
-        for (netns, link, addrs) in [
-            (&host, "h6", &[HOST][..]),
-            (&peers, "p6", &[SEEN, UNSEEN][..]),
-        ] {
-            for addr in addrs {
-                let addr = format!("{addr}/64");
-                netns.run("ip", &["-6", "addr", "add", &addr, "dev", link, "nodad"]);
-            }
-            netns.run("ip", &["link", "set", link, "up"]);
-            netns.run("ip", &["link", "set", "lo", "up"]);
-        }
         Self { host, peers }
     }
 
@@ -90,30 +65,6 @@ impl Topology {
     }
 }
 
-fn listen(netns: &Netns, port: u16) -> TcpListener {
-    inside(netns, || {
-        TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).unwrap()
-    })
-}
-
-/// A connection from `netns`, from `from` if given, to `to:port`.
-fn connect(
-    netns: &Netns,
-    from: Option<Ipv6Addr>,
-    to: Ipv6Addr,
-    port: u16,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
-    inside(netns, || {
-        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-        if let Some(from) = from {
-            socket.bind(&SocketAddr::from((from, 0)).into())?;
-        }
-        socket.connect_timeout(&SocketAddr::from((to, port)).into(), timeout)?;
-        Ok(socket.into())
-    })
-}
-
 /// A firewall setup under test: how its rules are loaded, hooked, read and
 /// removed.
 #[derive(Clone, Copy, Debug)]
@@ -123,17 +74,6 @@ enum Tool {
     Ipset,
     Ip6tables,
 }
-
-/// What must pass ahead of the jump with ip6tables, as docs/firewall.md
-/// says; neighbour discovery is in the scripts' own comments.
-const IP6TABLES_BASICS: [&str; 6] = [
-    "ip6tables -A INPUT -i lo -j ACCEPT",
-    "ip6tables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-    "ip6tables -A INPUT -p tcp --dport 22 -j ACCEPT",
-    "ip6tables -A OUTPUT -o lo -j ACCEPT",
-    "ip6tables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-    "ip6tables -A OUTPUT -p tcp --sport 22 -j ACCEPT",
-];
 
 impl Tool {
     fn format(self) -> &'static str {
@@ -153,16 +93,8 @@ impl Tool {
             Self::Ip6tables => &["ip6tables-restore", "--noflush", script],
         };
         netns.run(load[0], &load[1..]);
-        let hooks = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("#   "))
-            .map(str::to_owned);
-        let basics = match self {
-            Self::Nft => &[][..],
-            Self::Ipset | Self::Ip6tables => &IP6TABLES_BASICS[..],
-        };
-        for command in basics.iter().map(|c| (*c).to_owned()).chain(hooks) {
-            shell(netns, &command);
+        for command in text.lines().filter_map(|line| line.strip_prefix("#   ")) {
+            shell(netns, command);
         }
     }
 
@@ -259,7 +191,7 @@ fn record(topology: &Topology, checkpoint: &Path) -> Value {
     let (host, peers) = (&topology.host, &topology.peers);
     let netmon = collect(host, "host", checkpoint);
     let held = [
-        connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+        connect(peers, Some(SEEN.into()), HOST, SERVICE, CONNECTS),
         connect(host, None, SEEN, REMOTE, CONNECTS),
         connect(host, None, HOST, SERVICE, CONNECTS),
     ]
@@ -323,7 +255,7 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
                 ),
                 (
                     "SEEN to our SERVICE",
-                    connect(peers, Some(SEEN), HOST, SERVICE, CONNECTS),
+                    connect(peers, Some(SEEN.into()), HOST, SERVICE, CONNECTS),
                 ),
             ] {
                 assert!(
@@ -367,7 +299,7 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
                 continue;
             }
             let before = tool.dropped(host, direction, any_port);
-            let result = connect(netns, from, to, port, DROPPED);
+            let result = connect(netns, from.map(IpAddr::from), to, port, DROPPED);
             assert!(
                 result
                     .as_ref()
@@ -386,7 +318,7 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
 
         tool.undo(host);
         assert!(
-            connect(peers, Some(UNSEEN), HOST, SERVICE, CONNECTS).is_ok(),
+            connect(peers, Some(UNSEEN.into()), HOST, SERVICE, CONNECTS).is_ok(),
             "{tool:?} (any port: {any_port}): the undo must let everything through again"
         );
     }
