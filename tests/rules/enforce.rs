@@ -111,45 +111,83 @@ pub(super) fn connect(
     })
 }
 
+/// Which family a setup filters: iptables' or ip6tables' tables, and
+/// ipset's sets of that family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables",
+            Self::V6 => "ip6tables",
+        }
+    }
+
+    /// What ipset's set names end in.
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::V4 => "",
+            Self::V6 => "6",
+        }
+    }
+}
+
 /// A firewall setup under test: how its rules are loaded, hooked, read and
 /// removed.
 #[derive(Clone, Copy, Debug)]
-enum Tool {
+pub(super) enum Tool {
     Nft,
-    /// ipset's sets, matched by the iptables rules its script suggests.
+    /// ipset's sets, matched by the iptables and ip6tables rules its
+    /// script suggests.
     Ipset,
+    /// iptables' script, or ip6tables' for IPv6.
     Iptables,
 }
 
 impl Tool {
-    fn format(self) -> &'static str {
+    pub(super) fn format(self, family: Family) -> &'static str {
         match self {
             Self::Nft => "nft",
             Self::Ipset => "ipset",
-            Self::Iptables => "iptables",
+            Self::Iptables => family.iptables(),
         }
     }
 
     /// Loads `script` and hooks it in, with the commands its comments give
     /// (what must always pass ahead of the jump, as docs/firewall.md
     /// says, then the jump or the DROP rules).
-    fn apply(self, netns: &Netns, script: &Path, text: &str) {
+    pub(super) fn apply(self, family: Family, netns: &Netns, script: &Path, text: &str) {
         let script = script.to_str().unwrap();
-        let load: &[&str] = match self {
-            Self::Nft => &["nft", "-f", script],
-            Self::Ipset => &["ipset", "restore", "-f", script],
-            Self::Iptables => &["iptables-restore", "--noflush", script],
+        match self {
+            Self::Nft => netns.run("nft", &["-f", script]),
+            Self::Ipset => netns.run("ipset", &["restore", "-f", script]),
+            Self::Iptables => netns.run(
+                &format!("{}-restore", family.iptables()),
+                &["--noflush", script],
+            ),
         };
-        netns.run(load[0], &load[1..]);
         for command in text.lines().filter_map(|line| line.strip_prefix("#   ")) {
             shell(netns, command);
         }
     }
 
-    /// The packets of `protocol` the chain (or rule) of `direction`
-    /// dropped so far (nft counts both protocols together).
-    fn dropped(self, netns: &Netns, direction: &str, protocol: &str) -> u64 {
-        match self {
+    /// The packets of `family` the chain (or rule) of `direction` dropped
+    /// so far: of `protocol`, or of every protocol for `--any-port`
+    /// rules, which drop them in one rule (nft counts every drop of the
+    /// chain together, both families').
+    pub(super) fn dropped(
+        self,
+        family: Family,
+        netns: &Netns,
+        direction: &str,
+        protocol: Option<&str>,
+    ) -> u64 {
+        let matched = protocol.map_or_else(String::new, |protocol| format!("-p {protocol} "));
+        let rule = match self {
             Self::Nft => {
                 let chain = format!("allow_peers_v4_{direction}");
                 let listed = netns.run("nft", &["list", "chain", "inet", "netmon", &chain]);
@@ -157,56 +195,61 @@ impl Tool {
                     .split_once("counter packets ")
                     .unwrap_or_else(|| panic!("no counter in {listed}"))
                     .1;
-                counter.split(' ').next().unwrap().parse().unwrap()
+                return counter.split(' ').next().unwrap().parse().unwrap();
             }
-            Self::Ipset | Self::Iptables => {
-                let rule = match self {
-                    Self::Iptables => {
-                        let chain = direction.to_uppercase();
-                        format!("-A NETMON-PEERS-{chain} -p {protocol} -j DROP")
-                    }
-                    _ => {
-                        let (hook, side) = if direction == "in" {
-                            ("INPUT", "src")
-                        } else {
-                            ("OUTPUT", "dst")
-                        };
-                        format!(
-                            "-A {hook} -p {protocol} -m set ! --match-set netmon_peers_{direction} {side},dst -j DROP"
-                        )
-                    }
+            Self::Iptables => {
+                let chain = direction.to_uppercase();
+                format!("-A NETMON-PEERS-{chain} {matched}-j DROP")
+            }
+            Self::Ipset => {
+                let (hook, side) = if direction == "in" {
+                    ("INPUT", "src")
+                } else {
+                    ("OUTPUT", "dst")
                 };
-                let saved = netns.run("iptables-save", &["-c", "-t", "filter"]);
-                let line = saved
-                    .lines()
-                    .find(|line| line.ends_with(&rule))
-                    .unwrap_or_else(|| panic!("no {rule:?} in\n{saved}"));
-                let packets = line.trim_start_matches('[').split(':').next().unwrap();
-                packets.parse().unwrap()
+                let side = if protocol.is_some() {
+                    format!("{side},dst")
+                } else {
+                    side.to_owned()
+                };
+                let set = format!("netmon_peers_{direction}{}", family.suffix());
+                format!("-A {hook} {matched}-m set ! --match-set {set} {side} -j DROP")
             }
-        }
+        };
+        let save = format!("{}-save", family.iptables());
+        let saved = netns.run(&save, &["-c", "-t", "filter"]);
+        let line = saved
+            .lines()
+            .find(|line| line.ends_with(&rule))
+            .unwrap_or_else(|| panic!("no {rule:?} in\n{saved}"));
+        let packets = line.trim_start_matches('[').split(':').next().unwrap();
+        packets.parse().unwrap()
     }
 
     /// Removes the rules and the hooks of `directions` ("in", "out"), as
-    /// docs/firewall.md says.
-    fn undo(self, netns: &Netns, directions: &[&str]) {
+    /// docs/firewall.md says: both families' hooks, which the ipset
+    /// script's comments add for both.
+    pub(super) fn undo(self, family: Family, netns: &Netns, directions: &[&str]) {
         let mut commands = vec![];
         match self {
             Self::Nft => commands.push("nft delete table inet netmon".to_owned()),
             Self::Ipset | Self::Iptables => {
-                commands.extend(["iptables -F INPUT", "iptables -F OUTPUT"].map(str::to_owned));
+                for tool in ["iptables", "ip6tables"] {
+                    commands.extend([format!("{tool} -F INPUT"), format!("{tool} -F OUTPUT")]);
+                }
             }
         }
         for direction in directions {
             let chain = format!("NETMON-PEERS-{}", direction.to_uppercase());
             match self {
                 Self::Nft => {}
-                Self::Ipset => commands.push(format!("ipset destroy netmon_peers_{direction}")),
+                Self::Ipset => commands.extend([
+                    format!("ipset destroy netmon_peers_{direction}"),
+                    format!("ipset destroy netmon_peers_{direction}6"),
+                ]),
                 Self::Iptables => {
-                    commands.extend([
-                        format!("iptables -F {chain}"),
-                        format!("iptables -X {chain}"),
-                    ]);
+                    let tool = family.iptables();
+                    commands.extend([format!("{tool} -F {chain}"), format!("{tool} -X {chain}")]);
                 }
             }
         }
@@ -312,11 +355,11 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
         // The host's rules from both files, without --direction: both
         // chains.
         let [ours, theirs] = files.each_ref().map(|path| path.to_str().unwrap());
-        let format = tool.format();
+        let format = tool.format(Family::V4);
         let text = netmon_rules(&["rules", "--host", "host", "--format", format, ours, theirs]);
-        let script = dir.path().join(tool.format());
+        let script = dir.path().join(format);
         std::fs::write(&script, &text).unwrap();
-        tool.apply(host, &script, &text);
+        tool.apply(Family::V4, host, &script, &text);
 
         for (what, result) in [
             (
@@ -375,7 +418,7 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
             ("out", "we to UNSEEN", host, None, UNSEEN, REMOTE),
         ];
         for (direction, what, netns, from, to, port) in blocked {
-            let before = tool.dropped(host, direction, "tcp");
+            let before = tool.dropped(Family::V4, host, direction, Some("tcp"));
             let result = connect(netns, from.map(IpAddr::from), to, port, DROPPED);
             assert!(
                 result
@@ -383,13 +426,13 @@ fn hooked_rules_pass_observed_pairs_and_drop_the_rest() {
                     .is_err_and(|err| err.kind() == io::ErrorKind::TimedOut),
                 "{tool:?}: {what} must be dropped: {result:?}"
             );
-            let after = tool.dropped(host, direction, "tcp");
+            let after = tool.dropped(Family::V4, host, direction, Some("tcp"));
             assert!(
                 after > before,
                 "{tool:?}: {what}: the {direction} drop counter stayed at {before}"
             );
         }
-        tool.undo(host, &["in", "out"]);
+        tool.undo(Family::V4, host, &["in", "out"]);
         assert!(
             connect(peers, Some(UNSEEN.into()), HOST, SERVICE, CONNECTS).is_ok(),
             "{tool:?}: the undo must let everything through again"

@@ -31,7 +31,7 @@ use netmon_scenario::harness::Netmon;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{Tool, inside};
+use super::{Family, Tool, inside};
 use crate::{Netns, find, netmon_rules, veth_pair};
 
 /// The server's address (dnsmasq's), its other address, and the client's;
@@ -225,7 +225,7 @@ struct Case<'a> {
 fn enforce(tool: Tool, case: &Case<'_>, checkpoint: &str, dir: &Path) {
     let (netns, direction) = (case.netns, case.direction);
     let id = inode(netns).to_string();
-    let format = tool.format();
+    let format = tool.format(Family::V4);
     let args = [
         "rules",
         "--netns",
@@ -249,7 +249,7 @@ fn enforce(tool: Tool, case: &Case<'_>, checkpoint: &str, dir: &Path) {
         Tool::Iptables => drop(netns.run("iptables-restore", &["--test", "--noflush", path])),
         Tool::Ipset => {}
     }
-    tool.apply(netns, &script, &text);
+    tool.apply(Family::V4, netns, &script, &text);
 
     assert_eq!(
         dig(case.client),
@@ -257,18 +257,18 @@ fn enforce(tool: Tool, case: &Case<'_>, checkpoint: &str, dir: &Path) {
         "{tool:?} {direction}: dig must still resolve"
     );
     for &(to, port) in case.dropped {
-        let before = tool.dropped(netns, direction, "udp");
+        let before = tool.dropped(Family::V4, netns, direction, Some("udp"));
         assert!(
             !echoed(case.client, to, port, DROPPED),
             "{tool:?} {direction}: a datagram to {to}:{port} must be dropped"
         );
-        let after = tool.dropped(netns, direction, "udp");
+        let after = tool.dropped(Family::V4, netns, direction, Some("udp"));
         assert!(
             after > before,
             "{tool:?} {direction}: {to}:{port}: the drop counter stayed at {before}"
         );
     }
-    tool.undo(netns, &[direction]);
+    tool.undo(Family::V4, netns, &[direction]);
     assert!(
         echoed(case.client, SERVER, UNUSED_PORT, Duration::from_secs(10)),
         "{tool:?} {direction}: the undo must let everything through again"

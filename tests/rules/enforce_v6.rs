@@ -24,7 +24,7 @@ use std::{
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{CONNECTS, DROPPED, collect, connect, listen, shell};
+use super::{CONNECTS, DROPPED, Family, Tool, collect, connect, listen};
 use crate::{Netns, netmon_rules, veth_pair};
 
 /// The host's address, and the peers'; a block no other test uses, and
@@ -62,113 +62,6 @@ impl Topology {
     fn flush_neighbours(&self) {
         self.host.run("ip", &["-6", "neigh", "flush", "dev", "h6"]);
         self.peers.run("ip", &["-6", "neigh", "flush", "dev", "p6"]);
-    }
-}
-
-/// A firewall setup under test: how its rules are loaded, hooked, read and
-/// removed.
-#[derive(Clone, Copy, Debug)]
-enum Tool {
-    Nft,
-    /// ipset's sets, matched by the ip6tables rules its script suggests.
-    Ipset,
-    Ip6tables,
-}
-
-impl Tool {
-    fn format(self) -> &'static str {
-        match self {
-            Self::Nft => "nft",
-            Self::Ipset => "ipset",
-            Self::Ip6tables => "ip6tables",
-        }
-    }
-
-    /// Loads `script` and hooks it in, with the commands its comments give.
-    fn apply(self, netns: &Netns, script: &Path, text: &str) {
-        let script = script.to_str().unwrap();
-        let load: &[&str] = match self {
-            Self::Nft => &["nft", "-f", script],
-            Self::Ipset => &["ipset", "restore", "-f", script],
-            Self::Ip6tables => &["ip6tables-restore", "--noflush", script],
-        };
-        netns.run(load[0], &load[1..]);
-        for command in text.lines().filter_map(|line| line.strip_prefix("#   ")) {
-            shell(netns, command);
-        }
-    }
-
-    /// The IPv6 TCP packets the chain (or rule) of `direction` dropped so
-    /// far (nft counts every drop of the chain together; `--any-port`
-    /// rules drop every protocol in one rule).
-    fn dropped(self, netns: &Netns, direction: &str, any_port: bool) -> u64 {
-        let protocol = if any_port { "" } else { "-p tcp " };
-        let rule = match self {
-            Self::Nft => {
-                let chain = format!("allow_peers_v4_{direction}");
-                let listed = netns.run("nft", &["list", "chain", "inet", "netmon", &chain]);
-                let counter = listed
-                    .split_once("counter packets ")
-                    .unwrap_or_else(|| panic!("no counter in {listed}"))
-                    .1;
-                return counter.split(' ').next().unwrap().parse().unwrap();
-            }
-            Self::Ip6tables => {
-                let chain = direction.to_uppercase();
-                format!("-A NETMON-PEERS-{chain} {protocol}-j DROP")
-            }
-            Self::Ipset => {
-                let (hook, side) = if direction == "in" {
-                    ("INPUT", "src")
-                } else {
-                    ("OUTPUT", "dst")
-                };
-                let side = if any_port {
-                    side.to_owned()
-                } else {
-                    format!("{side},dst")
-                };
-                format!(
-                    "-A {hook} {protocol}-m set ! --match-set netmon_peers_{direction}6 {side} -j DROP"
-                )
-            }
-        };
-        let saved = netns.run("ip6tables-save", &["-c", "-t", "filter"]);
-        let line = saved
-            .lines()
-            .find(|line| line.ends_with(&rule))
-            .unwrap_or_else(|| panic!("no {rule:?} in\n{saved}"));
-        let packets = line.trim_start_matches('[').split(':').next().unwrap();
-        packets.parse().unwrap()
-    }
-
-    /// Removes the rules and hooks, as docs/firewall.md says.
-    fn undo(self, netns: &Netns) {
-        let commands: &[&str] = match self {
-            Self::Nft => &["nft delete table inet netmon"],
-            // The ipset script's comments hook IPv4's sets with iptables.
-            Self::Ipset => &[
-                "iptables -F INPUT",
-                "iptables -F OUTPUT",
-                "ip6tables -F INPUT",
-                "ip6tables -F OUTPUT",
-                "ipset destroy netmon_peers_in",
-                "ipset destroy netmon_peers_out",
-                "ipset destroy netmon_peers_in6",
-                "ipset destroy netmon_peers_out6",
-            ],
-            Self::Ip6tables => &[
-                "ip6tables -F INPUT",
-                "ip6tables -F OUTPUT",
-                "ip6tables -F NETMON-PEERS-IN",
-                "ip6tables -X NETMON-PEERS-IN",
-                "ip6tables -F NETMON-PEERS-OUT",
-                "ip6tables -X NETMON-PEERS-OUT",
-            ],
-        };
-        for command in commands {
-            shell(netns, command);
-        }
     }
 }
 
@@ -230,11 +123,11 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
 
     // --any-port rules filter ICMPv6 too: only the hooks' neighbour
     // discovery rules let it through.
-    let cases = [Tool::Nft, Tool::Ipset, Tool::Ip6tables]
+    let cases = [Tool::Nft, Tool::Ipset, Tool::Iptables]
         .into_iter()
         .flat_map(|tool| [(tool, false), (tool, true)]);
     for (tool, any_port) in cases {
-        let mut args = vec!["rules", "--format", tool.format()];
+        let mut args = vec!["rules", "--format", tool.format(Family::V6)];
         if any_port {
             args.push("--any-port");
         }
@@ -242,7 +135,7 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
         let text = netmon_rules(&args);
         let script = dir.path().join(format!("{tool:?}-{any_port}"));
         std::fs::write(&script, &text).unwrap();
-        tool.apply(host, &script, &text);
+        tool.apply(Family::V6, host, &script, &text);
 
         // We connect first: with the neighbour caches flushed, the host
         // must then solicit SEEN's address at its solicited-node multicast
@@ -298,7 +191,9 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
             if any_port && observed_peer {
                 continue;
             }
-            let before = tool.dropped(host, direction, any_port);
+            // --any-port rules drop every protocol in one rule.
+            let tcp = (!any_port).then_some("tcp");
+            let before = tool.dropped(Family::V6, host, direction, tcp);
             let result = connect(netns, from.map(IpAddr::from), to, port, DROPPED);
             assert!(
                 result
@@ -306,7 +201,7 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
                     .is_err_and(|err| err.kind() == io::ErrorKind::TimedOut),
                 "{tool:?} (any port: {any_port}): {what} must be dropped: {result:?}"
             );
-            let after = tool.dropped(host, direction, any_port);
+            let after = tool.dropped(Family::V6, host, direction, tcp);
             assert!(
                 after > before,
                 "{tool:?} (any port: {any_port}): {what}: the {direction} drop counter stayed at {before}"
@@ -316,7 +211,7 @@ fn hooked_rules_filter_ipv6_as_ipv4_and_keep_neighbour_discovery() {
         topology.flush_neighbours();
         observed();
 
-        tool.undo(host);
+        tool.undo(Family::V6, host, &["in", "out"]);
         assert!(
             connect(peers, Some(UNSEEN.into()), HOST, SERVICE, CONNECTS).is_ok(),
             "{tool:?} (any port: {any_port}): the undo must let everything through again"
