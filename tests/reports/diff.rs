@@ -145,6 +145,18 @@ fn diff_and_rules_for_one_host_read_the_whole_fleet() {
         arg(&base),
     ]);
     assert!(rules.contains("10.0.0.1/32 . tcp . 5432"), "{rules}");
+    // The host by one of its own addresses: the same rules.
+    let by_address = stdout_of(&[
+        "rules",
+        "--host",
+        "10.0.0.2",
+        "--direction",
+        "in",
+        "--format",
+        "nft",
+        arg(&base),
+    ]);
+    assert_eq!(by_address, rules);
     let output = netmon(&[
         "diff",
         "--host",
@@ -174,7 +186,7 @@ fn diff_and_rules_for_one_host_read_the_whole_fleet() {
     let unknown = netmon(&["rules", "--host", "db9", "--format", "nft", arg(&base)]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
-        stderr_of(&unknown).contains("--host db9: no file of that host"),
+        stderr_of(&unknown).contains("--host db9: no such host in the files"),
         "{}",
         stderr_of(&unknown)
     );

@@ -373,7 +373,7 @@ pub struct DiffArgs {
 
     /// Diff HOST's rules, as `netmon rules --host HOST` builds them from
     /// every host's file: BASE and NEW are directories of one checkpoint
-    /// per host.
+    /// per host. HOST is its name or one of its own addresses.
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
 
@@ -452,6 +452,7 @@ pub struct RulesArgs {
     /// recorded with it, even while HOST was not collecting. A connection
     /// only the other side recorded is allowed from each of that side's
     /// own addresses, since its file does not say which one it used.
+    /// HOST is its name or one of its own addresses.
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
 }

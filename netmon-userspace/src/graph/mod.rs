@@ -16,14 +16,11 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::bail;
-
 pub use self::render::GraphFormat;
 use crate::{
     classify::Class,
-    escape::Escaped,
     peer::{Direction, Owner, Service},
-    report::{Filter, Peer, View, load_views},
+    report::{Filter, Peer, View, host_named, load_views},
     store::PeerRecord,
     time::UnixTime,
 };
@@ -74,37 +71,6 @@ pub fn graph(request: &GraphRequest, out: &mut impl std::io::Write) -> anyhow::R
     };
     render::write(&graph, request.format, host, out)?;
     Ok(())
-}
-
-/// The host `--host` names: by its name, or by one of its own addresses
-/// (either family; an IPv4-mapped one as the IPv4 it maps).
-fn host_named<'a>(views: &'a [View], wanted: &str) -> anyhow::Result<&'a str> {
-    let address = wanted.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-    let found = views.iter().find(|view| view.host == wanted).or_else(|| {
-        let ip = address?;
-        views
-            .iter()
-            .find(|view| view.snapshot.addresses.contains(&ip))
-    });
-    match found {
-        Some(view) => Ok(view.host.as_str()),
-        None => {
-            let known: Vec<String> = views
-                .iter()
-                .map(|view| Escaped::new(view.host.as_str()).to_string())
-                .collect();
-            let what = if address.is_some() {
-                "no host has that address among its own"
-            } else {
-                "no such host"
-            };
-            bail!(
-                "--host {}: {what} in the files (they name {})",
-                Escaped::new(wanted),
-                known.join(", ")
-            )
-        }
-    }
 }
 
 /// A node of the map.

@@ -136,11 +136,43 @@ fn settle_claims(views: &mut [View]) {
     }
 }
 
+/// The host `--host` names: by its name, or by one of its own addresses
+/// (either family; an IPv4-mapped one as the IPv4 it maps).
+pub fn host_named<'a>(views: &'a [View], wanted: &str) -> anyhow::Result<&'a str> {
+    let address = wanted.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+    let found = views.iter().find(|view| view.host == wanted).or_else(|| {
+        let ip = address?;
+        views
+            .iter()
+            .find(|view| view.snapshot.addresses.contains(&ip))
+    });
+    match found {
+        Some(view) => Ok(view.host.as_str()),
+        None => {
+            let known: Vec<String> = views
+                .iter()
+                .map(|view| Escaped::new(view.host.as_str()).to_string())
+                .collect();
+            let what = if address.is_some() {
+                "no host has that address among its own"
+            } else {
+                "no such host"
+            };
+            bail!(
+                "--host {}: {what} in the files (they name {})",
+                Escaped::new(wanted),
+                known.join(", ")
+            )
+        }
+    }
+}
+
 /// `host`'s view of the fleet the files make up, as the inputs of its
-/// rules.
+/// rules; `host` by its name or one of its own addresses.
 pub fn host_inputs(paths: &[PathBuf], host: &str) -> anyhow::Result<Inputs> {
     let files = super::expand(paths)?;
     let views = load_views(&files)?;
+    let host = host_named(&views, host)?;
     let snapshot = host_view(&views, host)?;
     let sources = Sources {
         files: files
@@ -303,6 +335,13 @@ mod tests {
                 .all(|(ip, r)| ip.to_string() == "10.0.0.1" || r.processes.is_empty())
         );
         assert_eq!(db1.addresses, [Ipv4Addr::new(10, 0, 0, 2)]);
+        // --host takes one of the host's addresses for its name, in any
+        // notation, and says when no host has it.
+        for named in ["db1", "10.0.0.2", "::ffff:10.0.0.2"] {
+            assert_eq!(host_named(&views, named).unwrap(), "db1");
+        }
+        let nobody = host_named(&views, "10.9.9.9").unwrap_err().to_string();
+        assert!(nobody.contains("no host has that address"), "{nobody}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use self::{
     allow::{Access, Allowed, Exclusions, Ports, Protocol, RuleSelection, Service, accesses},
     diff::{DiffRequest, diff},
     filter::{Filter, OwnerPattern, Peer},
-    fleet::{View, host_inputs, host_view, load_views},
+    fleet::{View, host_inputs, host_named, host_view, load_views},
     merge::{MergeRequest, merge},
     stats::{StatsRequest, stats},
 };
