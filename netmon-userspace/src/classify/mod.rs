@@ -105,6 +105,20 @@ impl Class {
         }
     }
 
+    /// Whether no one host owns an address of this class: loopback,
+    /// 0.0.0.0/8 and `::`, multicast and broadcast addresses. Neither a
+    /// host's own address nor a peer a firewall chain could filter.
+    pub const fn names_no_host(self) -> bool {
+        matches!(
+            self,
+            Self::ThisNetwork
+                | Self::Unspecified
+                | Self::Loopback
+                | Self::Multicast
+                | Self::Broadcast
+        )
+    }
+
     /// The class of `addr`: that of the most specific [`SPECIAL`] block
     /// holding it, or public. An IPv4-mapped address is classed as such,
     /// not as the IPv4 address it maps: every peer is normalised to IPv4

@@ -128,14 +128,7 @@ impl Exclusions {
     /// and a host's own addresses no peer of its own; they are peers of its
     /// containers' namespaces, though, which reach the host over their veth.
     pub fn excludes(&self, peer: &Peer<'_>) -> bool {
-        matches!(
-            Class::of(peer.ip),
-            Class::Loopback
-                | Class::ThisNetwork
-                | Class::Unspecified
-                | Class::Multicast
-                | Class::Broadcast
-        ) || (peer.netns.is_none() && self.own.contains(&peer.ip))
+        Class::of(peer.ip).names_no_host() || (peer.netns.is_none() && self.own.contains(&peer.ip))
     }
 }
 

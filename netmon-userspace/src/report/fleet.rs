@@ -75,15 +75,7 @@ const MAX_TURNED_ADDRESSES: usize = 64;
 pub fn can_be_own(addr: IpAddr) -> bool {
     let class = Class::of(addr);
     let link_local = addr.is_ipv6() && class == Class::LinkLocal;
-    let no_hosts = matches!(
-        class,
-        Class::ThisNetwork
-            | Class::Unspecified
-            | Class::Loopback
-            | Class::Multicast
-            | Class::Broadcast
-    );
-    !link_local && !no_hosts
+    !link_local && !class.names_no_host()
 }
 
 /// Keeps to each file the own addresses it can have: unicast ones (no
