@@ -56,7 +56,7 @@ fn expected_auto_mode() -> &'static str {
     if Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         "kprobe"
     } else {
-        "raw-tracepoint"
+        "btf-tracepoint"
     }
 }
 
@@ -113,6 +113,13 @@ fn raw_tracepoint_mode_captures_every_peer() {
     assert!(log.contains("mode: raw-tracepoint"), "{log}");
 }
 
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn btf_tracepoint_mode_captures_every_peer() {
+    let log = capture_all_peers("btf-tracepoint", Block::BtfTracepointMode);
+    assert!(log.contains("mode: btf-tracepoint"), "{log}");
+}
+
 /// `netmon run --mode MODE` with the kernel's BTF hidden, as the kernel
 /// matrix's no-BTF case hides it.
 fn start_without_btf(output: &Path, mode: &str) -> harness::Netmon {
@@ -123,7 +130,7 @@ fn start_without_btf(output: &Path, mode: &str) -> harness::Netmon {
 
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
-fn without_btf_auto_skips_the_raw_tracepoint_and_says_why() {
+fn without_btf_auto_skips_the_btf_and_raw_tracepoints_and_says_why() {
     if kernel_has_kprobes() {
         return; // auto stops at kprobe, which takes default offsets
     }
@@ -135,8 +142,9 @@ fn without_btf_auto_skips_the_raw_tracepoint_and_says_why() {
     assert!(status.success(), "netmon exited with {status}:\n{log}");
     assert_eq!(chosen_mode(&log), Some("tracepoint"), "{log}");
     assert!(
-        log.contains("skipped raw-tracepoint: no struct sock offsets from BTF"),
-        "auto should say why the raw tracepoint was skipped:\n{log}"
+        log.contains("skipped btf-tracepoint: no struct sock offsets from BTF")
+            && log.contains("skipped raw-tracepoint: no struct sock offsets from BTF"),
+        "auto should say why the BTF and raw tracepoints were skipped:\n{log}"
     );
     check_workload(&read_peers(&path), &work, Sees::mode("tracepoint")).assert_complete();
 
@@ -401,6 +409,7 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
         "inet_csk_accept (kretprobe",
         "inet_sock_set_state (tracepoint",
         "inet_sock_set_state_raw (raw tracepoint",
+        "inet_sock_set_state_btf (BTF tracepoint",
         "udp_bind4 (cgroup sock_addr bind4",
         "udp_bind6 (cgroup sock_addr bind6",
         "udp_connect4 (cgroup sock_addr connect4",
@@ -415,7 +424,7 @@ fn probe_verifies_every_program_even_where_it_cannot_attach() {
             "{stdout}"
         );
     }
-    assert_eq!(stdout.matches(": verified").count(), 12, "{stdout}");
+    assert_eq!(stdout.matches(": verified").count(), 13, "{stdout}");
     assert!(
         stdout.contains("udp: available in every eBPF mode (cgroup programs on /sys/fs/cgroup"),
         "{stdout}"

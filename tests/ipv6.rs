@@ -123,6 +123,12 @@ fn raw_tracepoint_mode_records_ipv6_peers() {
 
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
+fn btf_tracepoint_mode_records_ipv6_peers() {
+    records_ipv6_peers("ipv6-btf-tp", "btf-tracepoint", Block::Ipv6BtfTracepoint);
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn kprobe_mode_records_ipv6_peers() {
     if !kernel_has_kprobes() {
         eprintln!("skipped: kernel has no kprobe support (CONFIG_KPROBES)");

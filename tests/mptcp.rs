@@ -61,6 +61,12 @@ fn raw_tracepoint_mode_counts_mptcp_connections_as_tcp() {
 
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
+fn btf_tracepoint_mode_counts_mptcp_connections_as_tcp() {
+    counts_match_tcp("mptcp-btf-tp", "btf-tracepoint", Block::MptcpBtfTracepoint);
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn kprobe_mode_counts_mptcp_connections_as_tcp() {
     if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         eprintln!("skipped: kernel has no kprobe support (CONFIG_KPROBES)");

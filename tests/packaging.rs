@@ -71,7 +71,14 @@ fn bash_completions_source_and_complete_commands_and_values() {
     assert_eq!(bash_complete(&["netmon", "r"]), ["run", "rules"]);
     assert_eq!(
         bash_complete(&["netmon", "run", "--mode", ""]),
-        ["auto", "kprobe", "raw-tracepoint", "tracepoint", "proc"]
+        [
+            "auto",
+            "kprobe",
+            "btf-tracepoint",
+            "raw-tracepoint",
+            "tracepoint",
+            "proc"
+        ]
     );
 }
 
@@ -159,7 +166,7 @@ fn systemd_units_capabilities_are_enough_to_attach() {
     assert!(status.success(), "{log}");
     let mode = chosen_mode(&log).unwrap_or("-");
     assert!(
-        ["kprobe", "raw-tracepoint", "tracepoint"].contains(&mode),
+        ["kprobe", "btf-tracepoint", "raw-tracepoint", "tracepoint"].contains(&mode),
         "with {set} netmon should attach eBPF programs, not fall back to {mode}:\n{log}"
     );
     assert!(log.contains("dropped all capabilities"), "{log}");

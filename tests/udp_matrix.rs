@@ -68,6 +68,12 @@ fn raw_tracepoint_mode_counts_every_udp_exchange() {
 
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
+fn btf_tracepoint_mode_counts_every_udp_exchange() {
+    counts_every_exchange("udp-btf-tp", "btf-tracepoint", Block::UdpBtfTracepoint);
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
 fn kprobe_mode_counts_every_udp_exchange() {
     if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         eprintln!("skipped: kernel has no kprobe support (CONFIG_KPROBES)");

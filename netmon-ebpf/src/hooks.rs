@@ -3,7 +3,10 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::bpf_get_current_pid_tgid,
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use netmon_common::{
     AF_INET, AF_INET6, Addr, DIRECTION_INBOUND, DIRECTION_OUTBOUND, IPPROTO_TCP, PROTOCOL_TCP,
@@ -11,7 +14,12 @@ use netmon_common::{
     config::PROTOCOL_UNKNOWN, tcp_state,
 };
 
-use crate::{count::send, maps::config, origin, sock};
+use crate::{
+    count::send,
+    maps::config,
+    origin,
+    sock::{self, Memory, Probed, Typed},
+};
 
 /// kprobe `tcp_connect(struct sock *sk)`.
 pub fn tcp_connect(ctx: &ProbeContext) -> Result<u32, i32> {
@@ -88,7 +96,7 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
         source: SOURCE_TRACEPOINT,
         protocol: PROTOCOL_TCP,
         cgroup: origin::cgroup_of(sk, pid),
-        netns: origin::sock_netns(sk),
+        netns: origin::sock_netns::<Probed>(sk),
         ..PeerEvent::default()
     };
     send(ctx, event);
@@ -97,14 +105,29 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
 
 /// The same tracepoint attached raw, read from its arguments.
 pub fn inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
-    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate):
-    // the states are plain context loads, so the six transitions that do
-    // not matter cost no helper call at all.
-    let new: i32 = ctx.arg(2);
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    set_state::<Probed, _>(ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2))
+}
+
+/// The same tracepoint as a BTF tracepoint: the same arguments, and a
+/// `struct sock *` the verifier knows the type of, read with plain loads.
+pub fn inet_sock_set_state_btf(ctx: &BtfTracePointContext) -> Result<u32, i32> {
+    set_state::<Typed, _>(ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2))
+}
+
+/// A transition of `sk` from `old` to `new`, from the tracepoint's
+/// arguments: the states are plain context loads, so the six transitions
+/// that do not matter cost no read of the socket at all.
+#[inline(always)]
+fn set_state<M: Memory, C: EbpfContext>(
+    ctx: &C,
+    sk: *const u8,
+    old: i32,
+    new: i32,
+) -> Result<u32, i32> {
     if new != tcp_state::SYN_SENT && new != tcp_state::ESTABLISHED {
         return Ok(0);
     }
-    let old: i32 = ctx.arg(1);
     let (direction, pid) = match (old, new) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) if config(|c| &c.tracepoint_outbound) != 0 => {
             (DIRECTION_OUTBOUND, current_pid())
@@ -113,15 +136,20 @@ pub fn inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Result<u32, i32> {
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (DIRECTION_INBOUND, 0),
         _ => return Ok(0),
     };
-    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return Ok(0);
+    }
     // An MPTCP socket goes CLOSE -> SYN_SENT itself, before it has a peer,
     // beside its TCP subflow that makes the connection (DCCP, before 6.16,
     // used the same state numbers): only TCP's sockets are connections.
     let protocol_at = config(|c| &c.sock.protocol);
-    if protocol_at != PROTOCOL_UNKNOWN && sock::read_sock::<u16>(sk, protocol_at)? != IPPROTO_TCP {
+    if protocol_at != PROTOCOL_UNKNOWN && M::read::<u16>(sk, protocol_at)? != IPPROTO_TCP {
         return Ok(0);
     }
-    send_sock_peer(ctx, sk, direction, SOURCE_TRACEPOINT, pid)
+    if let Some(event) = sock::peer_event::<M>(sk, direction, SOURCE_TRACEPOINT, pid)? {
+        send(ctx, event);
+    }
+    Ok(0)
 }
 
 /// Reads the peer of `sk` and sends it, stamped with `pid` (0: none).
@@ -135,7 +163,7 @@ fn send_sock_peer<C: EbpfContext>(
     if sk.is_null() {
         return Ok(0);
     }
-    if let Some(event) = sock::peer_event(sk, direction, source, pid)? {
+    if let Some(event) = sock::peer_event::<Probed>(sk, direction, source, pid)? {
         send(ctx, event);
     }
     Ok(0)

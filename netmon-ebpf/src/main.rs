@@ -12,6 +12,9 @@
 //! - the same tracepoint attached raw: the same two transitions from the
 //!   tracepoint's arguments, without the perf record the kernel fills in
 //!   for every transition before a plain tracepoint program runs;
+//! - the same tracepoint as a BTF tracepoint (Linux 5.5+): the same
+//!   arguments, with a `struct sock *` whose type the verifier knows, so
+//!   the socket is read with plain loads instead of helper calls;
 //! - cgroup `bind4`, `connect4`, `sendmsg4` and `recvmsg4` (and their `6`
 //!   twins, for IPv6 sockets) on the root cgroup v2: UDP peers, beside
 //!   whichever TCP programs run ([`udp`]).
@@ -41,9 +44,10 @@ use udp::Family;
 
 use aya_ebpf::{
     EbpfContext,
-    macros::{cgroup_sock_addr, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, cgroup_sock_addr, kprobe, kretprobe, raw_tracepoint, tracepoint},
     programs::{
-        ProbeContext, RawTracePointContext, RetProbeContext, SockAddrContext, TracePointContext,
+        BtfTracePointContext, ProbeContext, RawTracePointContext, RetProbeContext, SockAddrContext,
+        TracePointContext,
     },
 };
 
@@ -65,6 +69,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
     hooks::inet_sock_set_state_raw(&ctx).unwrap_or_else(|err| read_failed(&ctx, err))
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    hooks::inet_sock_set_state_btf(&ctx).unwrap_or_else(|err| read_failed(&ctx, err))
 }
 
 /// The cgroup programs must allow every call they see (1): they watch,

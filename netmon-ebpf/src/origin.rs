@@ -4,16 +4,17 @@
 //!
 //! Each read is best effort: an offset the kernel's BTF did not give, or a
 //! read that fails, leaves the answer 0 (unknown), never the event unsent.
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
-    generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+use aya_ebpf::helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task};
+
+use crate::{
+    maps::config,
+    sock::{Memory, Probed},
 };
 
-use crate::maps::config;
-
-/// The inode number of the network namespace `sk` belongs to.
+/// The inode number of the network namespace `sk` belongs to, read as
+/// `M` reads (`sk_net` is a typed pointer on every kernel).
 #[inline(always)]
-pub fn sock_netns(sk: *const u8) -> u32 {
+pub fn sock_netns<M: Memory>(sk: *const u8) -> u32 {
     let (net_at, inum_at) = (
         config(|c| &c.context.sk_net),
         config(|c| &c.context.net_inum),
@@ -21,12 +22,19 @@ pub fn sock_netns(sk: *const u8) -> u32 {
     if net_at == 0 || inum_at == 0 {
         return 0;
     }
-    let net: u64 = read(sk, net_at).unwrap_or(0);
-    read(net as *const u8, inum_at).unwrap_or(0)
+    if sk.is_null() {
+        return 0;
+    }
+    let net: u64 = M::read(sk, net_at).unwrap_or(0);
+    if net == 0 {
+        return 0;
+    }
+    M::read(net as *const u8, inum_at).unwrap_or(0)
 }
 
 /// The ID of the cgroup `sk` was created in: for connections completed in
-/// softirq, where the current task is whoever was interrupted.
+/// softirq, where the current task is whoever was interrupted. Always
+/// probed: before 5.15 the word is a tagged union, not a typed pointer.
 #[inline(always)]
 pub fn sock_cgroup(sk: *const u8) -> u64 {
     let (data_at, kn_at, id_at) = (
@@ -86,10 +94,9 @@ pub fn task_cgroup() -> u64 {
 
 /// The `T` at `offset` in the kernel object at `base`; a null base fails.
 #[inline(always)]
-fn read<T>(base: *const u8, offset: u32) -> Result<T, i32> {
+fn read<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32> {
     if base.is_null() {
         return Err(0);
     }
-    // SAFETY: bpf_probe_read_kernel copes with any address.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast()) }
+    Probed::read(base, offset)
 }

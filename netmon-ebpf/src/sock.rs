@@ -1,9 +1,79 @@
 //! Reading a connection's peer out of `struct sock`, at the offsets of
-//! [`Config::sock`](netmon_common::Config::sock).
+//! [`Config::sock`](netmon_common::Config::sock), by either of the two
+//! ways a program may read kernel memory ([`Memory`]).
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use netmon_common::{AF_INET, AF_INET6, Addr, PROTOCOL_TCP, PeerEvent};
 
 use crate::{maps::config, origin};
+
+/// How a program reads kernel memory.
+pub trait Memory {
+    /// The `T` at `offset` in the kernel object at `base` (non-null).
+    fn read<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32>;
+    /// The family, IPv4 peer, peer port (network order) and local port
+    /// of `sk`.
+    fn head(sk: *const u8) -> Result<Head, i32>;
+}
+
+/// What every peer needs from the start of `struct sock_common`.
+pub struct Head {
+    pub family: u16,
+    pub daddr: u32,
+    pub dport: u16,
+    pub num: u16,
+}
+
+/// `bpf_probe_read_kernel`: any hook, any pointer, one helper call a read.
+pub struct Probed;
+
+impl Memory for Probed {
+    #[inline(always)]
+    fn read<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32> {
+        // SAFETY: bpf_probe_read_kernel copes with any address; a bad one
+        // only makes it fail.
+        unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast()) }
+    }
+
+    #[inline(always)]
+    fn head(sk: *const u8) -> Result<Head, i32> {
+        let head = SockHead::read(sk)?;
+        Ok(Head {
+            family: head.field(sk, config(|c| &c.sock.family))?,
+            daddr: head.field(sk, config(|c| &c.sock.daddr))?,
+            dport: head.field(sk, config(|c| &c.sock.dport))?,
+            num: head.field(sk, config(|c| &c.sock.num))?,
+        })
+    }
+}
+
+/// Plain loads from a pointer the kernel's BTF types (a BTF tracepoint's
+/// `struct sock *` and the pointers read from it): the verifier checks
+/// each against the kernel's types and the JIT makes it a load that
+/// faults safely, a few instructions where a helper call is tens of ns.
+/// The offsets are load-time constants (`.rodata`, frozen), as the
+/// verifier needs them to be.
+pub struct Typed;
+
+impl Memory for Typed {
+    #[inline(always)]
+    fn read<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32> {
+        // SAFETY: a BTF-typed kernel pointer: the verifier accepts the load
+        // only where the kernel's types put a field of this size, and a
+        // load that faults reads zeros instead.
+        Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast()) })
+    }
+
+    #[inline(always)]
+    fn head(sk: *const u8) -> Result<Head, i32> {
+        // One load a field: each must match a field of the kernel's types.
+        Ok(Head {
+            family: Self::read(sk, config(|c| &c.sock.family))?,
+            daddr: Self::read(sk, config(|c| &c.sock.daddr))?,
+            dport: Self::read(sk, config(|c| &c.sock.dport))?,
+            num: Self::read(sk, config(|c| &c.sock.num))?,
+        })
+    }
+}
 
 /// The peer of TCP socket `sk` (non-null) as an event stamped with `pid`
 /// (0: none, the hook runs in softirq), its network namespace and cgroup;
@@ -12,31 +82,29 @@ use crate::{maps::config, origin};
 /// An IPv4 socket's peer is 4 bytes within the head, mapped with constant
 /// stores, so IPv6 adds no read to the IPv4 path.
 #[inline(always)]
-pub fn peer_event(
+pub fn peer_event<M: Memory>(
     sk: *const u8,
     direction: u8,
     source: u8,
     pid: u32,
 ) -> Result<Option<PeerEvent>, i32> {
-    let head = SockHead::read(sk)?;
-    let family: u16 = head.field(sk, config(|c| &c.sock.family))?;
-    let addr = match family {
-        AF_INET => Addr::v4_mapped(head.field(sk, config(|c| &c.sock.daddr))?),
+    let head = M::head(sk)?;
+    let addr = match head.family {
+        AF_INET => Addr::v4_mapped(head.daddr),
         // An IPv4 peer of a dual-stack socket is mapped here already.
-        AF_INET6 => Addr(read_sock(sk, config(|c| &c.sock.v6_daddr))?),
+        AF_INET6 => Addr(M::read(sk, config(|c| &c.sock.v6_daddr))?),
         _ => return Ok(None),
     };
-    let dport: u16 = head.field(sk, config(|c| &c.sock.dport))?;
     Ok(Some(PeerEvent {
         addr,
-        remote_port: u16::from_be(dport),
-        local_port: head.field(sk, config(|c| &c.sock.num))?,
+        remote_port: u16::from_be(head.dport),
+        local_port: head.num,
         direction,
         source,
         pid,
         protocol: PROTOCOL_TCP,
         cgroup: origin::cgroup_of(sk, pid),
-        netns: origin::sock_netns(sk),
+        netns: origin::sock_netns::<M>(sk),
         ..PeerEvent::default()
     }))
 }
@@ -51,7 +119,7 @@ const SOCK_HEAD_LEN: usize = 24;
 
 impl SockHead {
     fn read(sk: *const u8) -> Result<Self, i32> {
-        read_sock(sk, config(|c| &c.sock.daddr)).map(Self)
+        Probed::read(sk, config(|c| &c.sock.daddr)).map(Self)
     }
 
     /// The field at `offset`, from the head if it lies there (the
@@ -63,14 +131,7 @@ impl SockHead {
             // SAFETY: `bytes` holds size_of::<T>() bytes from `at`; T is
             // a plain integer.
             Some(bytes) => Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }),
-            None => read_sock(sk, offset),
+            None => Probed::read(sk, offset),
         }
     }
-}
-
-/// The `T` at `offset` in `sk`.
-pub fn read_sock<T>(sk: *const u8, offset: u32) -> Result<T, i32> {
-    // SAFETY: bpf_probe_read_kernel copes with any address; a bad one only
-    // makes it fail.
-    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset as usize).cast()) }
 }

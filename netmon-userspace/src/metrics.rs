@@ -136,7 +136,7 @@ impl Metrics {
         );
         registry.register(
             "attach_mode",
-            "How netmon watches connections (kprobe, raw-tracepoint, tracepoint or proc)",
+            "How netmon watches connections (kprobe, btf-tracepoint, raw-tracepoint, tracepoint or proc)",
             Info::new([("mode", mode.as_str())]),
         );
         let peers_family = Family::<PeerLabels, Gauge>::default();

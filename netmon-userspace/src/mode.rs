@@ -10,6 +10,8 @@ use std::fmt;
 pub enum AttachMode {
     /// kprobe on tcp_connect, kretprobe on inet_csk_accept.
     Kprobe,
+    /// The sock/inet_sock_set_state tracepoint as a BTF tracepoint.
+    BtfTracepoint,
     /// The sock/inet_sock_set_state tracepoint, attached raw.
     RawTracepoint,
     /// The sock/inet_sock_set_state tracepoint.
@@ -22,6 +24,7 @@ impl AttachMode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Kprobe => "kprobe",
+            Self::BtfTracepoint => "btf-tracepoint",
             Self::RawTracepoint => "raw-tracepoint",
             Self::Tracepoint => "tracepoint",
             Self::Proc => "proc",
@@ -39,10 +42,11 @@ impl fmt::Display for AttachMode {
 /// What `--mode` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeRequest {
-    /// The best mode this host allows: kprobe, then raw-tracepoint, then
-    /// tracepoint, then proc.
+    /// The best mode this host allows: kprobe, then btf-tracepoint, then
+    /// raw-tracepoint, then tracepoint, then proc.
     Auto,
     Kprobe,
+    BtfTracepoint,
     RawTracepoint,
     Tracepoint,
     Proc,
@@ -54,6 +58,7 @@ impl ModeRequest {
             (self, mode),
             (Self::Auto, _)
                 | (Self::Kprobe, AttachMode::Kprobe)
+                | (Self::BtfTracepoint, AttachMode::BtfTracepoint)
                 | (Self::RawTracepoint, AttachMode::RawTracepoint)
                 | (Self::Tracepoint, AttachMode::Tracepoint)
                 | (Self::Proc, AttachMode::Proc)

@@ -88,9 +88,10 @@ value_enum!(RuleFormat {
 });
 
 value_enum!(ModeRequest {
-    Auto => "auto": "The best mode this host allows: kprobe, then raw-tracepoint, then \
-        tracepoint, then proc",
+    Auto => "auto": "The best mode this host allows: kprobe, then btf-tracepoint, then \
+        raw-tracepoint, then tracepoint, then proc",
     Kprobe => "kprobe",
+    BtfTracepoint => "btf-tracepoint",
     RawTracepoint => "raw-tracepoint",
     Tracepoint => "tracepoint",
     Proc => "proc",

@@ -66,13 +66,21 @@ impl<'a> Env<'a> {
     }
 }
 
-pub const LADDER: [Rung; 4] = [
+pub const LADDER: [Rung; 5] = [
     Rung {
         mode: AttachMode::Kprobe,
         needs: "kprobes and permission to load eBPF",
         probe: probe_kprobe,
         attach: |env| {
             EbpfCollector::attach_kprobes(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
+        },
+    },
+    Rung {
+        mode: AttachMode::BtfTracepoint,
+        needs: "BTF tracepoints (Linux 5.5+), the kernel's BTF and permission to load eBPF",
+        probe: probe_btf_tracepoint,
+        attach: |env| {
+            EbpfCollector::attach_btf_tracepoint(env.kernel()).map(|c| Attached::Ebpf(Box::new(c)))
         },
     },
     Rung {
@@ -131,6 +139,17 @@ fn probe_raw_tracepoint(env: &Env) -> anyhow::Result<()> {
         OffsetsOrigin::Btf => Ok(()),
         OffsetsOrigin::Default(why) => bail!("no struct sock offsets from BTF: {why}"),
     }
+}
+
+/// The BTF tracepoint needs what the raw one does, and the verifier
+/// checks its reads against the kernel's BTF, so a kernel it does not
+/// suit refuses to load it and auto goes on to the raw tracepoint.
+fn probe_btf_tracepoint(env: &Env) -> anyhow::Result<()> {
+    probe_raw_tracepoint(env)?;
+    if !Path::new(ebpf::btf::VMLINUX_BTF).exists() {
+        bail!("no kernel BTF at {}", ebpf::btf::VMLINUX_BTF);
+    }
+    Ok(())
 }
 
 fn probe_tracepoint(env: &Env) -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
 };
 use netmon_common::{
     Config, PeerEvent,
@@ -190,6 +190,12 @@ pub fn load_program(ebpf: &mut Ebpf, program: Program) -> anyhow::Result<()> {
         ProgramKind::RawTracepoint => <&mut RawTracePoint>::try_from(loaded)
             .map_err(anyhow::Error::new)?
             .load(),
+        ProgramKind::BtfTracepoint => {
+            let btf = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+            <&mut BtfTracePoint>::try_from(loaded)
+                .map_err(anyhow::Error::new)?
+                .load(tracefs::TRACEPOINT, &btf)
+        }
         ProgramKind::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(loaded)
             .map_err(anyhow::Error::new)?
             .load(),
@@ -238,6 +244,14 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     loaded::<RawTracePoint>(ebpf, Program::RawTracepointState)?
         .attach(name)
         .map_err(|err| attach_failed(err, format!("raw tracepoint {name}")))?;
+    Ok(())
+}
+
+fn attach_btf_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let name = tracefs::TRACEPOINT;
+    loaded::<BtfTracePoint>(ebpf, Program::BtfTracepointState)?
+        .attach()
+        .map_err(|err| attach_failed(err, format!("BTF tracepoint {name}")))?;
     Ok(())
 }
 
@@ -330,6 +344,21 @@ impl EbpfCollector {
             ebpf,
             env.transport,
             AttachMode::RawTracepoint,
+            false,
+            udp_missing,
+        )
+    }
+
+    /// btf-tracepoint mode: the same again, the socket read with plain
+    /// loads the verifier types from the kernel's BTF.
+    pub fn attach_btf_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
+        let mut ebpf = load_object(env, true)?;
+        let udp_missing = Self::attach_udp(&mut ebpf);
+        attach_btf_tracepoint(&mut ebpf)?;
+        Self::new(
+            ebpf,
+            env.transport,
+            AttachMode::BtfTracepoint,
             false,
             udp_missing,
         )

@@ -15,6 +15,8 @@ pub enum Program {
     TracepointState,
     /// The same tracepoint attached raw.
     RawTracepointState,
+    /// The same tracepoint as a BTF tracepoint.
+    BtfTracepointState,
     /// cgroup `bind4` (and `bind6`): UDP sockets bound to a port of their
     /// own, services'.
     UdpBind,
@@ -32,11 +34,12 @@ pub enum Program {
 }
 
 impl Program {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::KprobeConnect,
         Self::KretprobeAccept,
         Self::TracepointState,
         Self::RawTracepointState,
+        Self::BtfTracepointState,
         Self::UdpBind,
         Self::UdpBind6,
         Self::UdpConnect,
@@ -54,6 +57,7 @@ impl Program {
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "inet_sock_set_state",
             Self::RawTracepointState => "inet_sock_set_state_raw",
+            Self::BtfTracepointState => "inet_sock_set_state_btf",
             Self::UdpBind => "udp_bind4",
             Self::UdpBind6 => "udp_bind6",
             Self::UdpConnect => "udp_connect4",
@@ -71,6 +75,7 @@ impl Program {
             Self::KretprobeAccept => ProgramKind::Kretprobe,
             Self::TracepointState => ProgramKind::Tracepoint,
             Self::RawTracepointState => ProgramKind::RawTracepoint,
+            Self::BtfTracepointState => ProgramKind::BtfTracepoint,
             Self::UdpBind
             | Self::UdpBind6
             | Self::UdpConnect
@@ -88,7 +93,7 @@ impl Program {
             Self::KprobeConnect => "tcp_connect",
             Self::KretprobeAccept => "inet_csk_accept",
             Self::TracepointState => "sock/inet_sock_set_state",
-            Self::RawTracepointState => tracefs::TRACEPOINT,
+            Self::RawTracepointState | Self::BtfTracepointState => tracefs::TRACEPOINT,
             Self::UdpBind => "bind4",
             Self::UdpBind6 => "bind6",
             Self::UdpConnect => "connect4",
@@ -107,6 +112,7 @@ pub enum ProgramKind {
     Kretprobe,
     Tracepoint,
     RawTracepoint,
+    BtfTracepoint,
     CgroupSockAddr,
 }
 
@@ -117,6 +123,7 @@ impl fmt::Display for ProgramKind {
             Self::Kretprobe => "kretprobe",
             Self::Tracepoint => "tracepoint",
             Self::RawTracepoint => "raw tracepoint",
+            Self::BtfTracepoint => "BTF tracepoint",
             Self::CgroupSockAddr => "cgroup sock_addr",
         })
     }

@@ -142,6 +142,7 @@ impl Case {
 pub const VM_CASES: &[Case] = &[
     Case::plain("auto", "auto", "kprobe"),
     Case::plain("kprobe", "kprobe", "kprobe"),
+    Case::plain("btf-tracepoint", "btf-tracepoint", "btf-tracepoint"),
     Case::plain("raw-tracepoint", "raw-tracepoint", "raw-tracepoint"),
     Case::plain("tracepoint", "tracepoint", "tracepoint"),
     // Which socket tables: netlink, or the text where the guest cannot
@@ -152,6 +153,7 @@ pub const VM_CASES: &[Case] = &[
         Setting::NoEbpfCaps,
         &[
             "skipped kprobe: ",
+            "skipped btf-tracepoint: ",
             "skipped raw-tracepoint: ",
             "skipped tracepoint: ",
             "permission denied",
@@ -163,14 +165,17 @@ pub const VM_CASES: &[Case] = &[
     Case::plain("kprobe-perf", "kprobe", "kprobe").with_extra(&["--transport", "perf"]),
     // MPTCP sockets pass through the tracepoint beside their TCP subflows.
     Case::mptcp("mptcp-kprobe", "kprobe"),
+    Case::mptcp("mptcp-btf-tp", "btf-tracepoint"),
     Case::mptcp("mptcp-raw-tp", "raw-tracepoint"),
     Case::mptcp("mptcp-tp", "tracepoint"),
     // UDP through the cgroup programs, beside each mode's TCP hooks.
     Case::udp("udp-kprobe", "kprobe"),
+    Case::udp("udp-btf-tp", "btf-tracepoint"),
     Case::udp("udp-raw-tp", "raw-tracepoint"),
     Case::udp("udp-tp", "tracepoint"),
     // IPv6 peers between unique-local addresses, and IPv4-mapped ones.
     Case::ipv6("ipv6-kprobe", "kprobe"),
+    Case::ipv6("ipv6-btf-tp", "btf-tracepoint"),
     Case::ipv6("ipv6-raw-tp", "raw-tracepoint"),
     Case::ipv6("ipv6-tp", "tracepoint"),
     Case::ipv6("ipv6-proc", "proc"),

@@ -91,6 +91,12 @@ pub enum Block {
     Ipv6RawTracepoint,
     Ipv6Kprobe,
     Ipv6Proc,
+    // the BTF tracepoint's rows in tests/collector.rs, mptcp.rs,
+    // udp_matrix.rs and ipv6.rs
+    BtfTracepointMode,
+    MptcpBtfTracepoint,
+    UdpBtfTracepoint,
+    Ipv6BtfTracepoint,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,
