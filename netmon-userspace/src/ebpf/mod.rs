@@ -255,6 +255,23 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// kprobe mode's tracepoint, for inbound connections: the BTF one where
+/// the kernel's BTF gave the offsets (it reads the socket with loads, not
+/// helper calls, and skips the perf record), else the plain one, which
+/// works with default offsets too.
+fn attach_inbound_tracepoint(env: &KernelEnv, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    if env.offsets_origin == btf::OffsetsOrigin::Btf {
+        match attach_btf_tracepoint(ebpf) {
+            Ok(()) => return Ok(()),
+            Err(err) => log::debug!("kprobe mode: plain tracepoint for inbound ({err:#})"),
+        }
+    }
+    env.state_format
+        .as_ref()
+        .map_err(|err| anyhow!("{err:#}"))?;
+    attach_tracepoint(ebpf)
+}
+
 /// The attached programs and the maps userspace reads.
 ///
 /// Dropping it detaches everything.
@@ -284,10 +301,7 @@ impl EbpfCollector {
         let udp_missing = Self::attach_udp(&mut ebpf);
         attach_kprobe(&mut ebpf, Program::KprobeConnect)?;
         attach_kprobe(&mut ebpf, Program::KretprobeAccept)?;
-        let inbound_tracepoint = match env.state_format.as_ref().map_err(|e| anyhow!("{e:#}")) {
-            Ok(_) => attach_tracepoint(&mut ebpf),
-            Err(err) => Err(err),
-        };
+        let inbound_tracepoint = attach_inbound_tracepoint(env, &mut ebpf);
         if let Err(err) = &inbound_tracepoint {
             log::warn!(
                 "kprobe mode without the inbound tracepoint ({err:#}): connections accepted by threads \
