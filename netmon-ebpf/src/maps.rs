@@ -15,7 +15,7 @@ use netmon_common::{Addr, Config, DedupKey, DedupValue};
 /// Default size; userspace may resize it at load time.
 #[cfg(not(feature = "perf"))]
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// One perf buffer per CPU; userspace counts what they lose.
 #[cfg(feature = "perf")]

@@ -73,9 +73,10 @@ pub struct KernelEnv {
     pub ring_bytes: u32,
 }
 
-/// The ring buffer's size unless `--ring-buffer` says otherwise: 256 KiB
-/// held every event of the bench's fastest storms with room to spare.
-pub const RING_BYTES: u32 = 256 * 1024;
+/// The ring buffer's size unless `--ring-buffer` says otherwise: room for
+/// about 13 000 events, the tenth of a second a reader on two busy cores
+/// may fall behind a UDP storm of new peers (docs/performance.md).
+pub const RING_BYTES: u32 = 1024 * 1024;
 
 impl KernelEnv {
     /// Mounts tracefs if needed and reads the offsets the programs need;
