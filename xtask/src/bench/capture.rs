@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::{
     Bench, EBPF_MODE,
     bpf_stats::Runs,
-    storm::{Outcome, Pattern, Protocol},
+    outcome::Outcome,
+    storm::{Pattern, Protocol},
     table::{Table, percent, thousands},
     watch::{Watched, Watchers},
 };

@@ -15,7 +15,8 @@ use netmon_scenario::{
 use super::{
     Bench, EBPF_MODE, cost,
     netns::Netns,
-    storm::{Family, Outcome, Pattern, Protocol, Storm},
+    outcome::Outcome,
+    storm::{Family, Pattern, Protocol, Storm},
     table::{Table, percent, thousands},
 };
 

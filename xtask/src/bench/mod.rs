@@ -17,6 +17,7 @@ mod checkpoints;
 mod cost;
 mod ipv6;
 mod netns;
+mod outcome;
 mod poller;
 mod procfs;
 mod restart;
@@ -27,6 +28,7 @@ mod table;
 mod udp;
 mod udp_storm;
 mod watch;
+mod worker;
 
 use std::{
     fs,
@@ -37,7 +39,7 @@ use std::{
 use anyhow::{anyhow, bail};
 use netmon_scenario::harness::Netmon;
 
-pub use storm::{WorkerArgs, worker};
+pub use worker::{WorkerArgs, worker};
 
 use crate::{build, setup};
 use netns::Netns;

@@ -15,7 +15,8 @@ use super::{
     bpf_stats::Runs,
     capture::{NS_PER_RUN_TARGET, on_off_row},
     cost::Cost,
-    storm::{Outcome, Pattern, Protocol, REPEATED_PEERS},
+    outcome::Outcome,
+    storm::{Pattern, Protocol, REPEATED_PEERS},
     table::{Table, percent, thousands},
     watch::{Watched, Watchers},
 };

@@ -13,9 +13,10 @@ use super::{
     Bench,
     bpf_stats::{Runs, StatsEnabled},
     netns::Netns,
+    outcome::Outcome,
     poller::Poller,
     procfs,
-    storm::{Family, Outcome, Pattern, Protocol, Storm},
+    storm::{Family, Pattern, Protocol, Storm},
 };
 
 /// After the storm, before the watchers stop: long enough for netmon to
