@@ -14,6 +14,7 @@ mod baseline;
 mod bpf_stats;
 mod capture;
 mod checkpoints;
+mod compare;
 mod cost;
 mod ipv6;
 mod netns;

@@ -4,17 +4,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 
-#[cfg(test)]
-use super::storm::Family;
-use super::storm::{Pattern, REPEATED_PEERS, Ranges};
+use super::{
+    compare::{Block, Compared, Peer},
+    storm::{Pattern, Ranges},
+};
 
 /// A worker's result line.
 pub struct Made {
     pub(super) connections: u64,
-    pub(super) accepted: u64,
     pub(super) failed: u64,
     pub(super) secs: f64,
+    /// Peers (indexes of its addresses) it tried and never connected to,
+    /// ascending; a UDP worker's are none (its queries were all sent).
+    pub(super) unmade: Vec<u32>,
 }
+
 impl std::str::FromStr for Made {
     type Err = anyhow::Error;
 
@@ -26,9 +30,21 @@ impl std::str::FromStr for Made {
         };
         Ok(Self {
             connections: field("made")?.parse()?,
-            accepted: field("accepted")?.parse()?,
             failed: field("failed")?.parse()?,
             secs: field("secs")?.parse()?,
+            unmade: match field("unmade") {
+                Err(_) => Vec::new(),
+                Ok("-") => Vec::new(),
+                Ok(list) => {
+                    let mut unmade = list
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<Vec<u32>, _>>()
+                        .with_context(|| format!("worker said {line:?}: unmade= is not a list"))?;
+                    unmade.sort_unstable();
+                    unmade
+                }
+            },
         })
     }
 }
@@ -55,15 +71,17 @@ pub struct Outcome {
     pattern: Pattern,
     /// The longest worker's time.
     pub secs: f64,
+    block: Block,
     ranges: Vec<Ranges>,
     made: Vec<Made>,
 }
 
 impl Outcome {
-    pub fn new(pattern: Pattern, ranges: Vec<Ranges>, made: Vec<Made>) -> Self {
+    pub fn new(pattern: Pattern, block: Block, ranges: Vec<Ranges>, made: Vec<Made>) -> Self {
         Self {
             pattern,
             secs: made.iter().map(|m| m.secs).fold(0.0, f64::max),
+            block,
             ranges,
             made,
         }
@@ -92,19 +110,39 @@ impl Outcome {
             .sum()
     }
 
-    /// Distinct peers the storm made: destinations connected to plus
-    /// sources accepted from.
-    pub fn peers_made(&self) -> u64 {
-        self.made
+    /// `watched`'s peers against those the storm made: each worker's
+    /// destinations and sources it connected (TCP) or sent to (UDP).
+    pub fn compare(&self, watched: impl IntoIterator<Item = IpAddr>) -> Compared {
+        let made = self
+            .made
             .iter()
-            .map(|m| {
-                let dests = match self.pattern {
-                    Pattern::Distinct => m.connections,
-                    Pattern::Repeated => m.connections.min(u64::from(REPEATED_PEERS)),
+            .map(|m| 2 * self.used(m).saturating_sub(m.unmade.len() as u64))
+            .sum();
+        Compared::new(self.block, made, |addr| self.peer(addr), watched)
+    }
+
+    /// Addresses of its destinations, and of its sources, that a worker
+    /// used: one per attempt, or the few it cycled through.
+    fn used(&self, m: &Made) -> u64 {
+        (m.connections + m.failed).min(u64::from(self.pattern.peers()))
+    }
+
+    /// Whether `addr` is a peer the storm made.
+    fn peer(&self, addr: IpAddr) -> Peer {
+        for (ranges, m) in self.ranges.iter().zip(&self.made) {
+            for base in [ranges.dests, ranges.sources] {
+                let Some(i) = index(addr, base).filter(|&i| i < self.used(m)) else {
+                    continue;
                 };
-                dests + m.accepted
-            })
-            .sum()
+                let tried_only = u32::try_from(i).is_ok_and(|i| m.unmade.binary_search(&i).is_ok());
+                return if tried_only {
+                    Peer::Attempted
+                } else {
+                    Peer::Made
+                };
+            }
+        }
+        Peer::Not
     }
 
     /// Every peer a UDP storm made, with the exchanges it must be counted
@@ -139,101 +177,139 @@ impl Outcome {
         }
         peers
     }
+}
 
-    /// How many of `held` are peers of this storm: addresses in the part
-    /// of a worker's ranges it used.
-    pub fn held(&self, held: impl IntoIterator<Item = IpAddr>) -> u64 {
-        let used: Vec<(Ranges, u32)> = self
-            .ranges
-            .iter()
-            .zip(&self.made)
-            .map(|(ranges, m)| {
-                let attempts = m.connections + m.failed;
-                (
-                    *ranges,
-                    attempts.min(u64::from(self.pattern.peers())) as u32,
-                )
-            })
-            .collect();
-        let within = |addr: IpAddr, base: IpAddr, count: u32| {
-            let offset = match (addr, base) {
-                (IpAddr::V4(addr), IpAddr::V4(base)) => {
-                    u128::from(addr.to_bits().wrapping_sub(base.to_bits()))
-                }
-                (IpAddr::V6(addr), IpAddr::V6(base)) => addr.to_bits().wrapping_sub(base.to_bits()),
-                _ => return false,
-            };
-            (1..=u128::from(count)).contains(&offset)
-        };
-        held.into_iter()
-            .filter(|&addr| {
-                used.iter().any(|&(r, count)| {
-                    within(addr, r.dests, count) || within(addr, r.sources, count)
-                })
-            })
-            .count() as u64
-    }
+/// `i` such that `addr` is [`nth`]`(base, i)`, if there is one.
+fn index(addr: IpAddr, base: IpAddr) -> Option<u64> {
+    let offset = match (addr, base) {
+        (IpAddr::V4(addr), IpAddr::V4(base)) => {
+            u128::from(addr.to_bits().checked_sub(base.to_bits())?)
+        }
+        (IpAddr::V6(addr), IpAddr::V6(base)) => addr.to_bits().checked_sub(base.to_bits())?,
+        _ => return None,
+    };
+    u64::try_from(offset.checked_sub(1)?).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::storm::{Family, REPEATED_PEERS};
 
+    /// A storm of one worker in 127.100.0.0/12, with `made` its line.
     fn outcome(pattern: Pattern, made: &str) -> Outcome {
-        Outcome {
-            pattern,
-            secs: 2.0,
-            ranges: vec![Ranges {
-                dests: Ipv4Addr::new(127, 100, 0, 0).into(),
-                sources: Ipv4Addr::new(127, 104, 0, 0).into(),
-                udp_port: None,
-            }],
-            made: vec![made.parse().unwrap()],
+        let block = Block::new(
+            Ipv4Addr::new(127, 100, 0, 0).into(),
+            Ipv4Addr::new(127, 115, 255, 255).into(),
+        );
+        let ranges = vec![Ranges {
+            dests: Ipv4Addr::new(127, 100, 0, 0).into(),
+            sources: Ipv4Addr::new(127, 108, 0, 0).into(),
+            udp_port: None,
+        }];
+        Outcome::new(pattern, block, ranges, vec![made.parse().unwrap()])
+    }
+
+    fn compared(held: u64, made: u64, invented: u64) -> Compared {
+        Compared {
+            made,
+            held,
+            invented,
         }
     }
 
     #[test]
-    fn distinct_storm_counts_each_address_it_used() {
+    fn distinct_storm_compares_sets() {
         let storm = outcome(Pattern::Distinct, "made=3 accepted=3 failed=0 secs=2.000");
-        assert_eq!(storm.peers_made(), 6);
         assert_eq!(storm.rate(), 1.5);
-        let held = [
+        let watched = [
             Ipv4Addr::new(127, 100, 0, 1),
             Ipv4Addr::new(127, 100, 0, 3),
-            Ipv4Addr::new(127, 104, 0, 2),
-            // Not this storm's: past what it used, or elsewhere.
-            Ipv4Addr::new(127, 100, 0, 4),
-            Ipv4Addr::new(127, 100, 0, 0),
+            Ipv4Addr::new(127, 108, 0, 2),
+            Ipv4Addr::new(127, 108, 0, 2),
+            // Not this storm's: outside its block.
             Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(127, 116, 0, 1),
         ];
-        assert_eq!(storm.held(held.map(IpAddr::V4)), 3);
+        let seen = storm.compare(watched.map(IpAddr::V4));
+        assert_eq!(seen, compared(3, 6, 0));
+        assert_eq!(seen.missed(), 3);
+        assert!(!seen.exact());
+    }
+
+    /// Held used to count the watcher's addresses within the range the
+    /// storm used: a peer missed and one invented there made 100%.
+    #[test]
+    fn a_miss_and_an_invention_do_not_cancel() {
+        let storm = outcome(
+            Pattern::Distinct,
+            "made=2 accepted=2 failed=1 secs=2 unmade=1",
+        );
+        let watched = [
+            // Made: dests 1 and 3, sources 1 and 3 (2 failed).
+            Ipv4Addr::new(127, 100, 0, 1),
+            Ipv4Addr::new(127, 108, 0, 1),
+            Ipv4Addr::new(127, 108, 0, 3),
+            // Tried only: neither missing nor invented.
+            Ipv4Addr::new(127, 100, 0, 2),
+            // Invented: in the block, past what the storm used.
+            Ipv4Addr::new(127, 100, 0, 4),
+            Ipv4Addr::new(127, 112, 0, 9),
+        ];
+        let seen = storm.compare(watched.map(IpAddr::V4));
+        assert_eq!(seen, compared(3, 4, 2));
+        assert_eq!(seen.to_string(), "3 / 4 = 75.00%, 1 missed, 2 invented");
+        let all = storm.compare(
+            watched[..3]
+                .iter()
+                .copied()
+                .chain([Ipv4Addr::new(127, 100, 0, 3)])
+                .map(IpAddr::V4),
+        );
+        assert!(all.exact());
     }
 
     #[test]
-    fn ipv6_storm_counts_each_address_it_used() {
-        let mut storm = outcome(Pattern::Distinct, "made=2 accepted=2 failed=0 secs=2.000");
+    fn ipv6_storm_compares_sets() {
         let base = Family::v6_prefix(3);
+        let mut storm = outcome(Pattern::Distinct, "made=2 accepted=2 failed=0 secs=2.000");
+        storm.block = Block::new(
+            base.into(),
+            Ipv6Addr::from(base.to_bits() | u128::from(u64::MAX)).into(),
+        );
         storm.ranges[0].dests = base.into();
         storm.ranges[0].sources = Ipv6Addr::from(base.to_bits() | 4 << 32).into();
-        let held: [IpAddr; 4] = [
+        let watched: [IpAddr; 4] = [
             "fdbe:4e4d:0:3::1".parse().unwrap(),
             "fdbe:4e4d:0:3:0:4:0:2".parse().unwrap(),
-            // Past what it used, and an IPv4 address of the same offset.
+            // Past what it used; an IPv4 address of the same offset.
             "fdbe:4e4d:0:3::3".parse().unwrap(),
             Ipv4Addr::new(0, 0, 0, 1).into(),
         ];
-        assert_eq!(storm.held(held), 2);
+        assert_eq!(storm.compare(watched), compared(2, 4, 1));
         assert_eq!(nth(base.into(), 1).to_string(), "fdbe:4e4d:0:3::2");
     }
 
     #[test]
     fn repeated_storm_made_only_a_few_peers() {
         let storm = outcome(Pattern::Repeated, "made=1000 accepted=4 failed=0 secs=2");
-        assert_eq!(storm.peers_made(), 2 * u64::from(REPEATED_PEERS));
+        let peers = u64::from(REPEATED_PEERS);
+        let watched = (0..peers).flat_map(|i| {
+            [
+                nth(Ipv4Addr::new(127, 100, 0, 0).into(), i),
+                nth(Ipv4Addr::new(127, 108, 0, 0).into(), i),
+            ]
+        });
+        assert_eq!(storm.compare(watched), compared(2 * peers, 2 * peers, 0));
     }
 
     #[test]
     fn worker_lines_must_be_complete() {
         assert!("made=1 accepted=1 secs=1".parse::<Made>().is_err());
+        assert!(
+            "made=1 accepted=1 failed=1 secs=1 unmade=x"
+                .parse::<Made>()
+                .is_err()
+        );
     }
 }

@@ -25,6 +25,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
+    compare::Block,
     netns::Netns,
     outcome::{Made, Outcome},
 };
@@ -102,6 +103,7 @@ impl Pattern {
 
 /// The workers of one storm, started and waiting for [`Storm::go`].
 pub struct Storm {
+    block: Block,
     workers: Vec<Worker>,
     ranges: Vec<Ranges>,
     pattern: Pattern,
@@ -149,7 +151,21 @@ impl Storm {
             .and_then(|offset| offset.checked_add(FIRST_OCTET))
             .filter(|first| first.checked_add(BLOCK_OCTETS - 1).is_some())
             .with_context(|| format!("storm block {block} is past 127.255.0.0/16"))?;
+        let block_of = match family {
+            Family::V4 => Block::new(
+                Ipv4Addr::new(127, first, 0, 0).into(),
+                Ipv4Addr::new(127, first + BLOCK_OCTETS - 1, 255, 255).into(),
+            ),
+            Family::V6 => {
+                let prefix = Family::v6_prefix(block).to_bits();
+                Block::new(
+                    Ipv6Addr::from(prefix).into(),
+                    Ipv6Addr::from(prefix | u128::from(u64::MAX)).into(),
+                )
+            }
+        };
         let mut storm = Self {
+            block: block_of,
             workers: Vec::new(),
             ranges: Vec::new(),
             pattern,
@@ -224,7 +240,7 @@ impl Storm {
         for worker in &mut self.workers {
             made.push(worker.read_line()?.parse::<Made>()?);
         }
-        Ok(Outcome::new(self.pattern, self.ranges, made))
+        Ok(Outcome::new(self.pattern, self.block, self.ranges, made))
     }
 }
 

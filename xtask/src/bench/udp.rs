@@ -6,7 +6,7 @@
 //! with their exact counts, one exchange each, and `PORT/udp`), lost events, the
 //! kernel's ns per run of each cgroup program, netmon's CPU, and the
 //! query rate with netmon on against off, the median of on/off pairs.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde_json::Value;
 
@@ -123,9 +123,9 @@ fn report(
         );
     }
     if !ons.is_empty() {
-        let (exact, made) = ons.iter().fold((0, 0), |(exact, made), on| {
+        let (exact, made, invented) = ons.iter().fold((0, 0, 0), |(exact, made, invented), on| {
             let (e, m) = counted_exactly(on);
-            (exact + e, made + m)
+            (exact + e, made + m, invented + invented_by(on))
         });
         let outcomes: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
         table.check(
@@ -135,14 +135,15 @@ fn report(
                 ons.len()
             ),
             format!(
-                "{} / {} = {:.2}% at {:.0} dgram/s",
+                "{} / {} = {:.2}%, {} invented at {:.0} dgram/s",
                 thousands(exact),
                 thousands(made),
                 percent(exact, made),
+                thousands(invented),
                 datagram_rate(&outcomes)
             ),
-            "100%",
-            exact == made,
+            "100%, 0 invented",
+            exact == made && invented == 0,
         );
         let (lost, uncounted) = ons
             .iter()
@@ -257,6 +258,16 @@ fn counted_exactly(watched: &Watched) -> (u64, u64) {
         })
         .count();
     (exact as u64, peers.len() as u64)
+}
+
+/// Peers in `watched`'s file, within its storm's block, that the storm
+/// did not make (none without its records).
+fn invented_by(watched: &Watched) -> u64 {
+    let records = watched.netmon.as_ref().and_then(|n| n.records.as_ref());
+    records.map_or(0, |records| {
+        let peers = records.keys().map(|&ip| IpAddr::V4(ip));
+        watched.storm.compare(peers).invented
+    })
 }
 
 /// The cgroup programs' runs among `programs`.

@@ -24,7 +24,7 @@ const BACKLOG: i32 = 4096;
 
 /// `cargo xtask bench-storm`: one worker of a storm (hidden; run by the
 /// bench). Prints `ready`, waits for a line on stdin, connects for
-/// `--millis`, then prints `made=N accepted=M failed=F secs=S`.
+/// `--millis`, then prints `made=N accepted=M failed=F secs=S unmade=I,J|-`.
 #[derive(clap::Args)]
 pub struct WorkerArgs {
     /// Connection i goes to DESTS + 1 + (i mod PEERS).
@@ -87,6 +87,9 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
 
     let address = |base: IpAddr, i: u64| nth(base, i % u64::from(args.peers));
     let (mut made, mut failed) = (0u64, 0u64);
+    // Which of its addresses were ever connected: in a repeated storm a
+    // peer whose first connection failed may be made by the next.
+    let mut connected = vec![false; args.peers as usize];
     let started = Instant::now();
     let until = started + Duration::from_millis(args.millis);
     let mut i = 0u64;
@@ -95,6 +98,7 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         match connect_from(address(args.sources, i), dest) {
             Ok(socket) => {
                 made += 1;
+                connected[(i % u64::from(args.peers)) as usize] = true;
                 if i.is_multiple_of(2) {
                     socket.set_linger(Some(Duration::ZERO))?;
                 }
@@ -119,7 +123,17 @@ pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         }
         thread::sleep(Duration::from_millis(10));
     };
-    println!("made={made} accepted={accepted} failed={failed} secs={secs:.3}");
+    let used = i.min(u64::from(args.peers)) as usize;
+    let unmade: Vec<String> = (0..used)
+        .filter(|&k| !connected[k])
+        .map(|k| k.to_string())
+        .collect();
+    let unmade = if unmade.is_empty() {
+        "-".to_owned()
+    } else {
+        unmade.join(",")
+    };
+    println!("made={made} accepted={accepted} failed={failed} secs={secs:.3} unmade={unmade}");
     Ok(())
 }
 
