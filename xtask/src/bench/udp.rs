@@ -6,7 +6,7 @@
 //! with their exact counts, one exchange each, and `PORT/udp`), lost events, the
 //! kernel's ns per run of each cgroup program, netmon's CPU, and the
 //! query rate with netmon on against off, the median of on/off pairs.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ use super::{
     Bench, EBPF_MODE,
     bpf_stats::Runs,
     capture::{NS_PER_RUN_TARGET, on_off_row},
-    cost::Cost,
+    cost::WholeCost,
     outcome::Outcome,
     storm::{Pattern, Protocol, REPEATED_PEERS},
     table::{Table, percent, thousands},
@@ -163,20 +163,21 @@ fn report(
         && let Some(netmon) = &timed.netmon
     {
         let datagrams = datagrams(&timed.storm);
-        let kernel = udp_runs(&netmon.programs);
-        table.info(
-            "udp",
-            format!("CPU per 1000 datagrams, {label}: netmon / its cgroup programs"),
-            format!(
-                "{} / {:.3} ms ({:.0} ms / {:.0} ms over {} datagrams; {:.2} program runs per datagram)",
-                Cost::new(netmon.cpu_ms, datagrams as u64),
-                kernel.nanos as f64 / 1e6 * 1000.0 / datagrams,
-                netmon.cpu_ms,
-                kernel.nanos as f64 / 1e6,
-                thousands(datagrams as u64),
-                kernel.count as f64 / datagrams,
+        match WholeCost::of(netmon, datagrams) {
+            Some(whole) => table.info(
+                "udp",
+                format!("netmon's CPU per datagram, {label}: kernel + user = total"),
+                format!(
+                    "{whole} µs (= ms per 1000) over {} datagrams; {:.2} program runs per datagram",
+                    thousands(datagrams as u64),
+                    whole.runs,
+                ),
             ),
-        );
+            None => table.failed(
+                "udp",
+                &format!("{label} storm: no run of netmon's programs counted"),
+            ),
+        }
     }
     let rates: Vec<(f64, f64)> = pairs
         .iter()
@@ -268,14 +269,6 @@ fn invented_by(watched: &Watched) -> u64 {
         let peers = records.keys().map(|&ip| IpAddr::V4(ip));
         watched.storm.compare(peers).invented
     })
-}
-
-/// The cgroup programs' runs among `programs`.
-fn udp_runs(programs: &BTreeMap<String, Runs>) -> Runs {
-    PROGRAMS
-        .iter()
-        .filter_map(|name| programs.get(*name).copied())
-        .fold(Runs::default(), Runs::plus)
 }
 
 /// Datagrams a storm sent: each answered query and its answer, and each
