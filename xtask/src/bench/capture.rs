@@ -7,8 +7,10 @@ use std::time::Duration;
 use super::{
     Bench, EBPF_MODE,
     bpf_stats::Runs,
-    storm::{Outcome, Pattern, Protocol},
-    table::{Table, percent, thousands},
+    compare::Compared,
+    outcome::Outcome,
+    storm::{Pattern, Protocol},
+    table::{Table, thousands},
     watch::{Watched, Watchers},
 };
 
@@ -157,7 +159,7 @@ pub fn held_and_lost(table: &mut Table, mode: &str, ons: &[&Watched]) {
     if ons.is_empty() {
         return;
     }
-    let (held, made, text) = held_over(ons);
+    let (compared, text) = held_over(ons);
     let count = match ons.len() {
         1 => "1 storm".to_owned(),
         n => format!("{n} storms"),
@@ -166,8 +168,8 @@ pub fn held_and_lost(table: &mut Table, mode: &str, ons: &[&Watched]) {
         "capture",
         format!("{mode}: peers held / made ({count})"),
         text,
-        "100%",
-        held == made,
+        "100%, 0 invented",
+        compared.exact(),
     );
     let lost: u64 = ons
         .iter()
@@ -213,40 +215,30 @@ fn rate(storms: &[&Outcome]) -> f64 {
     connections / storms.iter().map(|s| s.secs).sum::<f64>()
 }
 
-fn held_text(held: u64, made: u64) -> String {
-    format!(
-        "{} / {} = {:.2}%",
-        thousands(held),
-        thousands(made),
-        percent(held, made)
-    )
-}
-
 /// The share of the storm's peers its one watcher held, and a figure
 /// saying so with the storm's rate and the watcher's CPU.
 fn held_by_watcher(watched: &Watched) -> (f64, String) {
-    let (held, made, text) = held_over(&[watched]);
-    (percent(held, made), text)
+    let (compared, text) = held_over(&[watched]);
+    (compared.held_percent(), text)
 }
 
-/// Peers the watchers of `storms` held and the storms made, and a figure
-/// saying so with the storms' rate and the watchers' CPU.
-fn held_over(storms: &[&Watched]) -> (u64, u64, String) {
-    let (held, made, cpu_ms) = storms.iter().fold((0, 0, 0.0), |(held, made, cpu), on| {
-        let (peers, cpu_ms) = on.watcher();
-        (
-            held + on.storm.held(peers.iter().copied()),
-            made + on.storm.peers_made(),
-            cpu + cpu_ms,
-        )
-    });
+/// The watchers' peers against those `storms` made, and a figure saying
+/// so with the storms' rate and the watchers' CPU.
+fn held_over(storms: &[&Watched]) -> (Compared, String) {
+    let (compared, cpu_ms) =
+        storms
+            .iter()
+            .fold((Compared::default(), 0.0), |(compared, cpu), on| {
+                let (peers, cpu_ms) = on.watcher();
+                let this = on.storm.compare(peers.iter().copied());
+                (compared.plus(this), cpu + cpu_ms)
+            });
     let outcomes: Vec<&Outcome> = storms.iter().map(|on| &on.storm).collect();
     let text = format!(
-        "{} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
-        held_text(held, made),
+        "{compared} at {:.0} conn/s; CPU {cpu_ms:.0} ms",
         rate(&outcomes)
     );
-    (held, made, text)
+    (compared, text)
 }
 
 /// The storm rate with netmon on over the rate with it off, per pair.

@@ -14,9 +14,11 @@ mod baseline;
 mod bpf_stats;
 mod capture;
 mod checkpoints;
+mod compare;
 mod cost;
 mod ipv6;
 mod netns;
+mod outcome;
 mod poller;
 mod procfs;
 mod restart;
@@ -27,6 +29,7 @@ mod table;
 mod udp;
 mod udp_storm;
 mod watch;
+mod worker;
 
 use std::{
     fs,
@@ -37,7 +40,7 @@ use std::{
 use anyhow::{anyhow, bail};
 use netmon_scenario::harness::Netmon;
 
-pub use storm::{WorkerArgs, worker};
+pub use worker::{WorkerArgs, worker};
 
 use crate::{build, setup};
 use netns::Netns;

@@ -23,6 +23,26 @@ pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 * tick_ms())
 }
 
+/// Time every live thread of `pid` has run (the first field of each
+/// /proc/PID/task/TID/schedstat), in nanoseconds: exact where utime and
+/// stime advance by clock ticks, but blind to threads that have ended.
+pub fn run_ns(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0;
+    for task in fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing ran no more.
+        let Ok(stat) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let first = stat.split_whitespace().next().unwrap_or_default();
+        ns += first
+            .parse::<u64>()
+            .with_context(|| format!("{}: {stat:?}", path.display()))?;
+    }
+    Ok(ns)
+}
+
 /// One clock tick (USER_HZ), the unit of utime and stime, in ms.
 pub fn tick_ms() -> f64 {
     // SAFETY: sysconf has no preconditions.

@@ -6,7 +6,7 @@
 //! with their exact counts, one exchange each, and `PORT/udp`), lost events, the
 //! kernel's ns per run of each cgroup program, netmon's CPU, and the
 //! query rate with netmon on against off, the median of on/off pairs.
-use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde_json::Value;
 
@@ -14,8 +14,9 @@ use super::{
     Bench, EBPF_MODE,
     bpf_stats::Runs,
     capture::{NS_PER_RUN_TARGET, on_off_row},
-    cost::Cost,
-    storm::{Outcome, Pattern, Protocol, REPEATED_PEERS},
+    cost::WholeCost,
+    outcome::Outcome,
+    storm::{Pattern, Protocol, REPEATED_PEERS},
     table::{Table, percent, thousands},
     watch::{Watched, Watchers},
 };
@@ -122,9 +123,9 @@ fn report(
         );
     }
     if !ons.is_empty() {
-        let (exact, made) = ons.iter().fold((0, 0), |(exact, made), on| {
+        let (exact, made, invented) = ons.iter().fold((0, 0, 0), |(exact, made, invented), on| {
             let (e, m) = counted_exactly(on);
-            (exact + e, made + m)
+            (exact + e, made + m, invented + invented_by(on))
         });
         let outcomes: Vec<&Outcome> = ons.iter().map(|on| &on.storm).collect();
         table.check(
@@ -134,14 +135,15 @@ fn report(
                 ons.len()
             ),
             format!(
-                "{} / {} = {:.2}% at {:.0} dgram/s",
+                "{} / {} = {:.2}%, {} invented at {:.0} dgram/s",
                 thousands(exact),
                 thousands(made),
                 percent(exact, made),
+                thousands(invented),
                 datagram_rate(&outcomes)
             ),
-            "100%",
-            exact == made,
+            "100%, 0 invented",
+            exact == made && invented == 0,
         );
         let (lost, uncounted) = ons
             .iter()
@@ -161,20 +163,21 @@ fn report(
         && let Some(netmon) = &timed.netmon
     {
         let datagrams = datagrams(&timed.storm);
-        let kernel = udp_runs(&netmon.programs);
-        table.info(
-            "udp",
-            format!("CPU per 1000 datagrams, {label}: netmon / its cgroup programs"),
-            format!(
-                "{} / {:.3} ms ({:.0} ms / {:.0} ms over {} datagrams; {:.2} program runs per datagram)",
-                Cost::new(netmon.cpu_ms, datagrams as u64),
-                kernel.nanos as f64 / 1e6 * 1000.0 / datagrams,
-                netmon.cpu_ms,
-                kernel.nanos as f64 / 1e6,
-                thousands(datagrams as u64),
-                kernel.count as f64 / datagrams,
+        match WholeCost::of(netmon, datagrams) {
+            Some(whole) => table.info(
+                "udp",
+                format!("netmon's CPU per datagram, {label}: kernel + user = total"),
+                format!(
+                    "{whole} µs (= ms per 1000) over {} datagrams; {:.2} program runs per datagram",
+                    thousands(datagrams as u64),
+                    whole.runs,
+                ),
             ),
-        );
+            None => table.failed(
+                "udp",
+                &format!("{label} storm: no run of netmon's programs counted"),
+            ),
+        }
     }
     let rates: Vec<(f64, f64)> = pairs
         .iter()
@@ -258,12 +261,14 @@ fn counted_exactly(watched: &Watched) -> (u64, u64) {
     (exact as u64, peers.len() as u64)
 }
 
-/// The cgroup programs' runs among `programs`.
-fn udp_runs(programs: &BTreeMap<String, Runs>) -> Runs {
-    PROGRAMS
-        .iter()
-        .filter_map(|name| programs.get(*name).copied())
-        .fold(Runs::default(), Runs::plus)
+/// Peers in `watched`'s file, within its storm's block, that the storm
+/// did not make (none without its records).
+fn invented_by(watched: &Watched) -> u64 {
+    let records = watched.netmon.as_ref().and_then(|n| n.records.as_ref());
+    records.map_or(0, |records| {
+        let peers = records.keys().map(|&ip| IpAddr::V4(ip));
+        watched.storm.compare(peers).invented
+    })
 }
 
 /// Datagrams a storm sent: each answered query and its answer, and each

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::bail;
 
-use super::storm::WorkerArgs;
+use super::worker::WorkerArgs;
 
 /// How long a client waits for its answer before counting the query as
 /// failed; on loopback, answers come in microseconds.
@@ -43,7 +43,8 @@ pub fn worker(args: &WorkerArgs, port: u16) -> anyhow::Result<()> {
             }
         });
     }
-    let address = |base: IpAddr, i: u64| match super::storm::nth(base, i % u64::from(args.peers)) {
+    let address = |base: IpAddr, i: u64| match super::outcome::nth(base, i % u64::from(args.peers))
+    {
         IpAddr::V4(address) => Ok(address),
         IpAddr::V6(address) => bail!("{address}: UDP storms are IPv4"),
     };

@@ -13,9 +13,10 @@ use super::{
     Bench,
     bpf_stats::{Runs, StatsEnabled},
     netns::Netns,
+    outcome::Outcome,
     poller::Poller,
     procfs,
-    storm::{Family, Outcome, Pattern, Protocol, Storm},
+    storm::{Family, Pattern, Protocol, Storm},
 };
 
 /// After the storm, before the watchers stop: long enough for netmon to
@@ -49,8 +50,10 @@ pub struct NetmonSaw {
     /// Connections (or datagrams) neither delivered nor kept in the
     /// kernel's dedup map: their peers may be missing.
     pub uncounted: u64,
-    /// CPU over the storm and [`SETTLE`].
+    /// CPU over the storm and [`SETTLE`] (utime + stime: whole ticks).
     pub cpu_ms: f64,
+    /// Its threads' run time over the same window, to the nanosecond.
+    pub run_ns: u64,
     /// Its eBPF programs' runs over the same window, when
     /// [`Watchers::timed`] (and not in proc mode).
     pub runs: Option<Runs>,
@@ -172,6 +175,7 @@ impl Bench {
                         .as_u64()
                         .context("checkpoint without uncounted_connections")?,
                     cpu_ms: after.netmon_cpu_ms - before.netmon_cpu_ms,
+                    run_ns: after.netmon_run_ns.saturating_sub(before.netmon_run_ns),
                     runs: after
                         .runs
                         .zip(before.runs)
@@ -239,6 +243,7 @@ fn own_peers(file: &serde_json::Value) -> Vec<IpAddr> {
 /// The watchers' counters at one instant (zero for a watcher not there).
 struct Sample {
     netmon_cpu_ms: f64,
+    netmon_run_ns: u64,
     runs: Option<BTreeMap<String, Runs>>,
     poller_cpu_ms: f64,
 }
@@ -253,6 +258,7 @@ impl Sample {
         let cpu = |pid: Option<u32>| pid.map_or(Ok(0.0), procfs::cpu_ms);
         Ok(Self {
             netmon_cpu_ms: cpu(netmon.map(Netmon::pid))?,
+            netmon_run_ns: netmon.map_or(Ok(0), |n| procfs::run_ns(n.pid()))?,
             runs: timed.map(|n| Runs::by_program(n.pid())).transpose()?,
             poller_cpu_ms: cpu(poller.map(Poller::pid))?,
         })
