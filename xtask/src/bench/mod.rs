@@ -48,8 +48,8 @@ use table::{Table, Verdict};
 
 /// The eBPF mode measured against the targets: the one `--mode auto`
 /// picks on the bench's machine (a kernel without kprobes, with BTF).
-/// The plain tracepoint runs one storm of its own beside it.
-pub const EBPF_MODE: &str = "raw-tracepoint";
+/// The raw and plain tracepoints run one storm each beside it.
+pub const EBPF_MODE: &str = "btf-tracepoint";
 
 /// How long the machine's own load is sampled before and after.
 const BUSY_SAMPLE: Duration = Duration::from_secs(1);
