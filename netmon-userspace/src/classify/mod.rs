@@ -9,9 +9,11 @@
 mod cidr;
 
 use std::{
+    cmp::Reverse,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
+    sync::LazyLock,
 };
 
 use serde::{Serialize, Serializer};
@@ -124,10 +126,18 @@ impl Class {
     /// not as the IPv4 address it maps: every peer is normalised to IPv4
     /// before it is stored, so none reaches a report.
     pub fn of(addr: IpAddr) -> Self {
-        SPECIAL
+        // Most specific first, so the first block holding `addr` is the
+        // answer: every new peer is classed (metrics), so this is on the
+        // path of a storm of new peers. Blocks of one prefix length are
+        // disjoint, so their order among themselves does not matter.
+        static BY_PREFIX: LazyLock<[Special; SPECIAL.len()]> = LazyLock::new(|| {
+            let mut table = SPECIAL;
+            table.sort_by_key(|special| Reverse(special.block.prefix()));
+            table
+        });
+        BY_PREFIX
             .iter()
-            .filter(|special| special.block.contains(addr))
-            .max_by_key(|special| special.block.prefix())
+            .find(|special| special.block.contains(addr))
             .map_or(Self::Public, |special| special.class)
     }
 }

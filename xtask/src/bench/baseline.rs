@@ -112,10 +112,7 @@ pub fn baseline(bench: &Bench, baseline: &Path, table: &mut Table) {
         );
     }
     for (mode, of) in [
-        (
-            AUTO,
-            (|s: &Storms| &s.auto) as fn(&Storms) -> &Vec<Watched>,
-        ),
+        (AUTO, (|s: &Storms| &s.auto) as fn(&Storms) -> &Vec<Watched>),
         ("tracepoint", |s: &Storms| &s.tracepoint),
     ] {
         let mean = |storms: &Storms| {
