@@ -3,6 +3,7 @@
 //! that each connection is reported once.
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -12,7 +13,8 @@ use super::Proto;
 /// [`Reported`].
 const VANISHED_MEMORY: Duration = Duration::from_secs(3600);
 
-/// The ports with a listener, each with the last poll it was there for.
+/// The listeners, by port and address, each with the last poll it was
+/// there for.
 ///
 /// A connection netmon has not seen before was made after the poll before
 /// the current one (or it would have been in that poll), so it is inbound
@@ -20,9 +22,13 @@ const VANISHED_MEMORY: Duration = Duration::from_secs(3600);
 /// that poll or a later one, or heard of as it closed since. Nothing
 /// narrower can be known between two polls; a listener gone for longer
 /// has no say, so a client that connects from its port later is outbound.
+///
+/// A listener on one address says nothing of a client that the kernel
+/// gave the same port number on another: only a wildcard listener (`None`)
+/// claims the port on every address.
 #[derive(Default)]
 pub(super) struct Listeners {
-    ports: HashMap<(Proto, u16), u64>,
+    ports: HashMap<(Proto, u16, Option<IpAddr>), u64>,
     /// Polls begun so far.
     poll: u64,
 }
@@ -36,15 +42,25 @@ impl Listeners {
         self.ports.retain(|_, last| *last >= since);
     }
 
-    /// A listener on `port` is there, or was until it closed just now.
-    pub fn saw(&mut self, proto: Proto, port: u16) {
-        self.ports.insert((proto, port), self.poll);
+    /// A listener on `local`:`port` is there, or was until it closed just
+    /// now.
+    pub fn saw(&mut self, proto: Proto, local: Option<IpAddr>, port: u16) {
+        self.ports.insert((proto, port, bound(local)), self.poll);
     }
 
-    /// Whether a connection on local `port` not seen before is inbound.
-    pub fn has(&self, proto: Proto, port: u16) -> bool {
-        self.ports.contains_key(&(proto, port))
+    /// Whether a connection on `local`:`port` not seen before is inbound.
+    pub fn has(&self, proto: Proto, local: Option<IpAddr>, port: u16) -> bool {
+        self.ports.contains_key(&(proto, port, None))
+            || bound(local).is_some_and(|ip| self.ports.contains_key(&(proto, port, Some(ip))))
     }
+}
+
+/// The address a socket is bound to, `None` for any (`0.0.0.0`, `::`);
+/// IPv4-mapped as IPv4, as a dual-stack socket's connections show it.
+fn bound(local: Option<IpAddr>) -> Option<IpAddr> {
+    local
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| !ip.is_unspecified())
 }
 
 /// The sockets reported so far, by key (`super::key`), so that none is
@@ -114,17 +130,37 @@ mod tests {
     fn a_listener_counts_until_a_poll_after_its_last_has_passed() {
         let mut listeners = Listeners::default();
         listeners.next_poll();
-        listeners.saw(Proto::Tcp, 80);
+        listeners.saw(Proto::Tcp, None, 80);
         listeners.next_poll();
         // Gone from this poll: connections new in it may still be its.
-        assert!(listeners.has(Proto::Tcp, 80));
+        assert!(listeners.has(Proto::Tcp, None, 80));
         // Heard of as it closes, between polls.
-        listeners.saw(Proto::Tcp, 80);
+        listeners.saw(Proto::Tcp, None, 80);
         listeners.next_poll();
-        assert!(listeners.has(Proto::Tcp, 80));
+        assert!(listeners.has(Proto::Tcp, None, 80));
         listeners.next_poll();
-        assert!(!listeners.has(Proto::Tcp, 80));
-        assert!(!listeners.has(Proto::Udp, 80));
+        assert!(!listeners.has(Proto::Tcp, None, 80));
+        assert!(!listeners.has(Proto::Udp, None, 80));
+    }
+
+    /// A client the kernel gave a listener's port number on another
+    /// address is not the listener's (seen in tests/ipv6.rs: a client's
+    /// ephemeral port equal to a server's on another address).
+    #[test]
+    fn a_listener_on_one_address_claims_its_port_there_only() {
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let mut listeners = Listeners::default();
+        listeners.next_poll();
+        listeners.saw(Proto::Tcp, ip("fd00::a:5"), 46617);
+        listeners.saw(Proto::Tcp, ip("127.0.0.2"), 80);
+        listeners.saw(Proto::Tcp, ip("::"), 443);
+        assert!(listeners.has(Proto::Tcp, ip("fd00::a:5"), 46617));
+        assert!(!listeners.has(Proto::Tcp, ip("fd00::b:5"), 46617));
+        assert!(listeners.has(Proto::Tcp, ip("::ffff:127.0.0.2"), 80));
+        assert!(!listeners.has(Proto::Tcp, ip("127.0.0.3"), 80));
+        // A wildcard listener, either family's, claims its port everywhere.
+        assert!(listeners.has(Proto::Tcp, ip("10.0.0.1"), 443));
+        assert!(listeners.has(Proto::Tcp, None, 443));
     }
 
     #[test]

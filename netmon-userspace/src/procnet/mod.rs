@@ -8,8 +8,8 @@
 //! attempts, which no poller can.
 //!
 //! A socket whose local port has a listener (TCP LISTEN, or an unconnected
-//! UDP socket) is inbound; any other socket with a remote address is
-//! outbound (`known.rs` says for how long a listener that has gone still
+//! UDP socket) on its local address or on any is inbound; any other socket
+//! with a remote address is outbound (`known.rs` says for how long a listener that has gone still
 //! counts). Each poll reports only connections that were not in the
 //! previous poll, so a long-lived connection is counted once.
 //!
@@ -286,7 +286,7 @@ impl Scanner {
             // Tables list listeners first: one opened (and connected to)
             // while a table was read past them is missing. Look again,
             // once a poll, before calling a new connection outbound.
-            if !refreshed && !self.listeners.has(proto, row.local_port) {
+            if !refreshed && !self.listeners.has(proto, row.local, row.local_port) {
                 refreshed = true;
                 if let Err(err) = self.refresh_listeners() {
                     debug!("cannot reread the listeners: {err}");
@@ -373,7 +373,7 @@ impl Scanner {
             // A listener closing (or a socket that never connected): its
             // connections, destroyed before or after it, are inbound.
             if row.remote.is_some_and(|ip| ip.is_unspecified()) && row.local_port != 0 {
-                self.listeners.saw(*proto, row.local_port);
+                self.listeners.saw(*proto, row.local, row.local_port);
             }
         }
         let mut refreshed = false;
@@ -394,7 +394,7 @@ impl Scanner {
             };
             // A listener opened since the last poll: look (once per batch,
             // it is cheap) before calling its connection outbound.
-            if !refreshed && !self.listeners.has(proto, row.local_port) {
+            if !refreshed && !self.listeners.has(proto, row.local, row.local_port) {
                 refreshed = true;
                 self.refresh_listeners()?;
             }
@@ -417,7 +417,7 @@ impl Scanner {
                     };
                     tolerate_missing(dumper.dump(proto, v6, states, |row| {
                         if listens(proto, &row) {
-                            listeners.saw(proto, row.local_port);
+                            listeners.saw(proto, row.local, row.local_port);
                         }
                     }))?;
                 }
@@ -430,7 +430,7 @@ impl Scanner {
                     tolerate_missing(read_into(&dir.join(name), buf))?;
                     text::rows(buf, v6)
                         .filter(|row| listens(proto, row))
-                        .for_each(|row| listeners.saw(proto, row.local_port));
+                        .for_each(|row| listeners.saw(proto, row.local, row.local_port));
                 }
             }
         }
@@ -443,7 +443,7 @@ impl Scanner {
         let (rows, listeners) = (&mut self.rows, &mut self.listeners);
         let mut take = |proto, row: Row| {
             if listens(proto, &row) {
-                listeners.saw(proto, row.local_port);
+                listeners.saw(proto, row.local, row.local_port);
             } else {
                 rows.push((proto, row));
             }
@@ -507,7 +507,7 @@ fn listens(proto: Proto, row: &Row) -> bool {
 }
 
 fn connection(listeners: &Listeners, proto: Proto, row: &Row, peer: IpAddr) -> Connection {
-    let direction = if listeners.has(proto, row.local_port) {
+    let direction = if listeners.has(proto, row.local, row.local_port) {
         Direction::Inbound
     } else {
         Direction::Outbound
