@@ -35,7 +35,6 @@ pub struct Config {
     /// (`net.ipv4.ip_local_port_range`), inclusive.
     pub ephemeral_low: u16,
     pub ephemeral_high: u16,
-    pub _pad2: u32,
 }
 
 impl Config {
@@ -49,7 +48,6 @@ impl Config {
         context: ContextOffsets::UNKNOWN,
         ephemeral_low: EPHEMERAL_PORTS.0,
         ephemeral_high: EPHEMERAL_PORTS.1,
-        _pad2: 0,
     };
 }
 
@@ -81,6 +79,10 @@ pub struct ContextOffsets {
     pub nsproxy_net: u32,
     /// The `skaddr` field of the `sock/inet_sock_set_state` record.
     pub tracepoint_skaddr: u32,
+    /// Non-zero where `sk_cgrp_data` begins with a `struct cgroup *`
+    /// member (Linux 5.15+), a pointer BTF types, which a BTF program may
+    /// follow with plain loads; before, a tagged word only the helper reads.
+    pub sk_cgroup_typed: u32,
 }
 
 impl ContextOffsets {
@@ -94,6 +96,7 @@ impl ContextOffsets {
         task_nsproxy: 0,
         nsproxy_net: 0,
         tracepoint_skaddr: 0,
+        sk_cgroup_typed: 0,
     };
 }
 
@@ -184,7 +187,7 @@ mod tests {
     fn config_has_no_padding() {
         assert_eq!(size_of::<SockOffsets>(), 24);
         assert_eq!(size_of::<TracepointOffsets>(), 32);
-        assert_eq!(size_of::<ContextOffsets>(), 32);
+        assert_eq!(size_of::<ContextOffsets>(), 36);
         assert_eq!(size_of::<Config>(), 112);
     }
 }

@@ -95,7 +95,7 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i32> {
         direction,
         source: SOURCE_TRACEPOINT,
         protocol: PROTOCOL_TCP,
-        cgroup: origin::cgroup_of(sk, pid),
+        cgroup: origin::cgroup_of::<Probed>(sk, pid),
         netns: origin::sock_netns::<Probed>(sk),
         ..PeerEvent::default()
     };

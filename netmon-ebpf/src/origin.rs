@@ -33,10 +33,12 @@ pub fn sock_netns<M: Memory>(sk: *const u8) -> u32 {
 }
 
 /// The ID of the cgroup `sk` was created in: for connections completed in
-/// softirq, where the current task is whoever was interrupted. Always
-/// probed: before 5.15 the word is a tagged union, not a typed pointer.
+/// softirq, where the current task is whoever was interrupted. Read as `M`
+/// reads where the kernel's BTF types the pointer (5.15+); before, the
+/// word is a tagged union, read with the helper (the verifier knows the
+/// flag as a constant and never sees the typed path there).
 #[inline(always)]
-pub fn sock_cgroup(sk: *const u8) -> u64 {
+pub fn sock_cgroup<M: Memory>(sk: *const u8) -> u64 {
     let (data_at, kn_at, id_at) = (
         config(|c| &c.context.sk_cgroup),
         config(|c| &c.context.cgroup_kn),
@@ -44,6 +46,20 @@ pub fn sock_cgroup(sk: *const u8) -> u64 {
     );
     if data_at == 0 || kn_at == 0 || id_at == 0 {
         return 0;
+    }
+    if M::TYPED && config(|c| &c.context.sk_cgroup_typed) != 0 {
+        if sk.is_null() {
+            return 0;
+        }
+        let cgroup: u64 = M::read(sk, data_at).unwrap_or(0);
+        if cgroup == 0 {
+            return 0;
+        }
+        let kn: u64 = M::read(cgroup as *const u8, kn_at).unwrap_or(0);
+        if kn == 0 {
+            return 0;
+        }
+        return M::read(kn as *const u8, id_at).unwrap_or(0);
     }
     let cgroup: u64 = read(sk, data_at).unwrap_or(0);
     // Before 5.15 the word is a tagged union: a low bit set means it holds
@@ -58,11 +74,11 @@ pub fn sock_cgroup(sk: *const u8) -> u64 {
 /// The cgroup of a connection on `sk`: the task's where one runs in the
 /// process (`pid` non-zero), else the socket's.
 #[inline(always)]
-pub fn cgroup_of(sk: *const u8, pid: u32) -> u64 {
+pub fn cgroup_of<M: Memory>(sk: *const u8, pid: u32) -> u64 {
     if pid != 0 {
         task_cgroup()
     } else {
-        sock_cgroup(sk)
+        sock_cgroup::<M>(sk)
     }
 }
 

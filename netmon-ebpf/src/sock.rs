@@ -8,6 +8,8 @@ use crate::{maps::config, origin};
 
 /// How a program reads kernel memory.
 pub trait Memory {
+    /// Whether reads follow BTF-typed pointers with plain loads.
+    const TYPED: bool;
     /// The `T` at `offset` in the kernel object at `base` (non-null).
     fn read<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32>;
     /// The family, IPv4 peer, peer port (network order) and local port
@@ -27,6 +29,8 @@ pub struct Head {
 pub struct Probed;
 
 impl Memory for Probed {
+    const TYPED: bool = false;
+
     #[inline(always)]
     fn read<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32> {
         // SAFETY: bpf_probe_read_kernel copes with any address; a bad one
@@ -55,6 +59,8 @@ impl Memory for Probed {
 pub struct Typed;
 
 impl Memory for Typed {
+    const TYPED: bool = true;
+
     #[inline(always)]
     fn read<T: Copy>(base: *const u8, offset: u32) -> Result<T, i32> {
         // SAFETY: a BTF-typed kernel pointer: the verifier accepts the load
@@ -103,7 +109,7 @@ pub fn peer_event<M: Memory>(
         source,
         pid,
         protocol: PROTOCOL_TCP,
-        cgroup: origin::cgroup_of(sk, pid),
+        cgroup: origin::cgroup_of::<M>(sk, pid),
         netns: origin::sock_netns::<M>(sk),
         ..PeerEvent::default()
     }))

@@ -270,12 +270,24 @@ impl<'a> Btf<'a> {
             nsproxy_net: self.member_offset("nsproxy", "net_ns"),
             // From the tracepoint's format, not BTF.
             tracepoint_skaddr: 0,
+            sk_cgroup_typed: u32::from(self.has_member("sock_cgroup_data", "cgroup")),
         }
     }
 
     /// The byte offset of `member` (through anonymous structs and unions)
     /// of `struct name`, or 0 if either is missing: a struct that moves
     /// with the kernel's configuration may lack what the programs read.
+    /// Whether `struct name` has `member`, at any offset (0 included,
+    /// which [`Self::member_offset`] cannot tell from absent).
+    fn has_member(&self, name: &str, member: &str) -> bool {
+        let Ok(ty) = self.struct_named(name) else {
+            return false;
+        };
+        let mut members = HashMap::new();
+        self.flatten(ty, 0, &mut members);
+        members.contains_key(member.as_bytes())
+    }
+
     fn member_offset(&self, name: &str, member: &str) -> u32 {
         let Ok(ty) = self.struct_named(name) else {
             return 0;

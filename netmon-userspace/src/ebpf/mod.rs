@@ -128,7 +128,6 @@ pub fn load_object(env: &KernelEnv, tracepoint_outbound: bool) -> anyhow::Result
         },
         ephemeral_low: env.ephemeral_ports.0,
         ephemeral_high: env.ephemeral_ports.1,
-        _pad2: 0,
     };
     let mut loader = EbpfLoader::new();
     if env.transport == Transport::RingBuf {

@@ -97,6 +97,10 @@ pub enum Block {
     MptcpBtfTracepoint,
     UdpBtfTracepoint,
     Ipv6BtfTracepoint,
+    // tests/tcp_owners.rs
+    TcpOwnersBtf,
+    TcpOwnersRaw,
+    TcpOwnersTracepoint,
     /// The kernel matrix's cases, one /16 each from this one up, in
     /// [`crate::case::VM_CASES`] order: a VM runs them one after another.
     VmCases,
