@@ -148,6 +148,19 @@ fn without_btf_auto_skips_the_btf_and_raw_tracepoints_and_says_why() {
     );
     check_workload(&read_peers(&path), &work, Sees::mode("tracepoint")).assert_complete();
 
+    // `netmon probe` says the BTF program is not for this kernel rather
+    // than rejected by it, and succeeds.
+    let mut probe = Command::new(NETMON);
+    probe.arg("probe");
+    isolate::apply(Setting::NoBtf, &mut probe);
+    let output = probe.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("program inet_sock_set_state_btf (BTF tracepoint inet_sock_set_state): not loaded: no kernel BTF"),
+        "{stdout}"
+    );
+
     let (status, log) = start_without_btf(&path, "raw-tracepoint").wait();
     assert_eq!(status.code(), Some(1), "{log}");
     let last = log.lines().last().unwrap_or_default();

@@ -58,6 +58,18 @@ pub fn probe(out: &mut impl std::io::Write) -> anyhow::Result<()> {
         Ok(mut object) => {
             for program in ebpf::Program::ALL {
                 let (name, kind, hook) = (program.name(), program.kind(), program.hook());
+                // Loading it needs the kernel's BTF, as attaching a kprobe
+                // needs kprobes: without, it is not for this kernel, not
+                // rejected by it.
+                if let (ebpf::ProgramKind::BtfTracepoint, ebpf::btf::OffsetsOrigin::Default(why)) =
+                    (kind, &kernel.offsets_origin)
+                {
+                    writeln!(
+                        out,
+                        "program {name} ({kind} {hook}): not loaded: no kernel BTF ({why})"
+                    )?;
+                    continue;
+                }
                 match ebpf::load_program(&mut object, program) {
                     Ok(()) => writeln!(out, "program {name} ({kind} {hook}): verified")?,
                     Err(err) => {
