@@ -1,6 +1,6 @@
 //! The peer set: what is known about each peer, kept in address order.
 use std::{
-    collections::{BTreeMap, btree_map::Entry},
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Bound,
@@ -267,25 +267,35 @@ impl PeerRecord {
 
 /// The deduplicated set of peers.
 ///
-/// An ordered index of small positions over a vector of records: the
-/// index gives checkpoints and reports numeric address order, and with
-/// only 4-byte positions in it its nodes stay small and dense in cache,
-/// while the ~100-byte records are appended to one vector. A file's
-/// records, read into one vector, stay in it instead of being moved into
-/// tree nodes: a faster load and a lower peak. The keys live in the
-/// index only.
+/// A sorted vector of keys, each with its record's position, plus the
+/// peers added since the keys were last sorted in, in a small ordered map;
+/// the ~100-byte records are appended to one vector and never move. The
+/// keys give checkpoints and reports numeric address order; a file's keys,
+/// read in order, are the index as they are (no tree is built beside them,
+/// so loading peaks no higher than the set), and a file's records stay in
+/// the vector the reader put them in. The recent peers are sorted into the
+/// keys, in place, once they are an eighth as many.
 ///
 /// The vector does not ask for huge pages as it grows, as the reader's
 /// does: with THP defrag at `madvise`, a fault in an advised range may
 /// compact memory on the spot, and a collector stalled there loses events.
 #[derive(Debug, Default)]
 pub struct PeerSet {
-    /// Peer to position in `records`. Positions are `u32`: four billion
-    /// records would take over 400 GB, far past any memory.
-    index: BTreeMap<PeerKey, u32>,
+    /// Sorted, each once, none of them in `recent`.
+    keys: Vec<PeerKey>,
+    /// `keys[i]`'s position in `records`; empty while that is `i` (a
+    /// file's set, as read). Positions are `u32`: four billion records
+    /// would take over 400 GB, far past any memory.
+    at: Vec<u32>,
+    /// Peers added since `keys` was last sorted, to their positions.
+    recent: BTreeMap<PeerKey, u32>,
     /// In arrival order (in key order, as read from a file).
     records: Vec<PeerRecord>,
 }
+
+/// Recent peers kept apart from the sorted keys, at least: sorting them
+/// in moves every key after them.
+const RECENT_MIN: usize = 4096;
 
 impl PeerSet {
     /// The tests' shorthand for [`Self::record_within`] without a limit:
@@ -310,24 +320,65 @@ impl PeerSet {
         limit: usize,
         before: impl FnOnce(&PeerRecord) -> T,
     ) -> Option<(Option<T>, &PeerRecord)> {
-        let full = self.records.len() >= limit;
         let key = PeerKey::new(conn.netns.map_or(0, |id| id.0), conn.peer);
-        let (was, at) = match self.index.entry(key) {
-            Entry::Occupied(slot) => {
-                let at = *slot.get() as usize;
-                (Some(before(&self.records[at])), at)
-            }
-            Entry::Vacant(_) if full => return None,
-            Entry::Vacant(slot) => {
-                let at = self.records.len();
-                slot.insert(at as u32);
-                self.records.push(PeerRecord::new(now));
-                (None, at)
-            }
+        let (was, at) = match self.find(key) {
+            Some(at) => (Some(before(&self.records[at])), at),
+            None if self.records.len() >= limit => return None,
+            None => (None, self.push(key, PeerRecord::new(now))),
         };
         let record = &mut self.records[at];
         record.add(conn, connections, now);
         Some((was, record))
+    }
+
+    /// Where `key`'s record is.
+    fn find(&self, key: PeerKey) -> Option<usize> {
+        match self.keys.binary_search(&key) {
+            Ok(i) => Some(self.position(i)),
+            Err(_) => self.recent.get(&key).map(|&at| at as usize),
+        }
+    }
+
+    /// The position of `keys[i]`'s record.
+    fn position(&self, i: usize) -> usize {
+        self.at.get(i).map_or(i, |&at| at as usize)
+    }
+
+    /// Adds a peer that is not in the set; gives its position.
+    fn push(&mut self, key: PeerKey, record: PeerRecord) -> usize {
+        let at = self.records.len();
+        self.records.push(record);
+        self.recent.insert(key, at as u32);
+        if self.recent.len() > RECENT_MIN.max(self.keys.len() / 8) {
+            self.sort_in_recent();
+        }
+        at
+    }
+
+    /// Merges the recent peers into the sorted keys, from the back, in
+    /// place: no second copy of the keys exists at any time.
+    fn sort_in_recent(&mut self) {
+        let recent = std::mem::take(&mut self.recent);
+        let (old, new) = (self.keys.len(), self.keys.len() + recent.len());
+        if self.at.is_empty() {
+            self.at.reserve(new);
+            self.at.extend(0..old as u32);
+        }
+        self.keys
+            .resize(new, PeerKey::host(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        self.at.resize(new, 0);
+        let (mut kept, mut to) = (old, new);
+        for (key, at) in recent.into_iter().rev() {
+            while kept > 0 && self.keys[kept - 1] > key {
+                kept -= 1;
+                to -= 1;
+                self.keys[to] = self.keys[kept];
+                self.at[to] = self.at[kept];
+            }
+            to -= 1;
+            self.keys[to] = key;
+            self.at[to] = at;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -340,17 +391,15 @@ impl PeerSet {
 
     /// The peer at `addr` in the host's network namespace.
     pub fn get(&self, addr: IpAddr) -> Option<&PeerRecord> {
-        let at = *self.index.get(&PeerKey::host(addr))?;
-        Some(&self.records[at as usize])
+        Some(&self.records[self.find(PeerKey::host(addr))?])
     }
 
     /// The host's network namespace's peers, in numeric address order:
     /// what a host's reports, rules and metrics are about.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, &PeerRecord)> {
-        let others = PeerKey::new(1, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        self.index
-            .range(..others)
-            .map(|(key, &at)| (key.ip(), &self.records[at as usize]))
+        self.entries()
+            .take_while(|(key, _)| key.netns == 0)
+            .map(|(key, record)| (key.ip(), record))
     }
 
     /// Every peer, other namespaces' after the host's.
@@ -365,17 +414,40 @@ impl PeerSet {
         &self,
         after: Option<PeerKey>,
     ) -> impl Iterator<Item = (PeerKey, &PeerRecord)> {
+        self.positions_after(after)
+            .map(|(key, at)| (key, &self.records[at]))
+    }
+
+    /// Keys in order after `after`, with their records' positions: the
+    /// sorted keys and the recent ones, merged.
+    fn positions_after(&self, after: Option<PeerKey>) -> impl Iterator<Item = (PeerKey, usize)> {
+        let first = after.map_or(0, |after| self.keys.partition_point(|key| *key <= after));
+        let mut sorted = (first..self.keys.len())
+            .map(|i| (self.keys[i], self.position(i)))
+            .peekable();
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.index
+        let mut recent = self
+            .recent
             .range((from, Bound::Unbounded))
-            .map(|(key, &at)| (*key, &self.records[at as usize]))
+            .map(|(key, &at)| (*key, at as usize))
+            .peekable();
+        std::iter::from_fn(move || match (sorted.peek(), recent.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => recent.next(),
+            (Some(_), _) => sorted.next(),
+            (None, _) => recent.next(),
+        })
     }
 
     /// The network namespaces other than the host's that have peers, with
     /// how many.
     pub fn namespaces(&self) -> BTreeMap<NetnsId, usize> {
         let mut namespaces = BTreeMap::new();
-        for key in self.index.keys().filter(|key| key.netns != 0) {
+        let others = PeerKey::new(1, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let first = self.keys.partition_point(|key| *key < others);
+        let keys = self.keys[first..]
+            .iter()
+            .chain(self.recent.range(others..).map(|(key, _)| key));
+        for key in keys {
             *namespaces.entry(NetnsId(key.netns)).or_default() += 1;
         }
         namespaces
@@ -387,21 +459,21 @@ impl PeerSet {
             // Reading one file: take its set rather than re-insert it.
             *self = other;
         } else {
+            let order: Vec<(PeerKey, usize)> = other.positions_after(None).collect();
             let mut records = other.records;
-            for (key, at) in other.index {
-                self.merge_record(key, std::mem::take(&mut records[at as usize]));
+            for (key, at) in order {
+                self.merge_record(key, std::mem::take(&mut records[at]));
             }
         }
     }
 
     /// Adds a whole record (from a file), merging with what is there.
     pub fn merge_record(&mut self, key: PeerKey, other: PeerRecord) {
-        match self.index.entry(key) {
-            Entry::Vacant(slot) => {
-                slot.insert(self.records.len() as u32);
-                self.records.push(other);
+        match self.find(key) {
+            Some(at) => self.records[at].merge(&other),
+            None => {
+                self.push(key, other);
             }
-            Entry::Occupied(slot) => self.records[*slot.get() as usize].merge(&other),
         }
     }
 
@@ -413,45 +485,43 @@ impl PeerSet {
     }
 
     /// A file's peers, as read: in key order, as netmon writes them, the
-    /// records stay where the reader put them and the index is built in
-    /// one pass over the keys. Out of order, or repeated (a merge's
-    /// input, an old poller's list), they are sorted first, the records
-    /// moved once into key order; sorting keeps repeats in file order
-    /// for [`PeerRecord::merge`].
+    /// keys are the index and the records stay where the reader put them.
+    /// Out of order, or repeated (a merge's input, an old poller's list),
+    /// they are sorted first, the records moved once into key order;
+    /// sorting keeps repeats in file order for [`PeerRecord::merge`].
     pub(super) fn from_read(read: FilePeers) -> Self {
-        let FilePeers { keys, mut records } = read;
+        let FilePeers {
+            mut keys,
+            mut records,
+        } = read;
         if keys.is_sorted_by(|a, b| a < b) {
-            let index = keys
-                .iter()
-                .enumerate()
-                .map(|(at, key)| (*key, at as u32))
-                .collect();
-            return Self { index, records };
+            return Self {
+                keys,
+                records,
+                ..Self::default()
+            };
         }
         let mut order: Vec<u32> = (0..keys.len() as u32).collect();
         order.sort_by_key(|&at| keys[at as usize]);
-        let mut set = Self::default();
-        let mut last: Option<(PeerKey, usize)> = None;
+        let mut sorted = Vec::with_capacity(records.len());
+        let mut last: Option<PeerKey> = None;
         for at in order {
             let (key, record) = (keys[at as usize], std::mem::take(&mut records[at as usize]));
-            match last {
-                Some((previous, kept)) if previous == key => set.records[kept].merge(&record),
+            match sorted.last_mut() {
+                Some(kept) if last == Some(key) => PeerRecord::merge(kept, &record),
                 _ => {
-                    last = Some((key, set.records.len()));
-                    set.records.push(record);
+                    last = Some(key);
+                    sorted.push(record);
                 }
             }
         }
-        // Sorted keys, one each, build the tree in one pass.
-        let mut keys = keys;
         keys.sort_unstable();
         keys.dedup();
-        set.index = keys
-            .into_iter()
-            .enumerate()
-            .map(|(at, key)| (key, at as u32))
-            .collect();
-        set
+        Self {
+            keys,
+            records: sorted,
+            ..Self::default()
+        }
     }
 }
 
@@ -549,6 +619,57 @@ pub(super) mod tests {
     fn lists_are_capped() {
         let ports: CappedSet<u16> = (0..1000).collect();
         assert_eq!(ports.iter().count(), LIST_CAP);
+    }
+
+    #[test]
+    fn recent_peers_sort_into_the_keys_in_order() {
+        // A file's set, then more new peers than stay apart, interleaved
+        // with the file's and each other's, some in another namespace.
+        let total = 3 * RECENT_MIN as u32;
+        let key_of = |n: u32| {
+            PeerKey::new(
+                n % 3 * 7,
+                Ipv4Addr::from(n.wrapping_mul(2_654_435_761)).into(),
+            )
+        };
+        let file = (0..3000).map(|n| (key_of(n), PeerRecord::new(u64::from(n))));
+        let mut set = PeerSet::from_records(file.collect());
+        for n in (3000..total).rev() {
+            let IpAddr::V4(ip) = key_of(n).ip() else {
+                unreachable!()
+            };
+            let mut peer = conn(ip.octets(), Direction::Outbound, "curl");
+            peer.netns = key_of(n).netns();
+            assert!(set.record(&peer, 1, u64::from(n)));
+        }
+        assert!(set.recent.len() <= RECENT_MIN && !set.at.is_empty());
+        let numbers: std::collections::HashMap<PeerKey, u32> =
+            (0..total).map(|n| (key_of(n), n)).collect();
+        let mut expected: Vec<PeerKey> = numbers.keys().copied().collect();
+        expected.sort();
+        assert!(
+            set.entries()
+                .map(|(key, _)| key)
+                .eq(expected.iter().copied())
+        );
+        for (key, record) in set.entries() {
+            let n = numbers[&key];
+            assert_eq!(record.first_seen, u64::from(n));
+            assert_eq!(record.outbound, u64::from(n >= 3000));
+        }
+        let after = Some(expected[100]);
+        assert!(
+            set.entries_after(after)
+                .map(|(key, _)| key)
+                .eq(expected[101..].iter().copied())
+        );
+        let host = expected.iter().filter(|key| key.netns == 0).count();
+        assert_eq!(set.iter().count(), host);
+        assert_eq!(
+            set.namespaces().values().sum::<usize>(),
+            expected.len() - host
+        );
+        assert_eq!(set.len(), expected.len());
     }
 
     #[test]
