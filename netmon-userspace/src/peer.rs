@@ -289,6 +289,16 @@ impl Owner {
         owners::name(self.0)
     }
 
+    /// Its number in the table, under [`MAX_OWNERS`]: what a record keeps.
+    pub(crate) const fn id(self) -> u32 {
+        self.0
+    }
+
+    /// The owner numbered `id` by [`Self::id`].
+    pub(crate) const fn from_id(id: u32) -> Self {
+        Self(id)
+    }
+
     /// The name to print: a cgroup path can hold anything.
     pub fn escaped(self) -> Escaped<'static> {
         Escaped::new(std::borrow::Cow::Owned(self.name().to_string()))

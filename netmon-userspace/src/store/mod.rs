@@ -30,6 +30,7 @@ use std::{
 
 #[cfg(test)]
 mod agreement;
+mod codes;
 mod compact;
 mod fallback;
 mod lockfile;
@@ -352,7 +353,7 @@ mod tests {
         assert_eq!(merged.outbound, 4);
         assert_eq!(
             merged.remote_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(1), &Service::tcp(3)]
+            [Service::tcp(1), Service::tcp(3)]
         );
         assert_eq!(merged.last_seen - merged.first_seen, 86_400);
     }

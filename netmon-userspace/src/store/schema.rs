@@ -212,7 +212,7 @@ mod fold {
 
     /// Within the set's cap.
     pub fn union<T: InlineItem + Ord + Copy>(kept: &mut CappedSet<T>, other: &CappedSet<T>) {
-        other.iter().for_each(|item| kept.insert(*item));
+        other.iter().for_each(|item| kept.insert(item));
     }
 }
 

@@ -1,15 +1,15 @@
 //! The peer set: what is known about each peer, kept in address order.
 use std::{
+    cmp::Ordering,
     collections::BTreeMap,
     fmt,
+    marker::PhantomData,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Bound,
 };
 
-use smallvec::SmallVec;
-
-use super::{PeerRecord, compact::Compact};
-use crate::peer::{Comm, Connection, Direction, Directions, NetnsId, Owner, Service};
+use super::{PeerRecord, compact::Packed};
+use crate::peer::{Connection, Direction, Directions, NetnsId, Service};
 
 /// Which peer a record is about: an address, in the host's network
 /// namespace or in another one. Ordered by namespace first, so the
@@ -116,93 +116,84 @@ pub const LIST_CAP: usize = 64;
 
 /// A small set that stops growing at [`LIST_CAP`] entries, kept sorted.
 ///
-/// Most peers have one or two ports and one process: those stay inline in
-/// the record, so a million peers cost a million records and not three
-/// million heap allocations on top.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CappedSet<T: InlineItem>(T::Store);
+/// Eight bytes: most peers have one or two ports, one process and one
+/// owner or none, and each is a number of at most 20 bits, so up to three
+/// stay inline in the record (see [`Packed`]); a million records cost a
+/// million records and not millions of heap allocations on top.
+pub struct CappedSet<T: InlineItem>(Packed, PhantomData<fn() -> T>);
 
-/// How a [`CappedSet`] of a kind keeps its items: inline as many as fit
-/// beside the heap pointer a longer list needs anyway.
-pub trait InlineItem: Sized {
-    type Store: Slots<Self>;
-}
-
-/// A sorted list's storage.
-pub trait Slots<T>: Default + Clone + fmt::Debug + PartialEq + Eq {
-    fn as_slice(&self) -> &[T];
-    /// Inserts `value` at `at` (at most the length).
-    fn insert(&mut self, at: usize, value: T);
-}
-
-impl<A> Slots<A::Item> for SmallVec<A>
-where
-    A: smallvec::Array,
-    A::Item: Clone + fmt::Debug + PartialEq + Eq,
-{
-    fn as_slice(&self) -> &[A::Item] {
-        self
-    }
-
-    fn insert(&mut self, at: usize, value: A::Item) {
-        SmallVec::insert(self, at, value);
-    }
-}
-
-impl<T: Copy + fmt::Debug + PartialEq + Eq> Slots<T> for Compact<T> {
-    fn as_slice(&self) -> &[T] {
-        Compact::as_slice(self)
-    }
-
-    fn insert(&mut self, at: usize, value: T) {
-        Compact::insert(self, at, value);
-    }
-}
-
-impl InlineItem for u16 {
-    type Store = SmallVec<[u16; 8]>;
-}
-
-impl InlineItem for Service {
-    type Store = Compact<Service>;
-}
-
-impl InlineItem for Comm {
-    type Store = SmallVec<[Comm; 1]>;
-}
-
-impl InlineItem for Owner {
-    type Store = Compact<Owner>;
+/// An item a [`CappedSet`] keeps, as a number: small (under 2^20) for the
+/// ones most lists hold, so that three fit in the set's eight bytes.
+pub trait InlineItem: Copy + Ord {
+    /// `None` when the item cannot be kept (a name past its table's
+    /// bound).
+    fn code(self) -> Option<u32>;
+    /// The item of a code [`Self::code`] gave.
+    fn from_code(code: u32) -> Self;
 }
 
 impl<T: InlineItem> Default for CappedSet<T> {
     fn default() -> Self {
-        Self(T::Store::default())
+        Self(Packed::default(), PhantomData)
     }
 }
 
-impl<T: InlineItem + Ord + Copy> CappedSet<T> {
+impl<T: InlineItem> Clone for CappedSet<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), PhantomData)
+    }
+}
+
+impl<T: InlineItem> PartialEq for CappedSet<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<T: InlineItem> Eq for CappedSet<T> {}
+
+impl<T: InlineItem + fmt::Debug> fmt::Debug for CappedSet<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: InlineItem> CappedSet<T> {
     /// Adds `value` unless present or full; allocation happens only when a
-    /// new value is kept past the inline ones.
+    /// fourth value is kept.
     pub fn insert(&mut self, value: T) {
-        let items = self.0.as_slice();
-        if let Err(at) = items.binary_search(&value)
-            && items.len() < LIST_CAP
-        {
-            self.0.insert(at, value);
+        let Some(code) = value.code() else {
+            return;
+        };
+        let (mut low, mut high) = (0, self.0.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            match T::from_code(self.0.get(middle)).cmp(&value) {
+                Ordering::Less => low = middle + 1,
+                Ordering::Equal => return,
+                Ordering::Greater => high = middle,
+            }
+        }
+        if self.0.len() < LIST_CAP {
+            self.0.insert(low, code);
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.0.as_slice().iter()
+    /// The items, in order.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.0.iter().map(T::from_code)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.as_slice().is_empty()
+        self.0.len() == 0
     }
 }
 
-impl<T: InlineItem + Ord + Copy> FromIterator<T> for CappedSet<T> {
+impl<T: InlineItem> FromIterator<T> for CappedSet<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         let mut set = Self::default();
         for value in iter {
@@ -536,7 +527,7 @@ pub struct FilePeers {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::peer::Source;
+    use crate::peer::{Comm, Source};
 
     /// A connection with fixed ports, for the store's tests.
     pub(in crate::store) fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
@@ -600,7 +591,7 @@ pub(super) mod tests {
         assert_eq!(record.processes.iter().count(), 2);
         assert_eq!(
             record.local_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(22)]
+            [Service::tcp(22)]
         );
     }
 
@@ -617,8 +608,14 @@ pub(super) mod tests {
 
     #[test]
     fn lists_are_capped() {
-        let ports: CappedSet<u16> = (0..1000).collect();
-        assert_eq!(ports.iter().count(), LIST_CAP);
+        let ports: CappedSet<u16> = (0..1000).rev().collect();
+        assert!(ports.iter().eq(936..1000));
+    }
+
+    #[test]
+    fn a_record_is_four_counts_and_four_words() {
+        assert_eq!(size_of::<CappedSet<Comm>>(), 8);
+        assert_eq!(size_of::<PeerRecord>(), 64);
     }
 
     #[test]
@@ -687,11 +684,11 @@ pub(super) mod tests {
         assert_eq!((record.outbound, record.inbound), (2, 2));
         assert_eq!(
             record.remote_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(443)]
+            [Service::tcp(443)]
         );
         assert_eq!(
             record.local_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(22)]
+            [Service::tcp(22)]
         );
         assert_eq!(record.processes.iter().count(), 2);
     }

@@ -175,7 +175,7 @@ impl LineWriter {
             if index > 0 {
                 self.line.push(b',');
             }
-            item(self, *value);
+            item(self, value);
         }
         self.line.push(b']');
     }
