@@ -223,6 +223,11 @@ impl Comm {
         Self::from_raw(raw)
     }
 
+    /// All 16 bytes, NUL-padded.
+    pub(crate) const fn raw(self) -> [u8; COMM_LEN] {
+        self.0
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         &self.0[..len]

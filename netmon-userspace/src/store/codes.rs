@@ -72,6 +72,8 @@ pub const MAX_COMMS: usize = 65_536;
 /// The process's table of process names: looked up without a lock (a
 /// checkpoint reads a name for most peers), added to under one.
 mod comms {
+    use std::cell::Cell;
+
     use super::*;
 
     static NAMES: [OnceLock<Comm>; MAX_COMMS] = [const { OnceLock::new() }; MAX_COMMS];
@@ -84,7 +86,41 @@ mod comms {
 
     static IDS: RwLock<Option<Ids>> = RwLock::new(None);
 
+    /// Names recently interned on this thread, by a hash of the name:
+    /// most events and most peers of a file name one of a few processes,
+    /// found here without the lock.
+    const CACHED: usize = 64;
+
+    thread_local! {
+        static RECENT: [Cell<Option<(Comm, u32)>>; CACHED] =
+            const { [const { Cell::new(None) }; CACHED] };
+    }
+
+    fn slot(comm: Comm) -> usize {
+        let [a, b] = halves(comm.raw());
+        ((a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
+    }
+
+    /// The name's two halves as words.
+    fn halves(raw: [u8; 16]) -> [u64; 2] {
+        let word = u128::from_le_bytes(raw);
+        [word as u64, (word >> 64) as u64]
+    }
+
     pub(super) fn intern(comm: Comm) -> Option<u32> {
+        let slot = slot(comm);
+        let cached = RECENT.with(|recent| recent[slot].get());
+        if let Some((name, id)) = cached
+            && name == comm
+        {
+            return Some(id);
+        }
+        let id = intern_locked(comm)?;
+        RECENT.with(|recent| recent[slot].set(Some((comm, id))));
+        Some(id)
+    }
+
+    fn intern_locked(comm: Comm) -> Option<u32> {
         if let Some(&id) = IDS.read().ok()?.as_ref().and_then(|ids| ids.ids.get(&comm)) {
             return Some(id);
         }
