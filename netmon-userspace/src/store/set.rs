@@ -1,7 +1,7 @@
 //! The peer set: what is known about each peer, kept in address order.
 use std::{
     cmp::Ordering,
-    collections::BTreeMap,
+    collections::{BTreeMap, btree_map::Entry},
     fmt,
     marker::PhantomData,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -312,10 +312,28 @@ impl PeerSet {
         before: impl FnOnce(&PeerRecord) -> T,
     ) -> Option<(Option<T>, &PeerRecord)> {
         let key = PeerKey::new(conn.netns.map_or(0, |id| id.0), conn.peer);
-        let (was, at) = match self.find(key) {
-            Some(at) => (Some(before(&self.records[at])), at),
-            None if self.records.len() >= limit => return None,
-            None => (None, self.push(key, PeerRecord::new(now))),
+        let full = self.records.len() >= limit;
+        // One search of the sorted keys, then one of the recent ones that
+        // inserts there too.
+        let (was, at) = match self.keys.binary_search(&key) {
+            Ok(i) => {
+                let at = self.position(i);
+                (Some(before(&self.records[at])), at)
+            }
+            Err(_) => match self.recent.entry(key) {
+                Entry::Occupied(slot) => {
+                    let at = *slot.get() as usize;
+                    (Some(before(&self.records[at])), at)
+                }
+                Entry::Vacant(_) if full => return None,
+                Entry::Vacant(slot) => {
+                    let at = self.records.len();
+                    slot.insert(at as u32);
+                    self.records.push(PeerRecord::new(now));
+                    self.sort_in_recent_if_many();
+                    (None, at)
+                }
+            },
         };
         let record = &mut self.records[at];
         record.add(conn, connections, now);
@@ -335,15 +353,17 @@ impl PeerSet {
         self.at.get(i).map_or(i, |&at| at as usize)
     }
 
-    /// Adds a peer that is not in the set; gives its position.
-    fn push(&mut self, key: PeerKey, record: PeerRecord) -> usize {
-        let at = self.records.len();
+    /// Adds a peer that is not in the set.
+    fn push(&mut self, key: PeerKey, record: PeerRecord) {
+        self.recent.insert(key, self.records.len() as u32);
         self.records.push(record);
-        self.recent.insert(key, at as u32);
+        self.sort_in_recent_if_many();
+    }
+
+    fn sort_in_recent_if_many(&mut self) {
         if self.recent.len() > RECENT_MIN.max(self.keys.len() / 8) {
             self.sort_in_recent();
         }
-        at
     }
 
     /// Merges the recent peers into the sorted keys, from the back, in
@@ -462,9 +482,7 @@ impl PeerSet {
     pub fn merge_record(&mut self, key: PeerKey, other: PeerRecord) {
         match self.find(key) {
             Some(at) => self.records[at].merge(&other),
-            None => {
-                self.push(key, other);
-            }
+            None => self.push(key, other),
         }
     }
 
