@@ -1,4 +1,4 @@
-//! The storage of a [`CappedSet`](super::CappedSet): eight bytes, holding
+//! The per-peer lists: [`CappedSet`], and its storage, eight bytes holding
 //! up to three small codes inline or else a pointer to a vector of them.
 //!
 //! A million records keep four such lists each, and most lists hold one to
@@ -6,7 +6,7 @@
 //! 20 bits: a port with its protocol, an interned owner or process name.
 //! A `SmallVec` or an enum beside a heap pointer takes 16 to 24 bytes for
 //! the same.
-use std::ptr;
+use std::{cmp::Ordering, fmt, marker::PhantomData, ptr};
 
 /// Up to three 20-bit codes inline, more (or a larger one) on the heap.
 ///
@@ -136,9 +136,114 @@ impl PartialEq for Packed {
 
 impl Eq for Packed {}
 
+/// Entries kept in each per-peer list (ports, processes).
+pub const LIST_CAP: usize = 64;
+
+/// A small set that stops growing at [`LIST_CAP`] entries, kept sorted.
+///
+/// Eight bytes: most peers have one or two ports, one process and one
+/// owner or none, and each is a number of at most 20 bits, so up to three
+/// stay inline in the record (see `Packed`); a million records cost a
+/// million records and not millions of heap allocations on top.
+pub struct CappedSet<T: InlineItem>(Packed, PhantomData<fn() -> T>);
+
+/// An item a [`CappedSet`] keeps, as a number: small (under 2^20) for the
+/// ones most lists hold, so that three fit in the set's eight bytes.
+pub trait InlineItem: Copy + Ord {
+    /// `None` when the item cannot be kept (a name past its table's
+    /// bound).
+    fn code(self) -> Option<u32>;
+    /// The item of a code [`Self::code`] gave.
+    fn from_code(code: u32) -> Self;
+}
+
+impl<T: InlineItem> Default for CappedSet<T> {
+    fn default() -> Self {
+        Self(Packed::default(), PhantomData)
+    }
+}
+
+impl<T: InlineItem> Clone for CappedSet<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), PhantomData)
+    }
+}
+
+impl<T: InlineItem> PartialEq for CappedSet<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<T: InlineItem> Eq for CappedSet<T> {}
+
+impl<T: InlineItem + fmt::Debug> fmt::Debug for CappedSet<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: InlineItem> CappedSet<T> {
+    /// Adds `value` unless present or full; allocation happens only when a
+    /// fourth value is kept.
+    pub fn insert(&mut self, value: T) {
+        let Some(code) = value.code() else {
+            return;
+        };
+        let (mut low, mut high) = (0, self.0.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            match T::from_code(self.0.get(middle)).cmp(&value) {
+                Ordering::Less => low = middle + 1,
+                Ordering::Equal => return,
+                Ordering::Greater => high = middle,
+            }
+        }
+        if self.0.len() < LIST_CAP {
+            self.0.insert(low, code);
+        }
+    }
+
+    /// The items, in order.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.0.iter().map(T::from_code)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+impl<T: InlineItem> FromIterator<T> for CappedSet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut set = Self::default();
+        for value in iter {
+            set.insert(value);
+        }
+        set
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{peer::Comm, store::PeerRecord};
+
+    #[test]
+    fn lists_are_capped() {
+        let ports: CappedSet<u16> = (0..1000).rev().collect();
+        assert!(ports.iter().eq(936..1000));
+    }
+
+    #[test]
+    fn a_record_is_four_counts_and_four_words() {
+        assert_eq!(size_of::<CappedSet<Comm>>(), 8);
+        assert_eq!(size_of::<PeerRecord>(), 64);
+    }
 
     #[test]
     fn eight_bytes_and_ordered_inserts() {

@@ -33,6 +33,7 @@ mod agreement;
 mod codes;
 mod compact;
 mod fallback;
+mod key;
 mod lockfile;
 mod output;
 mod reader;
@@ -43,11 +44,13 @@ mod writer;
 
 use anyhow::{Context as _, bail};
 
+pub use compact::{CappedSet, InlineItem, LIST_CAP};
 pub use fallback::parse_with_serde;
+pub use key::{NetnsScope, PeerKey};
 pub use lockfile::Lock;
 pub use output::{OnCorrupt, Output, check_output, open_output};
 pub use schema::{FORMAT_VERSION, MAX_ADDRESSES, OLDEST_VERSION, PeerRecord};
-pub use set::{CappedSet, InlineItem, LIST_CAP, NetnsScope, PeerKey, PeerSet};
+pub use set::PeerSet;
 pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
 pub use writer::{Chunks, to_json, write_checkpoint, write_json};

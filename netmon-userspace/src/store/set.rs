@@ -1,222 +1,12 @@
 //! The peer set: what is known about each peer, kept in address order.
 use std::{
-    cmp::Ordering,
     collections::{BTreeMap, btree_map::Entry},
-    fmt,
-    marker::PhantomData,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     ops::Bound,
 };
 
-use super::{PeerRecord, compact::Packed};
+use super::{PeerKey, PeerRecord};
 use crate::peer::{Connection, Direction, Directions, NetnsId, Service};
-
-/// Which peer a record is about: an address, in the host's network
-/// namespace or in another one. Ordered by namespace first, so the
-/// host's peers come first; then IPv4 before IPv6, numerically within
-/// each family.
-///
-/// 20 bytes: the set keeps a key per peer twice (its index and its
-/// records), so the address is 16 bytes in IPv6 form with IPv4 mapped
-/// into it (`::ffff:a.b.c.d`, which no IPv6 peer is: those are
-/// normalised to IPv4), not a 17-byte `IpAddr` padded to 24.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    /// The namespace's inode number; 0 for the host's (the one netmon
-    /// watches from).
-    pub netns: u32,
-    /// The address's four words, most significant first.
-    words: [u32; 4],
-}
-
-/// The first three words of an IPv4-mapped address.
-const MAPPED: [u32; 3] = [0, 0, 0xffff];
-
-impl PeerKey {
-    /// `ip` in namespace `netns` (0: the host's); an IPv4-mapped `ip` is
-    /// its IPv4 address.
-    pub const fn new(netns: u32, ip: IpAddr) -> Self {
-        let bits = match ip {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
-            IpAddr::V6(v6) => v6.to_bits(),
-        };
-        Self {
-            netns,
-            words: [
-                (bits >> 96) as u32,
-                (bits >> 64) as u32,
-                (bits >> 32) as u32,
-                bits as u32,
-            ],
-        }
-    }
-
-    /// `ip` in the host's network namespace.
-    pub const fn host(ip: IpAddr) -> Self {
-        Self::new(0, ip)
-    }
-
-    pub const fn ip(self) -> IpAddr {
-        let [a, b, c, d] = self.words;
-        if self.is_ipv4() {
-            return IpAddr::V4(Ipv4Addr::from_bits(d));
-        }
-        IpAddr::V6(Ipv6Addr::from_bits(
-            (a as u128) << 96 | (b as u128) << 64 | (c as u128) << 32 | d as u128,
-        ))
-    }
-
-    const fn is_ipv4(self) -> bool {
-        self.words[0] == MAPPED[0] && self.words[1] == MAPPED[1] && self.words[2] == MAPPED[2]
-    }
-
-    /// The namespace, unless it is the host's.
-    pub fn netns(self) -> Option<NetnsId> {
-        (self.netns != 0).then_some(NetnsId(self.netns))
-    }
-}
-
-impl PeerKey {
-    /// The order as two integers: the set compares keys some twenty times
-    /// a lookup.
-    #[inline]
-    fn rank(&self) -> (u64, u128) {
-        let [a, b, c, d] = self.words;
-        let family = u64::from(!self.is_ipv4());
-        (
-            u64::from(self.netns) << 1 | family,
-            (a as u128) << 96 | (b as u128) << 64 | (c as u128) << 32 | d as u128,
-        )
-    }
-}
-
-impl Ord for PeerKey {
-    #[inline]
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.rank().cmp(&other.rank())
-    }
-}
-
-impl PartialOrd for PeerKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Which network namespaces' peers a report shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum NetnsScope {
-    /// The host's own (the default).
-    #[default]
-    Host,
-    /// Every namespace's, as one set.
-    All,
-    /// One other namespace's.
-    Only(NetnsId),
-}
-
-impl NetnsScope {
-    pub fn contains(self, netns: Option<NetnsId>) -> bool {
-        let netns = netns.map_or(0, |id| id.0);
-        match self {
-            Self::Host => netns == 0,
-            Self::All => true,
-            Self::Only(id) => netns == id.0,
-        }
-    }
-}
-
-/// Entries kept in each per-peer list (ports, processes).
-pub const LIST_CAP: usize = 64;
-
-/// A small set that stops growing at [`LIST_CAP`] entries, kept sorted.
-///
-/// Eight bytes: most peers have one or two ports, one process and one
-/// owner or none, and each is a number of at most 20 bits, so up to three
-/// stay inline in the record (see [`Packed`]); a million records cost a
-/// million records and not millions of heap allocations on top.
-pub struct CappedSet<T: InlineItem>(Packed, PhantomData<fn() -> T>);
-
-/// An item a [`CappedSet`] keeps, as a number: small (under 2^20) for the
-/// ones most lists hold, so that three fit in the set's eight bytes.
-pub trait InlineItem: Copy + Ord {
-    /// `None` when the item cannot be kept (a name past its table's
-    /// bound).
-    fn code(self) -> Option<u32>;
-    /// The item of a code [`Self::code`] gave.
-    fn from_code(code: u32) -> Self;
-}
-
-impl<T: InlineItem> Default for CappedSet<T> {
-    fn default() -> Self {
-        Self(Packed::default(), PhantomData)
-    }
-}
-
-impl<T: InlineItem> Clone for CappedSet<T> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone(), PhantomData)
-    }
-}
-
-impl<T: InlineItem> PartialEq for CappedSet<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl<T: InlineItem> Eq for CappedSet<T> {}
-
-impl<T: InlineItem + fmt::Debug> fmt::Debug for CappedSet<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl<T: InlineItem> CappedSet<T> {
-    /// Adds `value` unless present or full; allocation happens only when a
-    /// fourth value is kept.
-    pub fn insert(&mut self, value: T) {
-        let Some(code) = value.code() else {
-            return;
-        };
-        let (mut low, mut high) = (0, self.0.len());
-        while low < high {
-            let middle = (low + high) / 2;
-            match T::from_code(self.0.get(middle)).cmp(&value) {
-                Ordering::Less => low = middle + 1,
-                Ordering::Equal => return,
-                Ordering::Greater => high = middle,
-            }
-        }
-        if self.0.len() < LIST_CAP {
-            self.0.insert(low, code);
-        }
-    }
-
-    /// The items, in order.
-    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
-        self.0.iter().map(T::from_code)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.len() == 0
-    }
-}
-
-impl<T: InlineItem> FromIterator<T> for CappedSet<T> {
-    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        let mut set = Self::default();
-        for value in iter {
-            set.insert(value);
-        }
-        set
-    }
-}
 
 // The record's fields are the checkpoint's, declared once in
 // `super::schema`; here is how the collector fills them in.
@@ -275,7 +65,7 @@ impl PeerRecord {
 ///
 /// A sorted vector of keys, each with its record's position, plus the
 /// peers added since the keys were last sorted in, in a small ordered map;
-/// the ~100-byte records are appended to one vector and never move. The
+/// the 64-byte records are appended to one vector and never move. The
 /// keys give checkpoints and reports numeric address order; a file's keys,
 /// read in order, are the index as they are (no tree is built beside them,
 /// so loading peaks no higher than the set), and a file's records stay in
@@ -611,40 +401,6 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn keys_order_namespace_then_ipv4_then_ipv6_numerically() {
-        let key = |netns, ip: &str| PeerKey::new(netns, ip.parse().unwrap());
-        let mut keys = [
-            key(7, "10.0.0.1"),
-            key(0, "fd00::10"),
-            key(0, "::1"),
-            key(0, "255.255.255.255"),
-            key(0, "fd00::2"),
-            key(0, "0.0.0.0"),
-            key(0, "::ffff:9.9.9.9"),
-            key(0, "::"),
-        ];
-        keys.sort();
-        let names: Vec<_> = keys
-            .iter()
-            .map(|k| format!("{}/{}", k.netns, k.ip()))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "0/0.0.0.0",
-                "0/9.9.9.9",
-                "0/255.255.255.255",
-                "0/::",
-                "0/::1",
-                "0/fd00::2",
-                "0/fd00::10",
-                "7/10.0.0.1"
-            ]
-        );
-        assert_eq!(size_of::<PeerKey>(), 20);
-    }
-
-    #[test]
     fn record_counts_and_dedupes() {
         let mut set = PeerSet::default();
         assert!(set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 100));
@@ -669,18 +425,6 @@ pub(super) mod tests {
         let record = set.get(Ipv4Addr::new(10, 0, 0, 2).into()).unwrap();
         assert_eq!(record.inbound, 1);
         assert!(record.local_ports.is_empty());
-    }
-
-    #[test]
-    fn lists_are_capped() {
-        let ports: CappedSet<u16> = (0..1000).rev().collect();
-        assert!(ports.iter().eq(936..1000));
-    }
-
-    #[test]
-    fn a_record_is_four_counts_and_four_words() {
-        assert_eq!(size_of::<CappedSet<Comm>>(), 8);
-        assert_eq!(size_of::<PeerRecord>(), 64);
     }
 
     #[test]
