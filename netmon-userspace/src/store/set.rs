@@ -81,7 +81,7 @@ pub struct PeerSet {
     keys: Vec<PeerKey>,
     /// `keys[i]`'s position in `records`; empty while that is `i` (a
     /// file's set, as read). Positions are `u32`: four billion records
-    /// would take over 400 GB, far past any memory.
+    /// would take over 250 GB, far past any memory.
     at: Vec<u32>,
     /// Every [`FENCE`]th key of `keys`, searched first: a thirty-second
     /// as large, it stays in cache where a search of all the keys would
@@ -111,7 +111,8 @@ impl PeerSet {
 
     /// Folds one observation of `connections` connections in (0 when it
     /// only adds what it knows, such as the accepting process of a
-    /// connection another hook counted), in one lookup: a new peer is
+    /// connection another hook counted), in one search of the sorted keys
+    /// and at most one of the recent ones: a new peer is
     /// refused (`None`) once the set holds `limit`. Gives what
     /// `before` makes of the record as it was (`None` for a new peer) and
     /// the record as it is now.
