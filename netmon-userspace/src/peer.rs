@@ -223,6 +223,11 @@ impl Comm {
         Self::from_raw(raw)
     }
 
+    /// All 16 bytes, NUL-padded.
+    pub(crate) const fn raw(self) -> [u8; COMM_LEN] {
+        self.0
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         &self.0[..len]
@@ -287,6 +292,16 @@ impl Owner {
 
     pub fn name(self) -> std::sync::Arc<str> {
         owners::name(self.0)
+    }
+
+    /// Its number in the table, under [`MAX_OWNERS`]: what a record keeps.
+    pub(crate) const fn id(self) -> u32 {
+        self.0
+    }
+
+    /// The owner numbered `id` by [`Self::id`].
+    pub(crate) const fn from_id(id: u32) -> Self {
+        Self(id)
     }
 
     /// The name to print: a cgroup path can hold anything.

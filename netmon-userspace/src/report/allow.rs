@@ -151,7 +151,7 @@ pub fn accesses(
         (Ports::Observed, Direction::Inbound) => Some(record.local_ports.iter()),
         (Ports::Observed, Direction::Outbound) => Some(record.remote_ports.iter()),
     };
-    let services = observed.into_iter().flatten().map(|&service| Some(service));
+    let services = observed.into_iter().flatten().map(Some);
     any.into_iter().chain(services).map(move |service| Access {
         direction,
         service,

@@ -275,7 +275,7 @@ impl<'a> Selection<'a> {
                     .record
                     .owners
                     .iter()
-                    .any(|&owner| self.owners.iter().any(|p| p.matches(owner))))
+                    .any(|owner| self.owners.iter().any(|p| p.matches(owner))))
     }
 }
 

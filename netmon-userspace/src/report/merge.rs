@@ -142,9 +142,9 @@ mod tests {
         assert_eq!((got.outbound, got.inbound), (11, 22));
         assert_eq!(
             got.remote_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(443), &Service::tcp(8443)]
+            [Service::tcp(443), Service::tcp(8443)]
         );
-        let names: Vec<_> = got.processes.iter().map(Comm::to_string).collect();
+        let names: Vec<_> = got.processes.iter().map(|comm| comm.to_string()).collect();
         assert_eq!(names, ["curl", "sshd"]);
         // A peer only one input has comes through untouched.
         assert_eq!(

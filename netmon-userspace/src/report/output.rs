@@ -223,7 +223,7 @@ fn push_list<T: InlineItem + Ord + Copy>(
     list: &CappedSet<T>,
     push: fn(&mut String, T),
 ) {
-    for (index, &item) in list.iter().enumerate() {
+    for (index, item) in list.iter().enumerate() {
         if index > 0 {
             out.push(',');
         }

@@ -43,10 +43,10 @@ pub fn stats(request: &StatsRequest, out: &mut impl Write) -> anyhow::Result<()>
     }
     let mut sections = vec![("BY CLASS", per_class(&peers, detail))];
     if detail == Detail::Recorded {
-        let ports = count(&peers, |peer| peer.record.local_ports.iter().copied());
-        let remote = count(&peers, |peer| peer.record.remote_ports.iter().copied());
-        let processes = count(&peers, |peer| peer.record.processes.iter().copied());
-        let owners = count(&peers, |peer| peer.record.owners.iter().copied());
+        let ports = count(&peers, |peer| peer.record.local_ports.iter());
+        let remote = count(&peers, |peer| peer.record.remote_ports.iter());
+        let processes = count(&peers, |peer| peer.record.processes.iter());
+        let owners = count(&peers, |peer| peer.record.owners.iter());
         sections.extend([
             ("TOP PEERS BY CONNECTIONS", top_peers(&peers, top)),
             ("TOP LOCAL PORTS BY PEERS", top_counts("PORT", ports, top)),

@@ -30,8 +30,10 @@ use std::{
 
 #[cfg(test)]
 mod agreement;
+mod codes;
 mod compact;
 mod fallback;
+mod key;
 mod lockfile;
 mod output;
 mod reader;
@@ -42,11 +44,13 @@ mod writer;
 
 use anyhow::{Context as _, bail};
 
+pub use compact::{CappedSet, InlineItem, LIST_CAP};
 pub use fallback::parse_with_serde;
+pub use key::{NetnsScope, PeerKey};
 pub use lockfile::Lock;
 pub use output::{OnCorrupt, Output, check_output, open_output};
 pub use schema::{FORMAT_VERSION, MAX_ADDRESSES, OLDEST_VERSION, PeerRecord};
-pub use set::{CappedSet, InlineItem, LIST_CAP, NetnsScope, PeerKey, PeerSet};
+pub use set::PeerSet;
 pub use target::{Target, write_atomically};
 pub(crate) use writer::decimal;
 pub use writer::{Chunks, to_json, write_checkpoint, write_json};
@@ -352,7 +356,7 @@ mod tests {
         assert_eq!(merged.outbound, 4);
         assert_eq!(
             merged.remote_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(1), &Service::tcp(3)]
+            [Service::tcp(1), Service::tcp(3)]
         );
         assert_eq!(merged.last_seen - merged.first_seen, 86_400);
     }

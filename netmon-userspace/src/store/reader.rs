@@ -180,7 +180,7 @@ impl<R: io::Read> Cursor<R> {
 
     /// The bytes between the quotes of a string without escapes or
     /// control characters (not yet checked to be UTF-8).
-    fn raw_string(&mut self) -> Option<&[u8]> {
+    pub(super) fn raw_string(&mut self) -> Option<&[u8]> {
         self.eat(b'"')?;
         let rest = &self.buffer[self.at..];
         let len = rest

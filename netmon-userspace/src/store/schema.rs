@@ -135,7 +135,8 @@ impl Codec for Ports {
     fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<Service>> {
         cursor.list(|cursor| {
             if cursor.peek()? == b'"' {
-                Service::parse(cursor.string()?.as_bytes()).map(Some)
+                // Not checked to be UTF-8 first: a port is ASCII or nothing.
+                Service::parse(cursor.raw_string()?).map(Some)
             } else {
                 u16::try_from(cursor.u64()?)
                     .ok()
@@ -212,7 +213,7 @@ mod fold {
 
     /// Within the set's cap.
     pub fn union<T: InlineItem + Ord + Copy>(kept: &mut CappedSet<T>, other: &CappedSet<T>) {
-        other.iter().for_each(|item| kept.insert(*item));
+        other.iter().for_each(|item| kept.insert(item));
     }
 }
 

@@ -1,216 +1,12 @@
 //! The peer set: what is known about each peer, kept in address order.
 use std::{
     collections::{BTreeMap, btree_map::Entry},
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     ops::Bound,
 };
 
-use smallvec::SmallVec;
-
-use super::{PeerRecord, compact::Compact};
-use crate::peer::{Comm, Connection, Direction, Directions, NetnsId, Owner, Service};
-
-/// Which peer a record is about: an address, in the host's network
-/// namespace or in another one. Ordered by namespace first, so the
-/// host's peers come first; then IPv4 before IPv6, numerically within
-/// each family.
-///
-/// 20 bytes: the set keeps a key per peer twice (its index and its
-/// records), so the address is 16 bytes in IPv6 form with IPv4 mapped
-/// into it (`::ffff:a.b.c.d`, which no IPv6 peer is: those are
-/// normalised to IPv4), not a 17-byte `IpAddr` padded to 24.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    /// The namespace's inode number; 0 for the host's (the one netmon
-    /// watches from).
-    pub netns: u32,
-    /// The address's four words, most significant first.
-    words: [u32; 4],
-}
-
-/// The first three words of an IPv4-mapped address.
-const MAPPED: [u32; 3] = [0, 0, 0xffff];
-
-impl PeerKey {
-    /// `ip` in namespace `netns` (0: the host's); an IPv4-mapped `ip` is
-    /// its IPv4 address.
-    pub const fn new(netns: u32, ip: IpAddr) -> Self {
-        let bits = match ip {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
-            IpAddr::V6(v6) => v6.to_bits(),
-        };
-        Self {
-            netns,
-            words: [
-                (bits >> 96) as u32,
-                (bits >> 64) as u32,
-                (bits >> 32) as u32,
-                bits as u32,
-            ],
-        }
-    }
-
-    /// `ip` in the host's network namespace.
-    pub const fn host(ip: IpAddr) -> Self {
-        Self::new(0, ip)
-    }
-
-    pub const fn ip(self) -> IpAddr {
-        let [a, b, c, d] = self.words;
-        if self.is_ipv4() {
-            return IpAddr::V4(Ipv4Addr::from_bits(d));
-        }
-        IpAddr::V6(Ipv6Addr::from_bits(
-            (a as u128) << 96 | (b as u128) << 64 | (c as u128) << 32 | d as u128,
-        ))
-    }
-
-    const fn is_ipv4(self) -> bool {
-        self.words[0] == MAPPED[0] && self.words[1] == MAPPED[1] && self.words[2] == MAPPED[2]
-    }
-
-    /// The namespace, unless it is the host's.
-    pub fn netns(self) -> Option<NetnsId> {
-        (self.netns != 0).then_some(NetnsId(self.netns))
-    }
-}
-
-impl Ord for PeerKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.netns, !self.is_ipv4(), self.words).cmp(&(other.netns, !other.is_ipv4(), other.words))
-    }
-}
-
-impl PartialOrd for PeerKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Which network namespaces' peers a report shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum NetnsScope {
-    /// The host's own (the default).
-    #[default]
-    Host,
-    /// Every namespace's, as one set.
-    All,
-    /// One other namespace's.
-    Only(NetnsId),
-}
-
-impl NetnsScope {
-    pub fn contains(self, netns: Option<NetnsId>) -> bool {
-        let netns = netns.map_or(0, |id| id.0);
-        match self {
-            Self::Host => netns == 0,
-            Self::All => true,
-            Self::Only(id) => netns == id.0,
-        }
-    }
-}
-
-/// Entries kept in each per-peer list (ports, processes).
-pub const LIST_CAP: usize = 64;
-
-/// A small set that stops growing at [`LIST_CAP`] entries, kept sorted.
-///
-/// Most peers have one or two ports and one process: those stay inline in
-/// the record, so a million peers cost a million records and not three
-/// million heap allocations on top.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CappedSet<T: InlineItem>(T::Store);
-
-/// How a [`CappedSet`] of a kind keeps its items: inline as many as fit
-/// beside the heap pointer a longer list needs anyway.
-pub trait InlineItem: Sized {
-    type Store: Slots<Self>;
-}
-
-/// A sorted list's storage.
-pub trait Slots<T>: Default + Clone + fmt::Debug + PartialEq + Eq {
-    fn as_slice(&self) -> &[T];
-    /// Inserts `value` at `at` (at most the length).
-    fn insert(&mut self, at: usize, value: T);
-}
-
-impl<A> Slots<A::Item> for SmallVec<A>
-where
-    A: smallvec::Array,
-    A::Item: Clone + fmt::Debug + PartialEq + Eq,
-{
-    fn as_slice(&self) -> &[A::Item] {
-        self
-    }
-
-    fn insert(&mut self, at: usize, value: A::Item) {
-        SmallVec::insert(self, at, value);
-    }
-}
-
-impl<T: Copy + fmt::Debug + PartialEq + Eq> Slots<T> for Compact<T> {
-    fn as_slice(&self) -> &[T] {
-        Compact::as_slice(self)
-    }
-
-    fn insert(&mut self, at: usize, value: T) {
-        Compact::insert(self, at, value);
-    }
-}
-
-impl InlineItem for u16 {
-    type Store = SmallVec<[u16; 8]>;
-}
-
-impl InlineItem for Service {
-    type Store = Compact<Service>;
-}
-
-impl InlineItem for Comm {
-    type Store = SmallVec<[Comm; 1]>;
-}
-
-impl InlineItem for Owner {
-    type Store = Compact<Owner>;
-}
-
-impl<T: InlineItem> Default for CappedSet<T> {
-    fn default() -> Self {
-        Self(T::Store::default())
-    }
-}
-
-impl<T: InlineItem + Ord + Copy> CappedSet<T> {
-    /// Adds `value` unless present or full; allocation happens only when a
-    /// new value is kept past the inline ones.
-    pub fn insert(&mut self, value: T) {
-        let items = self.0.as_slice();
-        if let Err(at) = items.binary_search(&value)
-            && items.len() < LIST_CAP
-        {
-            self.0.insert(at, value);
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.0.as_slice().iter()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.as_slice().is_empty()
-    }
-}
-
-impl<T: InlineItem + Ord + Copy> FromIterator<T> for CappedSet<T> {
-    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        let mut set = Self::default();
-        for value in iter {
-            set.insert(value);
-        }
-        set
-    }
-}
+use super::{PeerKey, PeerRecord};
+use crate::peer::{Connection, Direction, Directions, NetnsId, Service};
 
 // The record's fields are the checkpoint's, declared once in
 // `super::schema`; here is how the collector fills them in.
@@ -267,25 +63,42 @@ impl PeerRecord {
 
 /// The deduplicated set of peers.
 ///
-/// An ordered index of small positions over a vector of records: the
-/// index gives checkpoints and reports numeric address order, and with
-/// only 4-byte positions in it its nodes stay small and dense in cache,
-/// while the ~100-byte records are appended to one vector. A file's
-/// records, read into one vector, stay in it instead of being moved into
-/// tree nodes: a faster load and a lower peak. The keys live in the
-/// index only.
+/// A sorted vector of keys, each with its record's position, plus the
+/// peers added since the keys were last sorted in, in a small ordered map;
+/// the 64-byte records are appended to one vector and never move. The
+/// keys give checkpoints and reports numeric address order; a file's keys,
+/// read in order, are the index as they are (no tree is built beside them,
+/// so loading peaks no higher than the set), and a file's records stay in
+/// the vector the reader put them in. The recent peers are sorted into the
+/// keys, in place, once they are an eighth as many.
 ///
 /// The vector does not ask for huge pages as it grows, as the reader's
 /// does: with THP defrag at `madvise`, a fault in an advised range may
 /// compact memory on the spot, and a collector stalled there loses events.
 #[derive(Debug, Default)]
 pub struct PeerSet {
-    /// Peer to position in `records`. Positions are `u32`: four billion
-    /// records would take over 400 GB, far past any memory.
-    index: BTreeMap<PeerKey, u32>,
+    /// Sorted, each once, none of them in `recent`.
+    keys: Vec<PeerKey>,
+    /// `keys[i]`'s position in `records`; empty while that is `i` (a
+    /// file's set, as read). Positions are `u32`: four billion records
+    /// would take over 250 GB, far past any memory.
+    at: Vec<u32>,
+    /// Every [`FENCE`]th key of `keys`, searched first: a thirty-second
+    /// as large, it stays in cache where a search of all the keys would
+    /// miss it at each step.
+    fences: Vec<PeerKey>,
+    /// Peers added since `keys` was last sorted, to their positions.
+    recent: BTreeMap<PeerKey, u32>,
     /// In arrival order (in key order, as read from a file).
     records: Vec<PeerRecord>,
 }
+
+/// Recent peers kept apart from the sorted keys, at least: sorting them
+/// in moves every key after them.
+const RECENT_MIN: usize = 4096;
+
+/// Keys per fence: a block of them spans ten cache lines.
+const FENCE: usize = 32;
 
 impl PeerSet {
     /// The tests' shorthand for [`Self::record_within`] without a limit:
@@ -298,7 +111,8 @@ impl PeerSet {
 
     /// Folds one observation of `connections` connections in (0 when it
     /// only adds what it knows, such as the accepting process of a
-    /// connection another hook counted), in one lookup: a new peer is
+    /// connection another hook counted), in one search of the sorted keys
+    /// and at most one of the recent ones: a new peer is
     /// refused (`None`) once the set holds `limit`. Gives what
     /// `before` makes of the record as it was (`None` for a new peer) and
     /// the record as it is now.
@@ -310,24 +124,106 @@ impl PeerSet {
         limit: usize,
         before: impl FnOnce(&PeerRecord) -> T,
     ) -> Option<(Option<T>, &PeerRecord)> {
-        let full = self.records.len() >= limit;
         let key = PeerKey::new(conn.netns.map_or(0, |id| id.0), conn.peer);
-        let (was, at) = match self.index.entry(key) {
-            Entry::Occupied(slot) => {
-                let at = *slot.get() as usize;
+        let full = self.records.len() >= limit;
+        // One search of the sorted keys, then one of the recent ones that
+        // inserts there too.
+        let (was, at) = match self.search(key) {
+            Ok(i) => {
+                let at = self.position(i);
                 (Some(before(&self.records[at])), at)
             }
-            Entry::Vacant(_) if full => return None,
-            Entry::Vacant(slot) => {
-                let at = self.records.len();
-                slot.insert(at as u32);
-                self.records.push(PeerRecord::new(now));
-                (None, at)
-            }
+            Err(_) => match self.recent.entry(key) {
+                Entry::Occupied(slot) => {
+                    let at = *slot.get() as usize;
+                    (Some(before(&self.records[at])), at)
+                }
+                Entry::Vacant(_) if full => return None,
+                Entry::Vacant(slot) => {
+                    let at = self.records.len();
+                    slot.insert(at as u32);
+                    self.records.push(PeerRecord::new(now));
+                    self.sort_in_recent_if_many();
+                    (None, at)
+                }
+            },
         };
         let record = &mut self.records[at];
         record.add(conn, connections, now);
         Some((was, record))
+    }
+
+    /// `key`'s index in the sorted keys, or where it would go: its block
+    /// by the fences, then within the block.
+    fn search(&self, key: PeerKey) -> Result<usize, usize> {
+        let start = match self.fences.partition_point(|fence| *fence <= key) {
+            0 => return Err(0),
+            block => (block - 1) * FENCE,
+        };
+        let end = (start + FENCE).min(self.keys.len());
+        match self.keys[start..end].binary_search(&key) {
+            Ok(i) => Ok(start + i),
+            Err(i) => Err(start + i),
+        }
+    }
+
+    /// Sets the fences of the keys as they now are.
+    fn build_fences(&mut self) {
+        self.fences.clear();
+        self.fences.extend(self.keys.iter().step_by(FENCE).copied());
+    }
+
+    /// Where `key`'s record is.
+    fn find(&self, key: PeerKey) -> Option<usize> {
+        match self.search(key) {
+            Ok(i) => Some(self.position(i)),
+            Err(_) => self.recent.get(&key).map(|&at| at as usize),
+        }
+    }
+
+    /// The position of `keys[i]`'s record.
+    fn position(&self, i: usize) -> usize {
+        self.at.get(i).map_or(i, |&at| at as usize)
+    }
+
+    /// Adds a peer that is not in the set.
+    fn push(&mut self, key: PeerKey, record: PeerRecord) {
+        self.recent.insert(key, self.records.len() as u32);
+        self.records.push(record);
+        self.sort_in_recent_if_many();
+    }
+
+    fn sort_in_recent_if_many(&mut self) {
+        if self.recent.len() > RECENT_MIN.max(self.keys.len() / 8) {
+            self.sort_in_recent();
+        }
+    }
+
+    /// Merges the recent peers into the sorted keys, from the back, in
+    /// place: no second copy of the keys exists at any time.
+    fn sort_in_recent(&mut self) {
+        let recent = std::mem::take(&mut self.recent);
+        let (old, new) = (self.keys.len(), self.keys.len() + recent.len());
+        if self.at.is_empty() {
+            self.at.reserve(new);
+            self.at.extend(0..old as u32);
+        }
+        self.keys
+            .resize(new, PeerKey::host(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        self.at.resize(new, 0);
+        let (mut kept, mut to) = (old, new);
+        for (key, at) in recent.into_iter().rev() {
+            while kept > 0 && self.keys[kept - 1] > key {
+                kept -= 1;
+                to -= 1;
+                self.keys[to] = self.keys[kept];
+                self.at[to] = self.at[kept];
+            }
+            to -= 1;
+            self.keys[to] = key;
+            self.at[to] = at;
+        }
+        self.build_fences();
     }
 
     pub fn len(&self) -> usize {
@@ -340,17 +236,15 @@ impl PeerSet {
 
     /// The peer at `addr` in the host's network namespace.
     pub fn get(&self, addr: IpAddr) -> Option<&PeerRecord> {
-        let at = *self.index.get(&PeerKey::host(addr))?;
-        Some(&self.records[at as usize])
+        Some(&self.records[self.find(PeerKey::host(addr))?])
     }
 
     /// The host's network namespace's peers, in numeric address order:
     /// what a host's reports, rules and metrics are about.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, &PeerRecord)> {
-        let others = PeerKey::new(1, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        self.index
-            .range(..others)
-            .map(|(key, &at)| (key.ip(), &self.records[at as usize]))
+        self.entries()
+            .take_while(|(key, _)| key.netns == 0)
+            .map(|(key, record)| (key.ip(), record))
     }
 
     /// Every peer, other namespaces' after the host's.
@@ -365,17 +259,40 @@ impl PeerSet {
         &self,
         after: Option<PeerKey>,
     ) -> impl Iterator<Item = (PeerKey, &PeerRecord)> {
+        self.positions_after(after)
+            .map(|(key, at)| (key, &self.records[at]))
+    }
+
+    /// Keys in order after `after`, with their records' positions: the
+    /// sorted keys and the recent ones, merged.
+    fn positions_after(&self, after: Option<PeerKey>) -> impl Iterator<Item = (PeerKey, usize)> {
+        let first = after.map_or(0, |after| self.keys.partition_point(|key| *key <= after));
+        let mut sorted = (first..self.keys.len())
+            .map(|i| (self.keys[i], self.position(i)))
+            .peekable();
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.index
+        let mut recent = self
+            .recent
             .range((from, Bound::Unbounded))
-            .map(|(key, &at)| (*key, &self.records[at as usize]))
+            .map(|(key, &at)| (*key, at as usize))
+            .peekable();
+        std::iter::from_fn(move || match (sorted.peek(), recent.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => recent.next(),
+            (Some(_), _) => sorted.next(),
+            (None, _) => recent.next(),
+        })
     }
 
     /// The network namespaces other than the host's that have peers, with
     /// how many.
     pub fn namespaces(&self) -> BTreeMap<NetnsId, usize> {
         let mut namespaces = BTreeMap::new();
-        for key in self.index.keys().filter(|key| key.netns != 0) {
+        let others = PeerKey::new(1, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let first = self.keys.partition_point(|key| *key < others);
+        let keys = self.keys[first..]
+            .iter()
+            .chain(self.recent.range(others..).map(|(key, _)| key));
+        for key in keys {
             *namespaces.entry(NetnsId(key.netns)).or_default() += 1;
         }
         namespaces
@@ -387,21 +304,19 @@ impl PeerSet {
             // Reading one file: take its set rather than re-insert it.
             *self = other;
         } else {
+            let order: Vec<(PeerKey, usize)> = other.positions_after(None).collect();
             let mut records = other.records;
-            for (key, at) in other.index {
-                self.merge_record(key, std::mem::take(&mut records[at as usize]));
+            for (key, at) in order {
+                self.merge_record(key, std::mem::take(&mut records[at]));
             }
         }
     }
 
     /// Adds a whole record (from a file), merging with what is there.
     pub fn merge_record(&mut self, key: PeerKey, other: PeerRecord) {
-        match self.index.entry(key) {
-            Entry::Vacant(slot) => {
-                slot.insert(self.records.len() as u32);
-                self.records.push(other);
-            }
-            Entry::Occupied(slot) => self.records[*slot.get() as usize].merge(&other),
+        match self.find(key) {
+            Some(at) => self.records[at].merge(&other),
+            None => self.push(key, other),
         }
     }
 
@@ -413,44 +328,46 @@ impl PeerSet {
     }
 
     /// A file's peers, as read: in key order, as netmon writes them, the
-    /// records stay where the reader put them and the index is built in
-    /// one pass over the keys. Out of order, or repeated (a merge's
-    /// input, an old poller's list), they are sorted first, the records
-    /// moved once into key order; sorting keeps repeats in file order
-    /// for [`PeerRecord::merge`].
+    /// keys are the index and the records stay where the reader put them.
+    /// Out of order, or repeated (a merge's input, an old poller's list),
+    /// they are sorted first, the records moved once into key order;
+    /// sorting keeps repeats in file order for [`PeerRecord::merge`].
     pub(super) fn from_read(read: FilePeers) -> Self {
-        let FilePeers { keys, mut records } = read;
+        let FilePeers {
+            mut keys,
+            mut records,
+        } = read;
         if keys.is_sorted_by(|a, b| a < b) {
-            let index = keys
-                .iter()
-                .enumerate()
-                .map(|(at, key)| (*key, at as u32))
-                .collect();
-            return Self { index, records };
+            return Self::sorted(keys, records);
         }
         let mut order: Vec<u32> = (0..keys.len() as u32).collect();
         order.sort_by_key(|&at| keys[at as usize]);
-        let mut set = Self::default();
-        let mut last: Option<(PeerKey, usize)> = None;
+        let mut sorted = Vec::with_capacity(records.len());
+        let mut last: Option<PeerKey> = None;
         for at in order {
             let (key, record) = (keys[at as usize], std::mem::take(&mut records[at as usize]));
-            match last {
-                Some((previous, kept)) if previous == key => set.records[kept].merge(&record),
+            match sorted.last_mut() {
+                Some(kept) if last == Some(key) => PeerRecord::merge(kept, &record),
                 _ => {
-                    last = Some((key, set.records.len()));
-                    set.records.push(record);
+                    last = Some(key);
+                    sorted.push(record);
                 }
             }
         }
-        // Sorted keys, one each, build the tree in one pass.
-        let mut keys = keys;
         keys.sort_unstable();
         keys.dedup();
-        set.index = keys
-            .into_iter()
-            .enumerate()
-            .map(|(at, key)| (key, at as u32))
-            .collect();
+        Self::sorted(keys, sorted)
+    }
+
+    /// A set of `keys`, sorted and each once, and their records, in the
+    /// same order.
+    fn sorted(keys: Vec<PeerKey>, records: Vec<PeerRecord>) -> Self {
+        let mut set = Self {
+            keys,
+            records,
+            ..Self::default()
+        };
+        set.build_fences();
         set
     }
 }
@@ -466,7 +383,7 @@ pub struct FilePeers {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::peer::Source;
+    use crate::peer::{Comm, Source};
 
     /// A connection with fixed ports, for the store's tests.
     pub(in crate::store) fn conn(peer: [u8; 4], direction: Direction, process: &str) -> Connection {
@@ -485,40 +402,6 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn keys_order_namespace_then_ipv4_then_ipv6_numerically() {
-        let key = |netns, ip: &str| PeerKey::new(netns, ip.parse().unwrap());
-        let mut keys = [
-            key(7, "10.0.0.1"),
-            key(0, "fd00::10"),
-            key(0, "::1"),
-            key(0, "255.255.255.255"),
-            key(0, "fd00::2"),
-            key(0, "0.0.0.0"),
-            key(0, "::ffff:9.9.9.9"),
-            key(0, "::"),
-        ];
-        keys.sort();
-        let names: Vec<_> = keys
-            .iter()
-            .map(|k| format!("{}/{}", k.netns, k.ip()))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "0/0.0.0.0",
-                "0/9.9.9.9",
-                "0/255.255.255.255",
-                "0/::",
-                "0/::1",
-                "0/fd00::2",
-                "0/fd00::10",
-                "7/10.0.0.1"
-            ]
-        );
-        assert_eq!(size_of::<PeerKey>(), 20);
-    }
-
-    #[test]
     fn record_counts_and_dedupes() {
         let mut set = PeerSet::default();
         assert!(set.record(&conn([10, 0, 0, 1], Direction::Outbound, "curl"), 1, 100));
@@ -530,7 +413,7 @@ pub(super) mod tests {
         assert_eq!(record.processes.iter().count(), 2);
         assert_eq!(
             record.local_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(22)]
+            [Service::tcp(22)]
         );
     }
 
@@ -546,9 +429,60 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn lists_are_capped() {
-        let ports: CappedSet<u16> = (0..1000).collect();
-        assert_eq!(ports.iter().count(), LIST_CAP);
+    fn recent_peers_sort_into_the_keys_in_order() {
+        // A file's set, then more new peers than stay apart, interleaved
+        // with the file's and each other's, some in another namespace.
+        let total = 3 * RECENT_MIN as u32;
+        let key_of = |n: u32| {
+            PeerKey::new(
+                n % 3 * 7,
+                Ipv4Addr::from(n.wrapping_mul(2_654_435_761)).into(),
+            )
+        };
+        let file = (0..3000).map(|n| (key_of(n), PeerRecord::new(u64::from(n))));
+        let mut set = PeerSet::from_records(file.collect());
+        for n in (3000..total).rev() {
+            let IpAddr::V4(ip) = key_of(n).ip() else {
+                unreachable!()
+            };
+            let mut peer = conn(ip.octets(), Direction::Outbound, "curl");
+            peer.netns = key_of(n).netns();
+            assert!(set.record(&peer, 1, u64::from(n)));
+        }
+        assert!(set.recent.len() <= RECENT_MIN && !set.at.is_empty());
+        for n in 0..total {
+            assert_eq!(
+                set.find(key_of(n)).map(|at| set.records[at].first_seen),
+                Some(u64::from(n))
+            );
+        }
+        let numbers: std::collections::HashMap<PeerKey, u32> =
+            (0..total).map(|n| (key_of(n), n)).collect();
+        let mut expected: Vec<PeerKey> = numbers.keys().copied().collect();
+        expected.sort();
+        assert!(
+            set.entries()
+                .map(|(key, _)| key)
+                .eq(expected.iter().copied())
+        );
+        for (key, record) in set.entries() {
+            let n = numbers[&key];
+            assert_eq!(record.first_seen, u64::from(n));
+            assert_eq!(record.outbound, u64::from(n >= 3000));
+        }
+        let after = Some(expected[100]);
+        assert!(
+            set.entries_after(after)
+                .map(|(key, _)| key)
+                .eq(expected[101..].iter().copied())
+        );
+        let host = expected.iter().filter(|key| key.netns == 0).count();
+        assert_eq!(set.iter().count(), host);
+        assert_eq!(
+            set.namespaces().values().sum::<usize>(),
+            expected.len() - host
+        );
+        assert_eq!(set.len(), expected.len());
     }
 
     #[test]
@@ -566,11 +500,11 @@ pub(super) mod tests {
         assert_eq!((record.outbound, record.inbound), (2, 2));
         assert_eq!(
             record.remote_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(443)]
+            [Service::tcp(443)]
         );
         assert_eq!(
             record.local_ports.iter().collect::<Vec<_>>(),
-            [&Service::tcp(22)]
+            [Service::tcp(22)]
         );
         assert_eq!(record.processes.iter().count(), 2);
     }

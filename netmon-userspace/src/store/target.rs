@@ -24,6 +24,53 @@ use log::warn;
 
 use crate::time::UnixTime;
 
+/// A file being written that the kernel starts writing back every
+/// [`Writeback::EVERY`] bytes, so that the fsync at the end waits for the
+/// last of them only, not for the whole file (a 1M-peer checkpoint is
+/// about 200 MB: its fsync alone took 130 ms on the development machine).
+pub struct Writeback {
+    file: File,
+    written: u64,
+    started: u64,
+}
+
+impl Writeback {
+    const EVERY: u64 = 8 << 20;
+
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+}
+
+impl io::Write for Writeback {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        self.written += written as u64;
+        if self.written - self.started >= Self::EVERY {
+            // SAFETY: a range of a descriptor we own; only starts the
+            // write-back of its dirty pages. Failure is left to the fsync.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    (self.written - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started = self.written;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Writes `bytes` to `path` atomically, mode 0640.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Target::open(path, false)?.write_atomically_with(|out| out.write_all(bytes))
@@ -161,17 +208,18 @@ impl Target {
     /// fsync, rename, fsync of the directory.
     pub fn write_atomically_with(
         &self,
-        write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+        write: impl FnOnce(&mut BufWriter<Writeback>) -> io::Result<()>,
     ) -> anyhow::Result<()> {
         let (file, tmp) = self
             .create_temp()
             .with_context(|| format!("cannot write checkpoint {}", self.path.display()))?;
         let result = (|| -> io::Result<()> {
-            let mut writer = BufWriter::with_capacity(1 << 16, file);
+            let mut writer = BufWriter::with_capacity(1 << 16, Writeback::new(file));
             write(&mut writer)?;
             let file = writer
                 .into_inner()
-                .map_err(io::IntoInnerError::into_error)?;
+                .map_err(io::IntoInnerError::into_error)?
+                .file;
             file.sync_all()?;
             // Planted since start-up: a symlink is replaced, never
             // followed, but a device node or fifo stays.

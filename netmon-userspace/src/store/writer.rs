@@ -19,13 +19,18 @@ pub fn write_json(
     host: &str,
     now: u64,
 ) -> io::Result<()> {
-    schema::write_header(out, snapshot, host, now)?;
-    let mut lines = LineWriter::new();
-    for (index, (key, record)) in snapshot.peers.entries_after(None).enumerate() {
-        out.write_all(if index == 0 { b"\n" } else { b",\n" })?;
-        out.write_all(lines.peer(key, record))?;
+    // Lines go straight into a chunk, and a chunk straight to `out`.
+    const CHUNK: usize = 1 << 20;
+    let mut bytes = Vec::with_capacity(CHUNK + 4096);
+    let mut chunks = Chunks::start(snapshot, host, now, &mut bytes)?;
+    loop {
+        let last = chunks.fill(&snapshot.peers, &mut bytes, CHUNK);
+        out.write_all(&bytes)?;
+        if last {
+            return Ok(());
+        }
+        bytes.clear();
     }
-    out.write_all(b"\n]}\n")
 }
 
 /// A checkpoint serialized a chunk at a time, for a caller that keeps
@@ -61,7 +66,7 @@ impl Chunks {
                 return true;
             };
             out.extend_from_slice(if self.written == 0 { b"\n" } else { b",\n" });
-            out.extend_from_slice(self.lines.peer(key, record));
+            self.lines.peer_into(key, record, out);
             self.after = Some(key);
             self.written += 1;
             if out.len() >= bytes {
@@ -106,12 +111,20 @@ pub(super) struct LineWriter {
 impl LineWriter {
     pub(super) fn new() -> Self {
         Self {
-            line: Vec::with_capacity(256),
+            line: Vec::new(),
             times: TimeCache::new(),
         }
     }
 
+    /// Appends the JSON object for one peer to `out`.
+    pub(super) fn peer_into(&mut self, key: PeerKey, record: &PeerRecord, out: &mut Vec<u8>) {
+        std::mem::swap(&mut self.line, out);
+        schema::write_peer(self, key, record);
+        std::mem::swap(&mut self.line, out);
+    }
+
     /// The JSON object for one peer, valid until the next call.
+    #[cfg(test)]
     pub(super) fn peer(&mut self, key: PeerKey, record: &PeerRecord) -> &[u8] {
         self.line.clear();
         schema::write_peer(self, key, record);
@@ -175,7 +188,7 @@ impl LineWriter {
             if index > 0 {
                 self.line.push(b',');
             }
-            item(self, *value);
+            item(self, value);
         }
         self.line.push(b']');
     }
