@@ -3,7 +3,7 @@
 //! that each connection is reported once.
 use std::{
     collections::{HashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -24,11 +24,13 @@ const VANISHED_MEMORY: Duration = Duration::from_secs(3600);
 /// has no say, so a client that connects from its port later is outbound.
 ///
 /// A listener on one address says nothing of a client that the kernel
-/// gave the same port number on another: only a wildcard listener (`None`)
-/// claims the port on every address.
+/// gave the same port number on another: only a wildcard listener claims
+/// the port on every address of its family, `::` of both (as IPv6
+/// sockets are dual-stack unless `IPV6_V6ONLY`, which the tables do not
+/// say).
 #[derive(Default)]
 pub(super) struct Listeners {
-    ports: HashMap<(Proto, u16, Option<IpAddr>), u64>,
+    ports: HashMap<(Proto, u16, Bound), u64>,
     /// Polls begun so far.
     poll: u64,
 }
@@ -50,17 +52,37 @@ impl Listeners {
 
     /// Whether a connection on `local`:`port` not seen before is inbound.
     pub fn has(&self, proto: Proto, local: Option<IpAddr>, port: u16) -> bool {
-        self.ports.contains_key(&(proto, port, None))
-            || bound(local).is_some_and(|ip| self.ports.contains_key(&(proto, port, Some(ip))))
+        let claims = |bound| self.ports.contains_key(&(proto, port, bound));
+        match bound(local) {
+            Bound::Address(ip) => {
+                claims(Bound::Address(ip))
+                    || claims(Bound::AnyIpv6)
+                    || (ip.is_ipv4() && claims(Bound::AnyIpv4))
+            }
+            // A connection without a local address: any listener will do.
+            wildcard => claims(wildcard) || claims(Bound::AnyIpv4) || claims(Bound::AnyIpv6),
+        }
     }
 }
 
-/// The address a socket is bound to, `None` for any (`0.0.0.0`, `::`);
-/// IPv4-mapped as IPv4, as a dual-stack socket's connections show it.
-fn bound(local: Option<IpAddr>) -> Option<IpAddr> {
-    local
-        .map(|ip| ip.to_canonical())
-        .filter(|ip| !ip.is_unspecified())
+/// What a socket is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Bound {
+    /// One address; IPv4-mapped as IPv4, as a dual-stack socket's
+    /// connections show it.
+    Address(IpAddr),
+    /// `0.0.0.0` (or none known).
+    AnyIpv4,
+    /// `::`: IPv6 and, dual-stack, IPv4 too.
+    AnyIpv6,
+}
+
+fn bound(local: Option<IpAddr>) -> Bound {
+    match local {
+        None | Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) => Bound::AnyIpv4,
+        Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) => Bound::AnyIpv6,
+        Some(ip) => Bound::Address(ip.to_canonical()),
+    }
 }
 
 /// The sockets reported so far, by key (`super::key`), so that none is
@@ -158,9 +180,15 @@ mod tests {
         assert!(!listeners.has(Proto::Tcp, ip("fd00::b:5"), 46617));
         assert!(listeners.has(Proto::Tcp, ip("::ffff:127.0.0.2"), 80));
         assert!(!listeners.has(Proto::Tcp, ip("127.0.0.3"), 80));
-        // A wildcard listener, either family's, claims its port everywhere.
+        // `::` claims its port on both families' addresses (dual-stack);
+        // 0.0.0.0 on IPv4 addresses only.
         assert!(listeners.has(Proto::Tcp, ip("10.0.0.1"), 443));
+        assert!(listeners.has(Proto::Tcp, ip("fd77::2"), 443));
         assert!(listeners.has(Proto::Tcp, None, 443));
+        listeners.saw(Proto::Udp, ip("0.0.0.0"), 7700);
+        assert!(listeners.has(Proto::Udp, ip("10.77.0.2"), 7700));
+        assert!(!listeners.has(Proto::Udp, ip("fd77::2"), 7700));
+        assert!(!listeners.has(Proto::Tcp, ip("10.77.0.2"), 7700));
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl InlineItem for Owner {
     }
 }
 
-/// A process name's number in the process's table of them, under 2^16:
+/// A process name's number in the process's table of them, under 2^20:
 /// a host runs a few hundred distinct names, and a million peers keep
 /// one or two each.
 impl InlineItem for Comm {
@@ -65,9 +65,15 @@ impl InlineItem for Comm {
     }
 }
 
-/// Distinct process names a process keeps; past that, a new name is
-/// recorded as no process (and said once).
-pub const MAX_COMMS: usize = 65_536;
+/// Distinct process names a process keeps, as many as inline codes can
+/// number; past that, a new name is recorded as no process (and said
+/// once). Only names a record keeps are numbered (see
+/// [`CappedSet::insert`](super::CappedSet::insert)), so filling it takes
+/// a million names kept by peers, a flood of the order `--max-peers`
+/// bounds. The table grows a chunk at a time: 16 bytes a name used.
+pub const MAX_COMMS: usize = CHUNKS * CHUNK;
+const CHUNK: usize = 1 << 16;
+const CHUNKS: usize = 16;
 
 /// The process's table of process names: looked up without a lock (a
 /// checkpoint reads a name for most peers), added to under one.
@@ -76,7 +82,16 @@ mod comms {
 
     use super::*;
 
-    static NAMES: [OnceLock<Comm>; MAX_COMMS] = [const { OnceLock::new() }; MAX_COMMS];
+    /// Chunks of names, each allocated when its first name is numbered.
+    static NAMES: [OnceLock<Box<[OnceLock<Comm>]>>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
+
+    /// Where name `id` goes, its chunk allocated if need be.
+    fn entry(id: usize) -> Option<&'static OnceLock<Comm>> {
+        NAMES
+            .get(id / CHUNK)?
+            .get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect())
+            .get(id % CHUNK)
+    }
 
     #[derive(Default)]
     struct Ids {
@@ -140,14 +155,26 @@ mod comms {
             return None;
         }
         // Set before the id is known to anyone.
-        let _ = NAMES[id].set(comm);
+        let _ = entry(id).map(|entry| entry.set(comm));
         ids.ids.insert(comm, id as u32);
         Some(id as u32)
     }
 
+    /// Whether `comm` has a number, without giving it one.
+    #[cfg(test)]
+    pub(super) fn is_numbered(comm: Comm) -> bool {
+        IDS.read()
+            .ok()
+            .and_then(|ids| ids.as_ref().map(|ids| ids.ids.contains_key(&comm)))
+            .unwrap_or(false)
+    }
+
     pub(super) fn name(id: u32) -> Comm {
+        let id = id as usize;
         NAMES
-            .get(id as usize)
+            .get(id / CHUNK)
+            .and_then(OnceLock::get)
+            .and_then(|chunk| chunk.get(id % CHUNK))
             .and_then(OnceLock::get)
             .copied()
             .or_else(|| Comm::from_name("?"))
@@ -176,5 +203,19 @@ mod tests {
         assert_eq!((Comm::from_code(a), Comm::from_code(b)), (curl, psql));
         let owner = Owner::new("nginx.service").unwrap();
         assert_eq!(Owner::from_code(owner.code().unwrap()), owner);
+    }
+
+    /// One record offered more names than it keeps numbers only those it
+    /// keeps: the table is the whole process's, for every other record.
+    #[test]
+    fn names_a_full_list_refuses_are_not_numbered() {
+        let name = |i: usize| Comm::from_name(&format!("refused-{i:03}")).unwrap();
+        let mut list = super::super::CappedSet::default();
+        for i in 0..200 {
+            list.insert(name(i));
+        }
+        assert_eq!(list.len(), super::super::LIST_CAP);
+        assert!(comms::is_numbered(name(0)) && comms::is_numbered(name(63)));
+        assert!((64..200).all(|i| !comms::is_numbered(name(i))));
     }
 }

@@ -185,11 +185,10 @@ impl<T: InlineItem + fmt::Debug> fmt::Debug for CappedSet<T> {
 
 impl<T: InlineItem> CappedSet<T> {
     /// Adds `value` unless present or full; allocation happens only when a
-    /// fourth value is kept.
+    /// fourth value is kept. The value gets its code (a name its number in
+    /// the process's table) only once it is to be kept: a record offering
+    /// more names than it keeps must not fill the table for every other.
     pub fn insert(&mut self, value: T) {
-        let Some(code) = value.code() else {
-            return;
-        };
         let (mut low, mut high) = (0, self.0.len());
         while low < high {
             let middle = (low + high) / 2;
@@ -199,7 +198,9 @@ impl<T: InlineItem> CappedSet<T> {
                 Ordering::Greater => high = middle,
             }
         }
-        if self.0.len() < LIST_CAP {
+        if self.0.len() < LIST_CAP
+            && let Some(code) = value.code()
+        {
             self.0.insert(low, code);
         }
     }
