@@ -194,7 +194,14 @@ pub(super) fn load_file(mut file: File, path: &Path) -> Result<(Snapshot, FileFo
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or_else(|| UnixTime::now().secs(), |d| d.as_secs());
-    parse_with_serde(&bytes, mtime).map_err(corrupt)
+    let parsed = parse_with_serde(&bytes, mtime).map_err(corrupt)?;
+    // The old poller's list, or a file edited by hand: said, since the
+    // general parser holds the whole file and takes a few times the memory.
+    log::debug!(
+        "{}: not in netmon's own layout: read with the general parser (slower, more memory)",
+        path.display()
+    );
+    Ok(parsed)
 }
 
 /// The whole file, read into memory backed by huge pages where the kernel

@@ -10,7 +10,7 @@
 //! values are made of.
 //!
 //! It never decides what is valid. Anything outside the plain subset
-//! netmon writes (an escape in a string, a field it does not know, a
+//! netmon writes (an invalid escape in a string, a field it does not know, a
 //! number that is not a plain unsigned integer, a repeated field, a time
 //! in another form, a value bigger than its buffer) makes it give up with
 //! `None`, and the caller parses the file with serde instead: slower,
@@ -18,6 +18,7 @@
 //! Both paths accept the same files with the same meaning; the tests and
 //! the fuzz target compare them.
 use std::{
+    borrow::Cow,
     io::{self, Read as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -193,8 +194,26 @@ impl<R: io::Read> Cursor<R> {
         Some(&self.buffer[self.at - len - 1..self.at - 1])
     }
 
-    pub(super) fn string(&mut self) -> Option<&str> {
-        std::str::from_utf8(self.raw_string()?).ok()
+    /// A string, its escapes decoded: netmon writes process names (which
+    /// any local user picks) with escapes, and one in a file must not
+    /// send every later load down the general parser's path. An escape
+    /// serde would refuse (a bad letter, a lone surrogate) gives up.
+    pub(super) fn string(&mut self) -> Option<Cow<'_, str>> {
+        self.eat(b'"')?;
+        let rest = &self.buffer[self.at..];
+        let plain = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[plain] == b'"' {
+            let start = self.at;
+            self.at += plain + 1;
+            return std::str::from_utf8(&self.buffer[start..start + plain])
+                .ok()
+                .map(Cow::Borrowed);
+        }
+        let (text, len) = unescape(rest)?;
+        self.at += len;
+        Some(Cow::Owned(text))
     }
 
     /// `null`, or what `value` reads.
@@ -368,6 +387,65 @@ fn parse_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
         *octet = u8::try_from(value).ok()?;
     }
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
+/// The string that `rest` (just past its opening quote) holds, with its
+/// escapes decoded, and the bytes it took, closing quote included; `None`
+/// for anything JSON does not allow there (a raw control character, an
+/// unknown escape, a lone surrogate), which serde then reports.
+fn unescape(rest: &[u8]) -> Option<(String, usize)> {
+    let mut out = Vec::with_capacity(rest.len().min(64));
+    let mut at = 0;
+    loop {
+        match *rest.get(at)? {
+            b'"' => return String::from_utf8(out).ok().map(|text| (text, at + 1)),
+            b'\\' => {
+                let decoded = match *rest.get(at + 1)? {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    b'u' => {
+                        let unit = hex4(rest.get(at + 2..at + 6)?)?;
+                        at += 4;
+                        if (0xd800..0xdc00).contains(&unit) {
+                            // A high surrogate must be followed by its low one.
+                            let low = match rest.get(at + 2..at + 8)? {
+                                [b'\\', b'u', hex @ ..] => hex4(hex)?,
+                                _ => return None,
+                            };
+                            if !(0xdc00..0xe000).contains(&low) {
+                                return None;
+                            }
+                            at += 6;
+                            char::from_u32(0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00))?
+                        } else {
+                            char::from_u32(unit)?
+                        }
+                    }
+                    _ => return None,
+                };
+                out.extend_from_slice(decoded.encode_utf8(&mut [0; 4]).as_bytes());
+                at += 2;
+            }
+            byte if byte < 0x20 => return None,
+            byte => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+}
+
+/// Four hex digits.
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits.iter().try_fold(0, |value, &digit| {
+        Some(value << 4 | char::from(digit).to_digit(16)?)
+    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //!
 //! The header is small and written by hand; its three readings (written,
 //! read fast, read by serde) are kept together here.
-use std::{io, net::IpAddr};
+use std::{borrow::Cow, io, net::IpAddr};
 
 use serde::Deserialize;
 use smallvec::SmallVec;
@@ -172,7 +172,7 @@ impl Codec for Owners {
     }
 
     fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<Owner>> {
-        cursor.list(|cursor| cursor.string().map(Owner::new))
+        cursor.list(|cursor| cursor.string().map(|name| Owner::new(&name)))
     }
 }
 
@@ -189,7 +189,7 @@ impl Codec for Processes {
     }
 
     fn read<R: io::Read>(cursor: &mut Cursor<R>) -> Option<CappedSet<Comm>> {
-        cursor.list(|cursor| cursor.string().map(Comm::from_name))
+        cursor.list(|cursor| cursor.string().map(|name| Comm::from_name(&name)))
     }
 }
 
@@ -416,12 +416,12 @@ pub(super) fn read_checkpoint<R: io::Read>(cursor: &mut Cursor<R>) -> Option<Che
     cursor.object(HEADER_KEYS, |cursor, key| {
         match fields.once(key)? {
             0 => version = Some(cursor.u64()?),
-            1 => host = Some(cursor.string()?.to_owned()),
+            1 => host = Some(cursor.string()?.into_owned()),
             2 => addresses = cursor.addresses()?,
             3 => {
                 cursor.string()?;
             }
-            4 => mode = cursor.nullable(|cursor| cursor.string().map(str::to_owned))?,
+            4 => mode = cursor.nullable(|cursor| cursor.string().map(Cow::into_owned))?,
             5 => lost_events = cursor.u64()?,
             6 => uncounted_connections = cursor.u64()?,
             _ => peers = Some(cursor.peers()?),
