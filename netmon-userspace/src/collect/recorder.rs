@@ -27,7 +27,9 @@ pub struct Recorder {
     /// `--max-peers`: beyond it new peers are dropped, not stored, so a
     /// flood of addresses cannot exhaust memory.
     max_peers: usize,
-    /// New peers dropped at the limit: in this run, and when last warned.
+    /// Sightings of new peers dropped at the limit (a peer seen twice
+    /// counts twice; nothing keeps which were seen): in this run, and when
+    /// last warned.
     dropped: u64,
     dropped_warned: u64,
     /// Metrics and `--follow`, told of every recorded connection.
@@ -73,7 +75,7 @@ impl Recorder {
     pub fn warn_if_dropped(&mut self) {
         if self.dropped > self.dropped_warned {
             warn!(
-                "--max-peers {} reached: {} new peers dropped since the last checkpoint ({} in this run)",
+                "--max-peers {} reached: {} sightings of new peers dropped since the last checkpoint ({} in this run)",
                 self.max_peers,
                 self.dropped - self.dropped_warned,
                 self.dropped
