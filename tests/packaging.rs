@@ -299,7 +299,8 @@ fn daemonset_is_valid_kubernetes_and_privileged_on_every_node() {
     let limit = mebibytes(&resources.limits.as_ref().unwrap()["memory"]);
     assert!(resources.requests.as_ref().unwrap().contains_key("memory"));
     // The set must hit --max-peers before the pod hits its memory limit:
-    // about 95 bytes a peer above a 40 MiB base, measured; 100 for margin.
+    // 84-115 bytes a peer measured (a loaded set, a set grown live) above
+    // a start-up peak of about 30 MiB; 128 and 40 MiB for margin.
     let max_peers: u64 = args
         .iter()
         .find_map(|arg| arg.strip_prefix("--max-peers="))
@@ -307,7 +308,7 @@ fn daemonset_is_valid_kubernetes_and_privileged_on_every_node() {
         .parse()
         .unwrap();
     assert!(
-        (40 << 20) + max_peers * 100 < limit,
+        (40 << 20) + max_peers * 128 < limit,
         "--max-peers={max_peers} does not fit in {limit} bytes"
     );
     assert_flags_exist(args);

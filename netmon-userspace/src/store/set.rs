@@ -70,7 +70,7 @@ impl PeerRecord {
 /// read in order, are the index as they are (no tree is built beside them,
 /// so loading peaks no higher than the set), and a file's records stay in
 /// the vector the reader put them in. The recent peers are sorted into the
-/// keys, in place, once they are an eighth as many.
+/// keys, in place, once they are a quarter as many.
 ///
 /// The vector does not ask for huge pages as it grows, as the reader's
 /// does: with THP defrag at `madvise`, a fault in an advised range may
@@ -194,7 +194,7 @@ impl PeerSet {
     }
 
     fn sort_in_recent_if_many(&mut self) {
-        if self.recent.len() > RECENT_MIN.max(self.keys.len() / 8) {
+        if self.recent.len() > RECENT_MIN.max(self.keys.len() / 4) {
             self.sort_in_recent();
         }
     }
