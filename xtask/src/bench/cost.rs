@@ -23,10 +23,6 @@ const NEW_TARGET_US: f64 = 1.0;
 /// ... and per connection between peers it has already seen.
 const REPEATED_TARGET_US: f64 = 0.3;
 
-/// Address blocks the capture and user-cost storms use (one per case
-/// below); later parts take the next ones.
-pub const BLOCKS: u8 = capture::BLOCKS + 2;
-
 pub fn user_cost(bench: &Bench, table: &mut Table) {
     let both = Watchers {
         netmon: Some(EBPF_MODE),
