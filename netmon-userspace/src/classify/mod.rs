@@ -129,13 +129,33 @@ impl Class {
         // Most specific first, so the first block holding `addr` is the
         // answer: every new peer is classed (metrics), so this is on the
         // path of a storm of new peers. Blocks of one prefix length are
-        // disjoint, so their order among themselves does not matter.
-        static BY_PREFIX: LazyLock<[Special; SPECIAL.len()]> = LazyLock::new(|| {
-            let mut table = SPECIAL;
+        // disjoint, so their order among themselves does not matter. An
+        // IPv4 address looks only at the blocks that meet its /8.
+        static BY_PREFIX: LazyLock<Vec<Special>> = LazyLock::new(|| {
+            let mut table = SPECIAL.to_vec();
             table.sort_by_key(|special| Reverse(special.block.prefix()));
             table
         });
-        BY_PREFIX
+        static BY_OCTET: LazyLock<Vec<Vec<Special>>> = LazyLock::new(|| {
+            (0..=255u8)
+                .map(|octet| {
+                    let slash8 = Cidr::v4(Ipv4Addr::new(octet, 0, 0, 0), 8);
+                    let first = IpAddr::V4(Ipv4Addr::new(octet, 0, 0, 0));
+                    BY_PREFIX
+                        .iter()
+                        .filter(|special| {
+                            special.block.contains(first) || slash8.contains(special.block.first())
+                        })
+                        .copied()
+                        .collect()
+                })
+                .collect()
+        });
+        let table = match addr {
+            IpAddr::V4(v4) => &BY_OCTET[usize::from(v4.octets()[0])],
+            IpAddr::V6(_) => &*BY_PREFIX,
+        };
+        table
             .iter()
             .find(|special| special.block.contains(addr))
             .map_or(Self::Public, |special| special.class)
