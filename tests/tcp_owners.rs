@@ -5,13 +5,13 @@
 //! service's, read from the accepted socket in softirq: by the helper in
 //! raw and plain tracepoint mode, by typed loads in btf-tracepoint mode
 //! where the kernel's BTF types the socket's cgroup pointer (5.15+).
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use netmon::owner::cgroup2_root;
 use netmon_scenario::{
     check::{read_peers, tcp_port},
     files::temp_output,
-    harness::{self, eventually, one_at_a_time},
+    harness::{self, one_at_a_time},
     net::Block,
     software::{self, Cgroup, Daemon},
 };
@@ -40,19 +40,7 @@ fn owners_of_both_sides(mode: &str, block: Block) {
         &["socat", "-u", &listen, "OPEN:/dev/null"],
     );
     let mut daemon = Daemon::start(serve, "socat server");
-    let filter = format!("src {server}:{PORT}");
-    eventually(
-        &format!("a TCP listener on {server}:{PORT}"),
-        || {
-            daemon.assert_running();
-            let out = Command::new("ss")
-                .args(["-Hltn", &filter])
-                .output()
-                .unwrap();
-            (!out.stdout.is_empty()).then_some(())
-        },
-        String::new,
-    );
+    software::wait_tcp_listener(server, PORT, &mut daemon);
     let connect = format!("TCP:{server}:{PORT},bind={client}");
     let status = software::command(
         None,

@@ -336,46 +336,32 @@ impl EbpfCollector {
 
     /// tracepoint mode: `sock/inet_sock_set_state` for both directions.
     pub fn attach_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
-        let mut ebpf = load_object(env, true)?;
-        let udp_missing = Self::attach_udp(&mut ebpf);
-        attach_tracepoint(&mut ebpf)?;
-        Self::new(
-            ebpf,
-            env.transport,
-            AttachMode::Tracepoint,
-            false,
-            udp_missing,
-        )
+        Self::attach_state(env, AttachMode::Tracepoint, attach_tracepoint)
     }
 
     /// raw-tracepoint mode: the same tracepoint and transitions, read from
     /// its arguments and `struct sock` instead of a perf record.
     pub fn attach_raw_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
-        let mut ebpf = load_object(env, true)?;
-        let udp_missing = Self::attach_udp(&mut ebpf);
-        attach_raw_tracepoint(&mut ebpf)?;
-        Self::new(
-            ebpf,
-            env.transport,
-            AttachMode::RawTracepoint,
-            false,
-            udp_missing,
-        )
+        Self::attach_state(env, AttachMode::RawTracepoint, attach_raw_tracepoint)
     }
 
     /// btf-tracepoint mode: the same again, the socket read with plain
     /// loads the verifier types from the kernel's BTF.
     pub fn attach_btf_tracepoint(env: &KernelEnv) -> anyhow::Result<Self> {
+        Self::attach_state(env, AttachMode::BtfTracepoint, attach_btf_tracepoint)
+    }
+
+    /// A tracepoint mode: the state tracepoint, attached by `attach`, sees
+    /// both directions.
+    fn attach_state(
+        env: &KernelEnv,
+        mode: AttachMode,
+        attach: fn(&mut Ebpf) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let mut ebpf = load_object(env, true)?;
         let udp_missing = Self::attach_udp(&mut ebpf);
-        attach_btf_tracepoint(&mut ebpf)?;
-        Self::new(
-            ebpf,
-            env.transport,
-            AttachMode::BtfTracepoint,
-            false,
-            udp_missing,
-        )
+        attach(&mut ebpf)?;
+        Self::new(ebpf, env.transport, mode, false, udp_missing)
     }
 
     fn new(

@@ -135,15 +135,32 @@ pub fn netns_inode(ns: &str) -> u64 {
 
 /// Waits until something in `ns` listens on UDP `addr`:`port`.
 pub fn wait_udp_listener(ns: &str, addr: Ipv4Addr, port: u16, daemon: &mut Daemon) {
+    wait_listener(Some(ns), "-Hlun", addr, port, daemon);
+}
+
+/// Waits until something in the test's own namespace listens on TCP
+/// `addr`:`port`.
+pub fn wait_tcp_listener(addr: Ipv4Addr, port: u16, daemon: &mut Daemon) {
+    wait_listener(None, "-Hltn", addr, port, daemon);
+}
+
+/// Waits until `ss FLAGS` in `ns` (the caller's if `None`) lists a socket
+/// on `addr`:`port`.
+fn wait_listener(ns: Option<&str>, flags: &str, addr: Ipv4Addr, port: u16, daemon: &mut Daemon) {
     let filter = format!("src {addr}:{port}");
+    let mut argv = match ns {
+        Some(ns) => vec!["ip", "netns", "exec", ns],
+        None => Vec::new(),
+    };
+    argv.extend(["ss", flags, &filter]);
     eventually(
-        &format!("a UDP socket on {addr}:{port} in {ns}"),
+        &format!(
+            "a listener on {addr}:{port} ({flags}) in {}",
+            ns.unwrap_or("this namespace")
+        ),
         || {
             daemon.assert_running();
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns, "ss", "-Hlun", &filter])
-                .output()
-                .unwrap();
+            let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
             (!out.stdout.is_empty()).then_some(())
         },
         String::new,
