@@ -17,8 +17,8 @@ use netmon_common::{
 use crate::{
     count::send,
     maps::config,
-    origin,
-    sock::{self, Memory, Probed, Typed},
+    mem::{Memory, Probed, Typed},
+    origin, sock,
 };
 
 /// kprobe `tcp_connect(struct sock *sk)`.

@@ -20,7 +20,8 @@
 //!   whichever TCP programs run ([`udp`]).
 //!
 //! The entry points are here; [`hooks`] reads each hook's arguments,
-//! [`sock`] reads `struct sock`, [`count`] counts connections and decides
+//! [`sock`] reads `struct sock` by either of [`mem`]'s ways of reading
+//! kernel memory, [`count`] counts connections and decides
 //! which cross to userspace, [`origin`] reads the network namespace and
 //! cgroup a connection was made in, and [`maps`] holds the maps and the load-time
 //! [`Config`](netmon_common::Config), whose offsets userspace reads from
@@ -36,6 +37,7 @@
 mod count;
 mod hooks;
 mod maps;
+mod mem;
 mod origin;
 mod sock;
 mod udp;

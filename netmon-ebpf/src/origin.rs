@@ -8,7 +8,7 @@ use aya_ebpf::helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_ta
 
 use crate::{
     maps::config,
-    sock::{Memory, Probed},
+    mem::{Memory, Probed},
 };
 
 /// The inode number of the network namespace `sk` belongs to, read as
