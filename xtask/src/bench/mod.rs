@@ -40,7 +40,16 @@ use std::{
 use anyhow::{anyhow, bail};
 use netmon_scenario::harness::Netmon;
 
-pub use worker::{WorkerArgs, worker};
+pub use worker::WorkerArgs;
+
+/// One worker process of a storm: connections, or datagrams to a UDP
+/// service (`--udp-port`).
+pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    match args.udp_port {
+        Some(port) => udp_storm::worker(args, port),
+        None => worker::tcp(args),
+    }
+}
 
 use crate::{build, setup};
 use netns::Netns;

@@ -4,10 +4,40 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 
-use super::{
-    compare::{Block, Compared, Peer},
-    storm::{Pattern, Ranges},
-};
+use super::compare::{Block, Compared, Peer};
+
+/// Addresses in a worker's /15, from .0.1 on: the most connections a
+/// distinct storm's worker makes. A /16 could run out before a pair's
+/// storm ended when the host was quick.
+const PER_WORKER: u32 = (1 << 17) - 2;
+/// Peers per worker in a repeated storm: "a few peers connecting over and
+/// over", each direction.
+pub const REPEATED_PEERS: u32 = 4;
+
+/// Whether every connection brings new peers or the same few again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    Distinct,
+    Repeated,
+}
+
+impl Pattern {
+    pub fn peers(self) -> u32 {
+        match self {
+            Self::Distinct => PER_WORKER,
+            Self::Repeated => REPEATED_PEERS,
+        }
+    }
+}
+
+/// The first address of a worker's destinations and of its sources.
+#[derive(Clone, Copy)]
+pub struct Ranges {
+    pub(super) dests: IpAddr,
+    pub(super) sources: IpAddr,
+    /// Its UDP service's port, in a UDP storm.
+    pub(super) udp_port: Option<u16>,
+}
 
 /// A worker's result line.
 pub struct Made {
@@ -194,7 +224,7 @@ fn index(addr: IpAddr, base: IpAddr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::storm::{Family, REPEATED_PEERS};
+    use crate::bench::storm::Family;
 
     /// A storm of one worker in 127.100.0.0/12, with `made` its line.
     fn outcome(pattern: Pattern, made: &str) -> Outcome {

@@ -30,6 +30,8 @@ use super::{
     outcome::{Made, Outcome},
 };
 
+pub use super::outcome::{Pattern, REPEATED_PEERS, Ranges};
+
 /// Worker processes per storm: two per core keep every core busy while
 /// one worker waits on the handshake. More only adds scheduling.
 pub fn workers() -> u8 {
@@ -49,13 +51,6 @@ const WORKER_OCTETS: u8 = 2;
 /// 127.(115 + 16b), so no storm can count another's peers.
 const BLOCK_OCTETS: u8 = 2 * WORKER_OCTETS * MAX_WORKERS;
 const FIRST_OCTET: u8 = 100;
-/// Addresses in a worker's /15, from .0.1 on: the most connections a
-/// distinct storm's worker makes. A /16 could run out before a pair's
-/// storm ended when the host was quick.
-const PER_WORKER: u32 = (1 << 17) - 2;
-/// Peers per worker in a repeated storm: "a few peers connecting over and
-/// over", each direction.
-pub const REPEATED_PEERS: u32 = 4;
 
 /// What the workers exchange: TCP connections, or UDP datagrams with a
 /// service (udp_storm.rs).
@@ -85,22 +80,6 @@ impl Family {
     }
 }
 
-/// Whether every connection brings new peers or the same few again.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Pattern {
-    Distinct,
-    Repeated,
-}
-
-impl Pattern {
-    pub fn peers(self) -> u32 {
-        match self {
-            Self::Distinct => PER_WORKER,
-            Self::Repeated => REPEATED_PEERS,
-        }
-    }
-}
-
 /// The workers of one storm, started and waiting for [`Storm::go`].
 pub struct Storm {
     block: Block,
@@ -120,15 +99,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The first address of a worker's destinations and of its sources.
-#[derive(Clone, Copy)]
-pub struct Ranges {
-    pub(super) dests: IpAddr,
-    pub(super) sources: IpAddr,
-    /// Its UDP service's port, in a UDP storm.
-    pub(super) udp_port: Option<u16>,
 }
 
 impl Storm {

@@ -47,10 +47,8 @@ pub struct WorkerArgs {
     pub(super) udp_port: Option<u16>,
 }
 
-pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
-    if let Some(port) = args.udp_port {
-        return super::udp_storm::worker(args, port);
-    }
+/// A TCP storm's worker (a UDP storm's is `udp_storm.rs`).
+pub fn tcp(args: &WorkerArgs) -> anyhow::Result<()> {
     let any = match args.dests {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
