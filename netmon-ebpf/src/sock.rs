@@ -3,11 +3,7 @@
 //! ways a program may read kernel memory ([`Memory`]).
 use netmon_common::{AF_INET, AF_INET6, Addr, PROTOCOL_TCP, PeerEvent};
 
-use crate::{
-    maps::config,
-    mem::Memory,
-    origin,
-};
+use crate::{maps::config, mem::Memory, origin};
 
 /// The peer of TCP socket `sk` (non-null) as an event stamped with `pid`
 /// (0: none, the hook runs in softirq), its network namespace and cgroup;
